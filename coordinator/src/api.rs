@@ -1,0 +1,346 @@
+//! The REST API (axum). Every error is `{error, message}` with a fitting status code.
+//!
+//! | Route | Auth | |
+//! |---|---|---|
+//! | `POST /api/v1/tasks` | key | submit |
+//! | `GET /api/v1/tasks` | key | the caller's tasks (`?status=`, `?limit=`) |
+//! | `GET /api/v1/tasks/{id}` | key | one task |
+//! | `DELETE /api/v1/tasks/{id}` | key | cancel |
+//! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
+//! | `GET /api/v1/health` | none | liveness and broker link |
+//! | `GET /metrics` | none | Prometheus |
+//! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
+
+use std::sync::Arc;
+
+use ambient_link::LinkState;
+use ambient_protocol::{ApiError, NodeInfo, TaskInfo, TaskStatus};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::config::{ApiKey, Limits};
+use crate::core::CoreMsg;
+use crate::intake::{self, SubmitError};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The OpenAPI document served at `/api-docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) core: mpsc::Sender<CoreMsg>,
+    pub(crate) store: Store,
+    pub(crate) limits: Limits,
+    pub(crate) keys: Arc<Vec<ApiKey>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) link: watch::Receiver<LinkState>,
+}
+
+/// The authenticated submitter of a request.
+#[derive(Clone)]
+struct Submitter(String);
+
+/// An error response.
+struct Failure(StatusCode, ApiError);
+
+impl Failure {
+    fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Failure {
+        Failure(
+            status,
+            ApiError {
+                error: error.into(),
+                message: message.into(),
+                task_id: None,
+            },
+        )
+    }
+
+    fn unavailable() -> Failure {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the coordinator is shutting down",
+        )
+    }
+
+    fn store(e: crate::store::StoreError) -> Failure {
+        tracing::error!(error = %e, "Store query failed.");
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<SubmitError> for Failure {
+    fn from(e: SubmitError) -> Failure {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+        Failure(status, e.to_api_error(None))
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/tasks", get(list_tasks).post(submit))
+        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{id}", get(get_node))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(authed)
+        .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api-docs/openapi.json", get(openapi))
+        .fallback(not_found)
+        // The submit handler applies the configured limit itself with a clear error; this layer
+        // only stops bodies far beyond it from being buffered at all.
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes + 1024))
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, Failure> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing 'Authorization: Bearer <api key>' header",
+        ));
+    };
+    let found = state
+        .keys
+        .iter()
+        .find(|k| constant_time_eq(k.key.as_bytes(), token.trim().as_bytes()));
+    let Some(key) = found else {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        ));
+    };
+    req.extensions_mut()
+        .insert(Submitter(key.submitter.clone()));
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TaskInfo>), Failure> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Failure::from(SubmitError::BodyTooLarge {
+                size: state.limits.max_body_bytes + 1,
+                max: state.limits.max_body_bytes,
+            })
+        } else {
+            Failure::new(r.status(), "bad_request", r.body_text())
+        }
+    })?;
+    let limits = state.limits.clone();
+    let checked = tokio::task::spawn_blocking(move || intake::check(&body, &limits))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let accepted = checked.inspect_err(|_| Metrics::inc(&state.metrics.submissions_rejected))?;
+    if let Some((sha, bytes)) = &accepted.module {
+        state
+            .store
+            .put_blob(sha.clone(), bytes.clone())
+            .await
+            .map_err(Failure::store)?;
+    }
+    let (reply, rx) = oneshot::channel();
+    state
+        .core
+        .send(CoreMsg::Submit {
+            submitter,
+            accepted,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let info = rx.await.map_err(|_| Failure::unavailable())??;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<TaskStatus>,
+    limit: Option<u32>,
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<TaskInfo>>, Failure> {
+    let Query(p) = params
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let tasks = state
+        .store
+        .tasks_of(submitter, p.status, limit)
+        .await
+        .map_err(Failure::store)?;
+    Ok(Json(tasks.iter().map(|t| t.info()).collect()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id).map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_task_id",
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })
+}
+
+fn task_not_found(id: Uuid) -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+        format!("no task {id} for this API key"),
+    )
+}
+
+async fn get_task(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, Failure> {
+    let id = parse_id(&id)?;
+    match state.store.task(id).await.map_err(Failure::store)? {
+        Some(t) if t.submitter == submitter => Ok(Json(t.info())),
+        _ => Err(task_not_found(id)),
+    }
+}
+
+async fn cancel_task(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, Failure> {
+    let id = parse_id(&id)?;
+    let existing = state.store.task(id).await.map_err(Failure::store)?;
+    let Some(task) = existing.filter(|t| t.submitter == submitter) else {
+        return Err(task_not_found(id));
+    };
+    if task.status.is_terminal() {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("task {id} is already {}", task.status),
+        ));
+    }
+    let (reply, rx) = oneshot::channel();
+    state
+        .core
+        .send(CoreMsg::Cancel {
+            task_id: id,
+            submitter,
+            reply,
+        })
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    rx.await
+        .map_err(|_| Failure::unavailable())?
+        .map_err(|e| Failure::new(StatusCode::CONFLICT, "task_finished", e.to_string()))?;
+    match state.store.task(id).await.map_err(Failure::store)? {
+        Some(t) => Ok(Json(t.info())),
+        None => Err(task_not_found(id)),
+    }
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<Json<Vec<NodeInfo>>, Failure> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .core
+        .send(CoreMsg::Nodes(reply))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    Ok(Json(rx.await.map_err(|_| Failure::unavailable())?))
+}
+
+async fn get_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeInfo>, Failure> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .core
+        .send(CoreMsg::Node(id.clone(), reply))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    rx.await
+        .map_err(|_| Failure::unavailable())?
+        .map(Json)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "node_not_found",
+                format!("no node {id:?} has reported to this coordinator"),
+            )
+        })
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let link = state.link.borrow().clone();
+    let mqtt = match &link {
+        LinkState::Connected => "connected".to_string(),
+        LinkState::Connecting => "connecting".to_string(),
+        LinkState::Refused(e) => format!("refused: {e}"),
+        LinkState::Down(e) => format!("down: {e}"),
+    };
+    Json(serde_json::json!({
+        "status": if link == LinkState::Connected { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "mqtt": mqtt,
+        "nodes_online": state.metrics.nodes_online.load(Relaxed),
+        "tasks_active": state.metrics.tasks_active.load(Relaxed),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -1,0 +1,260 @@
+//! Coordinator configuration: a strict, documented TOML file ([`EXAMPLE`] shows every field),
+//! overridable by `AMBIENT_*` environment variables, validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The example configuration, printed by `ambient-coordinator generate-config`.
+pub const EXAMPLE: &str = include_str!("../coordinator.example.toml");
+
+/// A configuration problem, found before start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown fields.
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything the coordinator needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the SQLite database (`coordinator.db`). Created if missing.
+    pub data_dir: PathBuf,
+    /// Address of the REST API. Port 0 picks a free port.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// The MQTT broker the coordinator connects to.
+    pub mqtt: MqttConfig,
+    /// Submitters and their API keys (`Authorization: Bearer <key>`).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// Limits on what submitters may send.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Scheduling policy.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+/// Connection to the broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Username; the broker ACL gives `coordinator` all of `ambient/v1/#`.
+    #[serde(default = "default_mqtt_user")]
+    pub username: String,
+    /// Password for `username`.
+    pub password: String,
+    /// Client id. Fixed, so the broker keeps the coordinator's session across reconnects.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Subscribe to submissions through `$share/coordinators/...`, so that several coordinators
+    /// split the submit load (needs a broker with shared subscriptions, e.g. mosquitto ≥ 2).
+    #[serde(default)]
+    pub shared_subscription: bool,
+}
+
+/// One submitter's credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Submitter id: owns the tasks submitted with this key. Same charset as node ids.
+    pub submitter: String,
+    /// The bearer token. At least 16 characters.
+    pub key: String,
+}
+
+/// Submission limits. Requests over a limit get a typed 4xx error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, in bytes (REST and MQTT submissions).
+    pub max_body_bytes: usize,
+    /// Largest decoded wasm module, in bytes.
+    pub max_module_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_json_depth: usize,
+    /// Largest `min_nodes`.
+    pub max_min_nodes: u32,
+    /// Largest `max_execution_time_sec`.
+    pub max_execution_time_sec: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 8 << 20,
+            max_module_bytes: 4 << 20,
+            max_json_depth: 32,
+            max_min_nodes: 16,
+            max_execution_time_sec: 3600,
+        }
+    }
+}
+
+/// Scheduling policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Seconds added to a task's time budget to make its lease.
+    pub lease_grace_sec: u64,
+    /// Extra assignments a task may use after lost, expired or declined replicas.
+    pub max_retries: u32,
+    /// Seconds a task may wait for eligible nodes before it expires.
+    pub queue_timeout_sec: u64,
+    /// Seconds without a health report after which a node counts as offline.
+    pub health_timeout_sec: u64,
+    /// Nodes with less available memory get no work, in MiB.
+    pub min_free_memory_mib: u64,
+    /// How often leases and timeouts are checked, in milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_grace_sec: 15,
+            max_retries: 3,
+            queue_timeout_sec: 300,
+            health_timeout_sec: 20,
+            min_free_memory_mib: 64,
+            tick_ms: 500,
+        }
+    }
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_mqtt_user() -> String {
+    "coordinator".into()
+}
+fn default_client_id() -> String {
+    "ambient-coordinator".into()
+}
+
+impl Config {
+    /// Reads a TOML file, applies environment overrides, and validates.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text)?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Environment overrides: `AMBIENT_DATA_DIR`, `AMBIENT_HTTP_ADDR`, `AMBIENT_MQTT_HOST`,
+    /// `AMBIENT_MQTT_PORT`, `AMBIENT_MQTT_USERNAME`, `AMBIENT_MQTT_PASSWORD`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let bad = |k: &str, v: &str| ConfigError::Invalid(format!("{k}={v:?} does not parse"));
+        if let Some(v) = var("AMBIENT_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("AMBIENT_HTTP_ADDR") {
+            self.http_addr = v.parse().map_err(|_| bad("AMBIENT_HTTP_ADDR", &v))?;
+        }
+        if let Some(v) = var("AMBIENT_MQTT_HOST") {
+            self.mqtt.host = v;
+        }
+        if let Some(v) = var("AMBIENT_MQTT_PORT") {
+            self.mqtt.port = v.parse().map_err(|_| bad("AMBIENT_MQTT_PORT", &v))?;
+        }
+        if let Some(v) = var("AMBIENT_MQTT_USERNAME") {
+            self.mqtt.username = v;
+        }
+        if let Some(v) = var("AMBIENT_MQTT_PASSWORD") {
+            self.mqtt.password = v;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.api_keys.is_empty() {
+            return invalid("at least one [[api_keys]] entry is required".into());
+        }
+        for k in &self.api_keys {
+            if !ambient_protocol::valid_id(&k.submitter) {
+                return invalid(format!(
+                    "api_keys: submitter {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    k.submitter
+                ));
+            }
+            if k.key.len() < 16 {
+                return invalid(format!(
+                    "api_keys: the key of {:?} is shorter than 16 characters",
+                    k.submitter
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.max_module_bytes == 0 || l.max_body_bytes < l.max_module_bytes {
+            return invalid(
+                "limits: max_body_bytes must be at least max_module_bytes (> 0)".into(),
+            );
+        }
+        if l.max_json_depth < 4 || l.max_min_nodes == 0 || l.max_execution_time_sec == 0 {
+            return invalid(
+                "limits: max_json_depth ≥ 4, max_min_nodes ≥ 1, max_execution_time_sec ≥ 1".into(),
+            );
+        }
+        if self.scheduler.tick_ms == 0 || self.scheduler.health_timeout_sec == 0 {
+            return invalid("scheduler: tick_ms and health_timeout_sec must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_validates() {
+        let cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let err = toml::from_str::<Config>(&format!("{EXAMPLE}\nsurprise = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.api_keys[0].key = "short".into();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.apply_env(|k| (k == "AMBIENT_MQTT_PORT").then(|| "1999".to_string()))
+            .unwrap();
+        assert_eq!(cfg.mqtt.port, 1999);
+        assert!(
+            cfg.apply_env(|k| (k == "AMBIENT_MQTT_PORT").then(|| "x".to_string()))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! Submission checks shared by the REST API and the MQTT submit topic: size, JSON depth, task
+//! type, requirements and the wasm module itself. Every refusal is a [`SubmitError`] with a stable
+//! code, an HTTP status and a sentence for the submitter.
+
+use ambient_protocol::{ApiError, TaskSubmission, TaskType};
+use base64::Engine as _;
+
+use crate::config::Limits;
+
+/// Task kinds this coordinator can run end to end today. The others are part of the protocol and
+/// are refused with [`SubmitError::UnsupportedTaskType`] until they are implemented for real.
+pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[TaskType::WasmExecution];
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The body is not JSON, or not a valid submission.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// The body is nested deeper than allowed.
+    #[error("JSON nested deeper than {max} levels")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// The body is larger than allowed.
+    #[error("request body is {size} bytes; the limit is {max}")]
+    BodyTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `task_type` names no kind of the protocol.
+    #[error("unknown task_type {got:?}; known types: {known}")]
+    UnknownTaskType {
+        /// What was sent.
+        got: String,
+        /// What exists.
+        known: String,
+    },
+    /// A protocol kind this coordinator does not run yet.
+    #[error(
+        "task_type {task_type} is not supported by this coordinator yet; supported: {supported}"
+    )]
+    UnsupportedTaskType {
+        /// What was sent.
+        task_type: TaskType,
+        /// What works.
+        supported: String,
+    },
+    /// `require_proof` was set, but no circuit covers this computation.
+    #[error(
+        "require_proof is not supported for {0}: no zero-knowledge circuit covers it yet, and no \
+         task kind supports proofs in this version"
+    )]
+    ProofUnsupported(TaskType),
+    /// A `wasm_execution` task without a module.
+    #[error("wasm_execution needs a wasm_module (base64)")]
+    MissingModule,
+    /// `wasm_module` is not base64.
+    #[error("wasm_module is not valid base64: {0}")]
+    InvalidBase64(String),
+    /// The decoded module is larger than allowed.
+    #[error("wasm module is {size} bytes; the limit is {max}")]
+    ModuleTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The module does not validate as WebAssembly.
+    #[error("invalid wasm module: {0}")]
+    InvalidWasm(String),
+    /// A requirement is out of range.
+    #[error("invalid requirements: {0}")]
+    InvalidRequirements(String),
+    /// The submitter-chosen task id belongs to someone else.
+    #[error("task id {0} is already taken")]
+    IdTaken(uuid::Uuid),
+    /// The coordinator could not persist the task; nothing was accepted.
+    #[error("the coordinator cannot accept tasks right now: {0}")]
+    Unavailable(String),
+}
+
+impl SubmitError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::InvalidJson(_) => "invalid_json",
+            SubmitError::TooDeep { .. } => "json_too_deep",
+            SubmitError::BodyTooLarge { .. } => "payload_too_large",
+            SubmitError::UnknownTaskType { .. } => "unknown_task_type",
+            SubmitError::UnsupportedTaskType { .. } => "unsupported_task_type",
+            SubmitError::ProofUnsupported(_) => "proof_unsupported",
+            SubmitError::MissingModule => "missing_module",
+            SubmitError::InvalidBase64(_) => "invalid_base64",
+            SubmitError::ModuleTooLarge { .. } => "module_too_large",
+            SubmitError::InvalidWasm(_) => "invalid_wasm",
+            SubmitError::InvalidRequirements(_) => "invalid_requirements",
+            SubmitError::IdTaken(_) => "task_id_taken",
+            SubmitError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status that goes with it.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            SubmitError::BodyTooLarge { .. } | SubmitError::ModuleTooLarge { .. } => 413,
+            SubmitError::IdTaken(_) => 409,
+            SubmitError::Unavailable(_) => 503,
+            SubmitError::UnsupportedTaskType { .. } | SubmitError::ProofUnsupported(_) => 422,
+            _ => 400,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_api_error(&self, task_id: Option<uuid::Uuid>) -> ApiError {
+        ApiError {
+            error: self.code().into(),
+            message: self.to_string(),
+            task_id,
+        }
+    }
+}
+
+/// A submission that passed every check, with its module decoded.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The submission (its `wasm_module` is cleared: the bytes are in `module`).
+    pub submission: TaskSubmission,
+    /// `(sha256, bytes)` of the module.
+    pub module: Option<(String, Vec<u8>)>,
+}
+
+/// Checks a raw submission body.
+pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(SubmitError::BodyTooLarge {
+            size: body.len(),
+            max: limits.max_body_bytes,
+        });
+    }
+    if json_depth(body) > limits.max_json_depth {
+        return Err(SubmitError::TooDeep {
+            max: limits.max_json_depth,
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| SubmitError::InvalidJson(e.to_string()))?;
+    // Name an unknown task type plainly, rather than as serde's "unknown variant".
+    match value.get("task_type") {
+        Some(serde_json::Value::String(t)) if TaskType::from_wire(t).is_none() => {
+            return Err(SubmitError::UnknownTaskType {
+                got: t.clone(),
+                known: list(&TaskType::ALL),
+            });
+        }
+        _ => {}
+    }
+    let mut submission: TaskSubmission =
+        serde_json::from_value(value).map_err(|e| SubmitError::InvalidJson(e.to_string()))?;
+    if !SUPPORTED_TASK_TYPES.contains(&submission.task_type) {
+        return Err(SubmitError::UnsupportedTaskType {
+            task_type: submission.task_type,
+            supported: list(SUPPORTED_TASK_TYPES),
+        });
+    }
+    let r = &submission.requirements;
+    if r.min_nodes == 0 || r.min_nodes > limits.max_min_nodes {
+        return Err(SubmitError::InvalidRequirements(format!(
+            "min_nodes must be between 1 and {}",
+            limits.max_min_nodes
+        )));
+    }
+    if r.max_execution_time_sec == 0 || r.max_execution_time_sec > limits.max_execution_time_sec {
+        return Err(SubmitError::InvalidRequirements(format!(
+            "max_execution_time_sec must be between 1 and {}",
+            limits.max_execution_time_sec
+        )));
+    }
+    if r.require_proof {
+        return Err(SubmitError::ProofUnsupported(submission.task_type));
+    }
+    let module = match submission.wasm_module.take() {
+        None if submission.task_type == TaskType::WasmExecution => {
+            return Err(SubmitError::MissingModule);
+        }
+        None => None,
+        Some(b64) => {
+            // base64 is 4/3 of the bytes: refuse early without decoding a huge string.
+            if b64.len() / 4 * 3 > limits.max_module_bytes + 3 {
+                return Err(SubmitError::ModuleTooLarge {
+                    size: b64.len() / 4 * 3,
+                    max: limits.max_module_bytes,
+                });
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| SubmitError::InvalidBase64(e.to_string()))?;
+            if bytes.len() > limits.max_module_bytes {
+                return Err(SubmitError::ModuleTooLarge {
+                    size: bytes.len(),
+                    max: limits.max_module_bytes,
+                });
+            }
+            let engine = wasmi::Engine::default();
+            wasmi::Module::validate(&engine, &bytes)
+                .map_err(|e| SubmitError::InvalidWasm(e.to_string()))?;
+            Some((ambient_protocol::sha256_hex(&bytes), bytes))
+        }
+    };
+    Ok(Accepted { submission, module })
+}
+
+fn list(types: &[TaskType]) -> String {
+    types
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Deepest nesting of arrays and objects in `body`, found without parsing it (so a hostile body
+/// cannot exhaust the parser's stack before the limit applies).
+pub fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn module_b64() -> String {
+        let wasm = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(wasm)
+    }
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_valid_wasm_task() {
+        let ok = check(
+            &body(json!({"task_type": "wasm_execution", "wasm_module": module_b64(), "inputs": {"n": 3}})),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(ok.submission.wasm_module.is_none());
+        let (sha, bytes) = ok.module.unwrap();
+        assert_eq!(sha, ambient_protocol::sha256_hex(&bytes));
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let l = Limits::default();
+        let code = |v: serde_json::Value| check(&body(v), &l).unwrap_err().code();
+        assert_eq!(check(b"{not json", &l).unwrap_err().code(), "invalid_json");
+        assert_eq!(code(json!({"task_type": "mining"})), "unknown_task_type");
+        assert_eq!(
+            code(json!({"task_type": "inference"})),
+            "unsupported_task_type"
+        );
+        assert_eq!(
+            code(json!({"task_type": "wasm_execution"})),
+            "missing_module"
+        );
+        assert_eq!(
+            code(json!({"task_type": "wasm_execution", "wasm_module": "!!"})),
+            "invalid_base64"
+        );
+        assert_eq!(
+            code(json!({"task_type": "wasm_execution", "wasm_module": "AAAA"})),
+            "invalid_wasm"
+        );
+        assert_eq!(
+            code(
+                json!({"task_type": "wasm_execution", "wasm_module": module_b64(),
+                        "requirements": {"min_nodes": 0}})
+            ),
+            "invalid_requirements"
+        );
+        assert_eq!(
+            code(
+                json!({"task_type": "wasm_execution", "wasm_module": module_b64(),
+                        "requirements": {"require_proof": true}})
+            ),
+            "proof_unsupported"
+        );
+        let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; (4 << 20) + 10]);
+        let err = check(
+            &body(json!({"task_type": "wasm_execution", "wasm_module": big})),
+            &Limits {
+                max_body_bytes: 64 << 20,
+                ..l.clone()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "module_too_large");
+        assert_eq!(err.http_status(), 413);
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            check(deep.as_bytes(), &l).unwrap_err().code(),
+            "json_too_deep"
+        );
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#), 1);
+        assert_eq!(json_depth(br#"{"a": [{"b": []}]}"#), 4);
+    }
+}

@@ -1,0 +1,192 @@
+//! Ambient VCP coordinator: takes tasks from submitters (REST and MQTT), matches them to nodes by
+//! capability and health, leases them, collects and checks results, and persists everything.
+//!
+//! [`run`] is the whole service; [`start`] is the same with a handle that tells the bound
+//! address, which tests and `ambient up` use.
+//!
+//! # Layout
+//! - [`config`]: the typed, strict configuration.
+//! - [`api`]: the REST API (axum) and OpenAPI document.
+//! - [`mqtt`]: MQTT intake: node health, presence and results, and submissions.
+//! - [`intake`]: submission checks shared by REST and MQTT.
+//! - [`core`]: the one task that owns the scheduler, persists, then publishes.
+//! - [`scheduler`]: the task lifecycle and node matching as a plain state machine.
+//! - [`store`]: SQLite on its own thread.
+//! - [`metrics`]: Prometheus counters.
+//! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
+//!
+//! # Features
+//! | Feature | Default | |
+//! |---|---|---|
+//! | `embedded-broker` | yes | rumqttd in-process, for `ambient demo` and `ambient up` |
+
+pub mod api;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod config;
+pub mod core;
+pub mod intake;
+pub mod metrics;
+pub mod mqtt;
+pub mod scheduler;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambient_protocol::topics;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::Config;
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The database could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The data dir or the HTTP port could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    /// Where the REST API listens.
+    pub http_addr: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl Coordinator {
+    /// Waits until every task of the coordinator has finished (after its shutdown token fired).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Starts the coordinator; it runs until `shutdown` is cancelled.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinator, StartError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::Io {
+        what: format!("cannot create data dir {}", cfg.data_dir.display()),
+        source,
+    })?;
+    let store = store::Store::open(&cfg.data_dir.join("coordinator.db"))?;
+    let (tasks, nodes) = store.load_active().await?;
+    info!(
+        active_tasks = tasks.len(),
+        known_nodes = nodes.len(),
+        "Coordinator state loaded."
+    );
+    let s = &cfg.scheduler;
+    let settings = scheduler::SchedulerSettings {
+        lease_grace: chrono::Duration::seconds(s.lease_grace_sec as i64),
+        max_retries: s.max_retries,
+        queue_timeout: chrono::Duration::seconds(s.queue_timeout_sec as i64),
+        health_timeout: chrono::Duration::seconds(s.health_timeout_sec as i64),
+        min_free_memory_bytes: s.min_free_memory_mib << 20,
+    };
+    let sched = scheduler::Scheduler::new(settings, tasks, nodes);
+
+    let tracker = TaskTracker::new();
+    let submit_filter = if cfg.mqtt.shared_subscription {
+        format!("$share/coordinators/{}", topics::ALL_SUBMIT)
+    } else {
+        topics::ALL_SUBMIT.to_string()
+    };
+    let link = ambient_link::start(
+        ambient_link::LinkOptions {
+            host: cfg.mqtt.host.clone(),
+            port: cfg.mqtt.port,
+            client_id: cfg.mqtt.client_id.clone(),
+            credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
+            clean_session: false,
+            keep_alive: Duration::from_secs(10),
+            last_will: None,
+            subscriptions: vec![
+                topics::ALL_NODE_STATUS.into(),
+                topics::ALL_NODE_HEALTH.into(),
+                topics::ALL_NODE_RESULTS.into(),
+                submit_filter,
+            ],
+        },
+        shutdown.clone(),
+        &tracker,
+    );
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (core_tx, core_rx) = mpsc::channel(1024);
+    let core = core::Core {
+        sched,
+        store: store.clone(),
+        mqtt: link.client.clone(),
+        metrics: metrics.clone(),
+        tick: Duration::from_millis(cfg.scheduler.tick_ms),
+        modules: HashMap::new(),
+    };
+    tracker.spawn(core.run(core_rx, shutdown.clone()));
+    let intake = mqtt::Intake {
+        core: core_tx.clone(),
+        store: store.clone(),
+        mqtt: link.client.clone(),
+        limits: cfg.limits.clone(),
+        metrics: metrics.clone(),
+    };
+    tracker.spawn(intake.run(link.incoming));
+
+    let state = api::AppState {
+        core: core_tx,
+        store,
+        limits: cfg.limits.clone(),
+        keys: Arc::new(cfg.api_keys.clone()),
+        metrics,
+        link: link.state,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", cfg.http_addr),
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Io {
+        what: "cannot read the bound address".into(),
+        source,
+    })?;
+    let app = api::router(state);
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed.");
+        }
+    });
+    info!(http = %http_addr, mqtt = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Coordinator started.");
+    Ok(Coordinator { http_addr, tracker })
+}
+
+/// Runs the coordinator until `shutdown` completes, then drains and returns.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let token = CancellationToken::new();
+    let coordinator = start(cfg, token.clone()).await?;
+    shutdown.await;
+    info!("Shutting down.");
+    token.cancel();
+    coordinator.wait().await;
+    Ok(())
+}

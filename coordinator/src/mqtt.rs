@@ -1,0 +1,184 @@
+//! MQTT intake: turns messages from the broker into [`CoreMsg`]s.
+//!
+//! The topic names the sender (the broker ACL binds `nodes/{node}/…` and `submit/{submitter}` to
+//! the username), so a payload that names another node than its topic is dropped. Malformed
+//! messages are counted and dropped; a malformed submission is answered on the submitter's
+//! `rejections` topic.
+
+use std::sync::Arc;
+
+use ambient_link::{AsyncClient, Incoming, QoS};
+use ambient_protocol::{
+    AgentEvent, ApiError, Health, NodeStatus, PROTOCOL_VERSION, topics, topics::Topic,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::config::Limits;
+use crate::core::CoreMsg;
+use crate::intake::{self, SubmitError};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Shared pieces the intake needs.
+pub struct Intake {
+    pub(crate) core: mpsc::Sender<CoreMsg>,
+    pub(crate) store: Store,
+    pub(crate) mqtt: AsyncClient,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    /// Consumes the link's incoming messages until the link ends.
+    pub async fn run(self, mut incoming: mpsc::Receiver<Incoming>) {
+        while let Some(msg) = incoming.recv().await {
+            if let Incoming::Publish { topic, payload } = msg
+                && self.handle(&topic, payload).await.is_err()
+            {
+                break; // the core is gone: shutting down
+            }
+        }
+    }
+
+    async fn handle(&self, topic: &str, payload: Vec<u8>) -> Result<(), ()> {
+        let Some(parsed) = topics::parse(topic) else {
+            return Ok(());
+        };
+        let msg = match parsed {
+            Topic::NodeStatus(node) => {
+                if payload.is_empty() {
+                    return Ok(()); // a cleared retained message
+                }
+                let Some(s) = self.decode::<NodeStatus>(topic, &payload) else {
+                    return Ok(());
+                };
+                if s.node_id != node {
+                    return self.misaddressed(topic, &s.node_id);
+                }
+                CoreMsg::Status(node.to_string(), s.state)
+            }
+            Topic::NodeHealth(node) => {
+                let Some(h) = self.decode::<Health>(topic, &payload) else {
+                    return Ok(());
+                };
+                if h.node_id != node {
+                    return self.misaddressed(topic, &h.node_id);
+                }
+                CoreMsg::Health(h)
+            }
+            Topic::NodeResults(node) => {
+                let Some(ev) = self.decode::<AgentEvent>(topic, &payload) else {
+                    return Ok(());
+                };
+                CoreMsg::Agent(node.to_string(), ev)
+            }
+            Topic::Submit(submitter) => {
+                self.submit(submitter, payload).await;
+                return Ok(());
+            }
+            Topic::NodeTasks(_) | Topic::NodeControl(_) => return Ok(()),
+        };
+        self.core.send(msg).await.map_err(|_| ())
+    }
+
+    fn decode<T: DeserializeOwned + HasVersion>(&self, topic: &str, payload: &[u8]) -> Option<T> {
+        match serde_json::from_slice::<T>(payload) {
+            Ok(v) if v.version() == PROTOCOL_VERSION => Some(v),
+            Ok(v) => {
+                Metrics::inc(&self.metrics.mqtt_rejected);
+                debug!(
+                    topic,
+                    version = v.version(),
+                    "Dropped message of another protocol version."
+                );
+                None
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.mqtt_rejected);
+                debug!(topic, error = %e, "Dropped malformed message.");
+                None
+            }
+        }
+    }
+
+    fn misaddressed(&self, topic: &str, claimed: &str) -> Result<(), ()> {
+        Metrics::inc(&self.metrics.mqtt_rejected);
+        warn!(
+            topic,
+            claimed, "Dropped a message whose node id does not match its topic."
+        );
+        Ok(())
+    }
+
+    async fn submit(&self, submitter: &str, payload: Vec<u8>) {
+        let limits = self.limits.clone();
+        // Decoding and validating a module of several MiB is CPU work: keep it off the workers.
+        let checked = tokio::task::spawn_blocking(move || intake::check(&payload, &limits))
+            .await
+            .unwrap_or_else(|e| Err(SubmitError::InvalidJson(format!("check panicked: {e}"))));
+        let accepted = match checked {
+            Ok(a) => a,
+            Err(e) => return self.reject(submitter, &e, None),
+        };
+        let task_id = accepted.submission.task_id;
+        if let Some((sha, bytes)) = &accepted.module
+            && let Err(e) = self.store.put_blob(sha.clone(), bytes.clone()).await
+        {
+            warn!(error = %e, "Could not store a module.");
+            return self.reject(submitter, &SubmitError::Unavailable(e.to_string()), task_id);
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let msg = CoreMsg::Submit {
+            submitter: submitter.to_string(),
+            accepted,
+            reply: Some(reply),
+        };
+        if self.core.send(msg).await.is_err() {
+            return;
+        }
+        if let Ok(Err(e)) = rx.await {
+            self.reject(submitter, &e, task_id);
+        }
+    }
+
+    fn reject(&self, submitter: &str, e: &SubmitError, task_id: Option<uuid::Uuid>) {
+        Metrics::inc(&self.metrics.submissions_rejected);
+        let body: ApiError = e.to_api_error(task_id);
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        let _ = self.mqtt.try_publish(
+            topics::submitter_rejections(submitter),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        );
+    }
+}
+
+/// Messages that carry the protocol version.
+trait HasVersion {
+    fn version(&self) -> u32;
+}
+
+impl HasVersion for NodeStatus {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl HasVersion for Health {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl HasVersion for AgentEvent {
+    fn version(&self) -> u32 {
+        match self {
+            AgentEvent::Started { v, .. }
+            | AgentEvent::Finished { v, .. }
+            | AgentEvent::Declined { v, .. } => *v,
+        }
+    }
+}

@@ -1,0 +1,980 @@
+//! The task lifecycle and node matching, as a plain state machine.
+//!
+//! [`Scheduler`] does no I/O and reads no clock: every method takes `now`, changes state, and
+//! queues [`Effects`] (records to persist, messages to publish). The core loop persists the
+//! records *before* it publishes anything, so an acknowledgement never runs ahead of the disk.
+//!
+//! Lifecycle: `pending → assigned → running → completed | failed | expired | cancelled`. Each
+//! replica is an [`AssignmentRecord`] with its own attempt number and lease. A lease that expires,
+//! a node that goes offline and a node that declines all free the replica's slot, and the task is
+//! matched again, until `min_nodes + max_retries` assignments have been spent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ambient_protocol::{
+    AgentEvent, Assignment, Control, Health, NodeInfo, NodeState, Outcome, PROTOCOL_VERSION,
+    Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
+};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Tuning of the scheduler. See [`crate::config::SchedulerConfig`] for the documented file form.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Added to `max_execution_time_sec` to make a lease: covers transfer and queueing.
+    pub lease_grace: Duration,
+    /// Assignments beyond `min_nodes` a task may use on lost, expired or declined replicas.
+    pub max_retries: u32,
+    /// A task that cannot get the nodes it needs for this long expires, with the reason.
+    pub queue_timeout: Duration,
+    /// A node silent for this long is taken as offline.
+    pub health_timeout: Duration,
+    /// Nodes with less available memory than this get no work.
+    pub min_free_memory_bytes: u64,
+}
+
+/// Failure kinds that a re-run would repeat: they count as the run's answer (and replicas must
+/// agree on them), rather than as a node fault to retry elsewhere.
+pub const DETERMINISTIC_FAILURES: &[&str] = &[
+    "invalid_module",
+    "unsupported_import",
+    "no_entry_point",
+    "out_of_fuel",
+    "memory_limit",
+    "trap",
+    "exit",
+    "output_too_large",
+    "invalid_input",
+];
+
+/// Where one replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentState {
+    /// Published to the node.
+    Dispatched,
+    /// The node said it started.
+    Running,
+    /// The node returned a result (see `outcome`).
+    Finished,
+    /// The lease ran out first.
+    Expired,
+    /// The node went offline holding it.
+    Lost,
+    /// The node refused it.
+    Declined,
+    /// The task was cancelled or completed without it.
+    Cancelled,
+}
+
+impl AssignmentState {
+    fn is_active(self) -> bool {
+        matches!(self, AssignmentState::Dispatched | AssignmentState::Running)
+    }
+}
+
+/// One replica of a task on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// 1-based, unique within the task.
+    pub attempt: u32,
+    /// The node that holds it.
+    pub node_id: String,
+    /// Where it stands.
+    pub state: AssignmentState,
+    /// When it was sent.
+    pub dispatched_at: DateTime<Utc>,
+    /// When the scheduler stops waiting for it.
+    pub lease_deadline: DateTime<Utc>,
+    /// What the node reported, once it did.
+    pub result: Option<TaskResult>,
+    /// Why it ended without a result (expired, lost, declined).
+    pub note: Option<String>,
+}
+
+/// A task and everything that happened to it: the unit that is persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: Uuid,
+    /// Who submitted it (the API key's or MQTT username's submitter id).
+    pub submitter: String,
+    /// What kind of work it is.
+    pub task_type: TaskType,
+    /// The task's inputs.
+    pub inputs: serde_json::Value,
+    /// What it needs.
+    pub requirements: Requirements,
+    /// The module's content address in the blob store, for wasm tasks.
+    pub module_sha256: Option<String>,
+    /// Where it is in its lifecycle.
+    pub status: TaskStatus,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Every replica, in attempt order.
+    pub assignments: Vec<AssignmentRecord>,
+    /// The accepted result.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or expired.
+    pub error: Option<String>,
+    /// Why it is waiting.
+    pub status_reason: Option<String>,
+    /// Since when it has lacked nodes it needs (drives the queue timeout).
+    pub waiting_since: Option<DateTime<Utc>>,
+}
+
+impl TaskRecord {
+    /// A new pending task.
+    pub fn new(
+        id: Uuid,
+        submitter: String,
+        task_type: TaskType,
+        inputs: serde_json::Value,
+        requirements: Requirements,
+        module_sha256: Option<String>,
+        now: DateTime<Utc>,
+    ) -> TaskRecord {
+        TaskRecord {
+            id,
+            submitter,
+            task_type,
+            inputs,
+            requirements,
+            module_sha256,
+            status: TaskStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            assignments: Vec::new(),
+            result: None,
+            error: None,
+            status_reason: None,
+            waiting_since: Some(now),
+        }
+    }
+
+    /// The submitter's view of the task.
+    pub fn info(&self) -> TaskInfo {
+        let mut assigned_nodes: Vec<String> = Vec::new();
+        for a in &self.assignments {
+            if !assigned_nodes.contains(&a.node_id) {
+                assigned_nodes.push(a.node_id.clone());
+            }
+        }
+        TaskInfo {
+            task_id: self.id,
+            task_type: self.task_type,
+            status: self.status,
+            assigned_nodes,
+            result: self.result.clone(),
+            proof_id: None,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            error: self.error.clone(),
+            status_reason: self.status_reason.clone(),
+            attempts: self.assignments.len() as u32,
+        }
+    }
+
+    fn active(&self) -> impl Iterator<Item = &AssignmentRecord> {
+        self.assignments.iter().filter(|a| a.state.is_active())
+    }
+
+    /// Finished assignments whose answer counts towards the quorum.
+    fn answers(&self) -> impl Iterator<Item = (&AssignmentRecord, String)> {
+        self.assignments.iter().filter_map(|a| {
+            let r = a.result.as_ref()?;
+            match &r.outcome {
+                Outcome::Success { output_sha256, .. } => Some((a, output_sha256.clone())),
+                Outcome::Failure { kind, message } if is_deterministic(kind) => {
+                    Some((a, format!("failure:{kind}:{message}")))
+                }
+                Outcome::Failure { .. } => None,
+            }
+        })
+    }
+
+    fn needed(&self) -> u32 {
+        let have = (self.active().count() + self.answers().count()) as u32;
+        self.requirements.min_nodes.saturating_sub(have)
+    }
+}
+
+fn is_deterministic(kind: &str) -> bool {
+    DETERMINISTIC_FAILURES.contains(&kind)
+}
+
+/// What the coordinator knows of a node: persisted so that `GET /nodes` survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's id.
+    pub id: String,
+    /// Online or offline.
+    pub state: NodeState,
+    /// When it was last heard from.
+    pub last_seen: DateTime<Utc>,
+    /// Its latest health report.
+    pub health: Option<Health>,
+}
+
+/// How the scheduler ranks nodes, 0–100. Documented in `docs/ARCHITECTURE.md`:
+///
+/// `score = 100 × (0.35·(1 − cpu%/100) + 0.25·(mem_available/mem_total)
+///                + 0.20·(1 − min(load1/cpus, 1)) + 0.20·(1 − running/max_concurrent))`,
+/// halved when any sensor reads 85 °C or more, and 0 when the node is offline, paused or silent.
+pub fn health_score(health: &Health) -> f64 {
+    let cpu = 1.0 - (f64::from(health.cpu_usage_pct) / 100.0).clamp(0.0, 1.0);
+    let mem = if health.mem_total_bytes == 0 {
+        0.0
+    } else {
+        (health.mem_available_bytes as f64 / health.mem_total_bytes as f64).clamp(0.0, 1.0)
+    };
+    let load = 1.0 - (health.load_avg[0] / f64::from(health.cpu_count.max(1))).clamp(0.0, 1.0);
+    let slots = 1.0
+        - (f64::from(health.running_tasks) / f64::from(health.max_concurrent_tasks.max(1)))
+            .clamp(0.0, 1.0);
+    let mut score = 100.0 * (0.35 * cpu + 0.25 * mem + 0.20 * load + 0.20 * slots);
+    if health.temperatures.iter().any(|t| t.celsius >= 85.0) {
+        score *= 0.5;
+    }
+    score
+}
+
+/// A message the core must publish once the state that led to it is on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    /// Send work to a node. The core attaches the module from the blob store.
+    Dispatch {
+        /// Recipient.
+        node: String,
+        /// The work, without module bytes.
+        assignment: Assignment,
+    },
+    /// A control message for a node.
+    Control {
+        /// Recipient.
+        node: String,
+        /// The message.
+        control: Control,
+    },
+    /// Tell a submitter that its task changed.
+    Notify {
+        /// Recipient.
+        submitter: String,
+        /// The task as it is now.
+        info: Box<TaskInfo>,
+    },
+}
+
+/// What a batch of scheduler calls asks the core to do.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Task records to write.
+    pub tasks: Vec<TaskRecord>,
+    /// Node records to write.
+    pub nodes: Vec<NodeRecord>,
+    /// Messages to publish after the writes commit, in order.
+    pub publish: Vec<Outbound>,
+}
+
+/// Why a cancel was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    /// No such active task of this submitter.
+    #[error("task {0} is not active (unknown, finished, or not yours)")]
+    NotActive(Uuid),
+}
+
+#[derive(Debug)]
+struct NodeSlot {
+    record: NodeRecord,
+    active: u32,
+}
+
+/// The scheduler's state: active tasks and known nodes.
+#[derive(Debug)]
+pub struct Scheduler {
+    settings: SchedulerSettings,
+    tasks: BTreeMap<Uuid, TaskRecord>,
+    nodes: HashMap<String, NodeSlot>,
+    dirty_tasks: BTreeSet<Uuid>,
+    dirty_nodes: BTreeSet<String>,
+    finished: Vec<TaskRecord>,
+    publish: Vec<Outbound>,
+}
+
+impl Scheduler {
+    /// A scheduler restored from persisted records. Terminal tasks are skipped; counts of active
+    /// assignments per node are rebuilt from the tasks.
+    pub fn new(
+        settings: SchedulerSettings,
+        tasks: Vec<TaskRecord>,
+        nodes: Vec<NodeRecord>,
+    ) -> Self {
+        let mut s = Scheduler {
+            settings,
+            tasks: BTreeMap::new(),
+            nodes: nodes
+                .into_iter()
+                .map(|record| (record.id.clone(), NodeSlot { record, active: 0 }))
+                .collect(),
+            dirty_tasks: BTreeSet::new(),
+            dirty_nodes: BTreeSet::new(),
+            finished: Vec::new(),
+            publish: Vec::new(),
+        };
+        for task in tasks.into_iter().filter(|t| !t.status.is_terminal()) {
+            for a in task.active() {
+                if let Some(n) = s.nodes.get_mut(&a.node_id) {
+                    n.active += 1;
+                }
+            }
+            s.tasks.insert(task.id, task);
+        }
+        s
+    }
+
+    /// An active task, if the scheduler holds it.
+    pub fn task(&self, id: &Uuid) -> Option<&TaskRecord> {
+        self.tasks.get(id)
+    }
+
+    /// Number of tasks not yet terminal.
+    pub fn active_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Number of nodes online now.
+    pub fn online_nodes(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.record.state == NodeState::Online)
+            .count()
+    }
+
+    /// Every known node, as the API shows it.
+    pub fn node_infos(&self) -> Vec<NodeInfo> {
+        let mut out: Vec<NodeInfo> = self.nodes.values().map(node_info).collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+
+    /// One node, as the API shows it.
+    pub fn node_info(&self, id: &str) -> Option<NodeInfo> {
+        self.nodes.get(id).map(node_info)
+    }
+
+    /// Accepts a new task and tries to place it at once.
+    pub fn submit(&mut self, task: TaskRecord, now: DateTime<Utc>) {
+        let id = task.id;
+        self.publish.push(Outbound::Notify {
+            submitter: task.submitter.clone(),
+            info: Box::new(task.info()),
+        });
+        self.tasks.insert(id, task);
+        self.dirty_tasks.insert(id);
+        self.schedule(now);
+    }
+
+    /// A health report: the node is online with fresh telemetry.
+    pub fn on_health(&mut self, health: Health, now: DateTime<Utc>) {
+        let id = health.node_id.clone();
+        let slot = self.nodes.entry(id.clone()).or_insert_with(|| NodeSlot {
+            record: NodeRecord {
+                id: id.clone(),
+                state: NodeState::Online,
+                last_seen: now,
+                health: None,
+            },
+            active: 0,
+        });
+        slot.record.state = NodeState::Online;
+        slot.record.last_seen = now;
+        slot.record.health = Some(health);
+        self.dirty_nodes.insert(id);
+        self.schedule(now);
+    }
+
+    /// A presence message (retained status or Last Will).
+    pub fn on_status(&mut self, node: &str, state: NodeState, now: DateTime<Utc>) {
+        match state {
+            NodeState::Offline => self.node_offline(node, "went offline", now),
+            NodeState::Online => {
+                // Presence alone does not make a node eligible: it needs a health report first.
+                if let Some(slot) = self.nodes.get_mut(node) {
+                    slot.record.last_seen = now;
+                }
+            }
+        }
+    }
+
+    /// A message from a node on its results topic. Returns the control messages that must follow
+    /// once the resulting state is persisted (acks are queued internally too).
+    pub fn on_agent_event(&mut self, node: &str, event: AgentEvent, now: DateTime<Utc>) {
+        if let Some(slot) = self.nodes.get_mut(node) {
+            slot.record.last_seen = now;
+        }
+        match event {
+            AgentEvent::Started {
+                task_id, attempt, ..
+            } => {
+                let Some(task) = self.tasks.get_mut(&task_id) else {
+                    return;
+                };
+                let Some(a) = task
+                    .assignments
+                    .iter_mut()
+                    .find(|a| a.attempt == attempt && a.node_id == node)
+                else {
+                    return;
+                };
+                if a.state == AssignmentState::Dispatched {
+                    a.state = AssignmentState::Running;
+                    if task.status == TaskStatus::Assigned {
+                        task.status = TaskStatus::Running;
+                    }
+                    task.updated_at = now;
+                    self.mark(task_id);
+                }
+            }
+            AgentEvent::Declined {
+                task_id,
+                attempt,
+                reason,
+                ..
+            } => {
+                if self.end_assignment(
+                    task_id,
+                    attempt,
+                    node,
+                    AssignmentState::Declined,
+                    format!("declined by {node}: {reason}"),
+                    now,
+                ) {
+                    self.schedule(now);
+                }
+            }
+            AgentEvent::Finished { result, .. } => self.on_result(node, result, now),
+        }
+    }
+
+    fn on_result(&mut self, node: &str, result: TaskResult, now: DateTime<Utc>) {
+        let (task_id, attempt) = (result.task_id, result.attempt);
+        // Whatever happens below, the node may stop re-sending: either the result is recorded
+        // (and persisted before this ack goes out), or it is one the scheduler will never use.
+        self.publish.push(Outbound::Control {
+            node: node.to_string(),
+            control: Control::ResultAck {
+                v: PROTOCOL_VERSION,
+                task_id,
+                attempt,
+            },
+        });
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let Some(a) = task
+            .assignments
+            .iter_mut()
+            .find(|a| a.attempt == attempt && a.node_id == node)
+        else {
+            return;
+        };
+        if a.result.is_some() || a.state == AssignmentState::Cancelled {
+            return; // a QoS1 duplicate, or a replica no longer wanted
+        }
+        let was_active = a.state.is_active();
+        a.state = AssignmentState::Finished;
+        a.result = Some(result);
+        task.updated_at = now;
+        if was_active && let Some(slot) = self.nodes.get_mut(node) {
+            slot.active = slot.active.saturating_sub(1);
+        }
+        self.mark(task_id);
+        self.decide(task_id, now);
+        self.schedule(now);
+    }
+
+    /// Settles a task whose answers reached the quorum.
+    fn decide(&mut self, task_id: Uuid, now: DateTime<Utc>) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        let min = task.requirements.min_nodes as usize;
+        let answers: Vec<(&AssignmentRecord, String)> = task.answers().collect();
+        if answers.len() < min {
+            if !answers.is_empty() && task.active().count() > 0 {
+                self.set_status(task_id, TaskStatus::Verifying, now);
+            }
+            return;
+        }
+        let first = answers[0].1.clone();
+        if answers.iter().any(|(_, h)| *h != first) {
+            let detail: Vec<String> = answers
+                .iter()
+                .map(|(a, h)| format!("{}={}", a.node_id, short(h)))
+                .collect();
+            self.finish(
+                task_id,
+                TaskStatus::Failed,
+                None,
+                Some(format!("replicas disagree: {}", detail.join(", "))),
+                now,
+            );
+            return;
+        }
+        let (a, _) = &answers[0];
+        let nodes: Vec<String> = answers.iter().map(|(a, _)| a.node_id.clone()).collect();
+        let Some(r) = a.result.as_ref() else { return };
+        match &r.outcome {
+            Outcome::Success {
+                output,
+                output_sha256,
+            } => {
+                let result = serde_json::json!({
+                    "output": output,
+                    "output_sha256": output_sha256,
+                    "nodes": nodes,
+                    "duration_ms": r.duration_ms,
+                    "fuel_consumed": r.fuel_consumed,
+                });
+                self.finish(task_id, TaskStatus::Completed, Some(result), None, now);
+            }
+            Outcome::Failure { kind, message } => {
+                let error = format!("{kind}: {message}");
+                self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
+            }
+        }
+    }
+
+    /// Cancels a submitter's active task.
+    pub fn cancel(
+        &mut self,
+        task_id: Uuid,
+        submitter: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), CancelError> {
+        match self.tasks.get(&task_id) {
+            Some(t) if t.submitter == submitter => {}
+            _ => return Err(CancelError::NotActive(task_id)),
+        }
+        self.finish(
+            task_id,
+            TaskStatus::Cancelled,
+            None,
+            Some("cancelled by submitter".into()),
+            now,
+        );
+        Ok(())
+    }
+
+    /// Time passes: leases expire, silent nodes go offline, starved tasks expire.
+    pub fn tick(&mut self, now: DateTime<Utc>) {
+        let silent: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.record.state == NodeState::Online
+                    && now - n.record.last_seen > self.settings.health_timeout
+            })
+            .map(|n| n.record.id.clone())
+            .collect();
+        for node in silent {
+            self.node_offline(&node, "missed its health reports", now);
+        }
+        let expired: Vec<(Uuid, u32, String)> = self
+            .tasks
+            .values()
+            .flat_map(|t| {
+                t.active()
+                    .filter(|a| a.lease_deadline < now)
+                    .map(|a| (t.id, a.attempt, a.node_id.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (task_id, attempt, node) in expired {
+            if self.end_assignment(
+                task_id,
+                attempt,
+                &node,
+                AssignmentState::Expired,
+                format!("lease expired on {node}"),
+                now,
+            ) {
+                self.publish.push(Outbound::Control {
+                    node: node.clone(),
+                    control: Control::Cancel {
+                        v: PROTOCOL_VERSION,
+                        task_id,
+                        attempt,
+                        reason: "lease expired".into(),
+                    },
+                });
+            }
+        }
+        self.schedule(now);
+        let starved: Vec<(Uuid, String)> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.waiting_since
+                    .is_some_and(|since| now - since > self.settings.queue_timeout)
+            })
+            .map(|t| {
+                let why = t.status_reason.clone().unwrap_or_default();
+                (t.id, why)
+            })
+            .collect();
+        for (task_id, why) in starved {
+            let secs = self.settings.queue_timeout.num_seconds();
+            self.finish(
+                task_id,
+                TaskStatus::Expired,
+                None,
+                Some(format!("no eligible node within {secs} s: {why}")),
+                now,
+            );
+        }
+    }
+
+    /// Takes what the calls since the last take asked for.
+    pub fn take_effects(&mut self) -> Effects {
+        let mut tasks = std::mem::take(&mut self.finished);
+        for id in std::mem::take(&mut self.dirty_tasks) {
+            if let Some(t) = self.tasks.get(&id) {
+                tasks.push(t.clone());
+            }
+        }
+        let nodes = std::mem::take(&mut self.dirty_nodes)
+            .into_iter()
+            .filter_map(|id| self.nodes.get(&id).map(|n| n.record.clone()))
+            .collect();
+        Effects {
+            tasks,
+            nodes,
+            publish: std::mem::take(&mut self.publish),
+        }
+    }
+
+    fn mark(&mut self, id: Uuid) {
+        self.dirty_tasks.insert(id);
+    }
+
+    fn node_offline(&mut self, node: &str, why: &str, now: DateTime<Utc>) {
+        let Some(slot) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if slot.record.state == NodeState::Offline {
+            return;
+        }
+        slot.record.state = NodeState::Offline;
+        self.dirty_nodes.insert(node.to_string());
+        let held: Vec<(Uuid, u32)> = self
+            .tasks
+            .values()
+            .flat_map(|t| {
+                t.active()
+                    .filter(|a| a.node_id == node)
+                    .map(|a| (t.id, a.attempt))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (task_id, attempt) in held {
+            self.end_assignment(
+                task_id,
+                attempt,
+                node,
+                AssignmentState::Lost,
+                format!("{node} {why}"),
+                now,
+            );
+        }
+        self.schedule(now);
+    }
+
+    /// Ends an active assignment without a result. Returns false when it was not active.
+    fn end_assignment(
+        &mut self,
+        task_id: Uuid,
+        attempt: u32,
+        node: &str,
+        state: AssignmentState,
+        note: String,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return false;
+        };
+        let Some(a) = task
+            .assignments
+            .iter_mut()
+            .find(|a| a.attempt == attempt && a.node_id == node && a.state.is_active())
+        else {
+            return false;
+        };
+        a.state = state;
+        a.note = Some(note);
+        task.updated_at = now;
+        if let Some(slot) = self.nodes.get_mut(node) {
+            slot.active = slot.active.saturating_sub(1);
+        }
+        self.mark(task_id);
+        true
+    }
+
+    fn set_status(&mut self, task_id: Uuid, status: TaskStatus, now: DateTime<Utc>) {
+        if let Some(t) = self.tasks.get_mut(&task_id)
+            && t.status != status
+        {
+            t.status = status;
+            t.updated_at = now;
+            let (submitter, info) = (t.submitter.clone(), t.info());
+            self.publish.push(Outbound::Notify {
+                submitter,
+                info: Box::new(info),
+            });
+            self.mark(task_id);
+        }
+    }
+
+    /// Moves a task to a terminal status, cancels its remaining replicas and drops it from memory.
+    fn finish(
+        &mut self,
+        task_id: Uuid,
+        status: TaskStatus,
+        result: Option<serde_json::Value>,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) {
+        let Some(mut task) = self.tasks.remove(&task_id) else {
+            return;
+        };
+        self.dirty_tasks.remove(&task_id);
+        for a in task.assignments.iter_mut().filter(|a| a.state.is_active()) {
+            a.state = AssignmentState::Cancelled;
+            if let Some(slot) = self.nodes.get_mut(&a.node_id) {
+                slot.active = slot.active.saturating_sub(1);
+            }
+            self.publish.push(Outbound::Control {
+                node: a.node_id.clone(),
+                control: Control::Cancel {
+                    v: PROTOCOL_VERSION,
+                    task_id,
+                    attempt: a.attempt,
+                    reason: format!("task {status}"),
+                },
+            });
+        }
+        task.status = status;
+        task.result = result;
+        task.error = error;
+        task.status_reason = None;
+        task.waiting_since = None;
+        task.updated_at = now;
+        self.publish.push(Outbound::Notify {
+            submitter: task.submitter.clone(),
+            info: Box::new(task.info()),
+        });
+        self.finished.push(task);
+    }
+
+    /// Places every task that lacks replicas on the best eligible nodes.
+    fn schedule(&mut self, now: DateTime<Utc>) {
+        let waiting: Vec<Uuid> = self
+            .tasks
+            .values()
+            .filter(|t| t.needed() > 0)
+            .map(|t| t.id)
+            .collect();
+        for task_id in waiting {
+            self.place(task_id, now);
+        }
+    }
+
+    fn place(&mut self, task_id: Uuid, now: DateTime<Utc>) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        let needed = task.needed();
+        let budget = task.requirements.min_nodes + self.settings.max_retries;
+        let used = task.assignments.len() as u32;
+        if used + needed > budget && task.active().count() == 0 {
+            let last = task
+                .assignments
+                .iter()
+                .rev()
+                .find_map(|a| a.note.clone().or_else(|| failure_text(a)))
+                .unwrap_or_default();
+            let error = format!("gave up after {used} assignments; last: {last}");
+            self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
+            return;
+        }
+        let (mut candidates, why_not) = self.candidates(task);
+        let room = budget.saturating_sub(used);
+        candidates.truncate(needed.min(room) as usize);
+        let lease = now
+            + Duration::seconds(task.requirements.max_execution_time_sec as i64)
+            + self.settings.lease_grace;
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        for node in &candidates {
+            let attempt = task.assignments.len() as u32 + 1;
+            task.assignments.push(AssignmentRecord {
+                attempt,
+                node_id: node.clone(),
+                state: AssignmentState::Dispatched,
+                dispatched_at: now,
+                lease_deadline: lease,
+                result: None,
+                note: None,
+            });
+            self.publish.push(Outbound::Dispatch {
+                node: node.clone(),
+                assignment: Assignment {
+                    v: PROTOCOL_VERSION,
+                    task_id,
+                    attempt,
+                    task_type: task.task_type,
+                    wasm_module: None,
+                    module_sha256: task.module_sha256.clone(),
+                    inputs: task.inputs.clone(),
+                    max_execution_time_sec: task.requirements.max_execution_time_sec,
+                    lease_deadline: lease,
+                },
+            });
+            if let Some(slot) = self.nodes.get_mut(node) {
+                slot.active += 1;
+            }
+        }
+        let still = task.needed();
+        let before = (task.status, task.status_reason.clone());
+        if still > 0 {
+            task.waiting_since.get_or_insert(now);
+            task.status_reason = Some(format!(
+                "waiting for {still} more eligible node(s): {why_not}"
+            ));
+        } else {
+            task.waiting_since = None;
+            task.status_reason = None;
+        }
+        if !candidates.is_empty() && task.status == TaskStatus::Pending {
+            task.status = TaskStatus::Assigned;
+        }
+        if task.active().count() == 0 && task.status == TaskStatus::Assigned {
+            task.status = TaskStatus::Pending;
+        }
+        if (task.status, task.status_reason.clone()) != before || !candidates.is_empty() {
+            task.updated_at = now;
+            let (submitter, info) = (task.submitter.clone(), task.info());
+            self.dirty_tasks.insert(task_id);
+            if task.status != before.0 {
+                self.publish.push(Outbound::Notify {
+                    submitter,
+                    info: Box::new(info),
+                });
+            }
+        }
+    }
+
+    /// Eligible nodes for a task, best first, and a sentence on why others are not.
+    fn candidates(&self, task: &TaskRecord) -> (Vec<String>, String) {
+        let used: BTreeSet<&str> = task
+            .assignments
+            .iter()
+            .map(|a| a.node_id.as_str())
+            .collect();
+        let mut ranked: Vec<(f64, &str)> = Vec::new();
+        let mut reasons: BTreeMap<&'static str, u32> = BTreeMap::new();
+        for slot in self.nodes.values() {
+            let why = self.ineligible(task, slot, &used);
+            match why {
+                None => {
+                    let h = slot.record.health.as_ref();
+                    let score = h.map(health_score).unwrap_or(0.0) - f64::from(slot.active);
+                    ranked.push((score, slot.record.id.as_str()));
+                }
+                Some(reason) => *reasons.entry(reason).or_default() += 1,
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let why_not = if self.nodes.is_empty() {
+            "no node has connected yet".to_string()
+        } else {
+            reasons
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        (
+            ranked.into_iter().map(|(_, id)| id.to_string()).collect(),
+            why_not,
+        )
+    }
+
+    fn ineligible(
+        &self,
+        task: &TaskRecord,
+        slot: &NodeSlot,
+        used: &BTreeSet<&str>,
+    ) -> Option<&'static str> {
+        if slot.record.state != NodeState::Online {
+            return Some("offline");
+        }
+        let Some(h) = slot.record.health.as_ref() else {
+            return Some("without health report");
+        };
+        if used.contains(slot.record.id.as_str()) {
+            return Some("already used for this task");
+        }
+        if !h.accepting {
+            return Some("paused by their owner");
+        }
+        if !h.supported_task_types.contains(&task.task_type) {
+            return Some("not supporting this task type");
+        }
+        if task.requirements.require_gpu && h.gpus.is_empty() {
+            return Some("without a GPU");
+        }
+        if h.mem_available_bytes < self.settings.min_free_memory_bytes {
+            return Some("short of memory");
+        }
+        if slot.active >= h.max_concurrent_tasks {
+            return Some("busy");
+        }
+        None
+    }
+}
+
+fn failure_text(a: &AssignmentRecord) -> Option<String> {
+    match &a.result.as_ref()?.outcome {
+        Outcome::Failure { kind, message } => Some(format!("{kind} on {}: {message}", a.node_id)),
+        Outcome::Success { .. } => None,
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+fn node_info(slot: &NodeSlot) -> NodeInfo {
+    let r = &slot.record;
+    let score = match (&r.health, r.state) {
+        (Some(h), NodeState::Online) if h.accepting => health_score(h),
+        _ => 0.0,
+    };
+    NodeInfo {
+        node_id: r.id.clone(),
+        state: r.state,
+        health_score: (score * 10.0).round() / 10.0,
+        last_seen: Some(r.last_seen),
+        health: r.health.clone(),
+        active_assignments: slot.active,
+    }
+}
+
+#[cfg(test)]
+mod tests;

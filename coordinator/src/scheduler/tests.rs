@@ -1,0 +1,448 @@
+use super::*;
+use ambient_protocol::{GpuInfo, Temperature};
+
+fn settings() -> SchedulerSettings {
+    SchedulerSettings {
+        lease_grace: Duration::seconds(10),
+        max_retries: 2,
+        queue_timeout: Duration::seconds(60),
+        health_timeout: Duration::seconds(15),
+        min_free_memory_bytes: 64 << 20,
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn secs(n: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(n)
+}
+
+fn health(node: &str, cpu: f32) -> Health {
+    Health {
+        v: PROTOCOL_VERSION,
+        node_id: node.into(),
+        at: t0(),
+        cpu_usage_pct: cpu,
+        cpu_count: 4,
+        load_avg: [0.5, 0.5, 0.5],
+        mem_total_bytes: 8 << 30,
+        mem_available_bytes: 4 << 30,
+        temperatures: vec![],
+        gpus: vec![],
+        supported_task_types: vec![TaskType::WasmExecution],
+        max_concurrent_tasks: 2,
+        running_tasks: 0,
+        accepting: true,
+        paused_reason: None,
+        wasm_memory_limit_bytes: 64 << 20,
+    }
+}
+
+fn task(min_nodes: u32) -> TaskRecord {
+    TaskRecord::new(
+        Uuid::new_v4(),
+        "acme".into(),
+        TaskType::WasmExecution,
+        serde_json::json!({"x": 1}),
+        Requirements {
+            min_nodes,
+            max_execution_time_sec: 30,
+            ..Requirements::default()
+        },
+        Some("ab".repeat(32)),
+        t0(),
+    )
+}
+
+fn success(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
+    AgentEvent::Finished {
+        v: PROTOCOL_VERSION,
+        result: TaskResult {
+            task_id,
+            attempt,
+            outcome: Outcome::Success {
+                output: serde_json::json!(out),
+                output_sha256: ambient_protocol::sha256_hex(out.as_bytes()),
+            },
+            duration_ms: 5,
+            fuel_consumed: Some(100),
+        },
+    }
+}
+
+fn failure(task_id: Uuid, attempt: u32, kind: &str) -> AgentEvent {
+    AgentEvent::Finished {
+        v: PROTOCOL_VERSION,
+        result: TaskResult {
+            task_id,
+            attempt,
+            outcome: Outcome::Failure {
+                kind: kind.into(),
+                message: format!("{kind} happened"),
+            },
+            duration_ms: 5,
+            fuel_consumed: None,
+        },
+    }
+}
+
+fn dispatches(e: &Effects) -> Vec<(String, u32)> {
+    e.publish
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Dispatch { node, assignment } => Some((node.clone(), assignment.attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(e: &Effects) -> usize {
+    e.publish
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Outbound::Control {
+                    control: Control::ResultAck { .. },
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+fn cancels(e: &Effects) -> Vec<(String, u32)> {
+    e.publish
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Control {
+                node,
+                control: Control::Cancel { attempt, .. },
+            } => Some((node.clone(), *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persisted(e: &Effects, id: Uuid) -> TaskRecord {
+    e.tasks
+        .iter()
+        .rev()
+        .find(|t| t.id == id)
+        .cloned()
+        .expect("task persisted")
+}
+
+#[test]
+fn no_node_means_pending_with_reason_then_expired() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Pending);
+    assert!(
+        rec.status_reason
+            .unwrap()
+            .contains("no node has connected yet"),
+        "reason must say why"
+    );
+    s.tick(secs(30));
+    assert!(s.task(&id).is_some(), "not expired before the timeout");
+    s.tick(secs(61));
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Expired);
+    assert!(rec.error.unwrap().contains("no eligible node within 60 s"));
+    assert!(s.task(&id).is_none());
+}
+
+#[test]
+fn happy_path_with_duplicate_result() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 10.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n1".to_string(), 1)]);
+    assert_eq!(persisted(&e, id).status, TaskStatus::Assigned);
+
+    s.on_agent_event(
+        "n1",
+        AgentEvent::Started {
+            v: 1,
+            task_id: id,
+            attempt: 1,
+        },
+        secs(1),
+    );
+    assert_eq!(persisted(&s.take_effects(), id).status, TaskStatus::Running);
+
+    s.on_agent_event("n1", success(id, 1, "42"), secs(2));
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert_eq!(rec.result.as_ref().unwrap()["output"], "42");
+    assert_eq!(acks(&e), 1);
+
+    // QoS1 redelivery: acknowledged again, recorded once.
+    s.on_agent_event("n1", success(id, 1, "42"), secs(3));
+    let e = s.take_effects();
+    assert_eq!(acks(&e), 1);
+    assert!(e.tasks.is_empty(), "a duplicate changes nothing");
+}
+
+#[test]
+fn lease_expiry_reassigns_to_another_node() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.on_health(health("n2", 90.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    assert_eq!(dispatches(&s.take_effects()), vec![("n1".to_string(), 1)]);
+    // Keep both nodes alive, let the lease (30 s + 10 s grace) run out.
+    s.on_health(health("n1", 0.0), secs(35));
+    s.on_health(health("n2", 90.0), secs(35));
+    s.take_effects();
+    s.tick(secs(41));
+    let e = s.take_effects();
+    assert_eq!(cancels(&e), vec![("n1".to_string(), 1)]);
+    assert_eq!(dispatches(&e), vec![("n2".to_string(), 2)]);
+    let rec = persisted(&e, id);
+    assert_eq!(rec.assignments[0].state, AssignmentState::Expired);
+    assert_eq!(rec.info().assigned_nodes, vec!["n1", "n2"]);
+}
+
+#[test]
+fn offline_node_loses_its_work() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.on_health(health("n2", 50.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    s.take_effects();
+    s.on_status("n1", NodeState::Offline, secs(1));
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n2".to_string(), 2)]);
+    assert_eq!(
+        persisted(&e, id).assignments[0].state,
+        AssignmentState::Lost
+    );
+    // A late result from the lost replica is acknowledged and may still settle the task.
+    s.on_agent_event("n1", success(id, 1, "7"), secs(2));
+    let e = s.take_effects();
+    assert_eq!(acks(&e), 1);
+    assert_eq!(persisted(&e, id).status, TaskStatus::Completed);
+    assert_eq!(cancels(&e), vec![("n2".to_string(), 2)]);
+}
+
+#[test]
+fn silent_node_goes_offline() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.tick(secs(16));
+    let e = s.take_effects();
+    assert_eq!(e.nodes[0].state, NodeState::Offline);
+    assert_eq!(s.online_nodes(), 0);
+}
+
+#[test]
+fn retry_cap_fails_with_reason() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    for n in ["n1", "n2", "n3", "n4"] {
+        s.on_health(health(n, 0.0), t0());
+    }
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    // Each node declines in turn: 1 + max_retries (2) assignments, then the task fails.
+    let mut last = None;
+    for _ in 0..3 {
+        let e = s.take_effects();
+        let (node, attempt) = dispatches(&e)[0].clone();
+        s.on_agent_event(
+            &node,
+            AgentEvent::Declined {
+                v: 1,
+                task_id: id,
+                attempt,
+                reason: "paused".into(),
+            },
+            secs(1),
+        );
+        last = Some(node);
+    }
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Failed);
+    let err = rec.error.unwrap();
+    assert!(err.contains("gave up after 3 assignments"), "{err}");
+    assert!(
+        err.contains(&format!("declined by {}", last.unwrap())),
+        "{err}"
+    );
+    assert!(dispatches(&e).is_empty());
+}
+
+#[test]
+fn replicas_go_to_distinct_nodes_and_must_agree() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    for n in ["n1", "n2", "n3"] {
+        s.on_health(health(n, 0.0), t0());
+    }
+    let agree = task(2);
+    let disagree = task(2);
+    let (a, d) = (agree.id, disagree.id);
+    s.submit(agree, t0());
+    let e = s.take_effects();
+    let nodes: BTreeSet<String> = dispatches(&e).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(nodes.len(), 2, "two distinct nodes");
+    s.on_agent_event("n1", success(a, 1, "x"), secs(1));
+    s.on_agent_event("n2", success(a, 2, "x"), secs(1));
+    assert_eq!(
+        persisted(&s.take_effects(), a).status,
+        TaskStatus::Completed
+    );
+
+    s.submit(disagree, secs(2));
+    let e = s.take_effects();
+    let ds = dispatches(&e);
+    s.on_agent_event(&ds[0].0, success(d, ds[0].1, "x"), secs(3));
+    let mid = s.take_effects();
+    assert_eq!(persisted(&mid, d).status, TaskStatus::Verifying);
+    s.on_agent_event(&ds[1].0, success(d, ds[1].1, "y"), secs(3));
+    let rec = persisted(&s.take_effects(), d);
+    assert_eq!(rec.status, TaskStatus::Failed);
+    assert!(rec.error.unwrap().starts_with("replicas disagree"));
+}
+
+#[test]
+fn deterministic_failure_is_the_answer() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.on_health(health("n2", 0.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    let (node, attempt) = dispatches(&s.take_effects())[0].clone();
+    s.on_agent_event(&node, failure(id, attempt, "out_of_fuel"), secs(1));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Failed);
+    assert_eq!(
+        rec.error.as_deref(),
+        Some("out_of_fuel: out_of_fuel happened")
+    );
+}
+
+#[test]
+fn transient_failure_is_retried_elsewhere() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.on_health(health("n2", 50.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    s.take_effects();
+    s.on_agent_event("n1", failure(id, 1, "wall_clock"), secs(1));
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n2".to_string(), 2)]);
+}
+
+#[test]
+fn eligibility_filters_and_explains() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let mut paused = health("paused", 0.0);
+    paused.accepting = false;
+    let mut other = health("onnx-only", 0.0);
+    other.supported_task_types = vec![TaskType::Inference];
+    s.on_health(paused, t0());
+    s.on_health(other, t0());
+    let mut gpu_task = task(1);
+    gpu_task.requirements.require_gpu = true;
+    let id = gpu_task.id;
+    s.submit(gpu_task, t0());
+    let e = s.take_effects();
+    assert!(dispatches(&e).is_empty());
+    let reason = persisted(&e, id).status_reason.unwrap();
+    assert!(reason.contains("1 paused by their owner"), "{reason}");
+    assert!(
+        reason.contains("1 not supporting this task type"),
+        "{reason}"
+    );
+
+    let mut gpu = health("gpu", 0.0);
+    gpu.gpus = vec![GpuInfo {
+        name: "test".into(),
+        memory_total_bytes: 1 << 30,
+        backend: "nvml".into(),
+        driver: None,
+    }];
+    s.on_health(health("cpu", 0.0), secs(1));
+    s.on_health(gpu, secs(1));
+    assert_eq!(
+        dispatches(&s.take_effects()),
+        vec![("gpu".to_string(), 1)],
+        "only the GPU node qualifies"
+    );
+}
+
+#[test]
+fn ranking_prefers_healthier_nodes() {
+    let idle = health("idle", 5.0);
+    let mut hot = health("hot", 5.0);
+    hot.temperatures = vec![Temperature {
+        label: "cpu".into(),
+        celsius: 95.0,
+    }];
+    let busy = health("busy", 95.0);
+    assert!(health_score(&idle) > health_score(&busy));
+    assert!(health_score(&idle) > health_score(&hot));
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(busy, t0());
+    s.on_health(hot, t0());
+    s.on_health(idle, t0());
+    s.submit(task(1), t0());
+    assert_eq!(dispatches(&s.take_effects()), vec![("idle".to_string(), 1)]);
+}
+
+#[test]
+fn cancel_stops_replicas() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    s.take_effects();
+    assert!(s.cancel(id, "someone-else", secs(1)).is_err());
+    s.cancel(id, "acme", secs(1)).unwrap();
+    let e = s.take_effects();
+    assert_eq!(persisted(&e, id).status, TaskStatus::Cancelled);
+    assert_eq!(cancels(&e), vec![("n1".to_string(), 1)]);
+    assert!(s.cancel(id, "acme", secs(2)).is_err());
+}
+
+#[test]
+fn restores_from_persisted_records() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    let e = s.take_effects();
+    // A new scheduler from what was written continues where the old one stopped.
+    let mut s2 = Scheduler::new(settings(), e.tasks, e.nodes);
+    assert_eq!(s2.node_info("n1").unwrap().active_assignments, 1);
+    s2.on_agent_event("n1", success(id, 1, "ok"), secs(1));
+    assert_eq!(
+        persisted(&s2.take_effects(), id).status,
+        TaskStatus::Completed
+    );
+}

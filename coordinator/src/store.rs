@@ -1,0 +1,278 @@
+//! Persistence: one SQLite file (WAL), owned by one named thread that takes commands over a
+//! channel, so no rusqlite call ever runs on an async worker.
+//!
+//! Tables:
+//! - `tasks`: one row per task, the whole [`TaskRecord`] (assignments and results included) as
+//!   JSON, with the columns the API filters by;
+//! - `nodes`: one row per node, its [`NodeRecord`] as JSON;
+//! - `blobs`: content-addressed artifacts (wasm modules), keyed by sha256.
+
+use std::path::Path;
+
+use ambient_protocol::TaskStatus;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::scheduler::{NodeRecord, TaskRecord};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row did not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The store thread is gone (the coordinator is shutting down).
+    #[error("store closed")]
+    Closed,
+    /// A blob that should be there is not.
+    #[error("blob {0} is missing")]
+    Missing(String),
+    /// The store thread could not start.
+    #[error("cannot start store thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    submitter TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_submitter ON tasks(submitter, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and starts its thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("coordinator-store".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+            })?;
+        Ok(Store { tx })
+    }
+
+    /// Runs `f` on the store thread and returns its answer.
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes task and node records in one transaction.
+    pub async fn save(
+        &self,
+        tasks: Vec<TaskRecord>,
+        nodes: Vec<NodeRecord>,
+    ) -> Result<(), StoreError> {
+        if tasks.is_empty() && nodes.is_empty() {
+            return Ok(());
+        }
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut put_task = tx.prepare_cached(
+                    "INSERT INTO tasks (id, submitter, status, created_at, updated_at, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(id) DO UPDATE SET status = ?3, updated_at = ?5, record = ?6",
+                )?;
+                for t in &tasks {
+                    put_task.execute(params![
+                        t.id.to_string(),
+                        t.submitter,
+                        t.status.as_str(),
+                        t.created_at.to_rfc3339(),
+                        t.updated_at.to_rfc3339(),
+                        serde_json::to_string(t)?,
+                    ])?;
+                }
+                let mut put_node = tx.prepare_cached(
+                    "INSERT INTO nodes (id, record) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET record = ?2",
+                )?;
+                for n in &nodes {
+                    put_node.execute(params![n.id, serde_json::to_string(n)?])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every task not yet terminal, and every node: what the scheduler restarts from.
+    pub async fn load_active(&self) -> Result<(Vec<TaskRecord>, Vec<NodeRecord>), StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT record FROM tasks
+                 WHERE status NOT IN ('completed', 'failed', 'expired', 'cancelled')
+                 ORDER BY created_at",
+            )?;
+            let tasks = decode_rows::<TaskRecord>(&mut stmt, [])?;
+            let mut stmt = conn.prepare("SELECT record FROM nodes ORDER BY id")?;
+            let nodes = decode_rows::<NodeRecord>(&mut stmt, [])?;
+            Ok((tasks, nodes))
+        })
+        .await
+    }
+
+    /// One task by id.
+    pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.call(move |conn| {
+            let row: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM tasks WHERE id = ?1",
+                    [id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(row.map(|s| serde_json::from_str(&s)).transpose()?)
+        })
+        .await
+    }
+
+    /// A submitter's tasks, newest first, optionally of one status.
+    pub async fn tasks_of(
+        &self,
+        submitter: String,
+        status: Option<TaskStatus>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT record FROM tasks
+                 WHERE submitter = ?1 AND (?2 IS NULL OR status = ?2)
+                 ORDER BY created_at DESC LIMIT ?3",
+            )?;
+            decode_rows(
+                &mut stmt,
+                params![submitter, status.map(|s| s.as_str()), limit],
+            )
+        })
+        .await
+    }
+
+    /// Stores a blob under its sha256 (idempotent).
+    pub async fn put_blob(&self, sha256: String, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)",
+                params![sha256, bytes],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads a blob.
+    pub async fn blob(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .query_row("SELECT bytes FROM blobs WHERE sha256 = ?1", [sha256], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        })
+        .await
+    }
+}
+
+fn decode_rows<T: serde::de::DeserializeOwned>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>, StoreError> {
+    let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row?)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_protocol::{Requirements, TaskType};
+
+    #[tokio::test]
+    async fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let now = chrono::Utc::now();
+        let mut t = TaskRecord::new(
+            Uuid::new_v4(),
+            "acme".into(),
+            TaskType::WasmExecution,
+            serde_json::json!({"a": 1}),
+            Requirements::default(),
+            None,
+            now,
+        );
+        {
+            let store = Store::open(&path).unwrap();
+            store.save(vec![t.clone()], vec![]).await.unwrap();
+            t.status = TaskStatus::Completed;
+            store.save(vec![t.clone()], vec![]).await.unwrap();
+            store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
+            store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
+        let (active, _) = store.load_active().await.unwrap();
+        assert!(active.is_empty(), "completed tasks are not reloaded");
+        let mine = store
+            .tasks_of("acme".into(), Some(TaskStatus::Completed), 10)
+            .await
+            .unwrap();
+        assert_eq!(mine.len(), 1);
+        assert!(
+            store
+                .tasks_of("other".into(), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
+    }
+}

@@ -1,0 +1,82 @@
+//! Ambient VCP wire protocol: the JSON messages that cross the MQTT broker and the REST API, and
+//! the topic names they travel on.
+//!
+//! This crate is data only. It depends on serde and nothing that does I/O, so the coordinator,
+//! the agent, the CLI and third-party submitters share one definition of every message.
+//!
+//! # Layout
+//! - [`topics`]: topic builders and a parser for incoming topics.
+//! - [`task`]: what a submitter sends ([`TaskSubmission`]) and gets back ([`TaskInfo`]).
+//! - [`node`]: what an agent reports ([`NodeStatus`], [`Health`]).
+//! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
+//! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
+
+pub mod node;
+pub mod task;
+pub mod topics;
+pub mod wire;
+
+pub use node::{GpuInfo, Health, NodeInfo, NodeState, NodeStatus, Temperature};
+pub use task::{Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
+pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the MQTT message formats. Every agent ↔ coordinator message carries it as `v`, and a
+/// receiver refuses a message whose version it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The error body of every failed REST call and every MQTT rejection: a stable machine-readable
+/// `error` code and a human sentence in `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    /// Stable snake_case code, e.g. `invalid_json`, `unauthorized`, `module_too_large`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The task the error is about, when there is one (MQTT rejections name the submitter's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<uuid::Uuid>,
+}
+
+/// Lower-case hex sha256 of `bytes`: the content address of modules and the hash results are
+/// compared by.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// True for identifiers that may appear as one topic level: node ids and submitter ids.
+///
+/// 1–64 characters of `[A-Za-z0-9_-]`, so they can never contain MQTT wildcards or separators.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("node-1"));
+        assert!(valid_id("a_B-9"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("+"));
+        assert!(!valid_id("#"));
+        assert!(!valid_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn sha256_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! What an agent says about itself: its presence ([`NodeStatus`]) and its live telemetry
+//! ([`Health`]), and what the coordinator reports about a node ([`NodeInfo`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::TaskType;
+
+/// Presence of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Connected to the broker.
+    Online,
+    /// Gone: a clean disconnect, its Last Will, or missed health reports.
+    Offline,
+}
+
+/// Retained on `nodes/{node}/status`. The agent's Last Will carries the `offline` form, so the
+/// broker announces a node that vanishes without saying goodbye.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Protocol version.
+    pub v: u32,
+    /// The node's id (its broker username).
+    pub node_id: String,
+    /// Online or offline.
+    pub state: NodeState,
+    /// The agent's version string.
+    pub agent_version: String,
+}
+
+/// One temperature sensor reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    /// Sensor label as the OS names it.
+    pub label: String,
+    /// Degrees Celsius.
+    pub celsius: f32,
+}
+
+/// A GPU the agent found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// Marketing name, e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// Total device memory.
+    pub memory_total_bytes: u64,
+    /// How it was found and could be driven: `nvml` for NVIDIA's management library.
+    pub backend: String,
+    /// Driver version, when known.
+    pub driver: Option<String>,
+}
+
+/// Live telemetry, published on `nodes/{node}/health` every few seconds. The coordinator ranks
+/// nodes by a score computed from it and treats a node that stops sending it as offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Protocol version.
+    pub v: u32,
+    /// The node's id.
+    pub node_id: String,
+    /// When the sample was taken.
+    pub at: DateTime<Utc>,
+    /// Global CPU use, 0–100.
+    pub cpu_usage_pct: f32,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// 1, 5 and 15 minute load averages (zero where the OS has none).
+    pub load_avg: [f64; 3],
+    /// Physical memory.
+    pub mem_total_bytes: u64,
+    /// Memory available to new work.
+    pub mem_available_bytes: u64,
+    /// Temperature sensors, where the OS exposes any.
+    #[serde(default)]
+    pub temperatures: Vec<Temperature>,
+    /// GPUs found (empty when none).
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+    /// Task kinds this agent's build can execute.
+    pub supported_task_types: Vec<TaskType>,
+    /// Tasks the agent runs at once at most.
+    pub max_concurrent_tasks: u32,
+    /// Tasks running now.
+    pub running_tasks: u32,
+    /// False when the agent's contribution policy says it takes no work now.
+    pub accepting: bool,
+    /// Why it does not accept work, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// Largest wasm linear memory the agent grants a task.
+    pub wasm_memory_limit_bytes: u64,
+}
+
+/// A node as the coordinator reports it (`GET /api/v1/nodes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub node_id: String,
+    /// Online or offline.
+    pub state: NodeState,
+    /// The score the scheduler ranks by, 0–100 (see `docs/ARCHITECTURE.md`).
+    pub health_score: f64,
+    /// When the coordinator last heard from the node.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The latest health report.
+    pub health: Option<Health>,
+    /// Assignments the node holds now.
+    pub active_assignments: u32,
+}

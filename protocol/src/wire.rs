@@ -1,0 +1,173 @@
+//! Messages between the coordinator and agents.
+//!
+//! Delivery is QoS1, so every message may arrive twice. Each carries the ids that make it
+//! idempotent: an assignment is `(task_id, attempt)`, and an attempt number belongs to exactly one
+//! node. A successful publish is not delivery, so the coordinator acknowledges every result with a
+//! [`Control::ResultAck`], and the agent re-sends a result until it sees that ack.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::TaskType;
+
+/// Work for one node, on `nodes/{node}/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Protocol version.
+    pub v: u32,
+    /// The task.
+    pub task_id: Uuid,
+    /// Which assignment of the task this is (1-based; replicas and reassignments count up).
+    pub attempt: u32,
+    /// What kind of work it is.
+    pub task_type: TaskType,
+    /// The wasm module, base64, for `wasm_execution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_module: Option<String>,
+    /// sha256 of the decoded module, which the agent checks and caches by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_sha256: Option<String>,
+    /// The task's inputs.
+    pub inputs: serde_json::Value,
+    /// Time budget of the run.
+    pub max_execution_time_sec: u64,
+    /// After this instant the coordinator gives the work to someone else.
+    pub lease_deadline: DateTime<Utc>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The run produced output.
+    Success {
+        /// stdout parsed as JSON, or a JSON string holding it when it is not JSON.
+        output: serde_json::Value,
+        /// sha256 of the raw stdout bytes: what replicas are compared by.
+        output_sha256: String,
+    },
+    /// The run failed.
+    Failure {
+        /// Stable code, e.g. `out_of_fuel`, `memory_limit`, `trap`, `invalid_module`.
+        kind: String,
+        /// What happened, for a person.
+        message: String,
+    },
+}
+
+/// The end of one run, re-sent by the agent until acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task.
+    pub task_id: Uuid,
+    /// The assignment it answers.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+    /// wasm fuel used, when it ran wasm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
+}
+
+/// What an agent publishes on `nodes/{node}/results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The agent began executing an assignment.
+    Started {
+        /// Protocol version.
+        v: u32,
+        /// The task.
+        task_id: Uuid,
+        /// The assignment.
+        attempt: u32,
+    },
+    /// The agent finished an assignment.
+    Finished {
+        /// Protocol version.
+        v: u32,
+        /// The result.
+        result: TaskResult,
+    },
+    /// The agent will not run an assignment it was sent (it is paused, full, or cannot run the
+    /// kind), so the coordinator can reassign it at once instead of waiting for the lease.
+    Declined {
+        /// Protocol version.
+        v: u32,
+        /// The task.
+        task_id: Uuid,
+        /// The assignment.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the coordinator sends on `nodes/{node}/control`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// The result of `(task_id, attempt)` is persisted; the agent may forget it.
+    ResultAck {
+        /// Protocol version.
+        v: u32,
+        /// The task.
+        task_id: Uuid,
+        /// The assignment.
+        attempt: u32,
+    },
+    /// Stop working on `(task_id, attempt)`: the task was cancelled or reassigned.
+    Cancel {
+        /// Protocol version.
+        v: u32,
+        /// The task.
+        task_id: Uuid,
+        /// The assignment.
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn agent_event_golden() {
+        let golden = json!({
+            "type": "finished",
+            "v": 1,
+            "result": {
+                "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab",
+                "attempt": 2,
+                "outcome": {"status": "failure", "kind": "out_of_fuel", "message": "ran out of fuel"},
+                "duration_ms": 12
+            }
+        });
+        let ev: AgentEvent = serde_json::from_value(golden.clone()).unwrap();
+        assert!(matches!(
+            &ev,
+            AgentEvent::Finished {
+                result: TaskResult {
+                    attempt: 2,
+                    outcome: Outcome::Failure { .. },
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(serde_json::to_value(&ev).unwrap(), golden);
+    }
+
+    #[test]
+    fn control_golden() {
+        let golden = json!({"type": "result_ack", "v": 1, "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab", "attempt": 1});
+        let c: Control = serde_json::from_value(golden.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), golden);
+    }
+}
