@@ -1,1 +1,581 @@
-//! placeholder
+//! Ambient VCP node agent: reports health over MQTT, takes assignments from the coordinator, runs
+//! them in a sandbox, and returns results until the coordinator acknowledges them.
+//!
+//! [`run`] is the whole agent; [`start`] returns a handle ([`Agent`]) that tests and `ambient up`
+//! use to stop it gracefully or to kill it abruptly.
+//!
+//! # Layout
+//! - [`config`]: the typed, strict configuration.
+//! - [`creds`]: the broker password from config, OS keyring, or a 0600 file.
+//! - [`telemetry`]: sysinfo + NVML sampling.
+//! - [`journal`]: the SQLite journal that makes results survive crashes.
+//! - [`exec`]: executors (`exec::wasm`: wasmi with WASI preview1 stdio).
+//!
+//! # Features
+//! | Feature | Default | |
+//! |---|---|---|
+//! | `wasm` | yes | `wasm_execution` tasks on wasmi |
+//! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
+//! | `keyring` | yes | OS keyring for the broker password |
+//!
+//! A lean build for a small device: `cargo build --release -p ambient-agent --no-default-features
+//! --features wasm`.
+
+pub mod config;
+pub mod creds;
+pub mod exec;
+pub mod journal;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ambient_link::{AsyncClient, Incoming, QoS};
+use ambient_protocol::{
+    AgentEvent, Assignment, Control, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
+    TaskResult, TaskType, topics,
+};
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+pub use config::Config;
+use journal::{JobState, Journal};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// No usable broker password.
+    #[error(transparent)]
+    Creds(#[from] creds::CredsError),
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    /// The data dir could not be created.
+    #[error("cannot create data dir: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Task kinds this build executes.
+pub fn supported_task_types() -> Vec<TaskType> {
+    let mut v = Vec::new();
+    if cfg!(feature = "wasm") {
+        v.push(TaskType::WasmExecution);
+    }
+    v
+}
+
+/// A running agent.
+pub struct Agent {
+    worker: Arc<Worker>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+}
+
+impl Agent {
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.worker.cfg.node_id
+    }
+
+    /// Stops cleanly: cancels running tasks, announces `offline`, disconnects, and waits.
+    pub async fn shutdown(self) {
+        self.worker.cancel_all();
+        let offline = self.worker.status(NodeState::Offline);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self
+                .worker
+                .client
+                .publish(
+                    topics::node_status(&self.worker.cfg.node_id),
+                    QoS::AtLeastOnce,
+                    true,
+                    offline,
+                )
+                .await;
+            let _ = self.worker.client.disconnect().await;
+            // Give the event loop a moment to flush the two packets.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await;
+        self.kill().await;
+    }
+
+    /// Stops at once, as a crash would: no goodbye, so the broker publishes the Last Will.
+    /// Running wasm stops at its next fuel slice; what it produced is kept in the journal.
+    pub async fn kill(self) {
+        self.worker.cancel_all();
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct Worker {
+    cfg: Config,
+    client: AsyncClient,
+    journal: Journal,
+    #[cfg(feature = "wasm")]
+    sandbox: Arc<exec::wasm::WasmSandbox>,
+    running: Mutex<HashMap<(Uuid, u32), Arc<AtomicBool>>>,
+    telemetry: Arc<Mutex<telemetry::Telemetry>>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+}
+
+/// Starts the agent; it runs until `shutdown` is cancelled (or [`Agent::shutdown`]).
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, StartError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let (node, dir, configured) = (
+        cfg.node_id.clone(),
+        cfg.data_dir.clone(),
+        cfg.mqtt.password.clone(),
+    );
+    // The keyring talks D-Bus and blocks.
+    let (password, source) =
+        tokio::task::spawn_blocking(move || creds::load(&node, &dir, configured.as_deref()))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    match &source {
+        creds::Source::File(_) => {
+            warn!(node = %cfg.node_id, source = %source, "Broker password read from the file fallback.")
+        }
+        _ => info!(node = %cfg.node_id, source = %source, "Broker password loaded."),
+    }
+    let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+
+    let token = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let node = cfg.node_id.clone();
+    let offline = serde_json::to_vec(&NodeStatus {
+        v: PROTOCOL_VERSION,
+        node_id: node.clone(),
+        state: NodeState::Offline,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    })
+    .unwrap_or_default();
+    let link = ambient_link::start(
+        ambient_link::LinkOptions {
+            host: cfg.mqtt.host.clone(),
+            port: cfg.mqtt.port,
+            client_id: node.clone(),
+            credentials: Some((node.clone(), password)),
+            clean_session: false,
+            keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_sec),
+            last_will: Some((topics::node_status(&node), offline)),
+            subscriptions: vec![topics::node_tasks(&node), topics::node_control(&node)],
+        },
+        token.clone(),
+        &tracker,
+    );
+    let worker = Arc::new(Worker {
+        #[cfg(feature = "wasm")]
+        sandbox: Arc::new(exec::wasm::WasmSandbox::new(cfg.execution.module_cache)),
+        cfg,
+        client: link.client.clone(),
+        journal,
+        running: Mutex::new(HashMap::new()),
+        telemetry: Arc::new(Mutex::new(
+            tokio::task::spawn_blocking(telemetry::Telemetry::new)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        )),
+        tracker: tracker.clone(),
+        token: token.clone(),
+    });
+
+    // Resume what a crash interrupted, if its lease still stands.
+    for a in worker.journal.interrupted().await? {
+        if a.lease_deadline > Utc::now() {
+            info!(task_id = %a.task_id, attempt = a.attempt, "Resuming an interrupted task.");
+            worker.clone().spawn_execution(a);
+        } else {
+            let _ = worker
+                .journal
+                .set_state(a.task_id, a.attempt, JobState::Cancelled)
+                .await;
+        }
+    }
+
+    tracker.spawn(worker.clone().dispatch(link.incoming));
+    tracker.spawn(worker.clone().health_loop());
+    tracker.spawn(worker.clone().resend_loop());
+    info!(node = %worker.cfg.node_id, broker = %format!("{}:{}", worker.cfg.mqtt.host, worker.cfg.mqtt.port),
+          kinds = ?supported_task_types(), "Agent started.");
+    Ok(Agent {
+        worker,
+        tracker,
+        token,
+    })
+}
+
+/// Runs the agent until `shutdown` completes, then stops cleanly.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let agent = start(cfg, CancellationToken::new()).await?;
+    shutdown.await;
+    info!("Shutting down.");
+    agent.shutdown().await;
+    Ok(())
+}
+
+impl Worker {
+    fn status(&self, state: NodeState) -> Vec<u8> {
+        serde_json::to_vec(&NodeStatus {
+            v: PROTOCOL_VERSION,
+            node_id: self.cfg.node_id.clone(),
+            state,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .unwrap_or_default()
+    }
+
+    fn cancel_all(&self) {
+        for flag in self.lock_running().values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), Arc<AtomicBool>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn publish_event(&self, ev: &AgentEvent) {
+        let payload = serde_json::to_vec(ev).unwrap_or_default();
+        let topic = topics::node_results(&self.cfg.node_id);
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client.publish(topic, QoS::AtLeastOnce, false, payload),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            warn!("Could not queue a result message; it will be re-sent.");
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, mut incoming: tokio::sync::mpsc::Receiver<Incoming>) {
+        let tasks_topic = topics::node_tasks(&self.cfg.node_id);
+        let control_topic = topics::node_control(&self.cfg.node_id);
+        while let Some(msg) = incoming.recv().await {
+            match msg {
+                Incoming::Connected { .. } => {
+                    let online = self.status(NodeState::Online);
+                    let topic = topics::node_status(&self.cfg.node_id);
+                    let _ = self
+                        .client
+                        .try_publish(topic, QoS::AtLeastOnce, true, online);
+                    self.resend_pending().await;
+                    self.publish_health().await;
+                }
+                Incoming::Publish { topic, payload } if topic == tasks_topic => {
+                    match serde_json::from_slice::<Assignment>(&payload) {
+                        Ok(a) if a.v == PROTOCOL_VERSION => self.clone().on_assignment(a).await,
+                        Ok(a) => warn!(
+                            version = a.v,
+                            "Ignored an assignment of another protocol version."
+                        ),
+                        Err(e) => warn!(error = %e, "Ignored a malformed assignment."),
+                    }
+                }
+                Incoming::Publish { topic, payload } if topic == control_topic => {
+                    match serde_json::from_slice::<Control>(&payload) {
+                        Ok(c) => self.on_control(c).await,
+                        Err(e) => warn!(error = %e, "Ignored a malformed control message."),
+                    }
+                }
+                Incoming::Publish { .. } => {}
+            }
+        }
+    }
+
+    async fn on_assignment(self: Arc<Self>, a: Assignment) {
+        match self.journal.receive(&a).await {
+            Err(e) => {
+                // Not journaled, so not run: the lease brings it back.
+                error!(task_id = %a.task_id, error = %e, "Cannot journal an assignment; not running it.");
+                return;
+            }
+            Ok(Some((JobState::ResultPending, Some(result)))) => {
+                let ev = AgentEvent::Finished {
+                    v: PROTOCOL_VERSION,
+                    result,
+                };
+                self.publish_event(&ev).await;
+                return;
+            }
+            Ok(Some(_)) => return, // a redelivery of something already in hand
+            Ok(None) => {}
+        }
+        let decline = if !supported_task_types().contains(&a.task_type) {
+            Some(format!("this agent cannot run {}", a.task_type))
+        } else if self.lock_running().len() >= self.cfg.execution.max_concurrent_tasks as usize {
+            Some("all execution slots are busy".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = decline {
+            let _ = self
+                .journal
+                .set_state(a.task_id, a.attempt, JobState::Cancelled)
+                .await;
+            let ev = AgentEvent::Declined {
+                v: PROTOCOL_VERSION,
+                task_id: a.task_id,
+                attempt: a.attempt,
+                reason,
+            };
+            self.publish_event(&ev).await;
+            return;
+        }
+        self.spawn_execution(a);
+    }
+
+    fn spawn_execution(self: Arc<Self>, a: Assignment) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.lock_running()
+            .insert((a.task_id, a.attempt), cancel.clone());
+        let tracker = self.tracker.clone();
+        tracker.spawn(async move {
+            let key = (a.task_id, a.attempt);
+            let _ = self
+                .journal
+                .set_state(a.task_id, a.attempt, JobState::Running)
+                .await;
+            let started = AgentEvent::Started {
+                v: PROTOCOL_VERSION,
+                task_id: a.task_id,
+                attempt: a.attempt,
+            };
+            self.publish_event(&started).await;
+            info!(task_id = %a.task_id, attempt = a.attempt, "Task started.");
+            let worker = self.clone();
+            let run = tokio::task::spawn_blocking(move || worker.execute(&a, &cancel));
+            let result = match run.await {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(error = %e, "Executor panicked.");
+                    self.lock_running().remove(&key);
+                    return;
+                }
+            };
+            self.lock_running().remove(&key);
+            if self.token.is_cancelled() {
+                return; // killed: the journal keeps the task as running, to resume or expire
+            }
+            if let Err(e) = self.journal.finish(&result).await {
+                error!(task_id = %result.task_id, error = %e, "Cannot journal a result.");
+            }
+            let kind = match &result.outcome {
+                Outcome::Success { .. } => "success",
+                Outcome::Failure { kind, .. } => kind.as_str(),
+            };
+            info!(task_id = %result.task_id, attempt = result.attempt, outcome = kind,
+                  duration_ms = result.duration_ms, "Task finished.");
+            let ev = AgentEvent::Finished {
+                v: PROTOCOL_VERSION,
+                result,
+            };
+            self.publish_event(&ev).await;
+        });
+    }
+
+    /// Runs one assignment to a result. Blocking.
+    fn execute(&self, a: &Assignment, cancel: &AtomicBool) -> TaskResult {
+        let started = Instant::now();
+        let (outcome, fuel) = match a.task_type {
+            #[cfg(feature = "wasm")]
+            TaskType::WasmExecution => self.execute_wasm(a, cancel),
+            other => (
+                failure(
+                    "unsupported_task_type",
+                    format!("this agent cannot run {other}"),
+                ),
+                None,
+            ),
+        };
+        #[cfg(not(feature = "wasm"))]
+        let _ = cancel;
+        TaskResult {
+            task_id: a.task_id,
+            attempt: a.attempt,
+            outcome,
+            duration_ms: started.elapsed().as_millis() as u64,
+            fuel_consumed: fuel,
+        }
+    }
+
+    #[cfg(feature = "wasm")]
+    fn execute_wasm(&self, a: &Assignment, cancel: &AtomicBool) -> (Outcome, Option<u64>) {
+        use base64::Engine as _;
+        let Some(b64) = &a.wasm_module else {
+            return (
+                failure("invalid_module", "the assignment carries no module"),
+                None,
+            );
+        };
+        let module = match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(m) => m,
+            Err(e) => return (failure("invalid_module", format!("bad base64: {e}")), None),
+        };
+        if let Some(want) = &a.module_sha256 {
+            let got = ambient_protocol::sha256_hex(&module);
+            if &got != want {
+                return (
+                    failure(
+                        "invalid_module",
+                        format!("module hash {got} is not the announced {want}"),
+                    ),
+                    None,
+                );
+            }
+        }
+        let stdin = serde_json::to_vec(&a.inputs).unwrap_or_default();
+        let exec = &self.cfg.execution;
+        let limits = exec::wasm::WasmLimits {
+            fuel: a
+                .max_execution_time_sec
+                .saturating_mul(ambient_protocol::FUEL_PER_SECOND),
+            max_memory_bytes: (exec.max_memory_mib << 20) as usize,
+            max_output_bytes: (exec.max_output_kib << 10) as usize,
+            wall_clock: Duration::from_secs(a.max_execution_time_sec),
+        };
+        match self.sandbox.run(&module, &stdin, &limits, cancel) {
+            Ok(out) => {
+                let output = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&out.stdout).into_owned())
+                });
+                (
+                    Outcome::Success {
+                        output,
+                        output_sha256: ambient_protocol::sha256_hex(&out.stdout),
+                    },
+                    Some(out.fuel_consumed),
+                )
+            }
+            Err(e) => (failure(e.kind(), e.to_string()), None),
+        }
+    }
+
+    async fn on_control(&self, c: Control) {
+        match c {
+            Control::ResultAck {
+                task_id, attempt, ..
+            } => {
+                let _ = self
+                    .journal
+                    .set_state(task_id, attempt, JobState::Acknowledged)
+                    .await;
+            }
+            Control::Cancel {
+                task_id,
+                attempt,
+                reason,
+                ..
+            } => {
+                if let Some(flag) = self.lock_running().get(&(task_id, attempt)) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                info!(task_id = %task_id, attempt, reason = %reason, "Task cancelled by the coordinator.");
+                let _ = self
+                    .journal
+                    .set_state(task_id, attempt, JobState::Cancelled)
+                    .await;
+            }
+        }
+    }
+
+    async fn resend_pending(&self) {
+        match self.journal.pending_results().await {
+            Ok(results) => {
+                for result in results {
+                    let ev = AgentEvent::Finished {
+                        v: PROTOCOL_VERSION,
+                        result,
+                    };
+                    self.publish_event(&ev).await;
+                }
+            }
+            Err(e) => error!(error = %e, "Cannot read pending results from the journal."),
+        }
+    }
+
+    /// Re-sends unacknowledged results until the coordinator acknowledges them: a publish the
+    /// broker took is not a result the coordinator stored.
+    async fn resend_loop(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.resend_pending().await,
+                _ = self.token.cancelled() => return,
+            }
+        }
+    }
+
+    async fn health_loop(self: Arc<Self>) {
+        let mut every =
+            tokio::time::interval(Duration::from_secs_f64(self.cfg.health.interval_sec));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.publish_health().await,
+                _ = self.token.cancelled() => return,
+            }
+        }
+    }
+
+    async fn publish_health(&self) {
+        let telemetry = self.telemetry.clone();
+        let sample = tokio::task::spawn_blocking(move || {
+            telemetry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .sample()
+        })
+        .await;
+        let Ok(s) = sample else { return };
+        let exec = &self.cfg.execution;
+        let health = Health {
+            v: PROTOCOL_VERSION,
+            node_id: self.cfg.node_id.clone(),
+            at: Utc::now(),
+            cpu_usage_pct: s.cpu_usage_pct,
+            cpu_count: s.cpu_count,
+            load_avg: s.load_avg,
+            mem_total_bytes: s.mem_total_bytes,
+            mem_available_bytes: s.mem_available_bytes,
+            temperatures: s.temperatures,
+            gpus: s.gpus,
+            supported_task_types: supported_task_types(),
+            max_concurrent_tasks: exec.max_concurrent_tasks,
+            running_tasks: self.lock_running().len() as u32,
+            accepting: true,
+            paused_reason: None,
+            wasm_memory_limit_bytes: exec.max_memory_mib << 20,
+        };
+        let payload = serde_json::to_vec(&health).unwrap_or_default();
+        let _ = self.client.try_publish(
+            topics::node_health(&self.cfg.node_id),
+            QoS::AtMostOnce,
+            false,
+            payload,
+        );
+    }
+}
+
+fn failure(kind: &str, message: impl Into<String>) -> Outcome {
+    Outcome::Failure {
+        kind: kind.to_string(),
+        message: message.into(),
+    }
+}

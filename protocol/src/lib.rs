@@ -27,6 +27,12 @@ use sha2::{Digest, Sha256};
 /// receiver refuses a message whose version it does not speak.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// wasm fuel granted per second of `max_execution_time_sec`. It is part of the protocol, not of a
+/// node's configuration, so every replica of a task gets the same budget and a run that exhausts
+/// it does so on every node, at the same instruction. It sits well below what wasmi executes per
+/// second on a slow node, so fuel, not the wall clock, is what normally ends a runaway module.
+pub const FUEL_PER_SECOND: u64 = 250_000_000;
+
 /// The error body of every failed REST call and every MQTT rejection: a stable machine-readable
 /// `error` code and a human sentence in `message`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,209 @@
+//! The node's broker password: from the configuration, else the OS keyring (Secret Service on
+//! Linux, Keychain on macOS, Credential Manager on Windows), else a file readable only by its
+//! owner. The file fallback exists for headless boxes without a keyring, and the agent says so in
+//! its log whenever it uses it.
+//!
+//! Keyring calls block (they talk D-Bus); call these functions off the async workers.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Keyring service name under which node passwords are stored.
+pub const SERVICE: &str = "ambient-vcp";
+
+/// Where a password came from or went to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration file or environment.
+    Config,
+    /// The OS keyring.
+    Keyring,
+    /// The 0600 fallback file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Config => f.write_str("configuration"),
+            Source::Keyring => f.write_str("OS keyring"),
+            Source::File(p) => write!(f, "file {} (no OS keyring available)", p.display()),
+        }
+    }
+}
+
+/// A credential problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    /// No password anywhere.
+    #[error(
+        "no broker password for node {node}: set mqtt.password, AMBIENT_MQTT_PASSWORD, or run \
+         `ambient-agent set-password --config FILE`"
+    )]
+    Missing {
+        /// The node.
+        node: String,
+    },
+    /// The fallback file could not be used.
+    #[error("credential file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The fallback file is readable by others.
+    #[error("credential file {0} is readable by group or others; run `chmod 600` on it")]
+    Permissions(PathBuf),
+}
+
+/// The fallback file of a node.
+pub fn fallback_path(data_dir: &Path, node: &str) -> PathBuf {
+    data_dir
+        .join("credentials")
+        .join(format!("{node}.mqtt-password"))
+}
+
+/// Finds the node's password.
+pub fn load(
+    node: &str,
+    data_dir: &Path,
+    configured: Option<&str>,
+) -> Result<(String, Source), CredsError> {
+    if let Some(p) = configured {
+        return Ok((p.to_string(), Source::Config));
+    }
+    match keyring_get(node) {
+        Ok(Some(p)) => return Ok((p, Source::Keyring)),
+        Ok(None) => {}
+        Err(why) => tracing::warn!(node, reason = %why,
+            "No usable OS keyring; looking for the credential file fallback."),
+    }
+    let path = fallback_path(data_dir, node);
+    match std::fs::read_to_string(&path) {
+        Ok(p) => {
+            check_private(&path)?;
+            Ok((p.trim_end().to_string(), Source::File(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CredsError::Missing {
+            node: node.to_string(),
+        }),
+        Err(source) => Err(CredsError::File { path, source }),
+    }
+}
+
+/// Stores the node's password in the OS keyring, or in the 0600 file where there is none.
+pub fn store(node: &str, data_dir: &Path, password: &str) -> Result<Source, CredsError> {
+    match keyring_set(node, password) {
+        Ok(()) => return Ok(Source::Keyring),
+        Err(why) => tracing::warn!(node, reason = %why,
+            "No usable OS keyring; storing the password in a file readable only by this user."),
+    }
+    let path = fallback_path(data_dir, node);
+    let io = |source| CredsError::File {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(io)?;
+    f.write_all(password.as_bytes()).map_err(io)?;
+    check_private(&path)?;
+    Ok(Source::File(path))
+}
+
+fn check_private(path: &Path) -> Result<(), CredsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).map_err(|source| CredsError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(CredsError::Permissions(path.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "keyring")]
+fn keyring_get(node: &str) -> Result<Option<String>, String> {
+    let entry = keyring::Entry::new(SERVICE, node).map_err(|e| e.to_string())?;
+    match entry.get_password() {
+        Ok(p) => Ok(Some(p)),
+        Err(keyring::Error::NoEntry) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(feature = "keyring")]
+fn keyring_set(node: &str, password: &str) -> Result<(), String> {
+    keyring::Entry::new(SERVICE, node)
+        .and_then(|e| e.set_password(password))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_get(_: &str) -> Result<Option<String>, String> {
+    Err("built without the `keyring` feature".into())
+}
+
+#[cfg(not(feature = "keyring"))]
+fn keyring_set(_: &str, _: &str) -> Result<(), String> {
+    Err("built without the `keyring` feature".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_password_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, src) = load("n1", dir.path(), Some("secret")).unwrap();
+        assert_eq!((p.as_str(), src), ("secret", Source::Config));
+    }
+
+    #[test]
+    fn store_then_load_round_trips() {
+        // Uses the OS keyring where one exists (a desktop), else the 0600 file (CI, headless).
+        let dir = tempfile::tempdir().unwrap();
+        let node = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let src = store(&node, dir.path(), "s3cret").unwrap();
+        let (p, loaded_from) = load(&node, dir.path(), None).unwrap();
+        assert_eq!(p, "s3cret");
+        assert_eq!(src, loaded_from);
+        if let Source::File(path) = &src {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        } else {
+            let _ = keyring::Entry::new(SERVICE, &node).and_then(|e| e.delete_credential());
+        }
+    }
+
+    #[test]
+    fn missing_and_world_readable_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = format!("absent-{}", uuid::Uuid::new_v4().simple());
+        assert!(matches!(
+            load(&node, dir.path(), None),
+            Err(CredsError::Missing { .. })
+        ));
+        let path = fallback_path(dir.path(), &node);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "pw").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            load(&node, dir.path(), None),
+            Err(CredsError::Permissions(_))
+        ));
+    }
+}

@@ -1,0 +1,4 @@
+//! Executors, one per task kind. Each is blocking code that callers run off the async workers.
+
+#[cfg(feature = "wasm")]
+pub mod wasm;

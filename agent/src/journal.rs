@@ -1,0 +1,284 @@
+//! The agent's journal: every assignment it received and where it stands, in SQLite (WAL) on one
+//! named thread. An assignment is written before it runs and its result before it is published,
+//! so after a crash the agent re-runs what was interrupted and re-sends what was not acknowledged.
+//!
+//! States: `received → running → result_pending → acknowledged`, or `cancelled`.
+
+use std::path::Path;
+
+use ambient_protocol::{Assignment, TaskResult};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// A journal failure.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite refused.
+    #[error("journal database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row did not decode.
+    #[error("corrupt journal row: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The journal thread is gone.
+    #[error("journal closed")]
+    Closed,
+    /// The thread could not start.
+    #[error("cannot start journal thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Where an assignment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Written, not started.
+    Received,
+    /// Executing (or was, when the agent stopped).
+    Running,
+    /// Finished; the result waits for the coordinator's ack.
+    ResultPending,
+    /// The coordinator has the result.
+    Acknowledged,
+    /// Cancelled by the coordinator.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Received => "received",
+            JobState::Running => "running",
+            JobState::ResultPending => "result_pending",
+            JobState::Acknowledged => "acknowledged",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        match s {
+            "received" => JobState::Received,
+            "running" => JobState::Running,
+            "result_pending" => JobState::ResultPending,
+            "acknowledged" => JobState::Acknowledged,
+            _ => JobState::Cancelled,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the journal thread.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS jobs (
+                 task_id TEXT NOT NULL,
+                 attempt INTEGER NOT NULL,
+                 state TEXT NOT NULL,
+                 assignment TEXT NOT NULL,
+                 result TEXT,
+                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 PRIMARY KEY (task_id, attempt)
+             );",
+        )?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let mut conn = conn;
+        std::thread::Builder::new()
+            .name("agent-journal".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+            })?;
+        Ok(Journal { tx })
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, JournalError> + Send + 'static,
+    ) -> Result<R, JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Records a new assignment. Returns `None` if it is new, or its current state and result if
+    /// it was already journaled (a redelivery).
+    pub async fn receive(
+        &self,
+        a: &Assignment,
+    ) -> Result<Option<(JobState, Option<TaskResult>)>, JournalError> {
+        let json = serde_json::to_string(a)?;
+        let (task, attempt) = (a.task_id.to_string(), a.attempt);
+        self.call(move |conn| {
+            let existing: Option<(String, Option<String>)> = conn
+                .query_row(
+                    "SELECT state, result FROM jobs WHERE task_id = ?1 AND attempt = ?2",
+                    params![task, attempt],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((state, result)) = existing {
+                let result = result.map(|r| serde_json::from_str(&r)).transpose()?;
+                return Ok(Some((JobState::parse(&state), result)));
+            }
+            conn.execute(
+                "INSERT INTO jobs (task_id, attempt, state, assignment) VALUES (?1, ?2, 'received', ?3)",
+                params![task, attempt, json],
+            )?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Moves an assignment to `state`, unless it is already acknowledged or cancelled.
+    pub async fn set_state(
+        &self,
+        task: Uuid,
+        attempt: u32,
+        state: JobState,
+    ) -> Result<(), JournalError> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET state = ?3, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE task_id = ?1 AND attempt = ?2 AND state NOT IN ('acknowledged', 'cancelled')",
+                params![task.to_string(), attempt, state.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a finished run's result (state `result_pending`).
+    pub async fn finish(&self, result: &TaskResult) -> Result<(), JournalError> {
+        let json = serde_json::to_string(result)?;
+        let (task, attempt) = (result.task_id.to_string(), result.attempt);
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'result_pending', result = ?3,
+                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE task_id = ?1 AND attempt = ?2 AND state != 'acknowledged'",
+                params![task, attempt, json],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Results the coordinator has not acknowledged.
+    pub async fn pending_results(&self) -> Result<Vec<TaskResult>, JournalError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT result FROM jobs WHERE state = 'result_pending' ORDER BY updated_at",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(serde_json::from_str(&r?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Assignments that were received or running when the agent last stopped.
+    pub async fn interrupted(&self) -> Result<Vec<Assignment>, JournalError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT assignment FROM jobs WHERE state IN ('received', 'running') ORDER BY updated_at",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(serde_json::from_str(&r?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Counts of jobs per state, for status output.
+    pub async fn count(&self, state: JobState) -> Result<u64, JournalError> {
+        self.call(move |conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state = ?1",
+                [state.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ambient_protocol::{Outcome, TaskType};
+
+    fn assignment() -> Assignment {
+        Assignment {
+            v: 1,
+            task_id: Uuid::new_v4(),
+            attempt: 1,
+            task_type: TaskType::WasmExecution,
+            wasm_module: Some("AGFzbQEAAAA=".into()),
+            module_sha256: None,
+            inputs: serde_json::json!({}),
+            max_execution_time_sec: 5,
+            lease_deadline: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let a = assignment();
+        let result = TaskResult {
+            task_id: a.task_id,
+            attempt: 1,
+            outcome: Outcome::Success {
+                output: serde_json::json!(1),
+                output_sha256: "x".into(),
+            },
+            duration_ms: 1,
+            fuel_consumed: Some(1),
+        };
+        {
+            let j = Journal::open(&path).unwrap();
+            assert!(j.receive(&a).await.unwrap().is_none());
+            assert_eq!(
+                j.receive(&a).await.unwrap(),
+                Some((JobState::Received, None)),
+                "redelivery is recognised"
+            );
+            j.set_state(a.task_id, 1, JobState::Running).await.unwrap();
+            assert_eq!(j.interrupted().await.unwrap(), vec![a.clone()]);
+            j.finish(&result).await.unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert!(j.interrupted().await.unwrap().is_empty());
+        assert_eq!(j.pending_results().await.unwrap(), vec![result.clone()]);
+        j.set_state(a.task_id, 1, JobState::Acknowledged)
+            .await
+            .unwrap();
+        assert!(j.pending_results().await.unwrap().is_empty());
+        // An ack is final: a late state change does not reopen it.
+        j.set_state(a.task_id, 1, JobState::Running).await.unwrap();
+        assert_eq!(j.count(JobState::Acknowledged).await.unwrap(), 1);
+    }
+}
