@@ -1,1 +1,13 @@
-//! x
+//! The `ambient` command line: a local network in one command (`demo`, `up`), and a submitter's
+//! tools (`submit`, `status`, `nodes`) for any coordinator.
+//!
+//! # Layout
+//! - [`local`]: broker + coordinator + agents in one process.
+//! - [`client`]: REST client and MQTT submission.
+//! - [`demo`]: the end-to-end demo and its checks.
+//! - [`modules`]: the bundled WAT modules.
+
+pub mod client;
+pub mod demo;
+pub mod local;
+pub mod modules;

@@ -1,1 +1,342 @@
-fn main() {}
+//! `ambient`: parses the command line and runs one command. The logic lives in the library.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ambient_cli::client::Client;
+use ambient_cli::local::{Connection, LocalNetwork, LocalOptions};
+use ambient_protocol::{Requirements, TaskInfo, TaskSubmission, TaskType};
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+
+/// Ambient VCP: an open compute network.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a broker, a coordinator and 3 agents in this process, run every case end to end,
+    /// print a table, and exit 0 when every outcome is what it must be.
+    Demo {
+        /// Print the cases as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a local network (embedded broker, coordinator, agents) until Ctrl-C, and write
+    /// DIR/connection.json for submitters.
+    Up {
+        /// Data directory.
+        #[arg(long, default_value = "ambient-data")]
+        data_dir: PathBuf,
+        /// Number of agents.
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// REST API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// MQTT address of the embedded broker.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt_addr: SocketAddr,
+    },
+    /// Submit a task and wait for its result.
+    Submit {
+        /// A task JSON file (the REST body). Or build one with --wasm.
+        file: Option<PathBuf>,
+        /// A wasm module (.wasm, or .wat text compiled here) for a wasm_execution task.
+        #[arg(long, conflicts_with = "file")]
+        wasm: Option<PathBuf>,
+        /// Task inputs as JSON (with --wasm).
+        #[arg(long, default_value = "{}")]
+        inputs: String,
+        /// Replicas that must agree (with --wasm).
+        #[arg(long, default_value_t = 1)]
+        min_nodes: u32,
+        /// Time budget per run in seconds (with --wasm).
+        #[arg(long, default_value_t = 30)]
+        max_execution_time_sec: u64,
+        /// Return right after submission.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the task as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Show one task, or your recent tasks.
+    Status {
+        /// Task id.
+        task_id: Option<uuid::Uuid>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// List nodes and their health.
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+}
+
+/// Where the coordinator is.
+#[derive(Args)]
+struct Api {
+    /// API base URL.
+    #[arg(long, env = "AMBIENT_API_URL")]
+    api_url: Option<String>,
+    /// API key.
+    #[arg(long, env = "AMBIENT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A connection.json written by `ambient up` (used when --api-url/--api-key are not given).
+    #[arg(long, default_value = "ambient-data/connection.json")]
+    connection: PathBuf,
+}
+
+impl Api {
+    fn client(&self) -> anyhow::Result<Client> {
+        if let (Some(url), Some(key)) = (&self.api_url, &self.api_key) {
+            return Ok(Client::new(url, key));
+        }
+        let text = std::fs::read_to_string(&self.connection).with_context(|| {
+            format!(
+                "no --api-url/--api-key and cannot read {} (start one with `ambient up`)",
+                self.connection.display()
+            )
+        })?;
+        let c: Connection = serde_json::from_str(&text)?;
+        Ok(Client::new(&c.api_url, &c.api_key))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let quiet = matches!(cli.command, Command::Demo { .. });
+        // rumqttd logs every client disconnect at ERROR; keep the demo's table readable.
+        tracing_subscriber::EnvFilter::new(if quiet {
+            "warn,rumqttd=off"
+        } else {
+            "info,rumqttd=warn"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Demo { json } => demo(json).await,
+        Command::Up {
+            data_dir,
+            agents,
+            http_addr,
+            mqtt_addr,
+        } => up(data_dir, agents, http_addr, mqtt_addr).await,
+        Command::Submit {
+            file,
+            wasm,
+            inputs,
+            min_nodes,
+            max_execution_time_sec,
+            no_wait,
+            json,
+            api,
+        } => {
+            let body = match (file, wasm) {
+                (Some(f), _) => {
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                }
+                (None, Some(w)) => {
+                    let bytes =
+                        std::fs::read(&w).with_context(|| format!("reading {}", w.display()))?;
+                    let module = if w.extension().is_some_and(|e| e == "wat") {
+                        wat::parse_bytes(&bytes)?.into_owned()
+                    } else {
+                        bytes
+                    };
+                    serde_json::to_vec(&TaskSubmission {
+                        task_type: TaskType::WasmExecution,
+                        wasm_module: Some(base64::engine::general_purpose::STANDARD.encode(module)),
+                        inputs: serde_json::from_str(&inputs).context("--inputs is not JSON")?,
+                        requirements: Requirements {
+                            min_nodes,
+                            max_execution_time_sec,
+                            ..Requirements::default()
+                        },
+                        task_id: None,
+                    })?
+                }
+                (None, None) => bail!("give a task JSON file, or --wasm MODULE"),
+            };
+            let client = api.client()?;
+            let info = client.submit_raw(body).await?;
+            let info = if no_wait {
+                info
+            } else {
+                let mut err = std::io::stderr();
+                client
+                    .wait(info.task_id, Duration::from_secs(24 * 3600), |i| {
+                        let reason = i
+                            .status_reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default();
+                        let _ = writeln!(
+                            err,
+                            "[{}] {} {}{reason}",
+                            chrono::Utc::now().format("%H:%M:%S"),
+                            i.task_id,
+                            i.status
+                        );
+                    })
+                    .await?
+            };
+            print_task(&info, json)?;
+            if info.status.is_terminal() && info.status != ambient_protocol::TaskStatus::Completed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Status { task_id, json, api } => {
+            let client = api.client()?;
+            match task_id {
+                Some(id) => print_task(&client.task(id).await?, json),
+                None => {
+                    let tasks = client.tasks().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&tasks)?);
+                    } else {
+                        println!(
+                            "{:<36}  {:<15}  {:<10}  {}",
+                            "task", "type", "status", "updated"
+                        );
+                        for t in tasks {
+                            println!(
+                                "{:<36}  {:<15}  {:<10}  {}",
+                                t.task_id,
+                                t.task_type,
+                                t.status,
+                                t.updated_at.format("%Y-%m-%d %H:%M:%S")
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Nodes { json, api } => {
+            let nodes = api.client()?.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                println!(
+                    "{:<20}  {:<8}  {:>6}  {:>6}  {:>8}  {}",
+                    "node", "state", "score", "cpu%", "mem free", "gpus"
+                );
+                for n in nodes {
+                    let (cpu, mem, gpus) = n.health.as_ref().map_or((0.0, 0, 0), |h| {
+                        (h.cpu_usage_pct, h.mem_available_bytes >> 20, h.gpus.len())
+                    });
+                    println!(
+                        "{:<20}  {:<8}  {:>6.1}  {:>6.1}  {:>6}Mi  {}",
+                        n.node_id,
+                        format!("{:?}", n.state).to_lowercase(),
+                        n.health_score,
+                        cpu,
+                        mem,
+                        gpus
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_task(info: &TaskInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+        return Ok(());
+    }
+    println!(
+        "task     {}\ntype     {}\nstatus   {}\nnodes    {}",
+        info.task_id,
+        info.task_type,
+        info.status,
+        info.assigned_nodes.join(", ")
+    );
+    if let Some(r) = &info.result {
+        println!("output   {}", r["output"]);
+    }
+    if let Some(e) = &info.error {
+        println!("error    {e}");
+    }
+    if let Some(r) = &info.status_reason {
+        println!("waiting  {r}");
+    }
+    Ok(())
+}
+
+async fn demo(json: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    eprintln!("Starting an embedded broker, a coordinator and 3 agents…");
+    let cases = ambient_cli::demo::run(dir.path()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cases)?);
+    } else {
+        print!("{}", ambient_cli::demo::table(&cases));
+    }
+    let failed = cases.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        eprintln!("{failed} case(s) did not give the expected outcome.");
+        std::process::exit(1);
+    }
+    eprintln!("All {} cases gave the expected outcome.", cases.len());
+    Ok(())
+}
+
+async fn up(
+    data_dir: PathBuf,
+    agents: u32,
+    http_addr: SocketAddr,
+    mqtt_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)?;
+    let net = LocalNetwork::start(LocalOptions {
+        data_dir: data_dir.clone(),
+        agents,
+        http_addr,
+        mqtt_addr,
+        health_interval_sec: 5.0,
+    })
+    .await?;
+    let path = data_dir.join("connection.json");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&path)?
+        .write_all(serde_json::to_string_pretty(&net.connection)?.as_bytes())?;
+    let c = &net.connection;
+    println!(
+        "Ambient VCP is up: {agents} agents, API {}, MQTT {}:{}",
+        c.api_url, c.mqtt_host, c.mqtt_port
+    );
+    println!("Submitter credentials: {} (mode 0600)", path.display());
+    println!("Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await?;
+    net.shutdown().await;
+    Ok(())
+}

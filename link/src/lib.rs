@@ -163,6 +163,11 @@ async fn drive(
                     return;
                 }
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                debug!(client_id = %opts.client_id, "Disconnected on request.");
+                state.send_replace(LinkState::Down("disconnected on request".into()));
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 let refused = matches!(e, ConnectionError::ConnectionRefused(_));

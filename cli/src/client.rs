@@ -1,0 +1,258 @@
+//! A small REST client for the coordinator API, used by the CLI commands, the demo and tests.
+
+use std::time::{Duration, Instant};
+
+use ambient_protocol::{ApiError, NodeInfo, TaskInfo, TaskSubmission};
+use uuid::Uuid;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator answered with an error body.
+    #[error("{status}: {} ({})", .body.message, .body.error)]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The `{error, message}` body.
+        body: ApiError,
+    },
+    /// No answer, or not one we understand.
+    #[error("cannot reach the coordinator: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The task did not finish in time.
+    #[error("task {0} did not finish within {1:?}")]
+    Timeout(Uuid, Duration),
+}
+
+impl ClientError {
+    /// The API error code, if the coordinator answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.error),
+            _ => None,
+        }
+    }
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`) with an API key.
+    pub fn new(base: &str, key: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(
+        resp: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(ApiError {
+            error: "http_error".into(),
+            message: text,
+            task_id: None,
+        });
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// `POST /api/v1/tasks` with a raw body.
+    pub async fn submit_raw(&self, body: Vec<u8>) -> Result<TaskInfo, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/tasks", self.base))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `POST /api/v1/tasks`.
+    pub async fn submit(&self, sub: &TaskSubmission) -> Result<TaskInfo, ClientError> {
+        self.submit_raw(serde_json::to_vec(sub).unwrap_or_default())
+            .await
+    }
+
+    /// `GET /api/v1/tasks/{id}`.
+    pub async fn task(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/tasks/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `GET /api/v1/tasks`.
+    pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/tasks", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `DELETE /api/v1/tasks/{id}`.
+    pub async fn cancel(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
+        let resp = self
+            .http
+            .delete(format!("{}/api/v1/tasks/{id}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `GET /api/v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/nodes", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// Polls a task until it is terminal, calling `progress` whenever its status changes.
+    pub async fn wait(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        mut progress: impl FnMut(&TaskInfo),
+    ) -> Result<TaskInfo, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let info = self.task(id).await?;
+            if last != Some((info.status, info.status_reason.clone())) {
+                progress(&info);
+                last = Some((info.status, info.status_reason.clone()));
+            }
+            if info.status.is_terminal() {
+                return Ok(info);
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout(id, timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until at least `n` nodes are online.
+    pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let online = self
+                .nodes()
+                .await?
+                .iter()
+                .filter(|n| n.state == ambient_protocol::NodeState::Online && n.health.is_some())
+                .count();
+            if online >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout(Uuid::nil(), timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Submits a task by MQTT publish on `ambient/v1/submit/{submitter}` and waits for its terminal
+/// status on `ambient/v1/submitters/{submitter}/tasks/{id}`. A rejection arrives on
+/// `…/rejections` and comes back as [`ClientError::Api`] with status 0.
+pub async fn submit_over_mqtt(
+    conn: &crate::local::Connection,
+    mut sub: TaskSubmission,
+    timeout: Duration,
+) -> Result<TaskInfo, ClientError> {
+    use ambient_link::{Incoming, LinkOptions, QoS};
+    use ambient_protocol::topics;
+    let id = *sub.task_id.get_or_insert_with(Uuid::new_v4);
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut link = ambient_link::start(
+        LinkOptions {
+            host: conn.mqtt_host.clone(),
+            port: conn.mqtt_port,
+            client_id: format!("{}-{}", conn.mqtt_username, id.simple()),
+            credentials: Some((conn.mqtt_username.clone(), conn.mqtt_password.clone())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(10),
+            last_will: None,
+            subscriptions: vec![topics::submitter_all(&conn.submitter)],
+        },
+        token.clone(),
+        &tracker,
+    );
+    let answer_topic = topics::submitter_task(&conn.submitter, &id);
+    let rejections = topics::submitter_rejections(&conn.submitter);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let result = loop {
+        let msg = match tokio::time::timeout_at(deadline, link.incoming.recv()).await {
+            Ok(Some(m)) => m,
+            _ => break Err(ClientError::Timeout(id, timeout)),
+        };
+        match msg {
+            Incoming::Connected { .. } => {
+                // Subscriptions are queued before this publish on the same connection.
+                let payload = serde_json::to_vec(&sub).unwrap_or_default();
+                let _ = link
+                    .client
+                    .publish(
+                        topics::submit(&conn.submitter),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
+                    .await;
+            }
+            Incoming::Publish { topic, payload } if topic == answer_topic => {
+                if let Ok(info) = serde_json::from_slice::<TaskInfo>(&payload)
+                    && info.status.is_terminal()
+                {
+                    break Ok(info);
+                }
+            }
+            Incoming::Publish { topic, payload } if topic == rejections => {
+                if let Ok(body) = serde_json::from_slice::<ApiError>(&payload)
+                    && body.task_id.is_none_or(|t| t == id)
+                {
+                    break Err(ClientError::Api { status: 0, body });
+                }
+            }
+            Incoming::Publish { .. } => {}
+        }
+    };
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result
+}

@@ -1,0 +1,149 @@
+//! A whole network in one process: the embedded broker (rumqttd), a coordinator and N agents,
+//! with fresh random credentials. Used by `ambient demo`, `ambient up`, the benchmark and tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// What a submitter needs to reach a network; `ambient up` writes it to `connection.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    /// Base URL of the REST API.
+    pub api_url: String,
+    /// Bearer key for the REST API.
+    pub api_key: String,
+    /// The submitter id the key belongs to (also the MQTT username).
+    pub submitter: String,
+    /// Broker host.
+    pub mqtt_host: String,
+    /// Broker port.
+    pub mqtt_port: u16,
+    /// Broker username (the submitter id).
+    pub mqtt_username: String,
+    /// Broker password.
+    pub mqtt_password: String,
+}
+
+/// How to start a local network.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Data directory (coordinator database, agent journals).
+    pub data_dir: PathBuf,
+    /// Number of agents.
+    pub agents: u32,
+    /// REST address.
+    pub http_addr: SocketAddr,
+    /// Broker address.
+    pub mqtt_addr: SocketAddr,
+    /// Seconds between agent health reports.
+    pub health_interval_sec: f64,
+}
+
+/// A running local network.
+pub struct LocalNetwork {
+    /// How to reach it.
+    pub connection: Connection,
+    /// The agents, in order `node-1`, `node-2`, ….
+    pub agents: Vec<ambient_agent::Agent>,
+    coordinator: ambient_coordinator::Coordinator,
+    token: CancellationToken,
+}
+
+fn secret() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+impl LocalNetwork {
+    /// Starts broker, coordinator and agents.
+    pub async fn start(opts: LocalOptions) -> anyhow::Result<LocalNetwork> {
+        let token = CancellationToken::new();
+        let submitter = "local".to_string();
+        let coordinator_password = secret();
+        let submitter_password = secret();
+        let nodes: Vec<(String, String)> = (1..=opts.agents)
+            .map(|i| (format!("node-{i}"), secret()))
+            .collect();
+        let mut users = vec![
+            ("coordinator".to_string(), coordinator_password.clone()),
+            (submitter.clone(), submitter_password.clone()),
+        ];
+        users.extend(nodes.iter().cloned());
+        let mqtt = ambient_coordinator::broker::start(opts.mqtt_addr, &users)?;
+
+        let api_key = secret();
+        let mut cfg: ambient_coordinator::Config =
+            toml::from_str(ambient_coordinator::config::EXAMPLE)?;
+        cfg.data_dir = opts.data_dir.join("coordinator");
+        cfg.http_addr = opts.http_addr;
+        cfg.mqtt.host = mqtt.ip().to_string();
+        cfg.mqtt.port = mqtt.port();
+        cfg.mqtt.password = coordinator_password;
+        cfg.api_keys = vec![ambient_coordinator::config::ApiKey {
+            submitter: submitter.clone(),
+            key: api_key.clone(),
+        }];
+        let coordinator = ambient_coordinator::start(cfg, token.clone())
+            .await
+            .context("starting the coordinator")?;
+
+        let mut agents = Vec::new();
+        for (node, password) in nodes {
+            let cfg = agent_config(
+                &opts.data_dir,
+                &node,
+                mqtt,
+                &password,
+                opts.health_interval_sec,
+            );
+            agents.push(ambient_agent::start(cfg, token.clone()).await?);
+        }
+        Ok(LocalNetwork {
+            connection: Connection {
+                api_url: format!("http://{}", coordinator.http_addr),
+                api_key,
+                submitter: submitter.clone(),
+                mqtt_host: mqtt.ip().to_string(),
+                mqtt_port: mqtt.port(),
+                mqtt_username: submitter,
+                mqtt_password: submitter_password,
+            },
+            agents,
+            coordinator,
+            token,
+        })
+    }
+
+    /// Stops agents cleanly, then the coordinator. (The embedded broker lives until the process
+    /// ends: rumqttd cannot be stopped.)
+    pub async fn shutdown(self) {
+        for a in self.agents {
+            a.shutdown().await;
+        }
+        self.token.cancel();
+        self.coordinator.wait().await;
+    }
+}
+
+/// The configuration of one local agent.
+pub fn agent_config(
+    data_dir: &Path,
+    node: &str,
+    mqtt: SocketAddr,
+    password: &str,
+    health_interval_sec: f64,
+) -> ambient_agent::Config {
+    let mut cfg: ambient_agent::Config =
+        toml::from_str(ambient_agent::config::EXAMPLE).expect("the bundled example parses");
+    cfg.node_id = node.to_string();
+    cfg.data_dir = data_dir.join(node);
+    cfg.mqtt.host = mqtt.ip().to_string();
+    cfg.mqtt.port = mqtt.port();
+    cfg.mqtt.password = Some(password.to_string());
+    cfg.health.interval_sec = health_interval_sec;
+    cfg
+}

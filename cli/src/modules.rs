@@ -1,0 +1,36 @@
+//! The WebAssembly modules the demo, the tests and the benchmark run, built from WAT in
+//! `cli/wasm/` with the `wat` crate.
+
+/// `sum.wat`: sums every unsigned integer in its input text and prints `{"sum":N}`.
+pub const SUM_WAT: &str = include_str!("../wasm/sum.wat");
+/// `spin.wat`: an infinite loop.
+pub const SPIN_WAT: &str = include_str!("../wasm/spin.wat");
+/// `memory_bomb.wat`: grows memory for ever.
+pub const MEMORY_BOMB_WAT: &str = include_str!("../wasm/memory_bomb.wat");
+
+/// Compiles WAT text to a wasm binary.
+pub fn wasm(wat: &str) -> Vec<u8> {
+    wat::parse_str(wat).unwrap_or_else(|e| panic!("bundled WAT does not compile: {e}"))
+}
+
+/// What `sum.wat` computes, done in Rust: the reference a test or the demo checks against.
+pub fn expected_sum(input: &str) -> u64 {
+    input
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_compile() {
+        for m in [SUM_WAT, SPIN_WAT, MEMORY_BOMB_WAT] {
+            assert!(wasm(m).starts_with(b"\0asm"));
+        }
+        assert_eq!(expected_sum(r#"{"numbers":[1,22,333]}"#), 356);
+    }
+}
