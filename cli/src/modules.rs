@@ -8,6 +8,11 @@ pub const SPIN_WAT: &str = include_str!("../wasm/spin.wat");
 /// `memory_bomb.wat`: grows memory for ever.
 pub const MEMORY_BOMB_WAT: &str = include_str!("../wasm/memory_bomb.wat");
 
+/// `busy.wat`: sums 0..300 000 000, about a second of work; prints `{"sum":44999999850000000}`.
+pub const BUSY_WAT: &str = include_str!("../wasm/busy.wat");
+/// What `busy.wat` prints.
+pub const BUSY_OUTPUT: u64 = 300_000_000u64 * (300_000_000 - 1) / 2;
+
 /// Compiles WAT text to a wasm binary.
 pub fn wasm(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).unwrap_or_else(|e| panic!("bundled WAT does not compile: {e}"))
@@ -28,7 +33,7 @@ mod tests {
 
     #[test]
     fn modules_compile() {
-        for m in [SUM_WAT, SPIN_WAT, MEMORY_BOMB_WAT] {
+        for m in [SUM_WAT, SPIN_WAT, MEMORY_BOMB_WAT, BUSY_WAT] {
             assert!(wasm(m).starts_with(b"\0asm"));
         }
         assert_eq!(expected_sum(r#"{"numbers":[1,22,333]}"#), 356);

@@ -1,1 +1,211 @@
-//! placeholder
+//! End-to-end harness: a real broker (embedded rumqttd, or a real mosquitto with the project's
+//! `broker-config/` ACL), a real coordinator on a SQLite file, and real agents, each of which a
+//! test can stop, kill or restart. Everything listens on loopback ports chosen by the OS.
+//!
+//! # Layout
+//! - [`mosquitto`]: starts and restarts a mosquitto process.
+//! - [`Cluster`]: the network under test.
+
+pub mod mosquitto;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ambient_cli::client::Client;
+use ambient_cli::local::{Connection, agent_config};
+use tokio_util::sync::CancellationToken;
+
+/// The broker behind a cluster.
+pub enum Broker {
+    /// rumqttd in this process (lives until the process ends).
+    Embedded,
+    /// A mosquitto child process.
+    Mosquitto(mosquitto::Mosquitto),
+}
+
+/// A network under test.
+pub struct Cluster {
+    /// Temporary data directory (coordinator database, agent journals).
+    pub dir: tempfile::TempDir,
+    /// Broker address.
+    pub mqtt: SocketAddr,
+    /// The broker.
+    pub broker: Broker,
+    /// Submitter connection details (API URL and key, MQTT credentials).
+    pub conn: Connection,
+    /// Node ids and their broker passwords, `node-1`…
+    pub nodes: Vec<(String, String)>,
+    /// Agents, by index into `nodes`; `None` when stopped.
+    pub agents: Vec<Option<ambient_agent::Agent>>,
+    coordinator: Option<(ambient_coordinator::Coordinator, CancellationToken)>,
+    coordinator_cfg: ambient_coordinator::Config,
+}
+
+/// Users every cluster has: the coordinator, the submitter `local`, and spare nodes that have
+/// credentials but no running agent (for impersonation tests).
+fn users(n: u32) -> Vec<(String, String)> {
+    let mut u = vec![
+        (
+            "coordinator".to_string(),
+            "coordinator-password".to_string(),
+        ),
+        ("local".to_string(), "submitter-password".to_string()),
+    ];
+    for i in 1..=n + 1 {
+        u.push((format!("node-{i}"), format!("node-{i}-password")));
+    }
+    u
+}
+
+impl Cluster {
+    /// A cluster on the embedded rumqttd broker with `agents` agents.
+    pub async fn embedded(agents: u32) -> anyhow::Result<Cluster> {
+        let users = users(agents);
+        let mqtt = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
+        Cluster::assemble(mqtt, Broker::Embedded, users, agents).await
+    }
+
+    /// A cluster on a real mosquitto with the project's ACL.
+    pub async fn mosquitto(agents: u32) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(
+            mosquitto::available(),
+            "mosquitto is not installed: run scripts/test, which installs it"
+        );
+        let users = users(agents);
+        let refs: Vec<(&str, &str)> = users
+            .iter()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+            .collect();
+        let m = mosquitto::Mosquitto::start(&refs)?;
+        let mqtt = SocketAddr::new(m.host().parse()?, m.port());
+        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents).await
+    }
+
+    async fn assemble(
+        mqtt: SocketAddr,
+        broker: Broker,
+        users: Vec<(String, String)>,
+        agents: u32,
+    ) -> anyhow::Result<Cluster> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,rumqttd=off".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir()?;
+        let mut cfg: ambient_coordinator::Config =
+            toml::from_str(ambient_coordinator::config::EXAMPLE)?;
+        cfg.data_dir = dir.path().join("coordinator");
+        cfg.http_addr = "127.0.0.1:0".parse()?;
+        cfg.mqtt.host = mqtt.ip().to_string();
+        cfg.mqtt.port = mqtt.port();
+        cfg.mqtt.password = users[0].1.clone();
+        cfg.api_keys = vec![ambient_coordinator::config::ApiKey {
+            submitter: "local".into(),
+            key: "test-api-key-0123456789".into(),
+        }];
+        cfg.limits.max_module_bytes = 256 << 10;
+        cfg.limits.max_body_bytes = 1 << 20;
+        cfg.scheduler.health_timeout_sec = 6;
+        cfg.scheduler.tick_ms = 100;
+        cfg.scheduler.lease_grace_sec = 5;
+        let nodes: Vec<(String, String)> = users[2..2 + agents as usize].to_vec();
+        let mut c = Cluster {
+            dir,
+            mqtt,
+            broker,
+            conn: Connection {
+                api_url: String::new(),
+                api_key: "test-api-key-0123456789".into(),
+                submitter: "local".into(),
+                mqtt_host: mqtt.ip().to_string(),
+                mqtt_port: mqtt.port(),
+                mqtt_username: "local".into(),
+                mqtt_password: users[1].1.clone(),
+            },
+            agents: (0..agents).map(|_| None).collect(),
+            nodes,
+            coordinator: None,
+            coordinator_cfg: cfg,
+        };
+        c.start_coordinator().await?;
+        for i in 0..agents as usize {
+            c.start_agent(i).await?;
+        }
+        c.client()
+            .wait_for_nodes(agents as usize, Duration::from_secs(20))
+            .await?;
+        Ok(c)
+    }
+
+    /// A REST client with the submitter's key.
+    pub fn client(&self) -> Client {
+        Client::new(&self.conn.api_url, &self.conn.api_key)
+    }
+
+    /// Starts (or restarts) the coordinator on the same data dir. Its HTTP port may change.
+    pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let c = ambient_coordinator::start(self.coordinator_cfg.clone(), token.clone()).await?;
+        self.conn.api_url = format!("http://{}", c.http_addr);
+        self.coordinator = Some((c, token));
+        Ok(())
+    }
+
+    /// Stops the coordinator and waits until it has drained.
+    pub async fn stop_coordinator(&mut self) {
+        if let Some((c, token)) = self.coordinator.take() {
+            token.cancel();
+            c.wait().await;
+        }
+    }
+
+    /// Starts agent `i` (`node-{i+1}`).
+    pub async fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let (node, password) = &self.nodes[i];
+        let mut cfg = agent_config(self.dir.path(), node, self.mqtt, password, 0.5);
+        cfg.mqtt.keep_alive_sec = 2;
+        self.agents[i] = Some(ambient_agent::start(cfg, CancellationToken::new()).await?);
+        Ok(())
+    }
+
+    /// Kills agent `i` as a crash would (no goodbye; the broker sends its Last Will).
+    pub async fn kill_agent(&mut self, i: usize) {
+        if let Some(a) = self.agents[i].take() {
+            a.kill().await;
+        }
+    }
+
+    /// Index of the agent with this node id.
+    pub fn agent_index(&self, node: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|(n, _)| n == node)
+            .unwrap_or_else(|| panic!("no agent {node}"))
+    }
+
+    /// Path of the coordinator's database.
+    pub fn coordinator_db(&self) -> std::path::PathBuf {
+        self.coordinator_cfg.data_dir.join("coordinator.db")
+    }
+
+    /// The mosquitto process, for restart tests.
+    pub fn mosquitto_broker(&mut self) -> &mut mosquitto::Mosquitto {
+        match &mut self.broker {
+            Broker::Mosquitto(m) => m,
+            Broker::Embedded => panic!("this cluster runs the embedded broker"),
+        }
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for a in self.agents.iter_mut() {
+            if let Some(a) = a.take() {
+                a.shutdown().await;
+            }
+        }
+        self.stop_coordinator().await;
+    }
+}

@@ -1,0 +1,255 @@
+//! Hostile and broken input: each gets a typed error, and the services keep working.
+
+use std::time::Duration;
+
+use ambient_cli::client::{Client, ClientError};
+use ambient_cli::modules;
+use ambient_e2e::Cluster;
+use ambient_link::{Incoming, LinkOptions, QoS};
+use ambient_protocol::{Requirements, TaskStatus, topics};
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::util::*;
+
+fn code(r: Result<ambient_protocol::TaskInfo, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Api { status, body }) => (status, body.error),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_get_typed_errors() {
+    let c = Cluster::embedded(1).await.unwrap();
+    let client = c.client();
+    let raw = |b: &'static [u8]| client.submit_raw(b.to_vec());
+
+    assert_eq!(
+        code(raw(b"{\"task_type\": ").await),
+        (400, "invalid_json".into())
+    );
+    assert_eq!(code(raw(b"[1, 2").await), (400, "invalid_json".into()));
+    assert_eq!(
+        code(raw(br#"{"task_type":"teleport"}"#).await),
+        (400, "unknown_task_type".into())
+    );
+    assert_eq!(
+        code(raw(br#"{"task_type":"federated_learning"}"#).await),
+        (422, "unsupported_task_type".into())
+    );
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(
+        code(client.submit_raw(deep.into_bytes()).await),
+        (400, "json_too_deep".into())
+    );
+    // The test coordinator allows 256 KiB modules.
+    let mut big = wasm_task(modules::SUM_WAT, json!({}), Requirements::default());
+    big.wasm_module = Some(base64::engine::general_purpose::STANDARD.encode(vec![0u8; 300 << 10]));
+    assert_eq!(
+        code(client.submit(&big).await),
+        (413, "module_too_large".into())
+    );
+    let huge = vec![b' '; 2 << 20];
+    assert_eq!(
+        code(client.submit_raw(huge).await),
+        (413, "payload_too_large".into())
+    );
+    let mut invalid = wasm_task(modules::SUM_WAT, json!({}), Requirements::default());
+    invalid.wasm_module =
+        Some(base64::engine::general_purpose::STANDARD.encode(b"not wasm at all"));
+    assert_eq!(
+        code(client.submit(&invalid).await),
+        (400, "invalid_wasm".into())
+    );
+    let mut zero = wasm_task(modules::SUM_WAT, json!({}), Requirements::default());
+    zero.requirements.min_nodes = 0;
+    assert_eq!(
+        code(client.submit(&zero).await),
+        (400, "invalid_requirements".into())
+    );
+
+    // Credentials.
+    let (ok, _) = sum_task(&[1]);
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/api/v1/tasks", c.conn.api_url))
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    assert!(body["message"].as_str().unwrap().contains("Bearer"));
+    let wrong = Client::new(&c.conn.api_url, "not-the-key-not-the-key");
+    assert_eq!(code(wrong.submit(&ok).await), (401, "unauthorized".into()));
+
+    // Hostile modules run and fail with the right reason.
+    let short = Requirements {
+        max_execution_time_sec: 1,
+        ..Requirements::default()
+    };
+    let spin = submit_and_wait(
+        &client,
+        &wasm_task(modules::SPIN_WAT, json!({}), short.clone()),
+    )
+    .await;
+    assert_eq!(spin.status, TaskStatus::Failed);
+    assert!(
+        spin.error.as_deref().unwrap().starts_with("out_of_fuel"),
+        "{spin:?}"
+    );
+    let bomb = submit_and_wait(
+        &client,
+        &wasm_task(modules::MEMORY_BOMB_WAT, json!({}), short),
+    )
+    .await;
+    assert_eq!(bomb.status, TaskStatus::Failed);
+    assert!(
+        bomb.error.as_deref().unwrap().starts_with("memory_limit"),
+        "{bomb:?}"
+    );
+
+    // Unknown task ids and routes.
+    let missing = client.task(uuid::Uuid::new_v4()).await;
+    assert_eq!(code(missing), (404, "task_not_found".into()));
+
+    // After all that, a good task still completes.
+    let (sub, expected) = sum_task(&[2, 3, 5, 7]);
+    assert_eq!(output_sum(&submit_and_wait(&client, &sub).await), expected);
+    c.shutdown().await;
+}
+
+/// Connects to the cluster's broker as `user`.
+async fn connect_as(
+    c: &Cluster,
+    user: &str,
+    password: &str,
+    subscriptions: Vec<String>,
+) -> (ambient_link::Link, tokio_util::sync::CancellationToken) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut link = ambient_link::start(
+        LinkOptions {
+            host: c.mqtt.ip().to_string(),
+            port: c.mqtt.port(),
+            client_id: format!("{user}-probe"),
+            credentials: Some((user.into(), password.into())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(5),
+            last_will: None,
+            subscriptions,
+        },
+        token.clone(),
+        &tracker,
+    );
+    // Wait for the ConnAck.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await {
+            Ok(Some(Incoming::Connected { .. })) => break,
+            Ok(Some(_)) => {}
+            other => panic!("{user} could not connect: {other:?}"),
+        }
+    }
+    (link, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_acl_confines_a_node_to_its_own_topics() {
+    let c = Cluster::mosquitto(1).await.unwrap();
+    let client = c.client();
+    let (me, my_password) = c.nodes[0].clone();
+    // node-2 has broker credentials but no agent running.
+    let victim = "node-2";
+    let (intruder, token) =
+        connect_as(&c, &me, &my_password, vec![topics::node_tasks(victim)]).await;
+
+    // Forge a health report for the victim, and a garbage one on our own topic.
+    let forged = json!({
+        "v": 1, "node_id": victim, "at": chrono::Utc::now(), "cpu_usage_pct": 1.0, "cpu_count": 64,
+        "load_avg": [0.0, 0.0, 0.0], "mem_total_bytes": 1u64 << 40, "mem_available_bytes": 1u64 << 40,
+        "supported_task_types": ["wasm_execution"], "max_concurrent_tasks": 64, "running_tasks": 0,
+        "accepting": true, "wasm_memory_limit_bytes": 1u64 << 30
+    });
+    for _ in 0..3 {
+        intruder
+            .client
+            .publish(
+                topics::node_health(victim),
+                QoS::AtLeastOnce,
+                false,
+                forged.to_string(),
+            )
+            .await
+            .unwrap();
+        intruder
+            .client
+            .publish(
+                topics::node_health(&me),
+                QoS::AtLeastOnce,
+                false,
+                "{{{ not json",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A task now goes to the one real node; the intruder never sees the victim's work.
+    let (sub, expected) = sum_task(&[100, 200]);
+    let info = submit_and_wait(&client, &sub).await;
+    assert_eq!(output_sum(&info), expected);
+    assert_eq!(info.assigned_nodes, vec![me.clone()]);
+    let nodes = client.nodes().await.unwrap();
+    assert!(
+        nodes.iter().all(|n| n.node_id != victim),
+        "the forged health of {victim} reached the coordinator: {nodes:?}"
+    );
+    let mut intruder = intruder;
+    let leaked = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Some(Incoming::Publish { topic, .. }) = intruder.incoming.recv().await {
+                return topic;
+            }
+        }
+    })
+    .await;
+    assert!(leaked.is_err(), "the intruder received {leaked:?}");
+    token.cancel();
+
+    // A wrong password is refused by the broker.
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut bad = ambient_link::start(
+        LinkOptions {
+            host: c.mqtt.ip().to_string(),
+            port: c.mqtt.port(),
+            client_id: "bad-probe".into(),
+            credentials: Some((me.clone(), "wrong".into())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(5),
+            last_will: None,
+            subscriptions: vec![],
+        },
+        token.clone(),
+        &tracker,
+    );
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if matches!(
+                *bad.state.borrow_and_update(),
+                ambient_link::LinkState::Refused(_)
+            ) {
+                return;
+            }
+            let _ = bad.state.changed().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "wrong password was not refused");
+    assert!(
+        bad.incoming.try_recv().is_err(),
+        "a refused client got a ConnAck"
+    );
+    token.cancel();
+    c.shutdown().await;
+}
