@@ -151,7 +151,7 @@ impl Config {
         if self.mqtt.keep_alive_sec == 0 {
             return bad("mqtt.keep_alive_sec must be at least 1");
         }
-        if !(self.health.interval_sec >= 0.1) {
+        if self.health.interval_sec.is_nan() || self.health.interval_sec < 0.1 {
             return bad("health.interval_sec must be at least 0.1");
         }
         let e = &self.execution;

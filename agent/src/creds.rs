@@ -184,6 +184,7 @@ mod tests {
             let mode = std::fs::metadata(path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         } else {
+            #[cfg(feature = "keyring")]
             let _ = keyring::Entry::new(SERVICE, &node).and_then(|e| e.delete_credential());
         }
     }

@@ -218,10 +218,7 @@ async fn main() -> anyhow::Result<()> {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&tasks)?);
                     } else {
-                        println!(
-                            "{:<36}  {:<15}  {:<10}  {}",
-                            "task", "type", "status", "updated"
-                        );
+                        println!("{:<36}  {:<15}  {:<10}  updated", "task", "type", "status");
                         for t in tasks {
                             println!(
                                 "{:<36}  {:<15}  {:<10}  {}",
@@ -242,8 +239,8 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 println!(
-                    "{:<20}  {:<8}  {:>6}  {:>6}  {:>8}  {}",
-                    "node", "state", "score", "cpu%", "mem free", "gpus"
+                    "{:<20}  {:<8}  {:>6}  {:>6}  {:>8}  gpus",
+                    "node", "state", "score", "cpu%", "mem free"
                 );
                 for n in nodes {
                     let (cpu, mem, gpus) = n.health.as_ref().map_or((0.0, 0, 0), |h| {
