@@ -64,7 +64,12 @@ struct Mqtt {
     _token: tokio_util::sync::CancellationToken,
 }
 
-async fn connect(c: &Cluster, subscriptions: Vec<String>, id: &str) -> anyhow::Result<Mqtt> {
+async fn connect(
+    c: &Cluster,
+    user: (&str, &str),
+    subscriptions: Vec<String>,
+    id: &str,
+) -> anyhow::Result<Mqtt> {
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let mut link = ambient_link::start(
@@ -72,7 +77,7 @@ async fn connect(c: &Cluster, subscriptions: Vec<String>, id: &str) -> anyhow::R
             host: c.conn.mqtt_host.clone(),
             port: c.conn.mqtt_port,
             client_id: id.into(),
-            credentials: Some((c.conn.mqtt_username.clone(), c.conn.mqtt_password.clone())),
+            credentials: Some((user.0.into(), user.1.into())),
             clean_session: true,
             keep_alive: Duration::from_secs(30),
             last_will: None,
@@ -152,8 +157,11 @@ async fn run_tasks(
 
 /// The peer: bare MQTT round trips of the same payload size on the same broker.
 async fn mqtt_rtt(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let topic = topics::submitter_task(&c.conn.submitter, &Uuid::nil());
-    let mut m = connect(c, vec![topic.clone()], "loadgen-rtt").await?;
+    // The coordinator's account may use any topic under ambient/v1 (a submitter's may not write
+    // to its own answer topic under the mosquitto ACL).
+    let topic = format!("{}/bench/rtt", topics::PREFIX);
+    let user = ("coordinator", "coordinator-password");
+    let mut m = connect(c, user, vec![topic.clone()], "loadgen-rtt").await?;
     let payload = vec![b'x'; 1200];
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -174,7 +182,9 @@ async fn mqtt_rtt(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
 
 async fn broker_figures(name: &str, mut c: Cluster, a: &Args) -> anyhow::Result<()> {
     let submitter = c.conn.submitter.clone();
-    let mut m = connect(&c, vec![topics::submitter_all(&submitter)], "loadgen").await?;
+    let user = (c.conn.mqtt_username.clone(), c.conn.mqtt_password.clone());
+    let subs = vec![topics::submitter_all(&submitter)];
+    let mut m = connect(&c, (&user.0, &user.1), subs, "loadgen").await?;
     run_tasks(&mut m, &submitter, 20, 4).await?; // warm up caches and connections
     let (mut seq, _) = run_tasks(&mut m, &submitter, a.tasks / 3, 1).await?;
     seq.sort();
