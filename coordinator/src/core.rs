@@ -33,7 +33,7 @@ pub enum CoreMsg {
         submitter: String,
         /// The submission.
         accepted: Accepted,
-        /// Where to answer (`None` for MQTT submissions, answered on the submitter's topic).
+        /// Where to answer (MQTT intake turns an error into a rejection on the submitter's topic).
         reply: Option<oneshot::Sender<Result<TaskInfo, SubmitError>>>,
     },
     /// Cancel a task.

@@ -40,9 +40,7 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(log_json);
             let cfg = ambient_coordinator::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            ambient_coordinator::run(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            ambient_coordinator::run(cfg, shutdown_signal())
             .await?;
             Ok(())
         }
@@ -58,4 +56,20 @@ fn init_tracing(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Completes on Ctrl-C or SIGTERM (what systemd sends), so both stop the service cleanly.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -4,7 +4,8 @@
 //! queues [`Effects`] (records to persist, messages to publish). The core loop persists the
 //! records *before* it publishes anything, so an acknowledgement never runs ahead of the disk.
 //!
-//! Lifecycle: `pending → assigned → running → completed | failed | expired | cancelled`. Each
+//! Lifecycle: `pending → assigned → running → verifying → completed | failed | expired |
+//! cancelled`. Each
 //! replica is an [`AssignmentRecord`] with its own attempt number and lease. A lease that expires,
 //! a node that goes offline and a node that declines all free the replica's slot, and the task is
 //! matched again, until `min_nodes + max_retries` assignments have been spent.
@@ -432,11 +433,11 @@ impl Scheduler {
                 };
                 if a.state == AssignmentState::Dispatched {
                     a.state = AssignmentState::Running;
-                    if task.status == TaskStatus::Assigned {
-                        task.status = TaskStatus::Running;
-                    }
                     task.updated_at = now;
                     self.mark(task_id);
+                    if task.status == TaskStatus::Assigned {
+                        self.set_status(task_id, TaskStatus::Running, now);
+                    }
                 }
             }
             AgentEvent::Declined {
