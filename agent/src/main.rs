@@ -67,8 +67,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let cfg = ambient_agent::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            ambient_agent::run(cfg, shutdown_signal())
-            .await?;
+            ambient_agent::run(cfg, shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -40,8 +40,7 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(log_json);
             let cfg = ambient_coordinator::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            ambient_coordinator::run(cfg, shutdown_signal())
-            .await?;
+            ambient_coordinator::run(cfg, shutdown_signal()).await?;
             Ok(())
         }
     }
