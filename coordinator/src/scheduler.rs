@@ -434,8 +434,9 @@ impl Scheduler {
                 if a.state == AssignmentState::Dispatched {
                     a.state = AssignmentState::Running;
                     task.updated_at = now;
+                    let first = task.status == TaskStatus::Assigned;
                     self.mark(task_id);
-                    if task.status == TaskStatus::Assigned {
+                    if first {
                         self.set_status(task_id, TaskStatus::Running, now);
                     }
                 }
