@@ -181,15 +181,10 @@ impl Journal {
     /// Results the coordinator has not acknowledged.
     pub async fn pending_results(&self) -> Result<Vec<TaskResult>, JournalError> {
         self.call(|conn| {
-            let mut stmt = conn.prepare(
+            json_rows(
+                conn,
                 "SELECT result FROM jobs WHERE state = 'result_pending' ORDER BY updated_at",
-            )?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(serde_json::from_str(&r?)?);
-            }
-            Ok(out)
+            )
         })
         .await
     }
@@ -197,15 +192,10 @@ impl Journal {
     /// Assignments that were received or running when the agent last stopped.
     pub async fn interrupted(&self) -> Result<Vec<Assignment>, JournalError> {
         self.call(|conn| {
-            let mut stmt = conn.prepare(
+            json_rows(
+                conn,
                 "SELECT assignment FROM jobs WHERE state IN ('received', 'running') ORDER BY updated_at",
-            )?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(serde_json::from_str(&r?)?);
-            }
-            Ok(out)
+            )
         })
         .await
     }
@@ -222,6 +212,20 @@ impl Journal {
         })
         .await
     }
+}
+
+/// Decodes the one JSON column that `sql` selects, row by row.
+fn json_rows<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+) -> Result<Vec<T>, JournalError> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(serde_json::from_str(&r?)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

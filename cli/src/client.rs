@@ -95,48 +95,41 @@ impl Client {
             .await
     }
 
-    /// `GET /api/v1/tasks/{id}`.
-    pub async fn task(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
+    /// An authenticated request without a body.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let resp = self
             .http
-            .get(format!("{}/api/v1/tasks/{id}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.key)
             .send()
             .await?;
         Self::decode(resp).await
+    }
+
+    /// `GET /api/v1/tasks/{id}`.
+    pub async fn task(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"))
+            .await
     }
 
     /// `GET /api/v1/tasks`.
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}/api/v1/tasks", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        Self::decode(resp).await
+        self.call(reqwest::Method::GET, "/api/v1/tasks").await
     }
 
     /// `DELETE /api/v1/tasks/{id}`.
     pub async fn cancel(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
-        let resp = self
-            .http
-            .delete(format!("{}/api/v1/tasks/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        Self::decode(resp).await
+        self.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"))
+            .await
     }
 
     /// `GET /api/v1/nodes`.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}/api/v1/nodes", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        Self::decode(resp).await
+        self.call(reqwest::Method::GET, "/api/v1/nodes").await
     }
 
     /// Polls a task until it is terminal, calling `progress` whenever its status changes.
