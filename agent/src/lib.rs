@@ -15,6 +15,8 @@
 //! | Feature | Default | |
 //! |---|---|---|
 //! | `wasm` | yes | `wasm_execution` tasks on wasmi |
+//! | `onnx` | yes | `inference` tasks on tract (CPU) |
+//! | `gpu-cuda` | no | `inference` on NVIDIA GPUs with tract-cuda, CPU fallback |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
 //! | `keyring` | yes | OS keyring for the broker password |
 //!
@@ -69,6 +71,9 @@ pub fn supported_task_types() -> Vec<TaskType> {
     let mut v = Vec::new();
     if cfg!(feature = "wasm") {
         v.push(TaskType::WasmExecution);
+    }
+    if cfg!(feature = "onnx") {
+        v.push(TaskType::Inference);
     }
     v
 }
@@ -125,6 +130,8 @@ struct Worker {
     journal: Journal,
     #[cfg(feature = "wasm")]
     sandbox: Arc<exec::wasm::WasmSandbox>,
+    #[cfg(feature = "onnx")]
+    onnx: exec::onnx::OnnxEngine,
     running: Mutex<HashMap<(Uuid, u32), Arc<AtomicBool>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
     tracker: TaskTracker,
@@ -180,6 +187,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
     let worker = Arc::new(Worker {
         #[cfg(feature = "wasm")]
         sandbox: Arc::new(exec::wasm::WasmSandbox::new(cfg.execution.module_cache)),
+        #[cfg(feature = "onnx")]
+        onnx: exec::onnx::OnnxEngine::new(cfg.execution.module_cache),
         cfg,
         client: link.client.clone(),
         journal,
@@ -363,9 +372,15 @@ impl Worker {
             let result = match run.await {
                 Ok(r) => r,
                 Err(e) => {
-                    error!(error = %e, "Executor panicked.");
-                    self.lock_running().remove(&key);
-                    return;
+                    // A crash on this input would repeat anywhere: report it as the answer.
+                    error!(task_id = %key.0, error = %e, "Executor panicked.");
+                    TaskResult {
+                        task_id: key.0,
+                        attempt: key.1,
+                        outcome: failure("executor_crashed", format!("the executor crashed: {e}")),
+                        duration_ms: 0,
+                        fuel_consumed: None,
+                    }
                 }
             };
             self.lock_running().remove(&key);
@@ -395,6 +410,8 @@ impl Worker {
         let (outcome, fuel) = match a.task_type {
             #[cfg(feature = "wasm")]
             TaskType::WasmExecution => self.execute_wasm(a, cancel),
+            #[cfg(feature = "onnx")]
+            TaskType::Inference => (self.execute_onnx(a), None),
             other => (
                 failure(
                     "unsupported_task_type",
@@ -416,29 +433,10 @@ impl Worker {
 
     #[cfg(feature = "wasm")]
     fn execute_wasm(&self, a: &Assignment, cancel: &AtomicBool) -> (Outcome, Option<u64>) {
-        use base64::Engine as _;
-        let Some(b64) = &a.wasm_module else {
-            return (
-                failure("invalid_module", "the assignment carries no module"),
-                None,
-            );
-        };
-        let module = match base64::engine::general_purpose::STANDARD.decode(b64) {
+        let module = match artifact(a) {
             Ok(m) => m,
-            Err(e) => return (failure("invalid_module", format!("bad base64: {e}")), None),
+            Err(failed) => return (failed, None),
         };
-        if let Some(want) = &a.module_sha256 {
-            let got = ambient_protocol::sha256_hex(&module);
-            if &got != want {
-                return (
-                    failure(
-                        "invalid_module",
-                        format!("module hash {got} is not the announced {want}"),
-                    ),
-                    None,
-                );
-            }
-        }
         let stdin = serde_json::to_vec(&a.inputs).unwrap_or_default();
         let exec = &self.cfg.execution;
         let limits = exec::wasm::WasmLimits {
@@ -463,6 +461,30 @@ impl Worker {
                 )
             }
             Err(e) => (failure(e.kind(), e.to_string()), None),
+        }
+    }
+
+    #[cfg(feature = "onnx")]
+    fn execute_onnx(&self, a: &Assignment) -> Outcome {
+        let model = match artifact(a) {
+            Ok(m) => m,
+            Err(failed) => return failed,
+        };
+        let inputs: ambient_protocol::InferenceInputs =
+            match serde_json::from_value(a.inputs.clone()) {
+                Ok(i) => i,
+                Err(e) => return failure("invalid_input", format!("inference inputs: {e}")),
+            };
+        let sha = a.artifact_sha256.clone().unwrap_or_default();
+        match self.onnx.run(&model, &sha, &inputs.tensors) {
+            Ok(out) => {
+                let bytes = serde_json::to_vec(&out.outputs).unwrap_or_default();
+                Outcome::Success {
+                    output: serde_json::to_value(&out).unwrap_or_default(),
+                    output_sha256: ambient_protocol::sha256_hex(&bytes),
+                }
+            }
+            Err(e) => failure(e.kind(), e.to_string()),
         }
     }
 
@@ -571,6 +593,33 @@ impl Worker {
             payload,
         );
     }
+}
+
+/// The assignment's artifact (wasm module or ONNX model), decoded and checked against its hash.
+/// A hash mismatch is a transfer fault, not the task's answer, so it is reported as
+/// `transfer_error`, which the coordinator retries elsewhere.
+#[cfg(any(feature = "wasm", feature = "onnx"))]
+fn artifact(a: &Assignment) -> Result<Vec<u8>, Outcome> {
+    use base64::Engine as _;
+    let Some(b64) = &a.artifact_base64 else {
+        return Err(failure(
+            "transfer_error",
+            "the assignment carries no artifact",
+        ));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| failure("transfer_error", format!("bad base64: {e}")))?;
+    if let Some(want) = &a.artifact_sha256 {
+        let got = ambient_protocol::sha256_hex(&bytes);
+        if &got != want {
+            return Err(failure(
+                "transfer_error",
+                format!("artifact hash {got} is not the announced {want}"),
+            ));
+        }
+    }
+    Ok(bytes)
 }
 
 fn failure(kind: &str, message: impl Into<String>) -> Outcome {

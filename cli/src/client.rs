@@ -110,6 +110,19 @@ impl Client {
         Self::decode(resp).await
     }
 
+    /// `PUT /api/v1/blobs`: uploads an artifact, returns its sha256.
+    pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<String, ClientError> {
+        let resp = self
+            .http
+            .put(format!("{}/api/v1/blobs", self.base))
+            .bearer_auth(&self.key)
+            .body(bytes)
+            .send()
+            .await?;
+        let v: serde_json::Value = Self::decode(resp).await?;
+        Ok(v["sha256"].as_str().unwrap_or_default().to_string())
+    }
+
     /// `GET /api/v1/tasks/{id}`.
     pub async fn task(&self, id: Uuid) -> Result<TaskInfo, ClientError> {
         self.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"))

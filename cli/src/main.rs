@@ -50,9 +50,13 @@ enum Command {
         /// A task JSON file (the REST body). Or build one with --wasm.
         file: Option<PathBuf>,
         /// A wasm module (.wasm, or .wat text compiled here) for a wasm_execution task.
-        #[arg(long, conflicts_with = "file")]
+        #[arg(long, conflicts_with_all = ["file", "model"])]
         wasm: Option<PathBuf>,
-        /// Task inputs as JSON (with --wasm).
+        /// An ONNX model for an inference task: uploaded with PUT /api/v1/blobs, then named by
+        /// its sha256. Give the tensors with --inputs '{"x": {"dtype", "shape", "data"}}'.
+        #[arg(long, conflicts_with = "file")]
+        model: Option<PathBuf>,
+        /// Task inputs as JSON (with --wasm), or the input tensors by name (with --model).
         #[arg(long, default_value = "{}")]
         inputs: String,
         /// Replicas that must agree (with --wasm).
@@ -65,6 +69,16 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Print the task as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Follow a task until it ends, with a progress bar for sharded computations.
+    Watch {
+        /// Task id.
+        task_id: uuid::Uuid,
+        /// Print the final task as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -138,6 +152,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Demo { json } => demo(json).await,
+        Command::Watch { task_id, json, api } => {
+            let client = api.client()?;
+            let info = client
+                .wait(task_id, Duration::from_secs(24 * 3600), progress_line)
+                .await?;
+            eprintln!();
+            print_task(&info, json)?;
+            Ok(())
+        }
         Command::Up {
             data_dir,
             agents,
@@ -147,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Submit {
             file,
             wasm,
+            model,
             inputs,
             min_nodes,
             max_execution_time_sec,
@@ -154,11 +178,12 @@ async fn main() -> anyhow::Result<()> {
             json,
             api,
         } => {
-            let body = match (file, wasm) {
-                (Some(f), _) => {
+            let client = api.client()?;
+            let body = match (file, wasm, model) {
+                (Some(f), _, _) => {
                     std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
                 }
-                (None, Some(w)) => {
+                (None, Some(w), _) => {
                     let bytes =
                         std::fs::read(&w).with_context(|| format!("reading {}", w.display()))?;
                     let module = if w.extension().is_some_and(|e| e == "wat") {
@@ -178,30 +203,37 @@ async fn main() -> anyhow::Result<()> {
                         task_id: None,
                     })?
                 }
-                (None, None) => bail!("give a task JSON file, or --wasm MODULE"),
+                (None, None, Some(path)) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let sha = client.put_blob(bytes).await?;
+                    eprintln!("uploaded {} as {sha}", path.display());
+                    let tensors: serde_json::Value =
+                        serde_json::from_str(&inputs).context("--inputs is not JSON")?;
+                    serde_json::to_vec(&TaskSubmission {
+                        task_type: TaskType::Inference,
+                        wasm_module: None,
+                        inputs: serde_json::json!({"model_sha256": sha, "tensors": tensors}),
+                        requirements: Requirements {
+                            max_execution_time_sec,
+                            ..Requirements::default()
+                        },
+                        task_id: None,
+                    })?
+                }
+                (None, None, None) => {
+                    bail!("give a task JSON file, --wasm MODULE, or --model MODEL.onnx")
+                }
             };
-            let client = api.client()?;
             let info = client.submit_raw(body).await?;
             let info = if no_wait {
                 info
             } else {
-                let mut err = std::io::stderr();
-                client
-                    .wait(info.task_id, Duration::from_secs(24 * 3600), |i| {
-                        let reason = i
-                            .status_reason
-                            .as_deref()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default();
-                        let _ = writeln!(
-                            err,
-                            "[{}] {} {}{reason}",
-                            chrono::Utc::now().format("%H:%M:%S"),
-                            i.task_id,
-                            i.status
-                        );
-                    })
-                    .await?
+                let done = client
+                    .wait(info.task_id, Duration::from_secs(24 * 3600), progress_line)
+                    .await?;
+                eprintln!();
+                done
             };
             print_task(&info, json)?;
             if info.status.is_terminal() && info.status != ambient_protocol::TaskStatus::Completed {
@@ -262,6 +294,37 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// One status line on stderr, rewritten in place: a progress bar for sharded computations.
+fn progress_line(i: &TaskInfo) {
+    let mut err = std::io::stderr();
+    let time = chrono::Utc::now().format("%H:%M:%S");
+    let line = match i.progress {
+        Some(p) => {
+            let width = 30;
+            let filled = (p.done as usize * width) / (p.total.max(1) as usize);
+            format!(
+                "[{time}] {} {} [{}{}] {}/{} shards",
+                i.task_id,
+                i.status,
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                p.done,
+                p.total
+            )
+        }
+        None => {
+            let reason = i
+                .status_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            format!("[{time}] {} {}{reason}", i.task_id, i.status)
+        }
+    };
+    let _ = write!(err, "\r\x1b[2K{line}");
+    let _ = err.flush();
+}
+
 fn print_task(info: &TaskInfo, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
@@ -289,7 +352,7 @@ fn print_task(info: &TaskInfo, json: bool) -> anyhow::Result<()> {
 async fn demo(json: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     eprintln!("Starting an embedded broker, a coordinator and 3 agents…");
-    let cases = ambient_cli::demo::run(dir.path()).await?;
+    let cases = ambient_cli::demo::run(dir.path(), 1_000_000_000).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&cases)?);
     } else {

@@ -13,6 +13,24 @@ pub const BUSY_WAT: &str = include_str!("../wasm/busy.wat");
 /// What `busy.wat` prints.
 pub const BUSY_OUTPUT: u64 = 300_000_000u64 * (300_000_000 - 1) / 2;
 
+/// `pi.wat`: the Monte Carlo π kernel of sharded computations; prints `{"hits":H,"samples":N}`
+/// for its range shard.
+pub const PI_WAT: &str = include_str!("../wasm/pi.wat");
+
+/// What `pi.wat` counts for sample indices `[start, end)`, done in Rust.
+pub fn expected_pi_hits(start: u64, end: u64) -> u64 {
+    (start..end)
+        .filter(|&i| {
+            let mut z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let (x, y) = (z >> 32, z & 0xffff_ffff);
+            x * x <= !(y * y)
+        })
+        .count() as u64
+}
+
 /// Compiles WAT text to a wasm binary.
 pub fn wasm(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).unwrap_or_else(|e| panic!("bundled WAT does not compile: {e}"))
@@ -33,7 +51,7 @@ mod tests {
 
     #[test]
     fn modules_compile() {
-        for m in [SUM_WAT, SPIN_WAT, MEMORY_BOMB_WAT, BUSY_WAT] {
+        for m in [SUM_WAT, SPIN_WAT, MEMORY_BOMB_WAT, BUSY_WAT, PI_WAT] {
             assert!(wasm(m).starts_with(b"\0asm"));
         }
         assert_eq!(expected_sum(r#"{"numbers":[1,22,333]}"#), 356);

@@ -6,6 +6,7 @@
 //! | `GET /api/v1/tasks` | key | the caller's tasks (`?status=`, `?limit=`) |
 //! | `GET /api/v1/tasks/{id}` | key | one task |
 //! | `DELETE /api/v1/tasks/{id}` | key | cancel |
+//! | `PUT /api/v1/blobs` | key | upload an artifact (an ONNX model), get its sha256 |
 //! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
     let authed = Router::new()
         .route("/api/v1/tasks", get(list_tasks).post(submit))
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/api/v1/blobs", axum::routing::put(put_blob))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -170,13 +172,7 @@ async fn submit(
         .await
         .map_err(|_| Failure::unavailable())?;
     let accepted = checked.inspect_err(|_| Metrics::inc(&state.metrics.submissions_rejected))?;
-    if let Some((sha, bytes)) = &accepted.module {
-        state
-            .store
-            .put_blob(sha.clone(), bytes.clone())
-            .await
-            .map_err(Failure::store)?;
-    }
+    crate::mqtt::store_artifact(&state.store, &accepted).await?;
     let (reply, rx) = oneshot::channel();
     state
         .core
@@ -189,6 +185,43 @@ async fn submit(
         .map_err(|_| Failure::unavailable())?;
     let info = rx.await.map_err(|_| Failure::unavailable())??;
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Stores an artifact by content address. Inference tasks then name it by `model_sha256`.
+async fn put_blob(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), Failure> {
+    let max = state.limits.max_model_bytes;
+    let too_large = |size| Failure::from(SubmitError::ModuleTooLarge { size, max });
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(max + 1)
+        } else {
+            Failure::new(r.status(), "bad_request", r.body_text())
+        }
+    })?;
+    if body.len() > max {
+        return Err(too_large(body.len()));
+    }
+    if body.is_empty() {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "empty_blob",
+            "the body is empty",
+        ));
+    }
+    let sha = ambient_protocol::sha256_hex(&body);
+    let size = body.len();
+    state
+        .store
+        .put_blob(sha.clone(), body.to_vec())
+        .await
+        .map_err(Failure::store)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"sha256": sha, "size": size})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -356,6 +389,7 @@ mod tests {
             ("/api/v1/tasks", "get"),
             ("/api/v1/tasks/{id}", "get"),
             ("/api/v1/tasks/{id}", "delete"),
+            ("/api/v1/blobs", "put"),
             ("/api/v1/nodes", "get"),
             ("/api/v1/nodes/{id}", "get"),
             ("/api/v1/health", "get"),

@@ -90,6 +90,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest decoded wasm module, in bytes.
     pub max_module_bytes: usize,
+    /// Largest ONNX model, in bytes (inline or uploaded). Models travel inside MQTT
+    /// assignments, so keep it well under the 16 MiB packet limit.
+    pub max_model_bytes: usize,
     /// Deepest JSON nesting accepted.
     pub max_json_depth: usize,
     /// Largest `min_nodes`.
@@ -101,8 +104,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_body_bytes: 8 << 20,
+            max_body_bytes: 12 << 20,
             max_module_bytes: 4 << 20,
+            max_model_bytes: 8 << 20,
             max_json_depth: 32,
             max_min_nodes: 16,
             max_execution_time_sec: 3600,

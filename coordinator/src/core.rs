@@ -155,19 +155,57 @@ impl Core {
                 };
             }
         }
-        let task = TaskRecord::new(
+        let now = Utc::now();
+        let artifact = accepted
+            .artifact
+            .map(|(sha, _)| sha)
+            .or(accepted.artifact_ref);
+        let mut task = TaskRecord::new(
             sub.task_id.unwrap_or_else(Uuid::new_v4),
             submitter,
             sub.task_type,
             sub.inputs,
             sub.requirements,
-            accepted.module.map(|(sha, _)| sha),
-            Utc::now(),
+            artifact.clone(),
+            now,
         );
         let id = task.id;
         info!(task_id = %id, submitter = %task.submitter, task_type = %task.task_type, "Task accepted.");
         Metrics::inc(&self.metrics.tasks_submitted);
-        self.sched.submit(task, Utc::now());
+        match accepted.shards {
+            None => self.sched.submit(task, now),
+            Some((inputs, reduce)) => {
+                // The kernel is in the blob store; keep only its address in the record.
+                if let Some(obj) = task.inputs.as_object_mut() {
+                    obj.remove("kernel_base64");
+                    obj.insert("kernel_sha256".into(), artifact.clone().into());
+                }
+                task.reduce = Some(reduce);
+                let shards: Vec<TaskRecord> = inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, input)| {
+                        let mut s = TaskRecord::new(
+                            Uuid::new_v4(),
+                            task.submitter.clone(),
+                            ambient_protocol::TaskType::WasmExecution,
+                            input,
+                            ambient_protocol::Requirements {
+                                min_nodes: 1,
+                                ..task.requirements.clone()
+                            },
+                            artifact.clone(),
+                            now,
+                        );
+                        s.parent = Some(id);
+                        s.shard = Some(k as u32);
+                        s
+                    })
+                    .collect();
+                task.shards = shards.iter().map(|s| s.id).collect();
+                self.sched.submit_sharded(task, shards, now);
+            }
+        }
         self.flush().await;
         let saved = self.store.task(id).await;
         match saved {
@@ -207,9 +245,9 @@ impl Core {
                 node,
                 mut assignment,
             } => {
-                if let Some(sha) = assignment.module_sha256.clone() {
+                if let Some(sha) = assignment.artifact_sha256.clone() {
                     match self.module(&sha).await {
-                        Ok(b64) => assignment.wasm_module = Some(b64.to_string()),
+                        Ok(b64) => assignment.artifact_base64 = Some(b64.to_string()),
                         Err(e) => {
                             // The lease will expire and the task fail with a reason after retries.
                             error!(task_id = %assignment.task_id, module = %sha, error = %e,

@@ -2,14 +2,19 @@
 //! type, requirements and the wasm module itself. Every refusal is a [`SubmitError`] with a stable
 //! code, an HTTP status and a sentence for the submitter.
 
-use ambient_protocol::{ApiError, TaskSubmission, TaskType};
+use ambient_protocol::{ApiError, InferenceInputs, TaskSubmission, TaskType};
 use base64::Engine as _;
 
 use crate::config::Limits;
+use crate::reduce::Reduce;
 
 /// Task kinds this coordinator can run end to end today. The others are part of the protocol and
 /// are refused with [`SubmitError::UnsupportedTaskType`] until they are implemented for real.
-pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[TaskType::WasmExecution];
+pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[
+    TaskType::WasmExecution,
+    TaskType::Computation,
+    TaskType::Inference,
+];
 
 /// Why a submission was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +77,12 @@ pub enum SubmitError {
     /// The module does not validate as WebAssembly.
     #[error("invalid wasm module: {0}")]
     InvalidWasm(String),
+    /// The task's inputs do not fit its type.
+    #[error("invalid inputs: {0}")]
+    InvalidInputs(String),
+    /// An inference task references a model the blob store does not have.
+    #[error("no model {0} in the blob store; upload it with PUT /api/v1/blobs")]
+    UnknownModel(String),
     /// A requirement is out of range.
     #[error("invalid requirements: {0}")]
     InvalidRequirements(String),
@@ -98,6 +109,8 @@ impl SubmitError {
             SubmitError::ModuleTooLarge { .. } => "module_too_large",
             SubmitError::InvalidWasm(_) => "invalid_wasm",
             SubmitError::InvalidRequirements(_) => "invalid_requirements",
+            SubmitError::InvalidInputs(_) => "invalid_inputs",
+            SubmitError::UnknownModel(_) => "unknown_model",
             SubmitError::IdTaken(_) => "task_id_taken",
             SubmitError::Unavailable(_) => "unavailable",
         }
@@ -124,14 +137,22 @@ impl SubmitError {
     }
 }
 
-/// A submission that passed every check, with its module decoded.
+/// A submission that passed every check, with its artifact decoded.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The submission (its `wasm_module` is cleared: the bytes are in `module`).
+    /// The submission. Inline artifacts are moved out: its `wasm_module` is cleared, and an
+    /// inference task's `model_base64` is replaced by `model_sha256`.
     pub submission: TaskSubmission,
-    /// `(sha256, bytes)` of the module.
-    pub module: Option<(String, Vec<u8>)>,
+    /// `(sha256, bytes)` of an inline artifact (wasm module, kernel or model) to store.
+    pub artifact: Option<(String, Vec<u8>)>,
+    /// An artifact the task references by sha256, which must already be in the blob store.
+    pub artifact_ref: Option<String>,
+    /// For `computation`: the shard inputs and the reducer.
+    pub shards: Option<(Vec<serde_json::Value>, Reduce)>,
 }
+
+/// Most shards one `computation` task may have.
+pub const MAX_SHARDS: usize = 4096;
 
 /// Checks a raw submission body.
 pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
@@ -182,35 +203,175 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
     if r.require_proof {
         return Err(SubmitError::ProofUnsupported(submission.task_type));
     }
-    let module = match submission.wasm_module.take() {
-        None if submission.task_type == TaskType::WasmExecution => {
-            return Err(SubmitError::MissingModule);
-        }
-        None => None,
-        Some(b64) => {
-            // base64 is 4/3 of the bytes: refuse early without decoding a huge string.
-            if b64.len() / 4 * 3 > limits.max_module_bytes + 3 {
-                return Err(SubmitError::ModuleTooLarge {
-                    size: b64.len() / 4 * 3,
-                    max: limits.max_module_bytes,
-                });
-            }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| SubmitError::InvalidBase64(e.to_string()))?;
-            if bytes.len() > limits.max_module_bytes {
-                return Err(SubmitError::ModuleTooLarge {
-                    size: bytes.len(),
-                    max: limits.max_module_bytes,
-                });
-            }
-            let engine = wasmi::Engine::default();
-            wasmi::Module::validate(&engine, &bytes)
-                .map_err(|e| SubmitError::InvalidWasm(e.to_string()))?;
-            Some((ambient_protocol::sha256_hex(&bytes), bytes))
-        }
+    let mut accepted = Accepted {
+        artifact: None,
+        artifact_ref: None,
+        shards: None,
+        submission: submission.clone(),
     };
-    Ok(Accepted { submission, module })
+    match submission.task_type {
+        TaskType::WasmExecution => {
+            let b64 = submission
+                .wasm_module
+                .take()
+                .ok_or(SubmitError::MissingModule)?;
+            accepted.artifact = Some(wasm(&b64, limits)?);
+        }
+        TaskType::Computation => {
+            if submission.wasm_module.is_some() {
+                return Err(SubmitError::InvalidInputs(
+                    "a computation's kernel goes in inputs.kernel_base64".into(),
+                ));
+            }
+            let (kernel, shards, reduce) = computation(&submission.inputs)?;
+            accepted.artifact = Some(wasm(&kernel, limits)?);
+            accepted.shards = Some((shards, reduce));
+        }
+        TaskType::Inference => {
+            if submission.requirements.min_nodes != 1 {
+                return Err(SubmitError::InvalidRequirements(
+                    "inference runs on one node (min_nodes = 1): float outputs differ across \
+                     devices, and replicas are compared by exact hash"
+                        .into(),
+                ));
+            }
+            let mut inputs: InferenceInputs = serde_json::from_value(submission.inputs.clone())
+                .map_err(|e| SubmitError::InvalidInputs(format!("inference inputs: {e}")))?;
+            match (inputs.model_base64.take(), inputs.model_sha256.take()) {
+                (Some(b64), None) => {
+                    let bytes = decode(&b64, limits.max_model_bytes)?;
+                    let sha = ambient_protocol::sha256_hex(&bytes);
+                    inputs.model_sha256 = Some(sha.clone());
+                    accepted.artifact = Some((sha, bytes));
+                }
+                (None, Some(sha)) => {
+                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(SubmitError::InvalidInputs(
+                            "model_sha256 must be 64 hex digits".into(),
+                        ));
+                    }
+                    let sha = sha.to_ascii_lowercase();
+                    inputs.model_sha256 = Some(sha.clone());
+                    accepted.artifact_ref = Some(sha);
+                }
+                _ => {
+                    return Err(SubmitError::InvalidInputs(
+                        "give exactly one of model_sha256 and model_base64".into(),
+                    ));
+                }
+            }
+            if inputs.tensors.is_empty() {
+                return Err(SubmitError::InvalidInputs("no input tensors".into()));
+            }
+            for (name, t) in &inputs.tensors {
+                let n: usize = t.shape.iter().product();
+                if n != t.data.len() {
+                    return Err(SubmitError::InvalidInputs(format!(
+                        "tensor {name}: shape {:?} needs {n} values, data has {}",
+                        t.shape,
+                        t.data.len()
+                    )));
+                }
+            }
+            accepted.submission.inputs = serde_json::to_value(&inputs)
+                .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
+        }
+        other => {
+            return Err(SubmitError::UnsupportedTaskType {
+                task_type: other,
+                supported: list(SUPPORTED_TASK_TYPES),
+            });
+        }
+    }
+    accepted.submission.wasm_module = None;
+    Ok(accepted)
+}
+
+fn decode(b64: &str, max: usize) -> Result<Vec<u8>, SubmitError> {
+    // base64 is 4/3 of the bytes: refuse early without decoding a huge string.
+    if b64.len() / 4 * 3 > max + 3 {
+        return Err(SubmitError::ModuleTooLarge {
+            size: b64.len() / 4 * 3,
+            max,
+        });
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| SubmitError::InvalidBase64(e.to_string()))?;
+    if bytes.len() > max {
+        return Err(SubmitError::ModuleTooLarge {
+            size: bytes.len(),
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+fn wasm(b64: &str, limits: &Limits) -> Result<(String, Vec<u8>), SubmitError> {
+    let bytes = decode(b64, limits.max_module_bytes)?;
+    let engine = wasmi::Engine::default();
+    wasmi::Module::validate(&engine, &bytes)
+        .map_err(|e| SubmitError::InvalidWasm(e.to_string()))?;
+    Ok((ambient_protocol::sha256_hex(&bytes), bytes))
+}
+
+/// `{"kernel_base64", "shards": [...] | "range": {"start", "end", "shards"}, "reduce"}`.
+fn computation(
+    inputs: &serde_json::Value,
+) -> Result<(String, Vec<serde_json::Value>, Reduce), SubmitError> {
+    let bad = |m: String| SubmitError::InvalidInputs(m);
+    let obj = inputs
+        .as_object()
+        .ok_or_else(|| bad("computation inputs must be an object".into()))?;
+    for k in obj.keys() {
+        if !["kernel_base64", "shards", "range", "reduce"].contains(&k.as_str()) {
+            return Err(bad(format!("unknown computation input {k:?}")));
+        }
+    }
+    let kernel = obj
+        .get("kernel_base64")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| bad("computation needs inputs.kernel_base64 (a wasm module)".into()))?;
+    let reduce_name = obj
+        .get("reduce")
+        .and_then(|v| v.as_str())
+        .unwrap_or("concat");
+    let reduce = Reduce::from_wire(reduce_name).ok_or_else(|| {
+        bad(format!(
+            "reduce {reduce_name:?} is not one of sum, min, max, concat (wasm reducers are not \
+             supported yet)"
+        ))
+    })?;
+    let shards = match (obj.get("shards"), obj.get("range")) {
+        (Some(serde_json::Value::Array(list)), None) => list.clone(),
+        (None, Some(range)) => {
+            let get = |k: &str| {
+                range
+                    .get(k)
+                    .and_then(|v| v.as_u64())
+                    .ok_or_else(|| bad(format!("range.{k} must be a non-negative integer")))
+            };
+            let (start, end, n) = (get("start")?, get("end")?, get("shards")?);
+            if end <= start || n == 0 || n > end - start || n as usize > MAX_SHARDS {
+                return Err(bad(format!(
+                    "range needs start < end and 1 ≤ shards ≤ min(end - start, {MAX_SHARDS})"
+                )));
+            }
+            let span = end - start;
+            (0..n)
+                .map(|k| {
+                    let s = start + span * k / n;
+                    let e = start + span * (k + 1) / n;
+                    serde_json::json!({"start": s, "end": e, "shard": k})
+                })
+                .collect()
+        }
+        _ => return Err(bad("give exactly one of shards (an array) and range".into())),
+    };
+    if shards.is_empty() || shards.len() > MAX_SHARDS {
+        return Err(bad(format!("a computation has 1 to {MAX_SHARDS} shards")));
+    }
+    Ok((kernel.to_string(), shards, reduce))
 }
 
 fn list(types: &[TaskType]) -> String {
@@ -270,7 +431,7 @@ mod tests {
         )
         .unwrap();
         assert!(ok.submission.wasm_module.is_none());
-        let (sha, bytes) = ok.module.unwrap();
+        let (sha, bytes) = ok.artifact.unwrap();
         assert_eq!(sha, ambient_protocol::sha256_hex(&bytes));
     }
 
@@ -281,8 +442,22 @@ mod tests {
         assert_eq!(check(b"{not json", &l).unwrap_err().code(), "invalid_json");
         assert_eq!(code(json!({"task_type": "mining"})), "unknown_task_type");
         assert_eq!(
-            code(json!({"task_type": "inference"})),
+            code(json!({"task_type": "zk_proof"})),
             "unsupported_task_type"
+        );
+        assert_eq!(code(json!({"task_type": "inference"})), "invalid_inputs");
+        assert_eq!(
+            code(
+                json!({"task_type": "inference", "inputs": {"model_sha256": "ab", "tensors": {}}})
+            ),
+            "invalid_inputs"
+        );
+        assert_eq!(
+            code(
+                json!({"task_type": "computation", "inputs": {"kernel_base64": module_b64(),
+                        "range": {"start": 0, "end": 10, "shards": 2}, "reduce": "median"}})
+            ),
+            "invalid_inputs"
         );
         assert_eq!(
             code(json!({"task_type": "wasm_execution"})),
@@ -332,5 +507,31 @@ mod tests {
     fn depth_ignores_brackets_in_strings() {
         assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#), 1);
         assert_eq!(json_depth(br#"{"a": [{"b": []}]}"#), 4);
+    }
+}
+
+#[cfg(test)]
+mod sharding_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ranges_split_evenly_and_exactly() {
+        let (_, shards, reduce) = computation(
+            &json!({"kernel_base64": "x", "range": {"start": 0, "end": 1000000000, "shards": 64}, "reduce": "sum"}),
+        )
+        .unwrap();
+        assert_eq!(reduce, Reduce::Sum);
+        assert_eq!(shards.len(), 64);
+        assert_eq!(shards[0]["start"], 0);
+        assert_eq!(shards[63]["end"], 1000000000u64);
+        let total: u64 = shards
+            .iter()
+            .map(|s| s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 1000000000);
+        for w in shards.windows(2) {
+            assert_eq!(w[0]["end"], w[1]["start"]);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`mqtt`]: MQTT intake: node health, presence and results, and submissions.
 //! - [`intake`]: submission checks shared by REST and MQTT.
 //! - [`core`]: the one task that owns the scheduler, persists, then publishes.
+//! - [`reduce`]: built-in reducers of sharded computations.
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine.
 //! - [`store`]: SQLite on its own thread.
 //! - [`metrics`]: Prometheus counters.
@@ -28,6 +29,7 @@ pub mod core;
 pub mod intake;
 pub mod metrics;
 pub mod mqtt;
+pub mod reduce;
 pub mod scheduler;
 pub mod store;
 

@@ -123,11 +123,8 @@ impl Intake {
             Err(e) => return self.reject(submitter, &e, None),
         };
         let task_id = accepted.submission.task_id;
-        if let Some((sha, bytes)) = &accepted.module
-            && let Err(e) = self.store.put_blob(sha.clone(), bytes.clone()).await
-        {
-            warn!(error = %e, "Could not store a module.");
-            return self.reject(submitter, &SubmitError::Unavailable(e.to_string()), task_id);
+        if let Err(e) = store_artifact(&self.store, &accepted).await {
+            return self.reject(submitter, &e, task_id);
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         let msg = CoreMsg::Submit {
@@ -154,6 +151,27 @@ impl Intake {
             payload,
         );
     }
+}
+
+/// Puts an accepted submission's inline artifact in the blob store, or checks that the one it
+/// references is there. Shared by the REST and MQTT intakes.
+pub async fn store_artifact(store: &Store, accepted: &intake::Accepted) -> Result<(), SubmitError> {
+    if let Some((sha, bytes)) = &accepted.artifact {
+        store
+            .put_blob(sha.clone(), bytes.clone())
+            .await
+            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+    }
+    if let Some(sha) = &accepted.artifact_ref {
+        let known = store
+            .has_blob(sha.clone())
+            .await
+            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
+        if !known {
+            return Err(SubmitError::UnknownModel(sha.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Messages that carry the protocol version.

@@ -14,11 +14,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ambient_protocol::{
     AgentEvent, Assignment, Control, Health, NodeInfo, NodeState, Outcome, PROTOCOL_VERSION,
-    Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
+    Progress, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::reduce::{self, Reduce};
 
 /// Tuning of the scheduler. See [`crate::config::SchedulerConfig`] for the documented file form.
 #[derive(Debug, Clone)]
@@ -47,6 +49,10 @@ pub const DETERMINISTIC_FAILURES: &[&str] = &[
     "exit",
     "output_too_large",
     "invalid_input",
+    "invalid_model",
+    "unsupported_operator",
+    "inference_failed",
+    "executor_crashed",
 ];
 
 /// Where one replica stands.
@@ -107,8 +113,8 @@ pub struct TaskRecord {
     pub inputs: serde_json::Value,
     /// What it needs.
     pub requirements: Requirements,
-    /// The module's content address in the blob store, for wasm tasks.
-    pub module_sha256: Option<String>,
+    /// The artifact's content address in the blob store (wasm module or ONNX model).
+    pub artifact_sha256: Option<String>,
     /// Where it is in its lifecycle.
     pub status: TaskStatus,
     /// When it was accepted.
@@ -125,6 +131,25 @@ pub struct TaskRecord {
     pub status_reason: Option<String>,
     /// Since when it has lacked nodes it needs (drives the queue timeout).
     pub waiting_since: Option<DateTime<Utc>>,
+    /// For a shard of a `computation`: the computation's id.
+    #[serde(default)]
+    pub parent: Option<Uuid>,
+    /// For a shard: its index.
+    #[serde(default)]
+    pub shard: Option<u32>,
+    /// For a `computation`: its shard tasks, in shard order. A task with shards is never
+    /// assigned itself; it completes when every shard has, by reducing their outputs.
+    #[serde(default)]
+    pub shards: Vec<Uuid>,
+    /// For a `computation`: the outputs of completed shards, by shard index.
+    #[serde(default)]
+    pub shard_outputs: BTreeMap<u32, serde_json::Value>,
+    /// For a `computation`: nodes that completed its shards.
+    #[serde(default)]
+    pub shard_nodes: Vec<String>,
+    /// For a `computation`: how shard outputs are combined.
+    #[serde(default)]
+    pub reduce: Option<Reduce>,
 }
 
 impl TaskRecord {
@@ -135,7 +160,7 @@ impl TaskRecord {
         task_type: TaskType,
         inputs: serde_json::Value,
         requirements: Requirements,
-        module_sha256: Option<String>,
+        artifact_sha256: Option<String>,
         now: DateTime<Utc>,
     ) -> TaskRecord {
         TaskRecord {
@@ -144,7 +169,7 @@ impl TaskRecord {
             task_type,
             inputs,
             requirements,
-            module_sha256,
+            artifact_sha256,
             status: TaskStatus::Pending,
             created_at: now,
             updated_at: now,
@@ -153,12 +178,18 @@ impl TaskRecord {
             error: None,
             status_reason: None,
             waiting_since: Some(now),
+            parent: None,
+            shard: None,
+            shards: Vec::new(),
+            shard_outputs: BTreeMap::new(),
+            shard_nodes: Vec::new(),
+            reduce: None,
         }
     }
 
     /// The submitter's view of the task.
     pub fn info(&self) -> TaskInfo {
-        let mut assigned_nodes: Vec<String> = Vec::new();
+        let mut assigned_nodes: Vec<String> = self.shard_nodes.clone();
         for a in &self.assignments {
             if !assigned_nodes.contains(&a.node_id) {
                 assigned_nodes.push(a.node_id.clone());
@@ -176,7 +207,20 @@ impl TaskRecord {
             error: self.error.clone(),
             status_reason: self.status_reason.clone(),
             attempts: self.assignments.len() as u32,
+            progress: (!self.shards.is_empty()).then_some(Progress {
+                done: self.shard_outputs.len() as u32,
+                total: self.shards.len() as u32,
+            }),
         }
+    }
+
+    /// The notification a submitter gets about this task; none for shards, whose progress shows
+    /// on their computation.
+    fn notification(&self) -> Option<Outbound> {
+        self.parent.is_none().then(|| Outbound::Notify {
+            submitter: self.submitter.clone(),
+            info: Box::new(self.info()),
+        })
     }
 
     fn active(&self) -> impl Iterator<Item = &AssignmentRecord> {
@@ -198,6 +242,9 @@ impl TaskRecord {
     }
 
     fn needed(&self) -> u32 {
+        if !self.shards.is_empty() {
+            return 0;
+        }
         let have = (self.active().count() + self.answers().count()) as u32;
         self.requirements.min_nodes.saturating_sub(have)
     }
@@ -370,12 +417,30 @@ impl Scheduler {
     /// Accepts a new task and tries to place it at once.
     pub fn submit(&mut self, task: TaskRecord, now: DateTime<Utc>) {
         let id = task.id;
-        self.publish.push(Outbound::Notify {
-            submitter: task.submitter.clone(),
-            info: Box::new(task.info()),
-        });
+        self.publish.extend(task.notification());
         self.tasks.insert(id, task);
         self.dirty_tasks.insert(id);
+        self.schedule(now);
+    }
+
+    /// Accepts a sharded computation: the parent and its shard tasks (whose `parent` and `shard`
+    /// are set, and whose ids are listed in the parent's `shards`).
+    pub fn submit_sharded(
+        &mut self,
+        mut parent: TaskRecord,
+        shards: Vec<TaskRecord>,
+        now: DateTime<Utc>,
+    ) {
+        let id = parent.id;
+        parent.waiting_since = None;
+        parent.status = TaskStatus::Running;
+        self.publish.extend(parent.notification());
+        self.tasks.insert(id, parent);
+        self.dirty_tasks.insert(id);
+        for s in shards {
+            self.dirty_tasks.insert(s.id);
+            self.tasks.insert(s.id, s);
+        }
         self.schedule(now);
     }
 
@@ -559,7 +624,7 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) -> Result<(), CancelError> {
         match self.tasks.get(&task_id) {
-            Some(t) if t.submitter == submitter => {}
+            Some(t) if t.submitter == submitter && t.parent.is_none() => {}
             _ => return Err(CancelError::NotActive(task_id)),
         }
         self.finish(
@@ -732,11 +797,8 @@ impl Scheduler {
         {
             t.status = status;
             t.updated_at = now;
-            let (submitter, info) = (t.submitter.clone(), t.info());
-            self.publish.push(Outbound::Notify {
-                submitter,
-                info: Box::new(info),
-            });
+            let note = t.notification();
+            self.publish.extend(note);
             self.mark(task_id);
         }
     }
@@ -775,11 +837,74 @@ impl Scheduler {
         task.status_reason = None;
         task.waiting_since = None;
         task.updated_at = now;
-        self.publish.push(Outbound::Notify {
-            submitter: task.submitter.clone(),
-            info: Box::new(task.info()),
-        });
+        self.publish.extend(task.notification());
+        let (parent, shards) = (task.parent, task.shards.clone());
+        let done = task.clone();
         self.finished.push(task);
+        // A computation that ends takes its unfinished shards with it.
+        for shard in shards {
+            if self.tasks.contains_key(&shard) {
+                let why = format!("its computation {task_id} is {status}");
+                self.finish(shard, TaskStatus::Cancelled, None, Some(why), now);
+            }
+        }
+        if let Some(parent) = parent {
+            self.shard_done(parent, &done, now);
+        }
+    }
+
+    /// A shard ended: record its output, and settle the computation when it can be.
+    fn shard_done(&mut self, parent_id: Uuid, shard: &TaskRecord, now: DateTime<Utc>) {
+        let Some(parent) = self.tasks.get_mut(&parent_id) else {
+            return; // the computation already ended
+        };
+        let index = shard.shard.unwrap_or_default();
+        match shard.status {
+            TaskStatus::Completed => {
+                let output = shard
+                    .result
+                    .as_ref()
+                    .map(|r| r["output"].clone())
+                    .unwrap_or_default();
+                parent.shard_outputs.insert(index, output);
+                for n in shard.info().assigned_nodes {
+                    if !parent.shard_nodes.contains(&n) {
+                        parent.shard_nodes.push(n);
+                    }
+                }
+                parent.updated_at = now;
+                self.dirty_tasks.insert(parent_id);
+                if parent.shard_outputs.len() < parent.shards.len() {
+                    let note = parent.notification();
+                    self.publish.extend(note);
+                    return;
+                }
+                let outputs: Vec<serde_json::Value> =
+                    parent.shard_outputs.values().cloned().collect();
+                let reducer = parent.reduce.unwrap_or(Reduce::Concat);
+                let nodes = parent.shard_nodes.clone();
+                match reduce::apply(reducer, &outputs) {
+                    Ok(value) => {
+                        let result = serde_json::json!({
+                            "output": value,
+                            "shards": outputs.len(),
+                            "nodes": nodes,
+                        });
+                        self.finish(parent_id, TaskStatus::Completed, Some(result), None, now);
+                    }
+                    Err(e) => {
+                        let error = format!("reduce failed: {e}");
+                        self.finish(parent_id, TaskStatus::Failed, None, Some(error), now);
+                    }
+                }
+            }
+            TaskStatus::Cancelled => {}
+            other => {
+                let why = shard.error.clone().unwrap_or_default();
+                let error = format!("shard {index} {other}: {why}");
+                self.finish(parent_id, TaskStatus::Failed, None, Some(error), now);
+            }
+        }
     }
 
     /// Places every task that lacks replicas on the best eligible nodes.
@@ -840,8 +965,8 @@ impl Scheduler {
                     task_id,
                     attempt,
                     task_type: task.task_type,
-                    wasm_module: None,
-                    module_sha256: task.module_sha256.clone(),
+                    artifact_base64: None,
+                    artifact_sha256: task.artifact_sha256.clone(),
                     inputs: task.inputs.clone(),
                     max_execution_time_sec: task.requirements.max_execution_time_sec,
                     lease_deadline: lease,
@@ -870,13 +995,10 @@ impl Scheduler {
         }
         if (task.status, task.status_reason.clone()) != before || !candidates.is_empty() {
             task.updated_at = now;
-            let (submitter, info) = (task.submitter.clone(), task.info());
             self.dirty_tasks.insert(task_id);
             if task.status != before.0 {
-                self.publish.push(Outbound::Notify {
-                    submitter,
-                    info: Box::new(info),
-                });
+                let note = task.notification();
+                self.publish.extend(note);
             }
         }
     }

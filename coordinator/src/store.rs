@@ -3,7 +3,7 @@
 //!
 //! Tables:
 //! - `tasks`: one row per task, the whole [`TaskRecord`] (assignments and results included) as
-//!   JSON, with the columns the API filters by;
+//!   JSON, with the columns the API filters by (shards of a computation have a `parent`);
 //! - `nodes`: one row per node, its [`NodeRecord`] as JSON;
 //! - `blobs`: content-addressed artifacts (wasm modules), keyed by sha256.
 
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     submitter TEXT NOT NULL,
     status TEXT NOT NULL,
+    parent TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     record TEXT NOT NULL
@@ -113,8 +114,8 @@ impl Store {
             let tx = conn.transaction()?;
             {
                 let mut put_task = tx.prepare_cached(
-                    "INSERT INTO tasks (id, submitter, status, created_at, updated_at, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO tasks (id, submitter, status, created_at, updated_at, record, parent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT(id) DO UPDATE SET status = ?3, updated_at = ?5, record = ?6",
                 )?;
                 for t in &tasks {
@@ -125,6 +126,7 @@ impl Store {
                         t.created_at.to_rfc3339(),
                         t.updated_at.to_rfc3339(),
                         serde_json::to_string(t)?,
+                        t.parent.map(|p| p.to_string()),
                     ])?;
                 }
                 let mut put_node = tx.prepare_cached(
@@ -182,7 +184,7 @@ impl Store {
         self.call(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT record FROM tasks
-                 WHERE submitter = ?1 AND (?2 IS NULL OR status = ?2)
+                 WHERE submitter = ?1 AND parent IS NULL AND (?2 IS NULL OR status = ?2)
                  ORDER BY created_at DESC LIMIT ?3",
             )?;
             decode_rows(
@@ -201,6 +203,21 @@ impl Store {
                 params![sha256, bytes],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// True when the blob store has `sha256`.
+    pub async fn has_blob(&self, sha256: String) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM blobs WHERE sha256 = ?1",
+                    [sha256],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
         .await
     }

@@ -8,16 +8,19 @@
 //! - [`topics`]: topic builders and a parser for incoming topics.
 //! - [`task`]: what a submitter sends ([`TaskSubmission`]) and gets back ([`TaskInfo`]).
 //! - [`node`]: what an agent reports ([`NodeStatus`], [`Health`]).
+//! - [`tensor`]: tensors as JSON for `inference`.
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 
 pub mod node;
 pub mod task;
+pub mod tensor;
 pub mod topics;
 pub mod wire;
 
 pub use node::{GpuInfo, Health, NodeInfo, NodeState, NodeStatus, Temperature};
-pub use task::{Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
+pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
+pub use tensor::{InferenceInputs, InferenceOutput, TensorJson};
 pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
 
 use serde::{Deserialize, Serialize};

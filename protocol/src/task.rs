@@ -190,6 +190,18 @@ pub struct TaskInfo {
     /// Assignments made so far, counting replicas and reassignments.
     #[serde(default)]
     pub attempts: u32,
+    /// For sharded `computation` tasks: shards done of total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a sharded task has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Shards completed.
+    pub done: u32,
+    /// Shards in all.
+    pub total: u32,
 }
 
 #[cfg(test)]

@@ -22,12 +22,13 @@ pub struct Assignment {
     pub attempt: u32,
     /// What kind of work it is.
     pub task_type: TaskType,
-    /// The wasm module, base64, for `wasm_execution`.
+    /// The task's artifact, base64: the wasm module of `wasm_execution` and `computation`, the
+    /// ONNX model of `inference`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wasm_module: Option<String>,
-    /// sha256 of the decoded module, which the agent checks and caches by.
+    pub artifact_base64: Option<String>,
+    /// sha256 of the decoded artifact, which the agent checks and caches by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module_sha256: Option<String>,
+    pub artifact_sha256: Option<String>,
     /// The task's inputs.
     pub inputs: serde_json::Value,
     /// Time budget of the run.

@@ -107,7 +107,8 @@ impl Cluster {
             key: "test-api-key-0123456789".into(),
         }];
         cfg.limits.max_module_bytes = 256 << 10;
-        cfg.limits.max_body_bytes = 1 << 20;
+        cfg.limits.max_model_bytes = 1 << 20;
+        cfg.limits.max_body_bytes = 4 << 20;
         cfg.scheduler.health_timeout_sec = 6;
         cfg.scheduler.tick_ms = 100;
         cfg.scheduler.lease_grace_sec = 5;

@@ -2,3 +2,6 @@
 
 #[cfg(feature = "wasm")]
 pub mod wasm;
+
+#[cfg(feature = "onnx")]
+pub mod onnx;

@@ -8,7 +8,12 @@
 //! 3. an idle `ambient-agent` process: RSS and CPU over a window (needs the binary next to this
 //!    one: `cargo build --release -p ambient-agent -p ambient-e2e --bin ambient-loadgen`).
 //!
-//! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S]`.
+//! 4. tract inference per call (median, plan cached) on the ONNX fixtures; the onnxruntime peer
+//!    is `scripts/bench-inference`, which runs this section and onnxruntime back to back;
+//! 5. the sharded π job on 1, 2, 4 and 8 local agents (mosquitto), and the overhead per shard.
+//!
+//! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S] [--pi-samples N]
+//! [--only tasks|sandbox|idle|inference|pi]`.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -26,6 +31,8 @@ struct Args {
     tasks: usize,
     concurrency: usize,
     idle_secs: u64,
+    only: Option<String>,
+    pi_samples: u64,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -33,6 +40,8 @@ fn args() -> anyhow::Result<Args> {
         tasks: 300,
         concurrency: 16,
         idle_secs: 30,
+        only: None,
+        pi_samples: 200_000_000,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
@@ -41,6 +50,8 @@ fn args() -> anyhow::Result<Args> {
             "--tasks" => a.tasks = val.parse()?,
             "--concurrency" => a.concurrency = val.parse()?,
             "--idle-secs" => a.idle_secs = val.parse()?,
+            "--only" => a.only = Some(val.clone()),
+            "--pi-samples" => a.pi_samples = val.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -376,9 +387,96 @@ async fn main() -> anyhow::Result<()> {
         a.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    broker_figures("rumqttd", Cluster::embedded(3).await?, &a).await?;
-    broker_figures("mosquitto", Cluster::mosquitto(3).await?, &a).await?;
-    sandbox_vs_bare(2000)?;
-    idle_agent(a.idle_secs).await?;
+    let run = |section: &str| a.only.as_deref().is_none_or(|o| o == section);
+    if run("tasks") {
+        broker_figures("rumqttd", Cluster::embedded(3).await?, &a).await?;
+        broker_figures("mosquitto", Cluster::mosquitto(3).await?, &a).await?;
+    }
+    if run("sandbox") {
+        sandbox_vs_bare(2000)?;
+    }
+    if run("idle") {
+        idle_agent(a.idle_secs).await?;
+    }
+    if run("inference") {
+        inference_medians()?;
+    }
+    if run("pi") {
+        pi_speedup(a.pi_samples).await?;
+    }
+    Ok(())
+}
+
+/// Median wall time of one tract inference on each fixture, plan cached, as onnxruntime's
+/// `InferenceSession.run` is timed by `scripts/bench-inference`.
+fn inference_medians() -> anyhow::Result<()> {
+    use ambient_agent::exec::onnx::OnnxEngine;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/onnx");
+    let engine = OnnxEngine::new(16);
+    for name in ["mlp", "cnn", "mlp_dynamic", "ppocr_cls"] {
+        let model = std::fs::read(format!("{dir}/{name}.onnx"))?;
+        let reference: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}/{name}.json"))?)?;
+        let inputs: std::collections::BTreeMap<String, ambient_protocol::TensorJson> =
+            serde_json::from_value(reference["inputs"].clone())?;
+        engine.run(&model, name, &inputs)?; // prepare and cache the plan
+        let runs = if name == "ppocr_cls" { 200 } else { 2000 };
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            engine.run(&model, name, &inputs)?;
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        println!(
+            "tract      {name:<12} median {:>9.1} µs per inference ({runs} runs, JSON tensors in and out)",
+            pct(&times, 0.5).as_secs_f64() * 1e6
+        );
+    }
+    Ok(())
+}
+
+/// The sharded π job on k agents: wall time, speedup over one agent, and overhead per shard.
+async fn pi_speedup(samples: u64) -> anyhow::Result<()> {
+    let mut base = None;
+    for agents in [1u32, 2, 4, 8] {
+        let c = Cluster::mosquitto(agents).await?;
+        let client = c.client();
+        let t0 = Instant::now();
+        let info = client
+            .submit(&ambient_cli::demo::pi_task(samples, 64))
+            .await?;
+        let done = client
+            .wait(info.task_id, Duration::from_secs(1800), |_| {})
+            .await?;
+        let wall = t0.elapsed();
+        anyhow::ensure!(
+            done.status == ambient_protocol::TaskStatus::Completed,
+            "{done:?}"
+        );
+        let one = *base.get_or_insert(wall);
+        println!(
+            "pi         {agents} agent(s): {:>7.2} s for {samples} samples in 64 shards, speedup {:.2}x",
+            wall.as_secs_f64(),
+            one.as_secs_f64() / wall.as_secs_f64()
+        );
+        if agents == 1 {
+            // Overhead per shard: the same job in 1 shard versus 64, on one agent.
+            let t1 = Instant::now();
+            let single = client
+                .submit(&ambient_cli::demo::pi_task(samples, 1))
+                .await?;
+            client
+                .wait(single.task_id, Duration::from_secs(1800), |_| {})
+                .await?;
+            let one_shard = t1.elapsed();
+            println!(
+                "pi         overhead per shard on 1 agent: {:.2} ms ((64-shard wall − 1-shard wall) / 63; 1 shard took {:.2} s)",
+                (wall.as_secs_f64() - one_shard.as_secs_f64()) * 1000.0 / 63.0,
+                one_shard.as_secs_f64()
+            );
+        }
+        c.shutdown().await;
+    }
     Ok(())
 }

@@ -50,7 +50,7 @@ async fn bad_submissions_get_typed_errors() {
         code(client.submit(&big).await),
         (413, "module_too_large".into())
     );
-    let huge = vec![b' '; 2 << 20];
+    let huge = vec![b' '; 5 << 20];
     assert_eq!(
         code(client.submit_raw(huge).await),
         (413, "payload_too_large".into())

@@ -68,8 +68,10 @@ async fn replicas_run_on_distinct_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = ambient_cli::demo::run(dir.path()).await.unwrap();
+    let cases = ambient_cli::demo::run(dir.path(), 10_000_000)
+        .await
+        .unwrap();
     let table = ambient_cli::demo::table(&cases);
     assert!(cases.iter().all(|c| c.ok), "{table}");
-    assert_eq!(cases.len(), 10);
+    assert_eq!(cases.len(), 12);
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real brokers, coordinator and agents, driven as a submitter would.
 
 mod bad_input;
+mod compute;
 mod faults;
 mod flow;
 mod util;
