@@ -1,0 +1,69 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while setting up, proving, verifying or (de)serialising.
+///
+/// A proof that simply does not verify is *not* an error: [`crate::verify`] returns `Ok(false)`.
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    /// The circuit name is not in the registry.
+    #[error("unknown circuit {0:?} (known circuits: hash_chain, dot)")]
+    UnknownCircuit(String),
+
+    /// The circuit size parameter is out of range.
+    #[error("circuit {circuit}: size {size} is out of range ({min}..={max})")]
+    BadSize {
+        /// Circuit name.
+        circuit: &'static str,
+        /// Requested size.
+        size: usize,
+        /// Smallest size accepted.
+        min: usize,
+        /// Largest size accepted.
+        max: usize,
+    },
+
+    /// The inputs or the claimed output do not fit the circuit.
+    #[error("bad inputs for circuit {circuit}: {reason}")]
+    BadInput {
+        /// Circuit name.
+        circuit: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Keys were used with a circuit (or size) other than the one they were made for,
+    /// or their shape does not match the circuit.
+    #[error("keys do not match circuit {circuit}: {reason}")]
+    KeyMismatch {
+        /// The circuit (`name-size`) the caller asked for.
+        circuit: String,
+        /// What does not match.
+        reason: String,
+    },
+
+    /// Bytes could not be turned into a key or a proof (or the reverse).
+    #[error("serialization: {0}")]
+    Serialization(#[from] ark_serialize::SerializationError),
+
+    /// arkworks failed while building or proving the constraint system.
+    #[error("constraint synthesis: {0}")]
+    Synthesis(#[from] ark_relations::gr1cs::SynthesisError),
+
+    /// Reading or writing a key file failed.
+    #[error("i/o on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// The proof just produced does not verify against the keys' own verifying key.
+    ///
+    /// This means the witness does not satisfy the circuit (a bug) or the proving key does
+    /// not belong to the verifying key; either way the proof is not handed out.
+    #[error("the freshly made proof does not verify against its own verifying key")]
+    SelfCheckFailed,
+}

@@ -1,0 +1,67 @@
+//! Groth16 (BN254) proofs that a node computed a task's result, verified by the coordinator.
+//!
+//! A task that asks for a proof names a registered circuit ([`CircuitId`]). The node computes
+//! the result, proves it with the circuit's proving key ([`prove`]), and the coordinator
+//! checks the proof ([`verify`]) against public inputs it recomputes itself from the task id,
+//! the task's inputs and the claimed output ([`public_inputs_for`]). Proofs also export as
+//! snarkjs JSON ([`snarkjs`]) so anyone can check them independently.
+//!
+//! Every circuit has exactly three public inputs, `[task_binding, input_commitment,
+//! output_commitment]`:
+//!
+//! * `task_binding = SHA-256(task id bytes) mod r` ([`mimc::task_binding`]);
+//! * `input_commitment = H(inputs)` and `output_commitment = H(outputs)` with the MiMC-7
+//!   hash of [`mimc`], computed *inside* the circuit from the private witness, so the proof
+//!   binds the inputs and the output, not just some numbers.
+//!
+//! Circuits:
+//!
+//! | Circuit | Statement | Constraints |
+//! |---|---|---|
+//! | `hash_chain` (size `n`, default 256) | `y = h^n(x)`, `h(v) = MiMC7_0(v) + v` | `364·(n+2) + 1` (93 913 at n = 256) |
+//! | `dot` (size `L`, default 16) | `s = Σ a_i·b_i` over `i64` fixed-point values | `364·(2L+1) + L + 1` |
+//!
+//! # Layout
+//! - [`error`]: the error type, [`ZkError`].
+//! - [`mimc`]: MiMC-7 round constants, permutation, hash chain, commitment hash, task binding
+//!   (native).
+//! - [`circuits`]: the registry ([`CircuitId`], [`CircuitSpec`]), [`Inputs`], [`Output`],
+//!   [`PublicInputs`] and the constraint systems.
+//! - [`keys`]: [`setup`], [`Keys`], [`PreparedVerifier`], key and proof (de)serialisation.
+//! - [`proving`]: [`prove`], [`verify`], [`public_inputs_for`].
+//! - [`snarkjs`]: snarkjs JSON export of verifying keys, proofs and public inputs.
+//!
+//! # What a single-party setup trusts
+//! Groth16 needs a per-circuit trusted setup. [`setup_with_os_rng`] runs it once on the
+//! coordinator from operating-system randomness and drops that randomness (the "toxic
+//! waste") when it returns; no seed is fixed or stored anywhere outside tests. This is
+//! sound against nodes, but **whoever runs the setup could forge proofs** had they kept the
+//! randomness, so users must trust the coordinator's operator. Removing that trust takes a
+//! multi-party ceremony (e.g. a snarkjs phase-2 ceremony on top of a public powers-of-tau,
+//! its `.zkey` converted to arkworks keys): [`Keys::from_bytes`] / [`Keys::load`] and
+//! [`load_verifying_key`] accept keys made elsewhere and check their shape against the
+//! circuit. The MiMC round constants are derived from a public string and hide nothing.
+//!
+//! Proving takes seconds of CPU: run it on a blocking thread.
+
+pub mod circuits;
+pub mod error;
+pub mod keys;
+pub mod mimc;
+pub mod proving;
+pub mod snarkjs;
+
+pub use ark_bn254::{Bn254, Fr};
+pub use ark_groth16::{Proof, ProvingKey, VerifyingKey};
+
+pub use circuits::{
+    CircuitId, CircuitSpec, Inputs, Output, PublicInputs, Shape, compute_output, shape,
+};
+pub use error::ZkError;
+pub use keys::{
+    Keys, NUM_PUBLIC_INPUTS, PreparedVerifier, load_verifying_key, proof_from_bytes,
+    proof_to_bytes, save_verifying_key, setup, setup_with_os_rng, verifying_key_from_bytes,
+    verifying_key_to_bytes,
+};
+pub use proving::{prove, public_inputs_for, verify};
+pub use snarkjs::{snarkjs_proof_json, snarkjs_public_json, snarkjs_verification_key_json};
