@@ -37,6 +37,8 @@ pub struct Cluster {
     pub nodes: Vec<(String, String)>,
     /// Agents, by index into `nodes`; `None` when stopped.
     pub agents: Vec<Option<ambient_agent::Agent>>,
+    /// Tasks each agent runs at once at most.
+    slots: u32,
     coordinator: Option<(ambient_coordinator::Coordinator, CancellationToken)>,
     coordinator_cfg: ambient_coordinator::Config,
 }
@@ -62,11 +64,16 @@ impl Cluster {
     pub async fn embedded(agents: u32) -> anyhow::Result<Cluster> {
         let users = users(agents);
         let mqtt = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
-        Cluster::assemble(mqtt, Broker::Embedded, users, agents).await
+        Cluster::assemble(mqtt, Broker::Embedded, users, agents, 2).await
     }
 
     /// A cluster on a real mosquitto with the project's ACL.
     pub async fn mosquitto(agents: u32) -> anyhow::Result<Cluster> {
+        Cluster::mosquitto_with_slots(agents, 2).await
+    }
+
+    /// A mosquitto cluster whose agents each run at most `slots` tasks at once.
+    pub async fn mosquitto_with_slots(agents: u32, slots: u32) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             mosquitto::available(),
             "mosquitto is not installed: run scripts/test, which installs it"
@@ -78,7 +85,7 @@ impl Cluster {
             .collect();
         let m = mosquitto::Mosquitto::start(&refs)?;
         let mqtt = SocketAddr::new(m.host().parse()?, m.port());
-        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents).await
+        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents, slots).await
     }
 
     async fn assemble(
@@ -86,6 +93,7 @@ impl Cluster {
         broker: Broker,
         users: Vec<(String, String)>,
         agents: u32,
+        slots: u32,
     ) -> anyhow::Result<Cluster> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -128,6 +136,7 @@ impl Cluster {
             },
             agents: (0..agents).map(|_| None).collect(),
             nodes,
+            slots,
             coordinator: None,
             coordinator_cfg: cfg,
         };
@@ -168,6 +177,7 @@ impl Cluster {
         let (node, password) = &self.nodes[i];
         let mut cfg = agent_config(self.dir.path(), node, self.mqtt, password, 0.5);
         cfg.mqtt.keep_alive_sec = 2;
+        cfg.execution.max_concurrent_tasks = self.slots;
         self.agents[i] = Some(ambient_agent::start(cfg, CancellationToken::new()).await?);
         Ok(())
     }

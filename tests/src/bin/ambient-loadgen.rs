@@ -436,11 +436,12 @@ fn inference_medians() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sharded π job on k agents: wall time, speedup over one agent, and overhead per shard.
+/// The sharded π job on k agents of one execution slot each (so one agent uses one core):
+/// wall time, speedup over one agent, and overhead per shard.
 async fn pi_speedup(samples: u64) -> anyhow::Result<()> {
     let mut base = None;
     for agents in [1u32, 2, 4, 8] {
-        let c = Cluster::mosquitto(agents).await?;
+        let c = Cluster::mosquitto_with_slots(agents, 1).await?;
         let client = c.client();
         let t0 = Instant::now();
         let info = client
