@@ -264,14 +264,7 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
                 return Err(SubmitError::InvalidInputs("no input tensors".into()));
             }
             for (name, t) in &inputs.tensors {
-                let n: usize = t.shape.iter().product();
-                if n != t.data.len() {
-                    return Err(SubmitError::InvalidInputs(format!(
-                        "tensor {name}: shape {:?} needs {n} values, data has {}",
-                        t.shape,
-                        t.data.len()
-                    )));
-                }
+                t.check_len(name).map_err(SubmitError::InvalidInputs)?;
             }
             accepted.submission.inputs = serde_json::to_value(&inputs)
                 .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;

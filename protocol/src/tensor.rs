@@ -17,6 +17,22 @@ pub struct TensorJson {
     pub data: Vec<f64>,
 }
 
+impl TensorJson {
+    /// Checks that `data` has as many values as `shape` calls for; the error names the tensor.
+    pub fn check_len(&self, name: &str) -> Result<(), String> {
+        let n: usize = self.shape.iter().product();
+        if n == self.data.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tensor {name}: shape {:?} needs {n} values, data has {}",
+                self.shape,
+                self.data.len()
+            ))
+        }
+    }
+}
+
 /// The `inputs` of an `inference` task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

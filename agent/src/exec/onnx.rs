@@ -107,14 +107,7 @@ fn dtype_name(dt: DatumType) -> Option<&'static str> {
 }
 
 fn to_tensor(name: &str, t: &TensorJson) -> Result<Tensor, OnnxError> {
-    let n: usize = t.shape.iter().product();
-    if n != t.data.len() {
-        return Err(OnnxError::Shape(format!(
-            "{name}: shape {:?} needs {n} values, data has {}",
-            t.shape,
-            t.data.len()
-        )));
-    }
+    t.check_len(name).map_err(OnnxError::Shape)?;
     let bad = |e: TractError| OnnxError::Shape(format!("{name}: {e}"));
     Ok(match dtype(&t.dtype)? {
         DatumType::F32 => {
