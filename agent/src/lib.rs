@@ -17,6 +17,7 @@
 //! | `wasm` | yes | `wasm_execution` tasks on wasmi |
 //! | `onnx` | yes | `inference` tasks on tract (CPU) |
 //! | `gpu-cuda` | no | `inference` on NVIDIA GPUs with tract-cuda, CPU fallback |
+//! | `gpu-metal` | no | `inference` on Apple GPUs with tract-metal (macOS only), CPU fallback |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
 //! | `keyring` | yes | OS keyring for the broker password |
 //!

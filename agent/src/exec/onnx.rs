@@ -5,8 +5,8 @@
 //! runnable plan is cached by (model sha256, input shapes and dtypes), so a batch of requests of
 //! one shape pays for optimisation once.
 //!
-//! With the `gpu-cuda` feature the plan is prepared on tract-cuda when a CUDA driver is present
-//! (`runtime_for_name("gpu-or-cpu")`). If preparing or running on the GPU fails (an operator the
+//! With the `gpu-cuda` feature (or `gpu-metal` on macOS) the plan is prepared on tract's GPU
+//! runtime when one is usable (`runtime_for_name("gpu-or-cpu")`: Metal, then CUDA). If preparing or running on the GPU fails (an operator the
 //! backend lacks, a missing library), the same model runs on the CPU, and the result's `device`
 //! says which one ran it.
 //!
@@ -228,7 +228,7 @@ impl OnnxEngine {
         model: &[u8],
         inputs: &BTreeMap<String, TensorJson>,
     ) -> Result<(Plan, String), OnnxError> {
-        if cfg!(feature = "gpu-cuda") {
+        if cfg!(any(feature = "gpu-cuda", feature = "gpu-metal")) {
             match prepare_on(model, inputs, "gpu-or-cpu") {
                 Ok(ok) => return Ok(ok),
                 Err(e @ (OnnxError::InputNames(_) | OnnxError::Shape(_) | OnnxError::Dtype(_))) => {
@@ -354,8 +354,11 @@ fn prepare_on(
     Ok((Arc::from(plan), device))
 }
 
+// The GPU runtimes register themselves with tract when linked.
 #[cfg(feature = "gpu-cuda")]
 use tract_cuda as _;
+#[cfg(all(feature = "gpu-metal", target_os = "macos"))]
+use tract_metal as _;
 
 #[cfg(test)]
 mod tests;
