@@ -938,7 +938,7 @@ impl Scheduler {
             self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
             return;
         }
-        let (mut candidates, why_not) = self.candidates(task);
+        let (mut candidates, why_not, busy) = self.candidates(task);
         let room = budget.saturating_sub(used);
         candidates.truncate(needed.min(room) as usize);
         let lease = now
@@ -979,7 +979,13 @@ impl Scheduler {
         let still = task.needed();
         let before = (task.status, task.status_reason.clone());
         if still > 0 {
-            task.waiting_since.get_or_insert(now);
+            if busy {
+                // Nodes that could run it are working: it is queued, not starved, so the queue
+                // timeout (meant for tasks no node can take) does not run down.
+                task.waiting_since = Some(now);
+            } else {
+                task.waiting_since.get_or_insert(now);
+            }
             task.status_reason = Some(format!(
                 "waiting for {still} more eligible node(s): {why_not}"
             ));
@@ -1003,8 +1009,9 @@ impl Scheduler {
         }
     }
 
-    /// Eligible nodes for a task, best first, and a sentence on why others are not.
-    fn candidates(&self, task: &TaskRecord) -> (Vec<String>, String) {
+    /// Eligible nodes for a task, best first; a sentence on why others are not; and whether some
+    /// node would be eligible but for being busy.
+    fn candidates(&self, task: &TaskRecord) -> (Vec<String>, String, bool) {
         let used: BTreeSet<&str> = task
             .assignments
             .iter()
@@ -1033,9 +1040,11 @@ impl Scheduler {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let busy = reasons.contains_key(BUSY);
         (
             ranked.into_iter().map(|(_, id)| id.to_string()).collect(),
             why_not,
+            busy,
         )
     }
 
@@ -1067,11 +1076,14 @@ impl Scheduler {
             return Some("short of memory");
         }
         if slot.active >= h.max_concurrent_tasks {
-            return Some("busy");
+            return Some(BUSY);
         }
         None
     }
 }
+
+/// The ineligibility reason of a node whose slots are all taken.
+const BUSY: &str = "busy";
 
 fn failure_text(a: &AssignmentRecord) -> Option<String> {
     match &a.result.as_ref()?.outcome {

@@ -446,3 +446,35 @@ fn restores_from_persisted_records() {
         TaskStatus::Completed
     );
 }
+
+#[test]
+fn queued_behind_busy_nodes_is_not_starved() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let mut one_slot = health("n1", 0.0);
+    one_slot.max_concurrent_tasks = 1;
+    s.on_health(one_slot.clone(), t0());
+    let (mut first, mut second) = (task(1), task(1));
+    first.requirements.max_execution_time_sec = 300;
+    second.requirements.max_execution_time_sec = 300;
+    let (a, b) = (first.id, second.id);
+    s.submit(first, t0());
+    s.submit(second, t0());
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e).len(), 1);
+    assert!(persisted(&e, b).status_reason.unwrap().contains("1 busy"));
+    // Far past the queue timeout, the node is still working on the first task (its lease is
+    // long): the second waits, it does not expire.
+    let mut long = one_slot;
+    long.running_tasks = 1;
+    for t in [30, 59, 90, 120] {
+        s.on_health(long.clone(), secs(t));
+        s.tick(secs(t));
+    }
+    assert!(
+        s.task(&b).is_some(),
+        "queued task expired while capacity exists"
+    );
+    s.on_agent_event("n1", success(a, 1, "1"), secs(121));
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n1".to_string(), 1)]);
+}
