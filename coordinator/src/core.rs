@@ -124,11 +124,11 @@ impl Core {
                 self.sched.on_agent_event(&node, ev, now);
             }
             CoreMsg::Nodes(reply) => {
-                let _ = reply.send(self.sched.node_infos());
+                let _ = reply.send(self.sched.node_infos(now));
                 return;
             }
             CoreMsg::Node(id, reply) => {
-                let _ = reply.send(self.sched.node_info(&id));
+                let _ = reply.send(self.sched.node_info(&id, now));
                 return;
             }
         }
@@ -225,7 +225,11 @@ impl Core {
                 self.metrics.count_terminal(t.status);
             }
         }
-        if let Err(e) = self.store.save(effects.tasks, effects.nodes).await {
+        if let Err(e) = self
+            .store
+            .save(effects.tasks, effects.nodes, effects.reputation)
+            .await
+        {
             // Nothing is published: acks stay unsent, so agents re-send and nothing is lost.
             error!(error = %e, "Could not persist scheduler state; withholding acknowledgements.");
             return;

@@ -11,6 +11,7 @@
 //! - [`intake`]: submission checks shared by REST and MQTT.
 //! - [`core`]: the one task that owns the scheduler, persists, then publishes.
 //! - [`reduce`]: built-in reducers of sharded computations.
+//! - [`reputation`]: event-sourced node reputation and its score.
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine.
 //! - [`store`]: SQLite on its own thread.
 //! - [`metrics`]: Prometheus counters.
@@ -30,6 +31,7 @@ pub mod intake;
 pub mod metrics;
 pub mod mqtt;
 pub mod reduce;
+pub mod reputation;
 pub mod scheduler;
 pub mod store;
 

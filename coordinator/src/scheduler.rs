@@ -14,13 +14,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ambient_protocol::{
     AgentEvent, Assignment, Control, Health, NodeInfo, NodeState, Outcome, PROTOCOL_VERSION,
-    Progress, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
+    Progress, ReputationInfo, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::reduce::{self, Reduce};
+use crate::reputation::{self, EventKind, Reputation};
 
 /// Tuning of the scheduler. See [`crate::config::SchedulerConfig`] for the documented file form.
 #[derive(Debug, Clone)]
@@ -150,6 +151,9 @@ pub struct TaskRecord {
     /// For a `computation`: how shard outputs are combined.
     #[serde(default)]
     pub reduce: Option<Reduce>,
+    /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
+    #[serde(default)]
+    pub extra_replicas: u32,
 }
 
 impl TaskRecord {
@@ -184,6 +188,7 @@ impl TaskRecord {
             shard_outputs: BTreeMap::new(),
             shard_nodes: Vec::new(),
             reduce: None,
+            extra_replicas: 0,
         }
     }
 
@@ -246,7 +251,7 @@ impl TaskRecord {
             return 0;
         }
         let have = (self.active().count() + self.answers().count()) as u32;
-        self.requirements.min_nodes.saturating_sub(have)
+        (self.requirements.min_nodes + self.extra_replicas).saturating_sub(have)
     }
 }
 
@@ -265,6 +270,9 @@ pub struct NodeRecord {
     pub last_seen: DateTime<Utc>,
     /// Its latest health report.
     pub health: Option<Health>,
+    /// The fold of its reputation events.
+    #[serde(default)]
+    pub reputation: Reputation,
 }
 
 /// How the scheduler ranks nodes, 0–100. Documented in `docs/ARCHITECTURE.md`:
@@ -325,6 +333,8 @@ pub struct Effects {
     pub nodes: Vec<NodeRecord>,
     /// Messages to publish after the writes commit, in order.
     pub publish: Vec<Outbound>,
+    /// Reputation events to append.
+    pub reputation: Vec<reputation::Event>,
 }
 
 /// Why a cancel was refused.
@@ -351,6 +361,7 @@ pub struct Scheduler {
     dirty_nodes: BTreeSet<String>,
     finished: Vec<TaskRecord>,
     publish: Vec<Outbound>,
+    judgements: Vec<reputation::Event>,
 }
 
 impl Scheduler {
@@ -372,6 +383,7 @@ impl Scheduler {
             dirty_nodes: BTreeSet::new(),
             finished: Vec::new(),
             publish: Vec::new(),
+            judgements: Vec::new(),
         };
         for task in tasks.into_iter().filter(|t| !t.status.is_terminal()) {
             for a in task.active() {
@@ -403,15 +415,15 @@ impl Scheduler {
     }
 
     /// Every known node, as the API shows it.
-    pub fn node_infos(&self) -> Vec<NodeInfo> {
-        let mut out: Vec<NodeInfo> = self.nodes.values().map(node_info).collect();
+    pub fn node_infos(&self, now: DateTime<Utc>) -> Vec<NodeInfo> {
+        let mut out: Vec<NodeInfo> = self.nodes.values().map(|n| node_info(n, now)).collect();
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         out
     }
 
     /// One node, as the API shows it.
-    pub fn node_info(&self, id: &str) -> Option<NodeInfo> {
-        self.nodes.get(id).map(node_info)
+    pub fn node_info(&self, id: &str, now: DateTime<Utc>) -> Option<NodeInfo> {
+        self.nodes.get(id).map(|n| node_info(n, now))
     }
 
     /// Accepts a new task and tries to place it at once.
@@ -453,6 +465,7 @@ impl Scheduler {
                 state: NodeState::Online,
                 last_seen: now,
                 health: None,
+                reputation: Reputation::default(),
             },
             active: 0,
         });
@@ -564,38 +577,75 @@ impl Scheduler {
         self.schedule(now);
     }
 
-    /// Settles a task whose answers reached the quorum.
+    /// Settles a task once `min_nodes` answers are in: the largest group of identical answers
+    /// wins when it holds a quorum (a strict majority of `min_nodes`). Without one, one more
+    /// replica is added, BOINC-style, while the retry budget allows; past it the task fails.
+    /// Winners are judged valid and the others invalid.
     fn decide(&mut self, task_id: Uuid, now: DateTime<Utc>) {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
         let min = task.requirements.min_nodes as usize;
+        let quorum = min / 2 + 1;
         let answers: Vec<(&AssignmentRecord, String)> = task.answers().collect();
+        let mut groups: BTreeMap<&str, Vec<&AssignmentRecord>> = BTreeMap::new();
+        for (a, h) in &answers {
+            groups.entry(h.as_str()).or_default().push(a);
+        }
+        let best = groups
+            .values()
+            .max_by_key(|g| g.len())
+            .cloned()
+            .unwrap_or_default();
+        let active = task.active().count();
         if answers.len() < min {
-            if !answers.is_empty() && task.active().count() > 0 {
+            if !answers.is_empty() && active > 0 {
                 self.set_status(task_id, TaskStatus::Verifying, now);
             }
-            return;
+            return; // every replica asked for answers before anything is decided
         }
-        let first = answers[0].1.clone();
-        if answers.iter().any(|(_, h)| *h != first) {
+        if best.len() < quorum {
+            if active > 0 {
+                self.set_status(task_id, TaskStatus::Verifying, now);
+                return; // an extra replica is still out
+            }
+            let budget = task.requirements.min_nodes + self.settings.max_retries;
+            if (task.assignments.len() as u32) < budget {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
+                    t.extra_replicas += 1;
+                    t.updated_at = now;
+                }
+                self.mark(task_id);
+                self.set_status(task_id, TaskStatus::Verifying, now);
+                return;
+            }
             let detail: Vec<String> = answers
                 .iter()
                 .map(|(a, h)| format!("{}={}", a.node_id, short(h)))
                 .collect();
-            self.finish(
-                task_id,
-                TaskStatus::Failed,
-                None,
-                Some(format!("replicas disagree: {}", detail.join(", "))),
-                now,
+            let error = format!(
+                "replicas disagree, no quorum of {quorum}: {}",
+                detail.join(", ")
             );
+            self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
             return;
         }
-        let (a, _) = &answers[0];
-        let nodes: Vec<String> = answers.iter().map(|(a, _)| a.node_id.clone()).collect();
-        let Some(r) = a.result.as_ref() else { return };
-        match &r.outcome {
+        let winners: Vec<String> = best.iter().map(|a| a.node_id.clone()).collect();
+        let losers: Vec<String> = answers
+            .iter()
+            .filter(|(a, _)| !winners.contains(&a.node_id))
+            .map(|(a, _)| a.node_id.clone())
+            .collect();
+        let Some(r) = best[0].result.clone() else {
+            return;
+        };
+        for node in &winners {
+            self.judge(node, EventKind::Valid, task_id, now);
+        }
+        for node in &losers {
+            self.judge(node, EventKind::Invalid, task_id, now);
+        }
+        match r.outcome {
             Outcome::Success {
                 output,
                 output_sha256,
@@ -603,7 +653,8 @@ impl Scheduler {
                 let result = serde_json::json!({
                     "output": output,
                     "output_sha256": output_sha256,
-                    "nodes": nodes,
+                    "nodes": winners,
+                    "rejected_nodes": losers,
                     "duration_ms": r.duration_ms,
                     "fuel_consumed": r.fuel_consumed,
                 });
@@ -670,6 +721,7 @@ impl Scheduler {
                 format!("lease expired on {node}"),
                 now,
             ) {
+                self.judge(&node, EventKind::Timeout, task_id, now);
                 self.publish.push(Outbound::Control {
                     node: node.clone(),
                     control: Control::Cancel {
@@ -722,11 +774,26 @@ impl Scheduler {
             tasks,
             nodes,
             publish: std::mem::take(&mut self.publish),
+            reputation: std::mem::take(&mut self.judgements),
         }
     }
 
     fn mark(&mut self, id: Uuid) {
         self.dirty_tasks.insert(id);
+    }
+
+    /// Records a judgement of a node's work: appended as an event, folded into its reputation.
+    fn judge(&mut self, node: &str, kind: EventKind, task_id: Uuid, now: DateTime<Utc>) {
+        if let Some(slot) = self.nodes.get_mut(node) {
+            slot.record.reputation.apply(kind, now);
+            self.dirty_nodes.insert(node.to_string());
+        }
+        self.judgements.push(reputation::Event {
+            node: node.to_string(),
+            kind,
+            task_id,
+            at: now,
+        });
     }
 
     fn node_offline(&mut self, node: &str, why: &str, now: DateTime<Utc>) {
@@ -749,14 +816,16 @@ impl Scheduler {
             })
             .collect();
         for (task_id, attempt) in held {
-            self.end_assignment(
+            if self.end_assignment(
                 task_id,
                 attempt,
                 node,
                 AssignmentState::Lost,
                 format!("{node} {why}"),
                 now,
-            );
+            ) {
+                self.judge(node, EventKind::Lost, task_id, now);
+            }
         }
         self.schedule(now);
     }
@@ -938,7 +1007,7 @@ impl Scheduler {
             self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
             return;
         }
-        let (mut candidates, why_not, busy) = self.candidates(task);
+        let (mut candidates, why_not, busy) = self.candidates(task, now);
         let room = budget.saturating_sub(used);
         candidates.truncate(needed.min(room) as usize);
         let lease = now
@@ -1011,7 +1080,7 @@ impl Scheduler {
 
     /// Eligible nodes for a task, best first; a sentence on why others are not; and whether some
     /// node would be eligible but for being busy.
-    fn candidates(&self, task: &TaskRecord) -> (Vec<String>, String, bool) {
+    fn candidates(&self, task: &TaskRecord, now: DateTime<Utc>) -> (Vec<String>, String, bool) {
         let used: BTreeSet<&str> = task
             .assignments
             .iter()
@@ -1023,8 +1092,9 @@ impl Scheduler {
             let why = self.ineligible(task, slot, &used);
             match why {
                 None => {
-                    let h = slot.record.health.as_ref();
-                    let score = h.map(health_score).unwrap_or(0.0) - f64::from(slot.active);
+                    let h = slot.record.health.as_ref().map(health_score).unwrap_or(0.0);
+                    let rep = slot.record.reputation.score(now);
+                    let score = h * (0.5 + rep / 200.0) - f64::from(slot.active);
                     ranked.push((score, slot.record.id.as_str()));
                 }
                 Some(reason) => *reasons.entry(reason).or_default() += 1,
@@ -1096,8 +1166,9 @@ fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
-fn node_info(slot: &NodeSlot) -> NodeInfo {
+fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
     let r = &slot.record;
+    let rep = &r.reputation;
     let score = match (&r.health, r.state) {
         (Some(h), NodeState::Online) if h.accepting => health_score(h),
         _ => 0.0,
@@ -1109,6 +1180,14 @@ fn node_info(slot: &NodeSlot) -> NodeInfo {
         last_seen: Some(r.last_seen),
         health: r.health.clone(),
         active_assignments: slot.active,
+        reputation: ReputationInfo {
+            score: (rep.score(now) * 10.0).round() / 10.0,
+            valid: rep.totals[0],
+            invalid: rep.totals[1],
+            timeouts: rep.totals[2],
+            lost: rep.totals[3],
+            streak: rep.streak,
+        },
     }
 }
 

@@ -4,7 +4,8 @@
 //! Tables:
 //! - `tasks`: one row per task, the whole [`TaskRecord`] (assignments and results included) as
 //!   JSON, with the columns the API filters by (shards of a computation have a `parent`);
-//! - `nodes`: one row per node, its [`NodeRecord`] as JSON;
+//! - `nodes`: one row per node, its [`NodeRecord`] as JSON (with its folded reputation);
+//! - `reputation_events`: every judgement of a node's work, append-only;
 //! - `blobs`: content-addressed artifacts (wasm modules), keyed by sha256.
 
 use std::path::Path;
@@ -63,6 +64,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reputation_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reputation_by_node ON reputation_events(node, seq);
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
     bytes BLOB NOT NULL,
@@ -101,13 +110,14 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Writes task and node records in one transaction.
+    /// Writes task and node records, and appends reputation events, in one transaction.
     pub async fn save(
         &self,
         tasks: Vec<TaskRecord>,
         nodes: Vec<NodeRecord>,
+        events: Vec<crate::reputation::Event>,
     ) -> Result<(), StoreError> {
-        if tasks.is_empty() && nodes.is_empty() {
+        if tasks.is_empty() && nodes.is_empty() && events.is_empty() {
             return Ok(());
         }
         self.call(move |conn| {
@@ -135,6 +145,17 @@ impl Store {
                 )?;
                 for n in &nodes {
                     put_node.execute(params![n.id, serde_json::to_string(n)?])?;
+                }
+                let mut put_event = tx.prepare_cached(
+                    "INSERT INTO reputation_events (node, kind, task_id, at) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for e in &events {
+                    put_event.execute(params![
+                        e.node,
+                        e.kind.as_str(),
+                        e.task_id.to_string(),
+                        e.at.to_rfc3339()
+                    ])?;
                 }
             }
             tx.commit()?;
@@ -268,9 +289,9 @@ mod tests {
         );
         {
             let store = Store::open(&path).unwrap();
-            store.save(vec![t.clone()], vec![]).await.unwrap();
+            store.save(vec![t.clone()], vec![], vec![]).await.unwrap();
             t.status = TaskStatus::Completed;
-            store.save(vec![t.clone()], vec![]).await.unwrap();
+            store.save(vec![t.clone()], vec![], vec![]).await.unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
         }

@@ -93,6 +93,23 @@ pub struct Health {
     pub wasm_memory_limit_bytes: u64,
 }
 
+/// A node's reputation as the coordinator reports it (see `coordinator/src/reputation.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReputationInfo {
+    /// 0–100; a new node has 50.
+    pub score: f64,
+    /// Accepted answers, all time.
+    pub valid: u64,
+    /// Answers that lost a quorum, all time.
+    pub invalid: u64,
+    /// Leases that expired, all time.
+    pub timeouts: u64,
+    /// Times it went offline holding work, all time.
+    pub lost: u64,
+    /// Accepted answers in a row.
+    pub streak: u32,
+}
+
 /// A node as the coordinator reports it (`GET /api/v1/nodes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -108,4 +125,7 @@ pub struct NodeInfo {
     pub health: Option<Health>,
     /// Assignments the node holds now.
     pub active_assignments: u32,
+    /// How its work has been judged.
+    #[serde(default)]
+    pub reputation: ReputationInfo,
 }

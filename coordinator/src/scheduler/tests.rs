@@ -1,4 +1,5 @@
 use super::*;
+use crate::reputation::EventKind;
 use ambient_protocol::{GpuInfo, Temperature};
 
 fn settings() -> SchedulerSettings {
@@ -295,33 +296,126 @@ fn retry_cap_fails_with_reason() {
 #[test]
 fn replicas_go_to_distinct_nodes_and_must_agree() {
     let mut s = Scheduler::new(settings(), vec![], vec![]);
-    for n in ["n1", "n2", "n3"] {
+    for n in ["n1", "n2", "n3", "n4"] {
         s.on_health(health(n, 0.0), t0());
     }
     let agree = task(2);
-    let disagree = task(2);
-    let (a, d) = (agree.id, disagree.id);
+    let a = agree.id;
     s.submit(agree, t0());
     let e = s.take_effects();
     let nodes: BTreeSet<String> = dispatches(&e).into_iter().map(|(n, _)| n).collect();
     assert_eq!(nodes.len(), 2, "two distinct nodes");
-    s.on_agent_event("n1", success(a, 1, "x"), secs(1));
-    s.on_agent_event("n2", success(a, 2, "x"), secs(1));
-    assert_eq!(
-        persisted(&s.take_effects(), a).status,
-        TaskStatus::Completed
-    );
-
-    s.submit(disagree, secs(2));
-    let e = s.take_effects();
     let ds = dispatches(&e);
-    s.on_agent_event(&ds[0].0, success(d, ds[0].1, "x"), secs(3));
-    let mid = s.take_effects();
-    assert_eq!(persisted(&mid, d).status, TaskStatus::Verifying);
-    s.on_agent_event(&ds[1].0, success(d, ds[1].1, "y"), secs(3));
-    let rec = persisted(&s.take_effects(), d);
-    assert_eq!(rec.status, TaskStatus::Failed);
-    assert!(rec.error.unwrap().starts_with("replicas disagree"));
+    s.on_agent_event(&ds[0].0, success(a, ds[0].1, "x"), secs(1));
+    s.on_agent_event(&ds[1].0, success(a, ds[1].1, "x"), secs(1));
+    let e = s.take_effects();
+    assert_eq!(persisted(&e, a).status, TaskStatus::Completed);
+    assert_eq!(e.reputation.len(), 2);
+    assert!(e.reputation.iter().all(|ev| ev.kind == EventKind::Valid));
+}
+
+#[test]
+fn disagreement_adds_a_replica_and_the_majority_wins() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    for n in ["n1", "n2", "n3"] {
+        s.on_health(health(n, 0.0), t0());
+    }
+    let t = task(2);
+    let id = t.id;
+    s.submit(t, t0());
+    let ds = dispatches(&s.take_effects());
+    s.on_agent_event(&ds[0].0, success(id, ds[0].1, "honest"), secs(1));
+    assert_eq!(
+        persisted(&s.take_effects(), id).status,
+        TaskStatus::Verifying
+    );
+    s.on_agent_event(&ds[1].0, success(id, ds[1].1, "forged"), secs(1));
+    // No quorum of 2: a third replica goes to the node not yet used.
+    let e = s.take_effects();
+    let third = dispatches(&e);
+    assert_eq!(third.len(), 1, "{:?}", e.publish);
+    assert!(!ds.iter().any(|(n, _)| *n == third[0].0));
+    s.on_agent_event(&third[0].0, success(id, third[0].1, "honest"), secs(2));
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert_eq!(rec.result.as_ref().unwrap()["output"], "honest");
+    assert_eq!(
+        rec.result.as_ref().unwrap()["rejected_nodes"],
+        serde_json::json!([ds[1].0])
+    );
+    let invalid: Vec<&reputation::Event> = e
+        .reputation
+        .iter()
+        .filter(|ev| ev.kind == EventKind::Invalid)
+        .collect();
+    assert_eq!(invalid.len(), 1);
+    assert_eq!(invalid[0].node, ds[1].0);
+    let liar = s.node_info(&ds[1].0, secs(3)).unwrap().reputation;
+    let honest = s.node_info(&ds[0].0, secs(3)).unwrap().reputation;
+    assert_eq!((liar.invalid, honest.valid), (1, 1));
+    assert!(liar.score < 50.0 && honest.score > 50.0);
+}
+
+#[test]
+fn endless_disagreement_fails_at_the_cap() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    for n in ["n1", "n2", "n3", "n4", "n5"] {
+        s.on_health(health(n, 0.0), t0());
+    }
+    let t = task(2);
+    let id = t.id;
+    s.submit(t, t0());
+    // Every replica answers differently; the budget is min_nodes + max_retries = 4.
+    let mut k = 0;
+    loop {
+        let e = s.take_effects();
+        if let Some(rec) = e
+            .tasks
+            .iter()
+            .find(|t| t.id == id && t.status.is_terminal())
+        {
+            assert_eq!(rec.status, TaskStatus::Failed);
+            assert!(
+                rec.error
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("replicas disagree")
+            );
+            assert_eq!(rec.assignments.len(), 4);
+            break;
+        }
+        for (node, attempt) in dispatches(&e) {
+            k += 1;
+            s.on_agent_event(&node, success(id, attempt, &format!("answer-{k}")), secs(k));
+        }
+        assert!(k < 10, "never settled");
+    }
+}
+
+#[test]
+fn reputation_steers_ranking() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("liar", 0.0), t0());
+    s.on_health(health("newcomer", 0.0), t0());
+    // The liar loses a quorum three times (judged through the public path: replicated tasks).
+    for round in 0..3 {
+        s.on_health(health("witness-a", 0.0), t0());
+        s.on_health(health("witness-b", 0.0), t0());
+        let t = task(3);
+        let id = t.id;
+        s.submit(t, t0());
+        for (node, attempt) in dispatches(&s.take_effects()) {
+            let out = if node == "liar" { "lie" } else { "truth" };
+            s.on_agent_event(&node, success(id, attempt, out), secs(round));
+        }
+        s.take_effects();
+    }
+    assert!(s.node_info("liar", secs(5)).unwrap().reputation.score < 20.0);
+    // With equal health, a fresh task goes to the newcomer, not the liar.
+    s.submit(task(1), secs(5));
+    let d = dispatches(&s.take_effects());
+    assert_ne!(d[0].0, "liar", "{d:?}");
 }
 
 #[test]
@@ -439,7 +533,7 @@ fn restores_from_persisted_records() {
     let e = s.take_effects();
     // A new scheduler from what was written continues where the old one stopped.
     let mut s2 = Scheduler::new(settings(), e.tasks, e.nodes);
-    assert_eq!(s2.node_info("n1").unwrap().active_assignments, 1);
+    assert_eq!(s2.node_info("n1", t0()).unwrap().active_assignments, 1);
     s2.on_agent_event("n1", success(id, 1, "ok"), secs(1));
     assert_eq!(
         persisted(&s2.take_effects(), id).status,

@@ -1,0 +1,168 @@
+//! Node reputation, event-sourced: every judgement of a node's work is an [`Event`] appended to
+//! the `reputation_events` table, and a node's [`Reputation`] is the fold of its events with
+//! exponential decay (half-life [`HALF_LIFE_DAYS`]), kept on its node record.
+//!
+//! Events: `valid` (its answer was accepted: it matched the quorum, or was the single replica),
+//! `invalid` (its answer lost a quorum), `timeout` (its lease expired), `lost` (it went offline
+//! holding work).
+//!
+//! Score, 0–100, with decayed counts v, i, t, l:
+//! `score = 100 × (v + 1) / (v + 4·i + 2·t + l + 2)`.
+//! A new node scores 50; a wrong answer weighs four valid ones, a timeout two, a loss one. The
+//! scheduler ranks by `health_score × (0.5 + score / 200)`, so reputation scales a node's
+//! health between half and all of it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Days after which an event counts half.
+pub const HALF_LIFE_DAYS: f64 = 7.0;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Its answer was accepted.
+    Valid,
+    /// Its answer lost a quorum.
+    Invalid,
+    /// Its lease expired.
+    Timeout,
+    /// It went offline holding work.
+    Lost,
+}
+
+impl EventKind {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Valid => "valid",
+            EventKind::Invalid => "invalid",
+            EventKind::Timeout => "timeout",
+            EventKind::Lost => "lost",
+        }
+    }
+}
+
+/// One judgement of a node's work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The node.
+    pub node: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The task it happened on.
+    pub task_id: Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The fold of a node's events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reputation {
+    /// Decayed counts.
+    pub valid: f64,
+    /// Decayed count of invalid answers.
+    pub invalid: f64,
+    /// Decayed count of timeouts.
+    pub timeout: f64,
+    /// Decayed count of losses.
+    pub lost: f64,
+    /// Valid answers in a row, most recent last.
+    pub streak: u32,
+    /// Undecayed totals: valid, invalid, timeout, lost.
+    pub totals: [u64; 4],
+    /// When the counts were last decayed.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Reputation {
+    fn decayed(&self, now: DateTime<Utc>) -> [f64; 4] {
+        let factor = match self.updated_at {
+            Some(at) => {
+                let days = (now - at).num_milliseconds().max(0) as f64 / 86_400_000.0;
+                0.5f64.powf(days / HALF_LIFE_DAYS)
+            }
+            None => 1.0,
+        };
+        [
+            self.valid * factor,
+            self.invalid * factor,
+            self.timeout * factor,
+            self.lost * factor,
+        ]
+    }
+
+    /// Folds one event in.
+    pub fn apply(&mut self, kind: EventKind, at: DateTime<Utc>) {
+        let [v, i, t, l] = self.decayed(at);
+        (self.valid, self.invalid, self.timeout, self.lost) = (v, i, t, l);
+        self.updated_at = Some(at);
+        let k = match kind {
+            EventKind::Valid => 0,
+            EventKind::Invalid => 1,
+            EventKind::Timeout => 2,
+            EventKind::Lost => 3,
+        };
+        self.totals[k] += 1;
+        match kind {
+            EventKind::Valid => {
+                self.valid += 1.0;
+                self.streak += 1;
+            }
+            EventKind::Invalid => {
+                self.invalid += 1.0;
+                self.streak = 0;
+            }
+            EventKind::Timeout => {
+                self.timeout += 1.0;
+                self.streak = 0;
+            }
+            EventKind::Lost => self.lost += 1.0,
+        }
+    }
+
+    /// The score at `now`, 0–100.
+    pub fn score(&self, now: DateTime<Utc>) -> f64 {
+        let [v, i, t, l] = self.decayed(now);
+        100.0 * (v + 1.0) / (v + 4.0 * i + 2.0 * t + l + 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn t(days: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + Duration::days(days)
+    }
+
+    #[test]
+    fn scores_move_the_right_way_and_decay() {
+        let fresh = Reputation::default();
+        assert_eq!(fresh.score(t(0)), 50.0);
+        let mut good = Reputation::default();
+        for _ in 0..20 {
+            good.apply(EventKind::Valid, t(0));
+        }
+        assert!(good.score(t(0)) > 95.0);
+        assert_eq!(good.streak, 20);
+        let mut bad = good.clone();
+        bad.apply(EventKind::Invalid, t(0));
+        assert!(bad.score(t(0)) < good.score(t(0)));
+        assert_eq!(bad.streak, 0);
+        let mut cheat = Reputation::default();
+        for _ in 0..3 {
+            cheat.apply(EventKind::Invalid, t(0));
+        }
+        assert!(cheat.score(t(0)) < 10.0);
+        // A month later the wrong answers count for a sixteenth: the node drifts back to 50.
+        assert!(cheat.score(t(28)) > cheat.score(t(0)) + 20.0);
+        assert_eq!(cheat.totals, [0, 3, 0, 0]);
+    }
+}
