@@ -88,6 +88,10 @@ impl Journal {
                  result TEXT,
                  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
                  PRIMARY KEY (task_id, attempt)
+             );
+             CREATE TABLE IF NOT EXISTS artifacts (
+                 sha256 TEXT PRIMARY KEY,
+                 base64 TEXT NOT NULL
              );",
         )?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -121,7 +125,16 @@ impl Journal {
         &self,
         a: &Assignment,
     ) -> Result<Option<(JobState, Option<TaskResult>)>, JournalError> {
-        let json = serde_json::to_string(a)?;
+        // Artifacts are kept once per sha256, not in every job row: 64 shards share one kernel.
+        let mut slim = a.clone();
+        let artifact = match (slim.artifact_base64.take(), &slim.artifact_sha256) {
+            (Some(b64), Some(sha)) => Some((sha.clone(), b64)),
+            (inline, _) => {
+                slim.artifact_base64 = inline;
+                None
+            }
+        };
+        let json = serde_json::to_string(&slim)?;
         let (task, attempt) = (a.task_id.to_string(), a.attempt);
         self.call(move |conn| {
             let existing: Option<(String, Option<String>)> = conn
@@ -135,10 +148,18 @@ impl Journal {
                 let result = result.map(|r| serde_json::from_str(&r)).transpose()?;
                 return Ok(Some((JobState::parse(&state), result)));
             }
-            conn.execute(
+            let tx = conn.transaction()?;
+            if let Some((sha, b64)) = artifact {
+                tx.execute(
+                    "INSERT OR IGNORE INTO artifacts (sha256, base64) VALUES (?1, ?2)",
+                    params![sha, b64],
+                )?;
+            }
+            tx.execute(
                 "INSERT INTO jobs (task_id, attempt, state, assignment) VALUES (?1, ?2, 'received', ?3)",
                 params![task, attempt, json],
             )?;
+            tx.commit()?;
             Ok(None)
         })
         .await
@@ -189,13 +210,28 @@ impl Journal {
         .await
     }
 
-    /// Assignments that were received or running when the agent last stopped.
+    /// Assignments that were received or running when the agent last stopped, with their
+    /// artifacts.
     pub async fn interrupted(&self) -> Result<Vec<Assignment>, JournalError> {
         self.call(|conn| {
-            json_rows(
+            let mut out: Vec<Assignment> = json_rows(
                 conn,
                 "SELECT assignment FROM jobs WHERE state IN ('received', 'running') ORDER BY updated_at",
-            )
+            )?;
+            for a in &mut out {
+                if a.artifact_base64.is_none()
+                    && let Some(sha) = &a.artifact_sha256
+                {
+                    a.artifact_base64 = conn
+                        .query_row(
+                            "SELECT base64 FROM artifacts WHERE sha256 = ?1",
+                            [sha],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -240,7 +276,7 @@ mod tests {
             attempt: 1,
             task_type: TaskType::WasmExecution,
             artifact_base64: Some("AGFzbQEAAAA=".into()),
-            artifact_sha256: None,
+            artifact_sha256: Some("aa".into()),
             inputs: serde_json::json!({}),
             max_execution_time_sec: 5,
             lease_deadline: chrono::Utc::now(),
@@ -271,7 +307,14 @@ mod tests {
                 "redelivery is recognised"
             );
             j.set_state(a.task_id, 1, JobState::Running).await.unwrap();
+            // The artifact comes back with the assignment, though it is stored once apart.
             assert_eq!(j.interrupted().await.unwrap(), vec![a.clone()]);
+            let mut second = a.clone();
+            second.attempt = 2;
+            assert!(j.receive(&second).await.unwrap().is_none());
+            j.set_state(a.task_id, 2, JobState::Cancelled)
+                .await
+                .unwrap();
             j.finish(&result).await.unwrap();
         }
         let j = Journal::open(&path).unwrap();

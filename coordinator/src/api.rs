@@ -110,9 +110,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
         .fallback(not_found)
-        // The submit handler applies the configured limit itself with a clear error; this layer
-        // only stops bodies far beyond it from being buffered at all.
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes + 1024))
+        // The handlers apply the configured limit themselves with a clear 413. This layer only
+        // stops bodies far beyond it from being buffered at all. The 4 MiB of slack lets a body a
+        // little over the limit be read whole, so the client gets the 413 instead of a reset
+        // connection (closing a socket with unread data sends RST).
+        .layer(DefaultBodyLimit::max(
+            state.limits.max_body_bytes + (4 << 20),
+        ))
         .with_state(state)
 }
 

@@ -89,6 +89,10 @@ pub enum SubmitError {
     /// The submitter-chosen task id belongs to someone else.
     #[error("task id {0} is already taken")]
     IdTaken(uuid::Uuid),
+    /// An MQTT submission on the topic of a submitter id that has no API key (the broker lets
+    /// every account publish on its own `submit/{username}`, nodes included).
+    #[error("{0:?} is not a submitter of this coordinator")]
+    UnknownSubmitter(String),
     /// The coordinator could not persist the task; nothing was accepted.
     #[error("the coordinator cannot accept tasks right now: {0}")]
     Unavailable(String),
@@ -113,6 +117,7 @@ impl SubmitError {
             SubmitError::UnknownModel(_) => "unknown_model",
             SubmitError::IdTaken(_) => "task_id_taken",
             SubmitError::Unavailable(_) => "unavailable",
+            SubmitError::UnknownSubmitter(_) => "unknown_submitter",
         }
     }
 
@@ -122,6 +127,7 @@ impl SubmitError {
             SubmitError::BodyTooLarge { .. } | SubmitError::ModuleTooLarge { .. } => 413,
             SubmitError::IdTaken(_) => 409,
             SubmitError::Unavailable(_) => 503,
+            SubmitError::UnknownSubmitter(_) => 403,
             SubmitError::UnsupportedTaskType { .. } | SubmitError::ProofUnsupported(_) => 422,
             _ => 400,
         }

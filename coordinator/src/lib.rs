@@ -149,6 +149,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         mqtt: link.client.clone(),
         limits: cfg.limits.clone(),
         metrics: metrics.clone(),
+        submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
     };
     tracker.spawn(intake.run(link.incoming));
 

@@ -28,6 +28,9 @@ pub struct Intake {
     pub(crate) mqtt: AsyncClient,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
+    /// Submitter ids with an API key. Node and submitter ids share the broker's username
+    /// namespace, so only these may submit, and none of these may speak as a node.
+    pub(crate) submitters: std::collections::HashSet<String>,
 }
 
 impl Intake {
@@ -46,6 +49,25 @@ impl Intake {
         let Some(parsed) = topics::parse(topic) else {
             return Ok(());
         };
+        match parsed {
+            Topic::Submit(s) if !self.submitters.contains(s) => {
+                let e = SubmitError::UnknownSubmitter(s.to_string());
+                self.reject(s, &e, None);
+                return Ok(());
+            }
+            Topic::NodeStatus(n) | Topic::NodeHealth(n) | Topic::NodeResults(n)
+                if self.submitters.contains(n) =>
+            {
+                Metrics::inc(&self.metrics.mqtt_rejected);
+                warn!(
+                    topic,
+                    submitter = n,
+                    "Dropped a node message from a submitter account."
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
         let msg = match parsed {
             Topic::NodeStatus(node) => {
                 if payload.is_empty() {

@@ -253,3 +253,40 @@ async fn mosquitto_acl_confines_a_node_to_its_own_topics() {
     token.cancel();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_account_cannot_submit_over_mqtt() {
+    let c = Cluster::mosquitto(1).await.unwrap();
+    let (node, password) = c.nodes[0].clone();
+    // The ACL lets every account publish on its own submit topic and read its own answers.
+    let (mut link, token) = connect_as(
+        &c,
+        &node,
+        &password,
+        vec![topics::submitter_rejections(&node)],
+    )
+    .await;
+    let (sub, _) = sum_task(&[1, 2]);
+    link.client
+        .publish(
+            topics::submit(&node),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&sub).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rejection = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Incoming::Publish { payload, .. }) = link.incoming.recv().await {
+                return serde_json::from_slice::<ambient_protocol::ApiError>(&payload).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a rejection");
+    assert_eq!(rejection.error, "unknown_submitter");
+    assert!(c.client().tasks().await.unwrap().is_empty());
+    token.cancel();
+    c.shutdown().await;
+}
