@@ -154,6 +154,9 @@ pub struct TaskRecord {
     /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
     #[serde(default)]
     pub extra_replicas: u32,
+    /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
+    #[serde(default)]
+    pub adaptive: bool,
 }
 
 impl TaskRecord {
@@ -189,6 +192,17 @@ impl TaskRecord {
             shard_nodes: Vec::new(),
             reduce: None,
             extra_replicas: 0,
+            adaptive: false,
+        }
+    }
+
+    /// Replicas whose answers settle the task before any extra ones: `min_nodes`, or one under
+    /// adaptive replication.
+    fn replicas(&self) -> u32 {
+        if self.adaptive {
+            1
+        } else {
+            self.requirements.min_nodes
         }
     }
 
@@ -251,7 +265,7 @@ impl TaskRecord {
             return 0;
         }
         let have = (self.active().count() + self.answers().count()) as u32;
-        (self.requirements.min_nodes + self.extra_replicas).saturating_sub(have)
+        (self.replicas() + self.extra_replicas).saturating_sub(have)
     }
 }
 
@@ -585,7 +599,7 @@ impl Scheduler {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        let min = task.requirements.min_nodes as usize;
+        let min = task.replicas() as usize;
         let quorum = min / 2 + 1;
         let answers: Vec<(&AssignmentRecord, String)> = task.answers().collect();
         let mut groups: BTreeMap<&str, Vec<&AssignmentRecord>> = BTreeMap::new();
@@ -1008,6 +1022,17 @@ impl Scheduler {
             return;
         }
         let (mut candidates, why_not, busy) = self.candidates(task, now);
+        // Adaptive replication: a replicated wasm task may go to one node alone when that node
+        // has answered validly TRUSTED_STREAK times in a row, except for the spot-checked share.
+        let trust = task.requirements.min_nodes > 1
+            && task.assignments.is_empty()
+            && task.task_type == TaskType::WasmExecution
+            && !spot_checked(&task.id)
+            && candidates
+                .first()
+                .and_then(|n| self.nodes.get(n))
+                .is_some_and(|n| n.record.reputation.streak >= TRUSTED_STREAK);
+        let needed = if trust { 1 } else { needed };
         let room = budget.saturating_sub(used);
         candidates.truncate(needed.min(room) as usize);
         let lease = now
@@ -1016,6 +1041,7 @@ impl Scheduler {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
+        task.adaptive |= trust;
         for node in &candidates {
             let attempt = task.assignments.len() as u32 + 1;
             task.assignments.push(AssignmentRecord {
@@ -1150,6 +1176,19 @@ impl Scheduler {
         }
         None
     }
+}
+
+/// Valid answers in a row after which a node may carry a replicated task alone.
+pub const TRUSTED_STREAK: u32 = 10;
+
+/// Share of replicated tasks, in percent, that are fully replicated even when a trusted node
+/// could carry them alone.
+pub const SPOT_CHECK_PERCENT: u32 = 10;
+
+/// Whether a task is spot-checked: decided by its random id, so about [`SPOT_CHECK_PERCENT`] of
+/// tasks are, and a node cannot know which (it never sees the other replicas).
+fn spot_checked(id: &Uuid) -> bool {
+    u32::from(id.as_bytes()[0]) * 100 < SPOT_CHECK_PERCENT * 256
 }
 
 /// The ineligibility reason of a node whose slots are all taken.

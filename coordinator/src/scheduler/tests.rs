@@ -572,3 +572,49 @@ fn queued_behind_busy_nodes_is_not_starved() {
     let e = s.take_effects();
     assert_eq!(dispatches(&e), vec![("n1".to_string(), 1)]);
 }
+
+#[test]
+fn a_long_valid_streak_earns_a_single_replica_except_on_spot_checks() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("veteran", 0.0), t0());
+    for k in 0..TRUSTED_STREAK {
+        let t = task(1);
+        let id = t.id;
+        s.submit(t, t0());
+        s.take_effects();
+        s.on_agent_event("veteran", success(id, 1, &k.to_string()), secs(1));
+        s.take_effects();
+    }
+    assert_eq!(
+        s.node_info("veteran", secs(2)).unwrap().reputation.streak,
+        TRUSTED_STREAK
+    );
+    s.on_health(health("other", 50.0), secs(2));
+
+    let with_id = |first: u8| {
+        let mut t = task(2);
+        let mut bytes = *t.id.as_bytes();
+        bytes[0] = first;
+        t.id = Uuid::from_bytes(bytes);
+        t
+    };
+    let trusted = with_id(200);
+    let id = trusted.id;
+    s.submit(trusted, secs(3));
+    assert_eq!(
+        dispatches(&s.take_effects()),
+        vec![("veteran".to_string(), 1)]
+    );
+    s.on_agent_event("veteran", success(id, 1, "ok"), secs(4));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert!(rec.adaptive);
+
+    let checked = with_id(0);
+    s.submit(checked, secs(5));
+    assert_eq!(
+        dispatches(&s.take_effects()).len(),
+        2,
+        "spot checks are fully replicated"
+    );
+}
