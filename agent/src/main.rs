@@ -45,9 +45,8 @@ async fn main() -> anyhow::Result<()> {
         Command::GenerateConfig => print!("{}", ambient_agent::config::EXAMPLE),
         Command::SetPassword { config } => {
             tracing_subscriber::fmt().with_env_filter(filter).init();
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            let cfg: ambient_agent::Config = toml::from_str(&text)?;
+            let cfg = ambient_agent::Config::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
             let mut password = String::new();
             std::io::stdin().read_to_string(&mut password)?;
             let password = password.trim_end();
