@@ -16,6 +16,7 @@
 //! |---|---|---|
 //! | `wasm` | yes | `wasm_execution` tasks on wasmi |
 //! | `onnx` | yes | `inference` tasks on tract (CPU) |
+//! | `zk` | yes | `zk_proof` tasks: Groth16 proofs with `ambient-zk` |
 //! | `gpu-cuda` | no | `inference` on NVIDIA GPUs with tract-cuda, CPU fallback |
 //! | `gpu-metal` | no | `inference` on Apple GPUs with tract-metal (macOS only), CPU fallback |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
@@ -76,6 +77,9 @@ pub fn supported_task_types() -> Vec<TaskType> {
     if cfg!(feature = "onnx") {
         v.push(TaskType::Inference);
     }
+    if cfg!(feature = "zk") {
+        v.push(TaskType::ZkProof);
+    }
     v
 }
 
@@ -133,6 +137,8 @@ struct Worker {
     sandbox: Arc<exec::wasm::WasmSandbox>,
     #[cfg(feature = "onnx")]
     onnx: exec::onnx::OnnxEngine,
+    #[cfg(feature = "zk")]
+    zk: exec::zk::ZkProver,
     running: Mutex<HashMap<(Uuid, u32), Arc<AtomicBool>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
     tracker: TaskTracker,
@@ -190,6 +196,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         sandbox: Arc::new(exec::wasm::WasmSandbox::new(cfg.execution.module_cache)),
         #[cfg(feature = "onnx")]
         onnx: exec::onnx::OnnxEngine::new(cfg.execution.module_cache),
+        #[cfg(feature = "zk")]
+        zk: exec::zk::ZkProver::new(2),
         cfg,
         client: link.client.clone(),
         journal,
@@ -413,6 +421,8 @@ impl Worker {
             TaskType::WasmExecution => self.execute_wasm(a, cancel),
             #[cfg(feature = "onnx")]
             TaskType::Inference => (self.execute_onnx(a), None),
+            #[cfg(feature = "zk")]
+            TaskType::ZkProof => (self.execute_zk(a), None),
             other => (
                 failure(
                     "unsupported_task_type",
@@ -486,6 +496,20 @@ impl Worker {
                 }
             }
             Err(e) => failure(e.kind(), e.to_string()),
+        }
+    }
+
+    #[cfg(feature = "zk")]
+    fn execute_zk(&self, a: &Assignment) -> Outcome {
+        let sha = a.artifact_sha256.clone().unwrap_or_default();
+        // Decoding a proving key takes a while; skip even the base64 when it is cached.
+        let load = || artifact(a);
+        match self.zk.run(&sha, load, a.task_id, &a.inputs) {
+            Ok((output, output_sha256)) => Outcome::Success {
+                output,
+                output_sha256,
+            },
+            Err(e) => e,
         }
     }
 
@@ -599,7 +623,7 @@ impl Worker {
 /// The assignment's artifact (wasm module or ONNX model), decoded and checked against its hash.
 /// A hash mismatch is a transfer fault, not the task's answer, so it is reported as
 /// `transfer_error`, which the coordinator retries elsewhere.
-#[cfg(any(feature = "wasm", feature = "onnx"))]
+#[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
 fn artifact(a: &Assignment) -> Result<Vec<u8>, Outcome> {
     use base64::Engine as _;
     let Some(b64) = &a.artifact_base64 else {
@@ -623,7 +647,7 @@ fn artifact(a: &Assignment) -> Result<Vec<u8>, Outcome> {
     Ok(bytes)
 }
 
-fn failure(kind: &str, message: impl Into<String>) -> Outcome {
+pub(crate) fn failure(kind: &str, message: impl Into<String>) -> Outcome {
     Outcome::Failure {
         kind: kind.to_string(),
         message: message.into(),

@@ -8,6 +8,9 @@
 //! | `DELETE /api/v1/tasks/{id}` | key | cancel |
 //! | `PUT /api/v1/blobs` | key | upload an artifact (an ONNX model), get its sha256 |
 //! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
+//! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
+//! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
+//! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
 //! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
@@ -46,6 +49,7 @@ pub struct AppState {
     pub(crate) keys: Arc<Vec<ApiKey>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) link: watch::Receiver<LinkState>,
+    pub(crate) zk: Arc<crate::zk::Zk>,
 }
 
 /// The authenticated submitter of a request.
@@ -103,6 +107,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/blobs", axum::routing::put(put_blob))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
+        .route("/api/v1/proofs/{id}", get(get_proof))
+        .route("/api/v1/circuits", get(list_circuits))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(authed)
@@ -349,6 +356,133 @@ async fn get_node(
         })
 }
 
+async fn get_proof(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    let not_found = |id: &str| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "proof_not_found",
+            format!("no proof {id} for this API key"),
+        )
+    };
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return Err(not_found(&id));
+    };
+    let Some(p) = state.store.proof(id).await.map_err(Failure::store)? else {
+        return Err(not_found(&id.to_string()));
+    };
+    // A proof is visible to whoever may see its task.
+    match state.store.task(p.task_id).await.map_err(Failure::store)? {
+        Some(t) if t.submitter == submitter => {}
+        _ => return Err(not_found(&id.to_string())),
+    }
+    let circuit = ambient_zk::CircuitId::parse(&p.circuit)
+        .and_then(|c| ambient_zk::CircuitSpec::new(c, p.size as usize))
+        .ok()
+        .and_then(|spec| state.zk.circuit(&spec));
+    let proof = ambient_zk::proof_from_bytes(&p.proof)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    use base64::Engine as _;
+    Ok(Json(serde_json::json!({
+        "proof_id": p.id,
+        "task_id": p.task_id,
+        "circuit": p.circuit,
+        "n": p.size,
+        "public_inputs": p.public_inputs,
+        "proof": base64::engine::general_purpose::STANDARD.encode(&p.proof),
+        "verified_at": p.verified_at,
+        "snarkjs": {
+            // Absent when the circuit is no longer configured here.
+            "verification_key": circuit.map(|c| ambient_zk::snarkjs_verification_key_json(&c.vk)),
+            "proof": ambient_zk::snarkjs_proof_json(&proof),
+            "public": p.public_inputs,
+        },
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    circuit: String,
+    n: usize,
+    public_inputs: Vec<String>,
+    proof: String,
+}
+
+async fn verify_proof(
+    State(state): State<AppState>,
+    body: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    use base64::Engine as _;
+    let bad = |m: String| Failure::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    let spec = ambient_zk::CircuitId::parse(&req.circuit)
+        .and_then(|c| ambient_zk::CircuitSpec::new(c, req.n))
+        .map_err(|e| bad(e.to_string()))?;
+    let Some(circuit) = state.zk.circuit(&spec) else {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_circuit",
+            format!(
+                "no keys for {spec}; supported circuits: {}",
+                crate::zk::supported_list()
+            ),
+        ));
+    };
+    let fields: Vec<ambient_zk::Fr> = req
+        .public_inputs
+        .iter()
+        .map(|s| crate::zk::parse_field(s))
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
+    let [task_binding, input_commitment, output_commitment] = fields[..] else {
+        return Err(bad(format!(
+            "public_inputs has {} elements; every circuit takes 3",
+            fields.len()
+        )));
+    };
+    let public = ambient_zk::PublicInputs {
+        task_binding,
+        input_commitment,
+        output_commitment,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(req.proof.trim())
+        .map_err(|e| bad(format!("proof is not base64: {e}")))?;
+    // A proof that does not decode to curve points is simply not valid.
+    let Ok(proof) = ambient_zk::proof_from_bytes(&bytes) else {
+        return Ok(Json(serde_json::json!({"valid": false})));
+    };
+    let verifier = circuit.verifier.clone();
+    let valid = tokio::task::spawn_blocking(move || verifier.verify(&public, &proof))
+        .await
+        .map_err(|_| Failure::unavailable())?
+        .unwrap_or(false);
+    Ok(Json(serde_json::json!({"valid": valid})))
+}
+
+async fn list_circuits(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let list: Vec<serde_json::Value> = state
+        .zk
+        .circuits()
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "circuit": c.spec.id().name(),
+                "n": c.spec.size(),
+                "constraints": c.spec.expected_constraints(),
+                "proving_key_sha256": c.pk_sha256,
+                "proving_key_bytes": c.pk_bytes,
+                "verification_key": ambient_zk::snarkjs_verification_key_json(&c.vk),
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(list))
+}
+
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
     let link = state.link.borrow().clone();
@@ -396,6 +530,9 @@ mod tests {
             ("/api/v1/blobs", "put"),
             ("/api/v1/nodes", "get"),
             ("/api/v1/nodes/{id}", "get"),
+            ("/api/v1/proofs/{id}", "get"),
+            ("/api/v1/proofs/verify", "post"),
+            ("/api/v1/circuits", "get"),
             ("/api/v1/health", "get"),
             ("/metrics", "get"),
             ("/api-docs/openapi.json", "get"),

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, QoS};
-use ambient_protocol::{AgentEvent, Health, NodeInfo, NodeState, TaskInfo, topics};
+use ambient_protocol::{
+    AgentEvent, Health, NodeInfo, NodeState, Outcome, TaskInfo, TaskType, topics,
+};
 use base64::Engine as _;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +68,8 @@ pub struct Core {
     pub(crate) tick: Duration,
     /// Base64 of modules by sha256, so a module is read and encoded once, not per replica.
     pub(crate) modules: HashMap<String, Arc<str>>,
+    /// Circuits and verifying keys of `zk_proof` tasks.
+    pub(crate) zk: Arc<crate::zk::Zk>,
 }
 
 impl Core {
@@ -121,6 +125,9 @@ impl Core {
                 if matches!(ev, AgentEvent::Finished { .. }) {
                     Metrics::inc(&self.metrics.results_received);
                 }
+                let Some(ev) = self.check_proof(&node, ev).await else {
+                    return; // not acknowledged: the agent re-sends it
+                };
                 self.sched.on_agent_event(&node, ev, now);
             }
             CoreMsg::Nodes(reply) => {
@@ -156,10 +163,23 @@ impl Core {
             }
         }
         let now = Utc::now();
-        let artifact = accepted
-            .artifact
-            .map(|(sha, _)| sha)
-            .or(accepted.artifact_ref);
+        let artifact = if sub.task_type == TaskType::ZkProof {
+            // The artifact of a proof task is its circuit's proving key.
+            match self.zk.artifact_for(&sub.inputs) {
+                Some(sha) => Some(sha),
+                None => {
+                    return Err(SubmitError::InvalidInputs(format!(
+                        "no proving key for these inputs; supported circuits: {}",
+                        crate::zk::supported_list()
+                    )));
+                }
+            }
+        } else {
+            accepted
+                .artifact
+                .map(|(sha, _)| sha)
+                .or(accepted.artifact_ref)
+        };
         let mut task = TaskRecord::new(
             sub.task_id.unwrap_or_else(Uuid::new_v4),
             submitter,
@@ -215,6 +235,79 @@ impl Core {
             )),
             Err(e) => Err(SubmitError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Checks the proof of a `zk_proof` result before the scheduler sees it. A proof that does
+    /// not verify turns the result into a `proof_rejected` failure, which is not deterministic,
+    /// so the scheduler retries the task elsewhere. A verified proof is stored and its id
+    /// attached to the task. Returns `None` when the proof could not be stored: the result is
+    /// then not acknowledged, and the agent sends it again.
+    async fn check_proof(&mut self, node: &str, ev: AgentEvent) -> Option<AgentEvent> {
+        let AgentEvent::Finished { v, mut result } = ev else {
+            return Some(ev);
+        };
+        let task_id = result.task_id;
+        let is_zk = self
+            .sched
+            .task(&task_id)
+            .is_some_and(|t| t.task_type == TaskType::ZkProof);
+        if !is_zk || !self.sched.awaits_result(&task_id, node, result.attempt) {
+            return Some(AgentEvent::Finished { v, result });
+        }
+        let Outcome::Success { output, .. } = &result.outcome else {
+            return Some(AgentEvent::Finished { v, result });
+        };
+        let inputs = self.sched.task(&task_id).map(|t| t.inputs.clone())?;
+        let (zk, output) = (self.zk.clone(), output.clone());
+        let checked =
+            tokio::task::spawn_blocking(move || zk.verify_result(task_id, &inputs, &output))
+                .await
+                .unwrap_or_else(|e| Err(format!("the verifier crashed: {e}")));
+        match checked {
+            Ok(verified) => {
+                let proof_id = Uuid::new_v4();
+                let public: Vec<String> = ambient_zk::snarkjs_public_json(&verified.public)
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let record = crate::store::ProofRecord {
+                    id: proof_id,
+                    task_id,
+                    circuit: verified.spec.id().name().to_owned(),
+                    size: verified.spec.size() as u64,
+                    public_inputs: public.clone(),
+                    proof: verified.proof,
+                    verified_at: Utc::now(),
+                };
+                if let Err(e) = self.store.put_proof(record).await {
+                    error!(task_id = %task_id, error = %e, "Could not store a verified proof.");
+                    return None;
+                }
+                info!(task_id = %task_id, node = %node, proof_id = %proof_id, "Proof verified.");
+                if let Outcome::Success {
+                    output,
+                    output_sha256,
+                } = &mut result.outcome
+                {
+                    // What the coordinator checked, not what the node wrote beside it.
+                    output["public_inputs"] = public.into();
+                    *output_sha256 = ambient_protocol::sha256_hex(verified.statement.as_bytes());
+                }
+                self.sched.attach_proof(task_id, proof_id.to_string());
+            }
+            Err(reason) => {
+                warn!(task_id = %task_id, node = %node, reason = %reason, "Proof rejected.");
+                result.outcome = Outcome::Failure {
+                    kind: "proof_rejected".into(),
+                    message: reason,
+                };
+            }
+        }
+        Some(AgentEvent::Finished { v, result })
     }
 
     /// Persists what changed, then publishes what followed from it.

@@ -14,6 +14,7 @@ pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[
     TaskType::WasmExecution,
     TaskType::Computation,
     TaskType::Inference,
+    TaskType::ZkProof,
 ];
 
 /// Why a submission was refused.
@@ -56,8 +57,8 @@ pub enum SubmitError {
     },
     /// `require_proof` was set, but no circuit covers this computation.
     #[error(
-        "require_proof is not supported for {0}: no zero-knowledge circuit covers it yet, and no \
-         task kind supports proofs in this version"
+        "require_proof is not supported for {0}: no zero-knowledge circuit covers it; submit a \
+         zk_proof task, whose results always come with a verified Groth16 proof"
     )]
     ProofUnsupported(TaskType),
     /// A `wasm_execution` task without a module.
@@ -206,7 +207,7 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
             limits.max_execution_time_sec
         )));
     }
-    if r.require_proof {
+    if r.require_proof && submission.task_type != TaskType::ZkProof {
         return Err(SubmitError::ProofUnsupported(submission.task_type));
     }
     let mut accepted = Accepted {
@@ -274,6 +275,31 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
             }
             accepted.submission.inputs = serde_json::to_value(&inputs)
                 .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
+        }
+        TaskType::ZkProof => {
+            if submission.requirements.min_nodes != 1 {
+                return Err(SubmitError::InvalidRequirements(
+                    "zk_proof runs on one node (min_nodes = 1): its result is checked by \
+                     verifying the proof, not by replicating the work"
+                        .into(),
+                ));
+            }
+            if submission.wasm_module.is_some() {
+                return Err(SubmitError::InvalidInputs(
+                    "zk_proof takes no wasm_module; its artifact is the circuit's proving key"
+                        .into(),
+                ));
+            }
+            let (spec, _) = crate::zk::parse_inputs(&submission.inputs).map_err(|e| {
+                SubmitError::InvalidInputs(format!(
+                    "zk_proof: {e}; supported circuits: {}",
+                    crate::zk::supported_list()
+                ))
+            })?;
+            crate::zk::check_supported(&spec)
+                .map_err(|e| SubmitError::InvalidInputs(format!("zk_proof: {e}")))?;
+            // Every result carries a proof, whether or not the submitter asked for one.
+            accepted.submission.requirements.require_proof = true;
         }
         other => {
             return Err(SubmitError::UnsupportedTaskType {
@@ -441,9 +467,29 @@ mod tests {
         assert_eq!(check(b"{not json", &l).unwrap_err().code(), "invalid_json");
         assert_eq!(code(json!({"task_type": "mining"})), "unknown_task_type");
         assert_eq!(
-            code(json!({"task_type": "zk_proof"})),
+            code(json!({"task_type": "federated_learning"})),
             "unsupported_task_type"
         );
+        assert_eq!(code(json!({"task_type": "zk_proof"})), "invalid_inputs");
+        assert_eq!(
+            code(json!({"task_type": "zk_proof",
+                        "inputs": {"circuit": "hash_chain", "x": "7", "n": 65}})),
+            "invalid_inputs"
+        );
+        assert_eq!(
+            code(json!({"task_type": "zk_proof",
+                        "inputs": {"circuit": "hash_chain", "x": "7", "n": 64},
+                        "requirements": {"min_nodes": 2}})),
+            "invalid_requirements"
+        );
+        let ok = check(
+            &body(json!({"task_type": "zk_proof",
+                         "inputs": {"circuit": "hash_chain", "x": "7", "n": 64}})),
+            &l,
+        )
+        .unwrap();
+        assert!(ok.submission.requirements.require_proof);
+        assert!(ok.artifact.is_none() && ok.artifact_ref.is_none());
         assert_eq!(code(json!({"task_type": "inference"})), "invalid_inputs");
         assert_eq!(
             code(

@@ -15,6 +15,7 @@
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine.
 //! - [`store`]: SQLite on its own thread.
 //! - [`metrics`]: Prometheus counters.
+//! - [`zk`]: `zk_proof` circuits, their Groth16 keys, and proof verification.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
 //!
 //! # Features
@@ -34,6 +35,7 @@ pub mod reduce;
 pub mod reputation;
 pub mod scheduler;
 pub mod store;
+pub mod zk;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,6 +60,9 @@ pub enum StartError {
     /// The database could not be opened or read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The Groth16 keys of a supported circuit could not be loaded or made.
+    #[error("zero-knowledge keys: {0}")]
+    Zk(String),
     /// The data dir or the HTTP port could not be used.
     #[error("{what}: {source}")]
     Io {
@@ -106,6 +111,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         min_free_memory_bytes: s.min_free_memory_mib << 20,
     };
     let sched = scheduler::Scheduler::new(settings, tasks, nodes);
+    let zk = Arc::new(
+        zk::Zk::load(&cfg.data_dir, &store)
+            .await
+            .map_err(StartError::Zk)?,
+    );
 
     let tracker = TaskTracker::new();
     let submit_filter = if cfg.mqtt.shared_subscription {
@@ -141,6 +151,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         metrics: metrics.clone(),
         tick: Duration::from_millis(cfg.scheduler.tick_ms),
         modules: HashMap::new(),
+        zk: zk.clone(),
     };
     tracker.spawn(core.run(core_rx, shutdown.clone()));
     let intake = mqtt::Intake {
@@ -160,6 +171,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         keys: Arc::new(cfg.api_keys.clone()),
         metrics,
         link: link.state,
+        zk,
     };
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await

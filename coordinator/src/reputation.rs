@@ -16,6 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Score under which a node counts as untrusted (`trusted: false` in the API). One wrong answer
+/// takes a new node to 17.
+pub const TRUST_THRESHOLD: f64 = 30.0;
+
 /// Days after which an event counts half.
 pub const HALF_LIFE_DAYS: f64 = 7.0;
 

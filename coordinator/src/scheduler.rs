@@ -157,6 +157,9 @@ pub struct TaskRecord {
     /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
     #[serde(default)]
     pub adaptive: bool,
+    /// For `zk_proof`: the verified proof that backs the accepted result.
+    #[serde(default)]
+    pub proof_id: Option<String>,
 }
 
 impl TaskRecord {
@@ -193,6 +196,7 @@ impl TaskRecord {
             reduce: None,
             extra_replicas: 0,
             adaptive: false,
+            proof_id: None,
         }
     }
 
@@ -220,7 +224,7 @@ impl TaskRecord {
             status: self.status,
             assigned_nodes,
             result: self.result.clone(),
-            proof_id: None,
+            proof_id: self.proof_id.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
             error: self.error.clone(),
@@ -413,6 +417,30 @@ impl Scheduler {
     /// An active task, if the scheduler holds it.
     pub fn task(&self, id: &Uuid) -> Option<&TaskRecord> {
         self.tasks.get(id)
+    }
+
+    /// True when a result for `(task_id, attempt)` from `node` would be recorded: the task is
+    /// active and that assignment exists, belongs to `node` and has no result yet.
+    pub fn awaits_result(&self, task_id: &Uuid, node: &str, attempt: u32) -> bool {
+        self.tasks.get(task_id).is_some_and(|t| {
+            !t.status.is_terminal()
+                && t.assignments.iter().any(|a| {
+                    a.attempt == attempt
+                        && a.node_id == node
+                        && a.result.is_none()
+                        && a.state != AssignmentState::Cancelled
+                })
+        })
+    }
+
+    /// Records the verified proof behind a task's result (checked outside the scheduler, which
+    /// does no cryptography). Call it before handing the result over, so that the completion and
+    /// its notification carry the proof id.
+    pub fn attach_proof(&mut self, task_id: Uuid, proof_id: String) {
+        if let Some(t) = self.tasks.get_mut(&task_id) {
+            t.proof_id = Some(proof_id);
+            self.mark(task_id);
+        }
     }
 
     /// Number of tasks not yet terminal.
@@ -1226,6 +1254,7 @@ fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
             timeouts: rep.totals[2],
             lost: rep.totals[3],
             streak: rep.streak,
+            trusted: rep.score(now) >= reputation::TRUST_THRESHOLD,
         },
     }
 }

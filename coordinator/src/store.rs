@@ -6,7 +6,9 @@
 //!   JSON, with the columns the API filters by (shards of a computation have a `parent`);
 //! - `nodes`: one row per node, its [`NodeRecord`] as JSON (with its folded reputation);
 //! - `reputation_events`: every judgement of a node's work, append-only;
-//! - `blobs`: content-addressed artifacts (wasm modules), keyed by sha256.
+//! - `blobs`: content-addressed artifacts (wasm modules, ONNX models, Groth16 proving keys),
+//!   keyed by sha256;
+//! - `proofs`: every verified `zk_proof` proof, with the public inputs it was checked against.
 
 use std::path::Path;
 
@@ -77,7 +79,36 @@ CREATE TABLE IF NOT EXISTS blobs (
     bytes BLOB NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE IF NOT EXISTS proofs (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    circuit TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    public_inputs TEXT NOT NULL,
+    proof BLOB NOT NULL,
+    verified_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS proofs_by_task ON proofs(task_id);
 ";
+
+/// A verified proof of a `zk_proof` task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProofRecord {
+    /// The proof's id.
+    pub id: Uuid,
+    /// The task it proves.
+    pub task_id: Uuid,
+    /// Circuit name, e.g. `hash_chain`.
+    pub circuit: String,
+    /// Circuit size (`n` or `L`).
+    pub size: u64,
+    /// The public inputs it verified against, decimal, in circuit order.
+    pub public_inputs: Vec<String>,
+    /// The compressed proof.
+    pub proof: Vec<u8>,
+    /// When the coordinator verified it.
+    pub verified_at: chrono::DateTime<chrono::Utc>,
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and starts its thread.
@@ -256,6 +287,70 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a verified proof.
+    pub async fn put_proof(&self, p: ProofRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO proofs (id, task_id, circuit, size, public_inputs, proof, verified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    p.id.to_string(),
+                    p.task_id.to_string(),
+                    p.circuit,
+                    p.size as i64,
+                    serde_json::to_string(&p.public_inputs)?,
+                    p.proof,
+                    p.verified_at.to_rfc3339(),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One proof by id.
+    pub async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
+        self.call(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT task_id, circuit, size, public_inputs, proof, verified_at
+                     FROM proofs WHERE id = ?1",
+                    [id.to_string()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Vec<u8>>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((task_id, circuit, size, public, proof, at)) = row else {
+                return Ok(None);
+            };
+            let bad = |what: &str| {
+                StoreError::Corrupt(serde::de::Error::custom(format!("proof {id}: bad {what}")))
+            };
+            Ok(Some(ProofRecord {
+                id,
+                task_id: Uuid::parse_str(&task_id).map_err(|_| bad("task_id"))?,
+                circuit,
+                size: size as u64,
+                public_inputs: serde_json::from_str(&public)?,
+                proof,
+                verified_at: chrono::DateTime::parse_from_rfc3339(&at)
+                    .map_err(|_| bad("verified_at"))?
+                    .with_timezone(&chrono::Utc),
+            }))
+        })
+        .await
+    }
+}
+
 fn decode_rows<T: serde::de::DeserializeOwned>(
     stmt: &mut rusqlite::Statement<'_>,
     params: impl rusqlite::Params,
@@ -312,5 +407,19 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
+        let p = ProofRecord {
+            id: Uuid::new_v4(),
+            task_id: t.id,
+            circuit: "hash_chain".into(),
+            size: 64,
+            public_inputs: vec!["1".into(), "2".into(), "3".into()],
+            proof: vec![9; 128],
+            verified_at: chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        };
+        store.put_proof(p.clone()).await.unwrap();
+        assert_eq!(store.proof(p.id).await.unwrap(), Some(p));
+        assert_eq!(store.proof(Uuid::new_v4()).await.unwrap(), None);
     }
 }

@@ -108,6 +108,9 @@ pub struct ReputationInfo {
     pub lost: u64,
     /// Accepted answers in a row.
     pub streak: u32,
+    /// Whether the score is at or above the coordinator's trust threshold.
+    #[serde(default)]
+    pub trusted: bool,
 }
 
 /// A node as the coordinator reports it (`GET /api/v1/nodes`).

@@ -5,3 +5,6 @@ pub mod wasm;
 
 #[cfg(feature = "onnx")]
 pub mod onnx;
+
+#[cfg(feature = "zk")]
+pub mod zk;

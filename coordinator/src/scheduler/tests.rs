@@ -1,5 +1,5 @@
 use super::*;
-use crate::reputation::EventKind;
+use crate::reputation::{EventKind, TRUST_THRESHOLD};
 use ambient_protocol::{GpuInfo, Temperature};
 
 fn settings() -> SchedulerSettings {
@@ -617,4 +617,96 @@ fn a_long_valid_streak_earns_a_single_replica_except_on_spot_checks() {
         2,
         "spot checks are fully replicated"
     );
+}
+
+/// Adversary harness: 10 nodes, 2 of them (20 %) colluding liars that return the same wrong
+/// answer. Tasks are replicated on 5 nodes (quorum 3), in batches that keep every node busy.
+#[test]
+fn colluding_liars_never_win_and_sink_in_reputation() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let nodes: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    let liars = ["n0", "n1"];
+    let mut now = 0;
+    for n in &nodes {
+        s.on_health(health(n, 0.0), secs(now));
+    }
+    let mut accepted_wrong = 0;
+    let mut settled = 0;
+    for _batch in 0..13 {
+        let batch: Vec<TaskRecord> = (0..4)
+            .map(|_| {
+                let mut t = task(5);
+                t.created_at = secs(now);
+                t
+            })
+            .collect();
+        let ids: Vec<Uuid> = batch.iter().map(|t| t.id).collect();
+        for t in batch {
+            s.submit(t, secs(now));
+        }
+        // Answer until every task of the batch is settled.
+        loop {
+            now += 1;
+            for n in &nodes {
+                s.on_health(health(n, 0.0), secs(now));
+            }
+            let e = s.take_effects();
+            for t in e
+                .tasks
+                .iter()
+                .filter(|t| ids.contains(&t.id) && t.status.is_terminal())
+            {
+                settled += 1;
+                assert_eq!(t.status, TaskStatus::Completed, "{t:?}");
+                if t.result.as_ref().unwrap()["output"] != "right" {
+                    accepted_wrong += 1;
+                }
+            }
+            let work: Vec<(String, Uuid, u32)> = e
+                .publish
+                .iter()
+                .filter_map(|o| match o {
+                    Outbound::Dispatch { node, assignment } => {
+                        Some((node.clone(), assignment.task_id, assignment.attempt))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if work.is_empty() && ids.iter().all(|id| s.task(id).is_none()) {
+                break;
+            }
+            for (node, task_id, attempt) in work {
+                let answer = if liars.contains(&node.as_str()) {
+                    "wrong"
+                } else {
+                    "right"
+                };
+                s.on_agent_event(&node, success(task_id, attempt, answer), secs(now));
+            }
+            assert!(now < 10_000, "never settled");
+        }
+    }
+    assert_eq!(settled, 52);
+    assert_eq!(accepted_wrong, 0, "a wrong result was accepted");
+    for n in &nodes {
+        let rep = s.node_info(n, secs(now)).unwrap().reputation;
+        if liars.contains(&n.as_str()) {
+            assert!(rep.invalid > 0, "{n} was never caught: {rep:?}");
+            assert!(rep.score < TRUST_THRESHOLD, "{n}: {rep:?}");
+        } else {
+            assert!(rep.score > 50.0, "{n} did not rise: {rep:?}");
+        }
+    }
+
+    // A node answering for a task it was never given is refused: nothing is recorded.
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, secs(now));
+    let (holder, attempt) = dispatches(&s.take_effects())[0].clone();
+    let outsider = nodes.iter().find(|n| **n != holder).unwrap();
+    s.on_agent_event(outsider, success(id, attempt, "forged"), secs(now + 1));
+    let e = s.take_effects();
+    assert!(e.tasks.is_empty(), "a foreign result changed the task");
+    assert!(e.reputation.is_empty());
+    assert_eq!(s.task(&id).unwrap().status, TaskStatus::Assigned);
 }

@@ -5,3 +5,4 @@ mod compute;
 mod faults;
 mod flow;
 mod util;
+mod zk;

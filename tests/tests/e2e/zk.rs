@@ -1,0 +1,166 @@
+//! `zk_proof` end to end: a node proves a hash chain with the coordinator's proving key, the
+//! coordinator verifies the proof before accepting the result, and anyone can check it again
+//! from the REST API (arkworks here, snarkjs JSON for others).
+
+use std::str::FromStr as _;
+
+use ambient_cli::client::ClientError;
+use ambient_e2e::Cluster;
+use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TaskType};
+use ambient_zk::{CircuitId, CircuitSpec, Fr, Inputs, Output};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+fn zk_task(inputs: Value) -> TaskSubmission {
+    TaskSubmission {
+        task_type: TaskType::ZkProof,
+        wasm_module: None,
+        inputs,
+        requirements: Requirements::default(),
+        task_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_chain_is_proved_verified_and_checkable() {
+    let started = std::time::Instant::now();
+    let c = Cluster::embedded(1).await.unwrap();
+    eprintln!("cluster (with Groth16 setup) up in {:?}", started.elapsed());
+    let client = c.client();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", c.conn.api_url))
+            .bearer_auth(&c.conn.api_key)
+            .send()
+    };
+
+    // An unsupported size is refused at submission, naming what is supported.
+    let err = client
+        .submit(&zk_task(
+            json!({"circuit": "hash_chain", "x": "7", "n": 65}),
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        ClientError::Api { status, body } => {
+            assert_eq!(
+                (*status, body.error.as_str()),
+                (400, "invalid_inputs"),
+                "{err}"
+            );
+            assert!(body.message.contains("n = 64"), "{}", body.message);
+        }
+        other => panic!("{other}"),
+    }
+
+    let started = std::time::Instant::now();
+    let info = submit_and_wait(
+        &client,
+        &zk_task(json!({"circuit": "hash_chain", "x": "7", "n": 64})),
+    )
+    .await;
+    eprintln!("zk_proof task done in {:?}", started.elapsed());
+    assert_eq!(info.status, TaskStatus::Completed, "{info:?}");
+    let y = ambient_zk::mimc::hash_chain(Fr::from(7u64), 64);
+    let output = &info.result.as_ref().unwrap()["output"];
+    assert_eq!(output["y"], y.to_string());
+    assert_eq!(
+        info.result.as_ref().unwrap()["output_sha256"],
+        ambient_protocol::sha256_hex(y.to_string().as_bytes())
+    );
+    let proof_id = info.proof_id.clone().expect("proof_id");
+
+    // The proof document, checked here with the circuit's published verifying key.
+    let doc: Value = get(&format!("/api/v1/proofs/{proof_id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["task_id"], info.task_id.to_string());
+    assert_eq!(doc["circuit"], "hash_chain");
+    assert_eq!(doc["snarkjs"]["public"], doc["public_inputs"]);
+    assert_eq!(doc["snarkjs"]["proof"]["protocol"], "groth16");
+    let circuits: Value = get("/api/v1/circuits").await.unwrap().json().await.unwrap();
+    let circuit = &circuits.as_array().unwrap()[0];
+    eprintln!(
+        "proving key: {} bytes compressed; result duration_ms {}",
+        circuit["proving_key_bytes"],
+        info.result.as_ref().unwrap()["duration_ms"]
+    );
+    assert_eq!(
+        (circuit["circuit"].as_str(), circuit["n"].as_u64()),
+        (Some("hash_chain"), Some(64))
+    );
+    assert_eq!(
+        circuit["verification_key"],
+        doc["snarkjs"]["verification_key"]
+    );
+    // The verifying key itself comes from the coordinator's key file (the snarkjs JSON is for
+    // other tools); it is the one inside the proving key that nodes get.
+    let spec = CircuitSpec::new(CircuitId::HashChain, 64).unwrap();
+    let keys = ambient_zk::Keys::load(
+        &spec,
+        &ambient_coordinator::zk::keys_path(&c.dir.path().join("coordinator"), &spec),
+    )
+    .unwrap();
+    assert_eq!(
+        ambient_zk::snarkjs_verification_key_json(&keys.verifying_key),
+        circuit["verification_key"]
+    );
+    let proof_b64 = doc["proof"].as_str().unwrap().to_string();
+    let proof = ambient_zk::proof_from_bytes(
+        &base64::engine::general_purpose::STANDARD
+            .decode(&proof_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let x = Inputs::HashChain { x: Fr::from(7u64) };
+    let public = |y: Fr| {
+        ambient_zk::public_inputs_for(&spec, info.task_id.as_bytes(), &x, &Output::HashChain { y })
+            .unwrap()
+    };
+    assert!(ambient_zk::verify(&keys.verifying_key, &spec, &public(y), &proof).unwrap());
+    assert!(
+        !ambient_zk::verify(
+            &keys.verifying_key,
+            &spec,
+            &public(y + Fr::from(1u64)),
+            &proof
+        )
+        .unwrap()
+    );
+    let stored: Vec<String> = public(y).to_vec().iter().map(Fr::to_string).collect();
+    assert_eq!(doc["public_inputs"], json!(stored));
+
+    // The coordinator's verify endpoint agrees, and refuses a tampered public input.
+    let verify = |public_inputs: Value| {
+        let body = json!({"circuit": "hash_chain", "n": 64, "public_inputs": public_inputs,
+                          "proof": proof_b64});
+        let req = http
+            .post(format!("{}/api/v1/proofs/verify", c.conn.api_url))
+            .bearer_auth(&c.conn.api_key)
+            .json(&body)
+            .send();
+        async move {
+            let resp = req.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["valid"].clone()
+        }
+    };
+    assert_eq!(verify(json!(stored)).await, true);
+    let mut tampered = stored.clone();
+    tampered[2] = (Fr::from_str(&tampered[2]).unwrap() + Fr::from(1u64)).to_string();
+    assert_eq!(verify(json!(tampered)).await, false);
+
+    // Proofs need a key, like everything else.
+    let anon = http
+        .get(format!("{}/api/v1/proofs/{proof_id}", c.conn.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    c.shutdown().await;
+}
