@@ -50,6 +50,7 @@ pub mod keys;
 pub mod mimc;
 pub mod proving;
 pub mod snarkjs;
+pub mod task;
 
 pub use ark_bn254::{Bn254, Fr};
 pub use ark_groth16::{Proof, ProvingKey, VerifyingKey};
@@ -65,3 +66,4 @@ pub use keys::{
 };
 pub use proving::{prove, public_inputs_for, verify};
 pub use snarkjs::{snarkjs_proof_json, snarkjs_public_json, snarkjs_verification_key_json};
+pub use task::{parse_field, parse_task_inputs};

@@ -10,11 +10,10 @@
 //! alone: proofs are randomised, so replicas compare the statement, not the proof bytes.
 
 use std::collections::HashMap;
-use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ambient_protocol::Outcome;
-use ambient_zk::{CircuitId, CircuitSpec, Fr, Inputs, Keys, Output};
+use ambient_zk::{CircuitSpec, Fr, Inputs, Keys, Output};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -35,52 +34,9 @@ impl std::fmt::Debug for ZkProver {
     }
 }
 
-/// Reads a canonical decimal field element (digits, no leading zeros, below r).
-fn parse_field(s: &str) -> Result<Fr, String> {
-    let canonical = !s.is_empty()
-        && s.len() <= 78
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
-    let f = canonical
-        .then(|| Fr::from_str(s).ok())
-        .flatten()
-        .filter(|f| f.to_string() == s);
-    f.ok_or_else(|| format!("{s:?} is not a decimal field element below r"))
-}
-
 /// `{"circuit": "hash_chain", "x", "n"}` or `{"circuit": "dot", "a", "b"}`.
 pub fn parse_inputs(inputs: &Value) -> Result<(CircuitSpec, Inputs), String> {
-    let circuit = inputs
-        .get("circuit")
-        .and_then(Value::as_str)
-        .ok_or("inputs.circuit is missing")?;
-    let id = CircuitId::parse(circuit).map_err(|e| e.to_string())?;
-    let (size, parsed) = match id {
-        CircuitId::HashChain => {
-            let n = inputs
-                .get("n")
-                .and_then(Value::as_u64)
-                .ok_or("hash_chain needs inputs.n (a positive integer)")?;
-            let x = inputs
-                .get("x")
-                .and_then(Value::as_str)
-                .ok_or("hash_chain needs inputs.x (a decimal string)")?;
-            (n as usize, Inputs::HashChain { x: parse_field(x)? })
-        }
-        CircuitId::Dot => {
-            let vec = |k: &str| {
-                inputs
-                    .get(k)
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
-                    .ok_or_else(|| format!("dot needs inputs.{k} (an array of 64-bit integers)"))
-            };
-            let (a, b) = (vec("a")?, vec("b")?);
-            (a.len(), Inputs::Dot { a, b })
-        }
-    };
-    let spec = CircuitSpec::new(id, size).map_err(|e| e.to_string())?;
-    Ok((spec, parsed))
+    ambient_zk::parse_task_inputs(inputs)
 }
 
 impl ZkProver {
@@ -167,7 +123,7 @@ mod tests {
 
     #[test]
     fn proves_and_caches_the_key() {
-        let spec = CircuitSpec::new(CircuitId::HashChain, 3).unwrap();
+        let spec = CircuitSpec::new(ambient_zk::CircuitId::HashChain, 3).unwrap();
         let keys = ambient_zk::setup_with_os_rng(&spec).unwrap();
         let bytes = keys.to_bytes().unwrap();
         let prover = ZkProver::new(2);
