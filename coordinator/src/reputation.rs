@@ -4,9 +4,11 @@
 //!
 //! Events: `valid` (its answer was accepted: it matched the quorum, or was the single replica),
 //! `invalid` (its answer lost a quorum), `timeout` (its lease expired), `lost` (it went offline
-//! holding work).
+//! holding work), `proof_verified` (its zero-knowledge proof checked out, so its answer was
+//! accepted) and `proof_rejected` (its proof did not verify).
 //!
-//! Score, 0–100, with decayed counts v, i, t, l:
+//! Score, 0–100, with decayed counts v, i, t, l, where a verified proof counts as a valid answer
+//! and a rejected proof as an invalid one:
 //! `score = 100 × (v + 1) / (v + 4·i + 2·t + l + 2)`.
 //! A new node scores 50; a wrong answer weighs four valid ones, a timeout two, a loss one. The
 //! scheduler ranks by `health_score × (0.5 + score / 200)`, so reputation scales a node's
@@ -23,31 +25,7 @@ pub const TRUST_THRESHOLD: f64 = 30.0;
 /// Days after which an event counts half.
 pub const HALF_LIFE_DAYS: f64 = 7.0;
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// Its answer was accepted.
-    Valid,
-    /// Its answer lost a quorum.
-    Invalid,
-    /// Its lease expired.
-    Timeout,
-    /// It went offline holding work.
-    Lost,
-}
-
-impl EventKind {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Valid => "valid",
-            EventKind::Invalid => "invalid",
-            EventKind::Timeout => "timeout",
-            EventKind::Lost => "lost",
-        }
-    }
-}
+pub use ambient_protocol::ReputationEventKind as EventKind;
 
 /// One judgement of a node's work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,8 +53,8 @@ pub struct Reputation {
     pub lost: f64,
     /// Valid answers in a row, most recent last.
     pub streak: u32,
-    /// Undecayed totals: valid, invalid, timeout, lost.
-    pub totals: [u64; 4],
+    /// Undecayed totals: valid, invalid, timeout, lost, proof verified, proof rejected.
+    pub totals: [u64; 6],
     /// When the counts were last decayed.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -108,14 +86,16 @@ impl Reputation {
             EventKind::Invalid => 1,
             EventKind::Timeout => 2,
             EventKind::Lost => 3,
+            EventKind::ProofVerified => 4,
+            EventKind::ProofRejected => 5,
         };
         self.totals[k] += 1;
         match kind {
-            EventKind::Valid => {
+            EventKind::Valid | EventKind::ProofVerified => {
                 self.valid += 1.0;
                 self.streak += 1;
             }
-            EventKind::Invalid => {
+            EventKind::Invalid | EventKind::ProofRejected => {
                 self.invalid += 1.0;
                 self.streak = 0;
             }
@@ -167,6 +147,6 @@ mod tests {
         assert!(cheat.score(t(0)) < 10.0);
         // A month later the wrong answers count for a sixteenth: the node drifts back to 50.
         assert!(cheat.score(t(28)) > cheat.score(t(0)) + 20.0);
-        assert_eq!(cheat.totals, [0, 3, 0, 0]);
+        assert_eq!(cheat.totals, [0, 3, 0, 0, 0, 0]);
     }
 }

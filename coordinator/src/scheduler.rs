@@ -1253,6 +1253,8 @@ fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
             invalid: rep.totals[1],
             timeouts: rep.totals[2],
             lost: rep.totals[3],
+            proofs_verified: rep.totals[4],
+            proofs_rejected: rep.totals[5],
             streak: rep.streak,
             trusted: rep.score(now) >= reputation::TRUST_THRESHOLD,
         },

@@ -18,7 +18,10 @@ pub mod tensor;
 pub mod topics;
 pub mod wire;
 
-pub use node::{GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationInfo, Temperature};
+pub use node::{
+    GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo, ReputationEventKind,
+    ReputationInfo, ReputationReport, Temperature,
+};
 pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
 pub use tensor::{InferenceInputs, InferenceOutput, TensorJson};
 pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};

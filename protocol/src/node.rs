@@ -106,11 +106,79 @@ pub struct ReputationInfo {
     pub timeouts: u64,
     /// Times it went offline holding work, all time.
     pub lost: u64,
+    /// Zero-knowledge proofs that verified, all time.
+    #[serde(default)]
+    pub proofs_verified: u64,
+    /// Zero-knowledge proofs that failed verification, all time.
+    #[serde(default)]
+    pub proofs_rejected: u64,
     /// Accepted answers in a row.
     pub streak: u32,
     /// Whether the score is at or above the coordinator's trust threshold.
     #[serde(default)]
     pub trusted: bool,
+}
+
+/// One judgement of a node's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReputationEventKind {
+    /// Its answer was accepted: it matched the quorum, or was the single replica.
+    Valid,
+    /// Its answer lost a quorum.
+    Invalid,
+    /// Its lease expired.
+    Timeout,
+    /// It went offline holding work.
+    Lost,
+    /// Its zero-knowledge proof verified, so its answer was accepted.
+    ProofVerified,
+    /// Its zero-knowledge proof failed verification.
+    ProofRejected,
+}
+
+impl ReputationEventKind {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReputationEventKind::Valid => "valid",
+            ReputationEventKind::Invalid => "invalid",
+            ReputationEventKind::Timeout => "timeout",
+            ReputationEventKind::Lost => "lost",
+            ReputationEventKind::ProofVerified => "proof_verified",
+            ReputationEventKind::ProofRejected => "proof_rejected",
+        }
+    }
+}
+
+/// One entry of a node's reputation history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReputationEventInfo {
+    /// What happened.
+    pub kind: ReputationEventKind,
+    /// The task it happened on.
+    pub task_id: uuid::Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The node's score just after this event.
+    pub score: f64,
+}
+
+/// A node's reputation with its recent history: the body of
+/// `GET /api/v1/nodes/{id}/reputation`, and the retained message on `nodes/{node}/reputation` that
+/// tells the node itself (and so its tray app) how its work is judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReputationReport {
+    /// Protocol version.
+    pub v: u32,
+    /// The node's id.
+    pub node_id: String,
+    /// When the report was made.
+    pub at: DateTime<Utc>,
+    /// Score and counts now.
+    pub reputation: ReputationInfo,
+    /// The most recent events, oldest first.
+    pub history: Vec<ReputationEventInfo>,
 }
 
 /// A node as the coordinator reports it (`GET /api/v1/nodes`).

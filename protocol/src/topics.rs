@@ -8,6 +8,7 @@
 //! | `ambient/v1/nodes/{node}/tasks` | coordinator → agent |
 //! | `ambient/v1/nodes/{node}/results` | agent → coordinator |
 //! | `ambient/v1/nodes/{node}/control` | coordinator → agent |
+//! | `ambient/v1/nodes/{node}/reputation` | coordinator → agent, retained |
 //! | `ambient/v1/submit/{submitter}` | submitter → coordinator |
 //! | `ambient/v1/submitters/{submitter}/tasks/{task}` | coordinator → submitter |
 //! | `ambient/v1/submitters/{submitter}/rejections` | coordinator → submitter |
@@ -43,6 +44,10 @@ pub fn node_results(node: &str) -> String {
 /// `ambient/v1/nodes/{node}/control`
 pub fn node_control(node: &str) -> String {
     format!("{PREFIX}/nodes/{node}/control")
+}
+/// `ambient/v1/nodes/{node}/reputation`: the node's [`crate::ReputationReport`], retained.
+pub fn node_reputation(node: &str) -> String {
+    format!("{PREFIX}/nodes/{node}/reputation")
 }
 /// `ambient/v1/submit/{submitter}`
 pub fn submit(submitter: &str) -> String {
