@@ -8,6 +8,7 @@
 //! | `DELETE /api/v1/tasks/{id}` | key | cancel |
 //! | `PUT /api/v1/blobs` | key | upload an artifact (an ONNX model), get its sha256 |
 //! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
+//! | `GET /api/v1/nodes/{id}/reputation` | key | a node's score, counts and recent history (`?limit=`) |
 //! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
 //! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
 //! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
@@ -18,7 +19,7 @@
 use std::sync::Arc;
 
 use ambient_link::LinkState;
-use ambient_protocol::{ApiError, NodeInfo, TaskInfo, TaskStatus};
+use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskStatus};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/blobs", axum::routing::put(put_blob))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/nodes/{id}/reputation", get(get_node_reputation))
         .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
         .route("/api/v1/proofs/{id}", get(get_proof))
         .route("/api/v1/circuits", get(list_circuits))
@@ -338,6 +340,38 @@ async fn get_node(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeInfo>, Failure> {
+    node_info(&state, id).await.map(Json)
+}
+
+/// `?limit=` of the reputation history (default 100, at most 1000).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+/// Most events one reputation request returns.
+const MAX_HISTORY: u32 = 1000;
+
+async fn get_node_reputation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<ReputationReport>, Failure> {
+    let Query(q) =
+        query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = q
+        .limit
+        .unwrap_or(crate::core::REPORT_HISTORY)
+        .clamp(1, MAX_HISTORY);
+    let node = node_info(&state, id).await?;
+    crate::core::reputation_report(&state.store, node, limit)
+        .await
+        .map(Json)
+        .map_err(Failure::store)
+}
+
+async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {
     let (reply, rx) = oneshot::channel();
     state
         .core
@@ -346,7 +380,6 @@ async fn get_node(
         .map_err(|_| Failure::unavailable())?;
     rx.await
         .map_err(|_| Failure::unavailable())?
-        .map(Json)
         .ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
@@ -530,6 +563,7 @@ mod tests {
             ("/api/v1/blobs", "put"),
             ("/api/v1/nodes", "get"),
             ("/api/v1/nodes/{id}", "get"),
+            ("/api/v1/nodes/{id}/reputation", "get"),
             ("/api/v1/proofs/{id}", "get"),
             ("/api/v1/proofs/verify", "post"),
             ("/api/v1/circuits", "get"),

@@ -6,13 +6,14 @@
 //! what the change asked for (assignments, acks, cancels, submitter notifications), so nothing is
 //! acknowledged that is not on disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, QoS};
 use ambient_protocol::{
-    AgentEvent, Health, NodeInfo, NodeState, Outcome, TaskInfo, TaskType, topics,
+    AgentEvent, Health, NodeInfo, NodeState, Outcome, PROTOCOL_VERSION, ReputationReport, TaskInfo,
+    TaskType, topics,
 };
 use base64::Engine as _;
 use chrono::Utc;
@@ -70,6 +71,28 @@ pub struct Core {
     pub(crate) modules: HashMap<String, Arc<str>>,
     /// Circuits and verifying keys of `zk_proof` tasks.
     pub(crate) zk: Arc<crate::zk::Zk>,
+    /// Nodes whose reputation changed since their last report was published.
+    pub(crate) reputation_changed: BTreeSet<String>,
+}
+
+/// Events in a published reputation report's history.
+pub const REPORT_HISTORY: u32 = 100;
+
+/// A node's reputation report: its standing from the scheduler, its recent events from the store.
+pub async fn reputation_report(
+    store: &Store,
+    node: NodeInfo,
+    limit: u32,
+) -> Result<ReputationReport, StoreError> {
+    Ok(ReputationReport {
+        v: PROTOCOL_VERSION,
+        history: store
+            .reputation_history(node.node_id.clone(), limit)
+            .await?,
+        node_id: node.node_id,
+        at: Utc::now(),
+        reputation: node.reputation,
+    })
 }
 
 impl Core {
@@ -86,6 +109,7 @@ impl Core {
                 _ = tick.tick() => {
                     self.sched.tick(Utc::now());
                     self.flush().await;
+                    self.publish_reputations().await;
                 }
                 _ = shutdown.cancelled() => break,
             }
@@ -122,8 +146,18 @@ impl Core {
             CoreMsg::Health(h) => self.sched.on_health(h, now),
             CoreMsg::Status(node, state) => self.sched.on_status(&node, state, now),
             CoreMsg::Agent(node, ev) => {
-                if matches!(ev, AgentEvent::Finished { .. }) {
+                if let AgentEvent::Finished { result, .. } = &ev {
                     Metrics::inc(&self.metrics.results_received);
+                    if self
+                        .sched
+                        .was_assigned(&result.task_id, &node, result.attempt)
+                        == Some(false)
+                    {
+                        warn!(task_id = %result.task_id, attempt = result.attempt, node = %node,
+                              "Result refused: this task was not assigned to this node.");
+                        Metrics::inc(&self.metrics.results_refused);
+                        return;
+                    }
                 }
                 let Some(ev) = self.check_proof(&node, ev).await else {
                     return; // not acknowledged: the agent re-sends it
@@ -298,9 +332,11 @@ impl Core {
                     *output_sha256 = ambient_protocol::sha256_hex(verified.statement.as_bytes());
                 }
                 self.sched.attach_proof(task_id, proof_id.to_string());
+                self.sched.judge_proof(node, task_id, true, Utc::now());
             }
             Err(reason) => {
                 warn!(task_id = %task_id, node = %node, reason = %reason, "Proof rejected.");
+                self.sched.judge_proof(node, task_id, false, Utc::now());
                 result.outcome = Outcome::Failure {
                     kind: "proof_rejected".into(),
                     message: reason,
@@ -313,6 +349,7 @@ impl Core {
     /// Persists what changed, then publishes what followed from it.
     async fn flush(&mut self) {
         let effects = self.sched.take_effects();
+        let judged: Vec<String> = effects.reputation.iter().map(|e| e.node.clone()).collect();
         for t in &effects.tasks {
             if t.status.is_terminal() {
                 self.metrics.count_terminal(t.status);
@@ -327,6 +364,7 @@ impl Core {
             error!(error = %e, "Could not persist scheduler state; withholding acknowledgements.");
             return;
         }
+        self.reputation_changed.extend(judged);
         self.metrics.set_gauges(
             self.sched.online_nodes() as u64,
             self.sched.active_tasks() as u64,
@@ -369,6 +407,30 @@ impl Core {
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             warn!(error = %e, "MQTT publish queue full; message dropped (leases and re-sends recover).");
+        }
+    }
+
+    /// Publishes, retained, the report of every node judged since the last tick, so the node
+    /// (and its owner's tray app) sees how its work is judged. Batched per tick: a busy node is
+    /// judged many times a second.
+    async fn publish_reputations(&mut self) {
+        let now = Utc::now();
+        for node in std::mem::take(&mut self.reputation_changed) {
+            let Some(info) = self.sched.node_info(&node, now) else {
+                continue;
+            };
+            match reputation_report(&self.store, info, REPORT_HISTORY).await {
+                Ok(report) => {
+                    let topic = topics::node_reputation(&node);
+                    if let Err(e) =
+                        self.mqtt
+                            .try_publish(topic, QoS::AtLeastOnce, true, to_json(&report))
+                    {
+                        warn!(node = %node, error = %e, "Reputation report not published.");
+                    }
+                }
+                Err(e) => warn!(node = %node, error = %e, "Could not read reputation history."),
+            }
         }
     }
 

@@ -152,6 +152,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         tick: Duration::from_millis(cfg.scheduler.tick_ms),
         modules: HashMap::new(),
         zk: zk.clone(),
+        reputation_changed: Default::default(),
     };
     tracker.spawn(core.run(core_rx, shutdown.clone()));
     let intake = mqtt::Intake {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub tasks_cancelled: AtomicU64,
     /// Result messages received (duplicates included).
     pub results_received: AtomicU64,
+    /// Results refused because their task was not assigned to the sender.
+    pub results_refused: AtomicU64,
     /// MQTT messages dropped as malformed or from the wrong sender.
     pub mqtt_rejected: AtomicU64,
     /// Nodes online now.
@@ -92,6 +94,12 @@ impl Metrics {
             "counter",
             "Result messages received, duplicates included.",
             &[("", get(&self.results_received))],
+        );
+        metric(
+            "ambient_results_refused_total",
+            "counter",
+            "Results refused because their task was not assigned to the sender.",
+            &[("", get(&self.results_refused))],
         );
         metric(
             "ambient_mqtt_rejected_total",

@@ -38,6 +38,8 @@ pub struct Event {
     pub task_id: Uuid,
     /// When.
     pub at: DateTime<Utc>,
+    /// The node's score just after it, rounded to 0.1.
+    pub score: f64,
 }
 
 /// The fold of a node's events.

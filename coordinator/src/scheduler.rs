@@ -433,6 +433,16 @@ impl Scheduler {
         })
     }
 
+    /// Whether `(task_id, attempt)` was ever assigned to `node`; `None` when the task is not
+    /// (or no longer) in the scheduler.
+    pub fn was_assigned(&self, task_id: &Uuid, node: &str, attempt: u32) -> Option<bool> {
+        self.tasks.get(task_id).map(|t| {
+            t.assignments
+                .iter()
+                .any(|a| a.attempt == attempt && a.node_id == node)
+        })
+    }
+
     /// Records the verified proof behind a task's result (checked outside the scheduler, which
     /// does no cryptography). Call it before handing the result over, so that the completion and
     /// its notification carry the proof id.
@@ -681,7 +691,12 @@ impl Scheduler {
         let Some(r) = best[0].result.clone() else {
             return;
         };
-        for node in &winners {
+        // A proved answer was judged when its proof verified (`judge_proof`).
+        let proved = self
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| t.task_type == TaskType::ZkProof);
+        for node in winners.iter().filter(|_| !proved) {
             self.judge(node, EventKind::Valid, task_id, now);
         }
         for node in &losers {
@@ -826,16 +841,28 @@ impl Scheduler {
 
     /// Records a judgement of a node's work: appended as an event, folded into its reputation.
     fn judge(&mut self, node: &str, kind: EventKind, task_id: Uuid, now: DateTime<Utc>) {
-        if let Some(slot) = self.nodes.get_mut(node) {
-            slot.record.reputation.apply(kind, now);
-            self.dirty_nodes.insert(node.to_string());
-        }
+        let Some(slot) = self.nodes.get_mut(node) else {
+            return;
+        };
+        slot.record.reputation.apply(kind, now);
+        self.dirty_nodes.insert(node.to_string());
         self.judgements.push(reputation::Event {
             node: node.to_string(),
             kind,
             task_id,
             at: now,
+            score: round1(slot.record.reputation.score(now)),
         });
+    }
+
+    /// Records the coordinator's check of a node's zero-knowledge proof for a task.
+    pub fn judge_proof(&mut self, node: &str, task_id: Uuid, verified: bool, now: DateTime<Utc>) {
+        let kind = if verified {
+            EventKind::ProofVerified
+        } else {
+            EventKind::ProofRejected
+        };
+        self.judge(node, kind, task_id, now);
     }
 
     fn node_offline(&mut self, node: &str, why: &str, now: DateTime<Utc>) {
@@ -1233,6 +1260,10 @@ fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
 fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
     let r = &slot.record;
     let rep = &r.reputation;
@@ -1243,12 +1274,12 @@ fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
     NodeInfo {
         node_id: r.id.clone(),
         state: r.state,
-        health_score: (score * 10.0).round() / 10.0,
+        health_score: round1(score),
         last_seen: Some(r.last_seen),
         health: r.health.clone(),
         active_assignments: slot.active,
         reputation: ReputationInfo {
-            score: (rep.score(now) * 10.0).round() / 10.0,
+            score: round1(rep.score(now)),
             valid: rep.totals[0],
             invalid: rep.totals[1],
             timeouts: rep.totals[2],

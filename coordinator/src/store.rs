@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use ambient_protocol::TaskStatus;
+use ambient_protocol::{ReputationEventInfo, TaskStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS reputation_events (
     node TEXT NOT NULL,
     kind TEXT NOT NULL,
     task_id TEXT NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    score REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reputation_by_node ON reputation_events(node, seq);
 CREATE TABLE IF NOT EXISTS blobs (
@@ -178,14 +179,16 @@ impl Store {
                     put_node.execute(params![n.id, serde_json::to_string(n)?])?;
                 }
                 let mut put_event = tx.prepare_cached(
-                    "INSERT INTO reputation_events (node, kind, task_id, at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO reputation_events (node, kind, task_id, at, score)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for e in &events {
                     put_event.execute(params![
                         e.node,
                         e.kind.as_str(),
                         e.task_id.to_string(),
-                        e.at.to_rfc3339()
+                        e.at.to_rfc3339(),
+                        e.score
                     ])?;
                 }
             }
@@ -305,6 +308,38 @@ impl Store {
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The `limit` most recent reputation events of a node, oldest first.
+    pub async fn reputation_history(
+        &self,
+        node: String,
+        limit: u32,
+    ) -> Result<Vec<ReputationEventInfo>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, task_id, at, score FROM reputation_events
+                 WHERE node = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![node, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (kind, task_id, at, score) = row?;
+                let event = serde_json::json!({"kind": kind, "task_id": task_id, "at": at,
+                                               "score": score});
+                out.push(serde_json::from_value(event)?);
+            }
+            out.reverse();
+            Ok(out)
         })
         .await
     }
