@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use ambient_protocol::{ApiError, NodeInfo, TaskInfo, TaskSubmission};
+use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskSubmission};
 use uuid::Uuid;
 
 /// A failed API call.
@@ -143,6 +143,15 @@ impl Client {
     /// `GET /api/v1/nodes`.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.call(reqwest::Method::GET, "/api/v1/nodes").await
+    }
+
+    /// `GET /api/v1/nodes/{id}/reputation`: score, counts and recent history.
+    pub async fn reputation(&self, node: &str) -> Result<ReputationReport, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/nodes/{node}/reputation"),
+        )
+        .await
     }
 
     /// Polls a task until it is terminal, calling `progress` whenever its status changes.

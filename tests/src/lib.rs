@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //! - [`mosquitto`]: starts and restarts a mosquitto process.
+//! - [`adversary`]: lying nodes built on the protocol crate.
 //! - [`Cluster`]: the network under test.
 
+pub mod adversary;
 pub mod mosquitto;
 
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ pub struct Cluster {
     pub conn: Connection,
     /// Node ids and their broker passwords, `node-1`…
     pub nodes: Vec<(String, String)>,
+    /// Accounts with no agent, after the nodes.
+    pub spare_nodes: Vec<(String, String)>,
     /// Agents, by index into `nodes`; `None` when stopped.
     pub agents: Vec<Option<ambient_agent::Agent>>,
     /// Tasks each agent runs at once at most.
@@ -43,8 +47,12 @@ pub struct Cluster {
     coordinator_cfg: ambient_coordinator::Config,
 }
 
-/// Users every cluster has: the coordinator, the submitter `local`, and spare nodes that have
-/// credentials but no running agent (for impersonation tests).
+/// Spare node accounts of every cluster: credentials with no agent, for impersonation and
+/// adversary tests.
+pub const SPARE_NODES: u32 = 2;
+
+/// Users every cluster has: the coordinator, the submitter `local`, `n` nodes and
+/// [`SPARE_NODES`] more.
 fn users(n: u32) -> Vec<(String, String)> {
     let mut u = vec![
         (
@@ -53,7 +61,7 @@ fn users(n: u32) -> Vec<(String, String)> {
         ),
         ("local".to_string(), "submitter-password".to_string()),
     ];
-    for i in 1..=n + 1 {
+    for i in 1..=n + SPARE_NODES {
         u.push((format!("node-{i}"), format!("node-{i}-password")));
     }
     u
@@ -121,6 +129,7 @@ impl Cluster {
         cfg.scheduler.tick_ms = 100;
         cfg.scheduler.lease_grace_sec = 5;
         let nodes: Vec<(String, String)> = users[2..2 + agents as usize].to_vec();
+        let spare_nodes: Vec<(String, String)> = users[2 + agents as usize..].to_vec();
         let mut c = Cluster {
             dir,
             mqtt,
@@ -136,6 +145,7 @@ impl Cluster {
             },
             agents: (0..agents).map(|_| None).collect(),
             nodes,
+            spare_nodes,
             slots,
             coordinator: None,
             coordinator_cfg: cfg,

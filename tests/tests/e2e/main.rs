@@ -1,5 +1,6 @@
 //! End-to-end tests: real brokers, coordinator and agents, driven as a submitter would.
 
+mod adversary;
 mod bad_input;
 mod compute;
 mod faults;

@@ -1,0 +1,196 @@
+//! Malicious nodes for the adversary tests: MQTT clients built on the protocol crate that look
+//! like agents (status, attractive health, results) but answer every task with the same wrong
+//! output, as colluding cheaters would. Test code only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambient_link::{AsyncClient, Incoming, LinkOptions, QoS};
+use ambient_protocol::{
+    AgentEvent, Assignment, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
+    ReputationReport, TaskResult, TaskType, topics,
+};
+use chrono::Utc;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// The answer every liar gives: the same wrong output, so liars agree with each other.
+pub fn lie() -> Value {
+    serde_json::json!({ "sum": 4_242_424_242u64 })
+}
+
+/// A lying node.
+pub struct Liar {
+    /// Its node id.
+    pub node: String,
+    /// Assignments it answered.
+    pub answered: Arc<AtomicU64>,
+    /// The latest reputation report the coordinator published to it.
+    pub reputation: Arc<Mutex<Option<ReputationReport>>>,
+    accepting: Arc<AtomicBool>,
+    client: AsyncClient,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Liar {
+    /// Connects as `node` and starts taking (and lying about) work.
+    pub async fn start(mqtt: SocketAddr, node: &str, password: &str) -> anyhow::Result<Liar> {
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let mut link = ambient_link::start(
+            LinkOptions {
+                host: mqtt.ip().to_string(),
+                port: mqtt.port(),
+                client_id: node.to_string(),
+                credentials: Some((node.to_string(), password.to_string())),
+                clean_session: true,
+                keep_alive: Duration::from_secs(5),
+                last_will: None,
+                subscriptions: vec![
+                    topics::node_tasks(node),
+                    topics::node_control(node),
+                    topics::node_reputation(node),
+                ],
+            },
+            shutdown.clone(),
+            &tracker,
+        );
+        let liar = Liar {
+            node: node.to_string(),
+            answered: Arc::default(),
+            reputation: Arc::default(),
+            accepting: Arc::new(AtomicBool::new(true)),
+            client: link.client.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        let (client, id) = (link.client.clone(), node.to_string());
+        let (answered, reputation) = (liar.answered.clone(), liar.reputation.clone());
+        let accepting = liar.accepting.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {
+                        let on = accepting.load(Ordering::Relaxed);
+                        let _ = publish(&client, topics::node_health(&id), health(&id, on)).await;
+                    }
+                    msg = link.incoming.recv() => match msg {
+                        None => return,
+                        Some(Incoming::Connected { .. }) => {
+                            let status = NodeStatus {
+                                v: PROTOCOL_VERSION,
+                                node_id: id.clone(),
+                                state: NodeState::Online,
+                                agent_version: "liar".into(),
+                            };
+                            let _ = client
+                                .publish(topics::node_status(&id), QoS::AtLeastOnce, true,
+                                         serde_json::to_vec(&status).unwrap_or_default())
+                                .await;
+                        }
+                        Some(Incoming::Publish { topic, payload }) => {
+                            if topic == topics::node_reputation(&id) {
+                                if let Ok(r) = serde_json::from_slice(&payload) {
+                                    *reputation.lock().unwrap() = Some(r);
+                                }
+                            } else if let Ok(a) = serde_json::from_slice::<Assignment>(&payload) {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                let _ = answer(&client, &id, a.task_id, a.attempt, lie()).await;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        link.state
+            .wait_for(|s| *s == ambient_link::LinkState::Connected)
+            .await?;
+        Ok(liar)
+    }
+
+    /// Stops or resumes taking work (announced in its health).
+    pub async fn set_accepting(&self, on: bool) -> anyhow::Result<()> {
+        self.accepting.store(on, Ordering::Relaxed);
+        publish(
+            &self.client,
+            topics::node_health(&self.node),
+            health(&self.node, on),
+        )
+        .await
+    }
+
+    /// Publishes a result for a task it may never have been given.
+    pub async fn forge(&self, task_id: Uuid, attempt: u32, output: Value) -> anyhow::Result<()> {
+        answer(&self.client, &self.node, task_id, attempt, output).await
+    }
+
+    /// Disconnects.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn publish<T: serde::Serialize>(
+    client: &AsyncClient,
+    topic: String,
+    msg: T,
+) -> anyhow::Result<()> {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&msg)?)
+        .await?;
+    Ok(())
+}
+
+async fn answer(
+    client: &AsyncClient,
+    node: &str,
+    task_id: Uuid,
+    attempt: u32,
+    output: Value,
+) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(&output)?;
+    let ev = AgentEvent::Finished {
+        v: PROTOCOL_VERSION,
+        result: TaskResult {
+            task_id,
+            attempt,
+            outcome: Outcome::Success {
+                output_sha256: ambient_protocol::sha256_hex(&bytes),
+                output,
+            },
+            duration_ms: 1,
+            fuel_consumed: None,
+        },
+    };
+    publish(client, topics::node_results(node), ev).await
+}
+
+/// Health that makes a node look idle and roomy, so the scheduler likes it.
+fn health(node: &str, accepting: bool) -> Health {
+    Health {
+        v: PROTOCOL_VERSION,
+        node_id: node.to_string(),
+        at: Utc::now(),
+        cpu_usage_pct: 1.0,
+        cpu_count: 64,
+        load_avg: [0.0; 3],
+        mem_total_bytes: 256 << 30,
+        mem_available_bytes: 250 << 30,
+        temperatures: vec![],
+        gpus: vec![],
+        supported_task_types: vec![TaskType::WasmExecution, TaskType::Computation],
+        max_concurrent_tasks: 2,
+        running_tasks: 0,
+        accepting,
+        paused_reason: (!accepting).then(|| "paused".to_string()),
+        wasm_memory_limit_bytes: 64 << 20,
+    }
+}
