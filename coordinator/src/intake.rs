@@ -57,10 +57,11 @@ pub enum SubmitError {
     },
     /// `require_proof` was set, but no circuit covers this computation.
     #[error(
-        "require_proof is not supported for {0}: no zero-knowledge circuit covers it; submit a \
-         zk_proof task, whose results always come with a verified Groth16 proof"
+        "require_proof is not supported for {0}: no zero-knowledge circuit covers it. Proofs are \
+         supported for task type zk_proof, whose results always come with a verified Groth16 \
+         proof, with the circuits {1}"
     )]
-    ProofUnsupported(TaskType),
+    ProofUnsupported(TaskType, String),
     /// A `wasm_execution` task without a module.
     #[error("wasm_execution needs a wasm_module (base64)")]
     MissingModule,
@@ -108,7 +109,7 @@ impl SubmitError {
             SubmitError::BodyTooLarge { .. } => "payload_too_large",
             SubmitError::UnknownTaskType { .. } => "unknown_task_type",
             SubmitError::UnsupportedTaskType { .. } => "unsupported_task_type",
-            SubmitError::ProofUnsupported(_) => "proof_unsupported",
+            SubmitError::ProofUnsupported(..) => "proof_unsupported",
             SubmitError::MissingModule => "missing_module",
             SubmitError::InvalidBase64(_) => "invalid_base64",
             SubmitError::ModuleTooLarge { .. } => "module_too_large",
@@ -129,7 +130,7 @@ impl SubmitError {
             SubmitError::IdTaken(_) => 409,
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
-            SubmitError::UnsupportedTaskType { .. } | SubmitError::ProofUnsupported(_) => 422,
+            SubmitError::UnsupportedTaskType { .. } | SubmitError::ProofUnsupported(..) => 422,
             _ => 400,
         }
     }
@@ -208,7 +209,10 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
         )));
     }
     if r.require_proof && submission.task_type != TaskType::ZkProof {
-        return Err(SubmitError::ProofUnsupported(submission.task_type));
+        return Err(SubmitError::ProofUnsupported(
+            submission.task_type,
+            crate::zk::supported_list(),
+        ));
     }
     let mut accepted = Accepted {
         artifact: None,

@@ -23,7 +23,7 @@ pub use ambient_zk::{parse_field, parse_task_inputs as parse_inputs};
 /// Circuit instances `(circuit, size)` that `zk_proof` tasks may ask for. The proving key of
 /// each travels inside the MQTT assignment, so sizes stay well under the 16 MiB packet limit
 /// (4 893 360 bytes, about 6.2 MiB of base64, for `hash_chain` at n = 64).
-pub const SUPPORTED: &[(CircuitId, usize)] = &[(CircuitId::HashChain, 64)];
+pub const SUPPORTED: &[(CircuitId, usize)] = &[(CircuitId::HashChain, 64), (CircuitId::Dot, 16)];
 
 /// The supported instances as text, e.g. `hash_chain (n = 64)`.
 pub fn supported_list() -> String {

@@ -155,6 +155,68 @@ async fn hash_chain_is_proved_verified_and_checkable() {
     tampered[2] = (Fr::from_str(&tampered[2]).unwrap() + Fr::from(1u64)).to_string();
     assert_eq!(verify(json!(tampered)).await, false);
 
+    // The node that proved it earned a `proof_verified` event.
+    let prover = &info.assigned_nodes[0];
+    let report = client.reputation(prover).await.unwrap();
+    assert_eq!(report.reputation.proofs_verified, 1, "{report:?}");
+    assert_eq!(
+        report.history.last().map(|e| (e.kind, e.task_id)),
+        Some((
+            ambient_protocol::ReputationEventKind::ProofVerified,
+            info.task_id
+        ))
+    );
+
+    // `require_proof` on a kind no circuit covers is refused, naming what does support proofs.
+    let mut wasm = sum_task(&[1, 2]).0;
+    wasm.requirements.require_proof = true;
+    match client.submit(&wasm).await.unwrap_err() {
+        ClientError::Api { status, body } => {
+            assert_eq!((status, body.error.as_str()), (422, "proof_unsupported"));
+            for named in [
+                "zk_proof",
+                "hash_chain (n = 64)",
+                "dot (vectors of length 16)",
+            ] {
+                assert!(body.message.contains(named), "{}", body.message);
+            }
+        }
+        other => panic!("{other}"),
+    }
+
+    // A `require_proof` task on the second circuit: a dot product of two committed vectors.
+    let a: Vec<i64> = (1..=16).map(|i| i * 1_000 - 7_500).collect();
+    let b: Vec<i64> = (1..=16).map(|i| 3 - i * i).collect();
+    let mut dot = zk_task(json!({"circuit": "dot", "a": a, "b": b}));
+    dot.requirements.require_proof = true;
+    let info = submit_and_wait(&client, &dot).await;
+    assert_eq!(info.status, TaskStatus::Completed, "{info:?}");
+    let sum: i64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert_eq!(
+        info.result.as_ref().unwrap()["output"]["sum"],
+        sum.to_string()
+    );
+    let doc: Value = get(&format!("/api/v1/proofs/{}", info.proof_id.unwrap()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["circuit"], "dot");
+    let body = json!({"circuit": "dot", "n": 16, "public_inputs": doc["public_inputs"],
+                      "proof": doc["proof"]});
+    let checked: Value = http
+        .post(format!("{}/api/v1/proofs/verify", c.conn.api_url))
+        .bearer_auth(&c.conn.api_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(checked["valid"], true);
+
     // Proofs need a key, like everything else.
     let anon = http
         .get(format!("{}/api/v1/proofs/{proof_id}", c.conn.api_url))
