@@ -1,6 +1,7 @@
 //! Agent configuration: a strict, documented TOML file ([`EXAMPLE`]), with `AMBIENT_*` environment
 //! overrides, validated before start.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,56 @@ pub struct Config {
     /// Execution limits.
     #[serde(default)]
     pub execution: ExecutionConfig,
+    /// How the contribution policy reads the machine. The owner's choices themselves (idle-only,
+    /// exclusive apps, ...) are settings, changed through the control API and kept in
+    /// `<data_dir>/settings.json`.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// The local control API (for the tray app and scripts; see `docs/control-api.md`).
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// How the contribution policy reads the machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Milliseconds between policy evaluations (100–5000). The agent stops taking and running
+    /// work within about this long of a rule saying stop.
+    pub evaluate_ms: u64,
+    /// X display to read keyboard and mouse idleness from, e.g. `":0"`. Unset: `$DISPLAY`, and
+    /// without one, logind's idle hint.
+    pub x11_display: Option<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            evaluate_ms: 250,
+            x11_display: None,
+        }
+    }
+}
+
+/// The local control API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Loopback address to listen on; port 0 picks a free one. If the port is taken the agent
+    /// logs a warning and takes a free one: clients find the real address in
+    /// `<data_dir>/control.json`.
+    pub listen: SocketAddr,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+        }
+    }
 }
 
 /// Broker connection.
@@ -120,7 +171,7 @@ impl Config {
     }
 
     /// `AMBIENT_NODE_ID`, `AMBIENT_DATA_DIR`, `AMBIENT_MQTT_HOST`, `AMBIENT_MQTT_PORT`,
-    /// `AMBIENT_MQTT_PASSWORD` override the file.
+    /// `AMBIENT_MQTT_PASSWORD` and `AMBIENT_CONTROL_LISTEN` override the file.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = var("AMBIENT_NODE_ID") {
             self.node_id = v;
@@ -138,6 +189,11 @@ impl Config {
         }
         if let Some(v) = var("AMBIENT_MQTT_PASSWORD") {
             self.mqtt.password = Some(v);
+        }
+        if let Some(v) = var("AMBIENT_CONTROL_LISTEN") {
+            self.control.listen = v
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("AMBIENT_CONTROL_LISTEN={v:?}")))?;
         }
         Ok(())
     }
@@ -157,6 +213,16 @@ impl Config {
         let e = &self.execution;
         if e.max_concurrent_tasks == 0 || e.max_memory_mib == 0 || e.max_output_kib == 0 {
             return bad("execution limits must be positive");
+        }
+        if !(100..=5000).contains(&self.policy.evaluate_ms) {
+            return bad("policy.evaluate_ms must be 100-5000");
+        }
+        if !self.control.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "control.listen = {} is not a loopback address: the control API is local only \
+                 (use 127.0.0.1 or [::1])",
+                self.control.listen
+            )));
         }
         Ok(())
     }
@@ -178,5 +244,35 @@ mod tests {
         let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
         cfg.node_id = "a/b".into();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn control_api_listens_on_loopback_only() {
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.control.listen.to_string(), "127.0.0.1:7171");
+        assert!(cfg.control.enabled);
+        for ok in ["127.0.0.1:0", "[::1]:7171", "127.0.0.2:80"] {
+            cfg.control.listen = ok.parse().unwrap();
+            cfg.validate().unwrap();
+        }
+        for bad in ["0.0.0.0:7171", "192.168.1.2:7171", "[::]:7171"] {
+            cfg.control.listen = bad.parse().unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("not a loopback address"), "{e}");
+        }
+        let env = |k: &str| (k == "AMBIENT_CONTROL_LISTEN").then(|| "10.0.0.1:1".to_string());
+        cfg.apply_env(env).unwrap();
+        assert!(cfg.validate().is_err());
+        // Sections may be left out entirely.
+        let lean = EXAMPLE
+            .split("\n[control]")
+            .next()
+            .unwrap()
+            .split("\n[policy]")
+            .next()
+            .unwrap();
+        let cfg: Config = toml::from_str(lean).unwrap();
+        assert_eq!(cfg.control.listen.port(), 7171);
+        assert_eq!(cfg.policy.evaluate_ms, 250);
     }
 }

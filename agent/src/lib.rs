@@ -10,6 +10,16 @@
 //! - [`telemetry`]: sysinfo + NVML sampling.
 //! - [`journal`]: the SQLite journal that makes results survive crashes.
 //! - [`exec`]: executors (`exec::wasm`: wasmi with WASI preview1 stdio).
+//! - [`policy`]: the owner's contribution policy (settings, rules, probes) and its decision.
+//! - [`control`]: the local control API (loopback HTTP with a bearer token) for the tray app.
+//!
+//! # Contribution policy
+//! A loop re-evaluates the policy every `policy.evaluate_ms` (probes run on a blocking thread).
+//! When it says stop, the agent publishes a health report with `accepting: false` at once, then
+//! cancels its running tasks and sends `Declined` for each (the coordinator reschedules them
+//! elsewhere at once), and declines new assignments. When it allows work again, it publishes
+//! `accepting: true` at once. Settings changed through the control API take effect before the
+//! call returns.
 //!
 //! # Features
 //! | Feature | Default | |
@@ -21,28 +31,33 @@
 //! | `gpu-metal` | no | `inference` on Apple GPUs with tract-metal (macOS only), CPU fallback |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
 //! | `keyring` | yes | OS keyring for the broker password |
+//! | `x11` | yes | keyboard/mouse idleness from the X server (Linux), for the idle-only rule |
 //!
 //! A lean build for a small device: `cargo build --release -p ambient-agent --no-default-features
 //! --features wasm`.
 
 pub mod config;
+pub mod control;
 pub mod creds;
 pub mod exec;
 pub mod journal;
+pub mod policy;
 pub mod telemetry;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambient_link::{AsyncClient, Incoming, QoS};
+use ambient_link::{AsyncClient, Incoming, LinkState, QoS};
 use ambient_protocol::{
     AgentEvent, Assignment, Control, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
-    TaskResult, TaskType, topics,
+    ReputationReport, TaskResult, TaskType, topics,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use policy::{Clock as _, Decision, Observations, Rules, Settings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -66,6 +81,17 @@ pub enum StartError {
     /// The data dir could not be created.
     #[error("cannot create data dir: {0}")]
     Io(#[from] std::io::Error),
+    /// `settings.json` is unreadable or invalid.
+    #[error("{path}: {why}")]
+    Settings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The control API could not start.
+    #[error("control API: {0}")]
+    Control(std::io::Error),
 }
 
 /// Task kinds this build executes.
@@ -88,12 +114,18 @@ pub struct Agent {
     worker: Arc<Worker>,
     tracker: TaskTracker,
     token: CancellationToken,
+    control_addr: Option<std::net::SocketAddr>,
 }
 
 impl Agent {
     /// The node id.
     pub fn node_id(&self) -> &str {
         &self.worker.cfg.node_id
+    }
+
+    /// Where the control API listens, when it is enabled.
+    pub fn control_addr(&self) -> Option<std::net::SocketAddr> {
+        self.control_addr
     }
 
     /// Stops cleanly: cancels running tasks, announces `offline`, disconnects, and waits.
@@ -139,10 +171,66 @@ struct Worker {
     onnx: exec::onnx::OnnxEngine,
     #[cfg(feature = "zk")]
     zk: exec::zk::ZkProver,
-    running: Mutex<HashMap<(Uuid, u32), Arc<AtomicBool>>>,
+    running: Mutex<HashMap<(Uuid, u32), Arc<RunningTask>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
+    /// The latest telemetry sample, for the control API and policy-triggered health reports.
+    last_sample: Mutex<Option<telemetry::Sample>>,
     tracker: TaskTracker,
     token: CancellationToken,
+    link_state: tokio::sync::watch::Receiver<LinkState>,
+    /// The latest reputation report the coordinator published to this node.
+    reputation: Mutex<Option<ReputationReport>>,
+    policy: Mutex<PolicyState>,
+    probes: Arc<Mutex<policy::probe::SystemProbes>>,
+    /// Serialises decisions, so health reports and declines follow them in order.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// Serialises settings changes (persist, then apply).
+    settings_lock: tokio::sync::Mutex<()>,
+    /// The CPU duty cycle wasm runs under, live.
+    duty_pct: AtomicU32,
+}
+
+/// An assignment being executed.
+struct RunningTask {
+    cancel: AtomicBool,
+    /// Handed back to the coordinator with `Declined`: its result is not reported.
+    declined: AtomicBool,
+    task_type: TaskType,
+    started_at: DateTime<Utc>,
+}
+
+/// The policy as it stands.
+struct PolicyState {
+    rules: Rules,
+    obs: Observations,
+    decision: Decision,
+}
+
+/// `<data_dir>/settings.json`.
+pub fn settings_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("settings.json")
+}
+
+/// Reads the owner's settings; defaults when the file does not exist yet.
+fn load_settings(path: &std::path::Path) -> Result<Rules, StartError> {
+    let bad = |why: String| StartError::Settings {
+        path: path.to_owned(),
+        why,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Rules::default()),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let settings: Settings = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    settings.compile().map_err(|e| bad(e.to_string()))
+}
+
+/// Writes the settings atomically (a temporary file renamed over the old one).
+fn save_settings(path: &std::path::Path, s: &Settings) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s).unwrap_or_default())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Starts the agent; it runs until `shutdown` is cancelled (or [`Agent::shutdown`]).
@@ -166,6 +254,31 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         _ => info!(node = %cfg.node_id, source = %source, "Broker password loaded."),
     }
     let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+    let rules = load_settings(&settings_path(&cfg.data_dir))?;
+    // Decide before connecting, so the first health report already tells the truth.
+    let probes = Arc::new(Mutex::new(policy::probe::SystemProbes::new(
+        cfg.policy.x11_display.clone(),
+    )));
+    let (decision, obs) = {
+        let (rules, probes) = (rules.clone(), probes.clone());
+        tokio::task::spawn_blocking(move || {
+            policy::evaluate(&rules, &mut *lock(&probes), &policy::LocalClock)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    };
+    if !decision.contributing {
+        info!(node = %cfg.node_id, reasons = ?decision.reasons, "Starting paused.");
+    }
+    let control = if cfg.control.enabled {
+        Some(
+            control::Control::bind(&cfg.control, &cfg.data_dir)
+                .await
+                .map_err(StartError::Control)?,
+        )
+    } else {
+        None
+    };
 
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
@@ -186,7 +299,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
             clean_session: false,
             keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_sec),
             last_will: Some((topics::node_status(&node), offline)),
-            subscriptions: vec![topics::node_tasks(&node), topics::node_control(&node)],
+            subscriptions: vec![
+                topics::node_tasks(&node),
+                topics::node_control(&node),
+                topics::node_reputation(&node),
+            ],
         },
         token.clone(),
         &tracker,
@@ -207,13 +324,28 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         )),
+        last_sample: Mutex::new(None),
         tracker: tracker.clone(),
         token: token.clone(),
+        link_state: link.state.clone(),
+        reputation: Mutex::new(None),
+        duty_pct: AtomicU32::new(rules.settings().cpu_duty_pct),
+        policy: Mutex::new(PolicyState {
+            rules,
+            obs,
+            decision,
+        }),
+        probes,
+        apply_lock: tokio::sync::Mutex::new(()),
+        settings_lock: tokio::sync::Mutex::new(()),
     });
 
-    // Resume what a crash interrupted, if its lease still stands.
+    // Resume what a crash interrupted, if its lease still stands and the policy allows.
+    let contributing = worker.lock_policy().decision.contributing;
     for a in worker.journal.interrupted().await? {
-        if a.lease_deadline > Utc::now() {
+        if a.lease_deadline > Utc::now() && !contributing {
+            worker.decline(&a, worker.paused_reason()).await;
+        } else if a.lease_deadline > Utc::now() {
             info!(task_id = %a.task_id, attempt = a.attempt, "Resuming an interrupted task.");
             worker.clone().spawn_execution(a);
         } else {
@@ -227,12 +359,22 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
     tracker.spawn(worker.clone().dispatch(link.incoming));
     tracker.spawn(worker.clone().health_loop());
     tracker.spawn(worker.clone().resend_loop());
+    tracker.spawn(worker.clone().policy_loop());
+    let control_addr = match control {
+        Some(c) => {
+            let addr = c.addr();
+            tracker.spawn(c.serve(worker.clone(), token.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
     info!(node = %worker.cfg.node_id, broker = %format!("{}:{}", worker.cfg.mqtt.host, worker.cfg.mqtt.port),
           kinds = ?supported_task_types(), "Agent started.");
     Ok(Agent {
         worker,
         tracker,
         token,
+        control_addr,
     })
 }
 
@@ -257,15 +399,136 @@ impl Worker {
     }
 
     fn cancel_all(&self) {
-        for flag in self.lock_running().values() {
-            flag.store(true, Ordering::Relaxed);
+        for t in self.lock_running().values() {
+            t.cancel.store(true, Ordering::Relaxed);
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), Arc<AtomicBool>>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), Arc<RunningTask>>> {
+        lock(&self.running)
+    }
+
+    fn lock_policy(&self) -> std::sync::MutexGuard<'_, PolicyState> {
+        lock(&self.policy)
+    }
+
+    /// The `Declined` reason while paused.
+    fn paused_reason(&self) -> String {
+        format!(
+            "paused by the owner: {}",
+            self.lock_policy().decision.reasons.join("; ")
+        )
+    }
+
+    /// Tasks this agent takes at once now (the configured maximum, capped by the CPU setting).
+    fn slots(&self) -> u32 {
+        self.lock_policy()
+            .rules
+            .slots(self.cfg.execution.max_concurrent_tasks)
+    }
+
+    /// Hands an assignment back: journaled as cancelled, and `Declined` so the coordinator
+    /// reschedules it at once.
+    async fn decline(&self, a: &Assignment, reason: String) {
+        self.decline_key(a.task_id, a.attempt, reason).await;
+    }
+
+    async fn decline_key(&self, task_id: Uuid, attempt: u32, reason: String) {
+        let _ = self
+            .journal
+            .set_state(task_id, attempt, JobState::Cancelled)
+            .await;
+        let ev = AgentEvent::Declined {
+            v: PROTOCOL_VERSION,
+            task_id,
+            attempt,
+            reason,
+        };
+        self.publish_event(&ev).await;
+    }
+
+    /// Re-reads the machine (on a blocking thread) and applies the decision.
+    async fn reevaluate(&self) -> Decision {
+        let rules = self.lock_policy().rules.clone();
+        let probes = self.probes.clone();
+        let obs = tokio::task::spawn_blocking(move || policy::observe(&rules, &mut *lock(&probes)))
+            .await
+            .unwrap_or_default();
+        self.apply(Some(obs)).await
+    }
+
+    /// Decides with the current rules and `obs` (or the last observations). When contribution
+    /// stops: a health report at once, then every running task is cancelled and declined.
+    async fn apply(&self, obs: Option<Observations>) -> Decision {
+        let _serial = self.apply_lock.lock().await;
+        let (decision, flipped) = {
+            let mut p = self.lock_policy();
+            if let Some(obs) = obs {
+                p.obs = obs;
+            }
+            let d = policy::decide(&p.rules, &p.obs, policy::LocalClock.now());
+            let flipped = d.contributing != p.decision.contributing;
+            p.decision = d.clone();
+            (d, flipped)
+        };
+        if flipped {
+            if decision.contributing {
+                info!(node = %self.cfg.node_id, "Contribution resumed.");
+            } else {
+                info!(node = %self.cfg.node_id, reasons = ?decision.reasons, "Contribution paused.");
+            }
+            self.publish_health(false).await;
+        }
+        if !decision.contributing {
+            let reason = self.paused_reason();
+            let handed_back: Vec<(Uuid, u32)> = self
+                .lock_running()
+                .iter()
+                .filter(|(_, t)| !t.declined.swap(true, Ordering::Relaxed))
+                .map(|(k, t)| {
+                    t.cancel.store(true, Ordering::Relaxed);
+                    *k
+                })
+                .collect();
+            for (task_id, attempt) in handed_back {
+                info!(task_id = %task_id, attempt, "Task handed back: contribution paused.");
+                self.decline_key(task_id, attempt, reason.clone()).await;
+            }
+        }
+        decision
+    }
+
+    async fn policy_loop(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(self.cfg.policy.evaluate_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => { self.reevaluate().await; }
+                _ = self.token.cancelled() => return,
+            }
+        }
+    }
+
+    /// Replaces the owner's settings: checked, written to `settings.json`, then applied. Returns
+    /// once the resulting decision has taken effect (health published, tasks handed back).
+    async fn set_settings(&self, s: Settings) -> Result<Decision, control::SetError> {
+        let rules = s.compile().map_err(control::SetError::Invalid)?;
+        let _serial = self.settings_lock.lock().await;
+        let path = settings_path(&self.cfg.data_dir);
+        let to_save = s.clone();
+        tokio::task::spawn_blocking(move || save_settings(&path, &to_save))
+            .await
+            .map_err(|e| control::SetError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(control::SetError::Io)?;
+        self.duty_pct.store(s.cpu_duty_pct, Ordering::Relaxed);
+        self.lock_policy().rules = rules;
+        info!(node = %self.cfg.node_id, settings = ?s, "Settings changed.");
+        Ok(if s.enabled {
+            self.reevaluate().await
+        } else {
+            // Off needs no probe: stop now.
+            self.apply(None).await
+        })
     }
 
     async fn publish_event(&self, ev: &AgentEvent) {
@@ -284,6 +547,7 @@ impl Worker {
     async fn dispatch(self: Arc<Self>, mut incoming: tokio::sync::mpsc::Receiver<Incoming>) {
         let tasks_topic = topics::node_tasks(&self.cfg.node_id);
         let control_topic = topics::node_control(&self.cfg.node_id);
+        let reputation_topic = topics::node_reputation(&self.cfg.node_id);
         while let Some(msg) = incoming.recv().await {
             match msg {
                 Incoming::Connected { .. } => {
@@ -293,7 +557,7 @@ impl Worker {
                         .client
                         .try_publish(topic, QoS::AtLeastOnce, true, online);
                     self.resend_pending().await;
-                    self.publish_health().await;
+                    self.publish_health(false).await;
                 }
                 Incoming::Publish { topic, payload } if topic == tasks_topic => {
                     match serde_json::from_slice::<Assignment>(&payload) {
@@ -303,6 +567,13 @@ impl Worker {
                             "Ignored an assignment of another protocol version."
                         ),
                         Err(e) => warn!(error = %e, "Ignored a malformed assignment."),
+                    }
+                }
+                Incoming::Publish { topic, payload } if topic == reputation_topic => {
+                    match serde_json::from_slice::<ReputationReport>(&payload) {
+                        Ok(r) if r.node_id == self.cfg.node_id => *lock(&self.reputation) = Some(r),
+                        Ok(_) => warn!("Ignored a reputation report for another node."),
+                        Err(e) => warn!(error = %e, "Ignored a malformed reputation report."),
                     }
                 }
                 Incoming::Publish { topic, payload } if topic == control_topic => {
@@ -334,34 +605,32 @@ impl Worker {
             Ok(Some(_)) => return, // a redelivery of something already in hand
             Ok(None) => {}
         }
+        let contributing = self.lock_policy().decision.contributing;
         let decline = if !supported_task_types().contains(&a.task_type) {
             Some(format!("this agent cannot run {}", a.task_type))
-        } else if self.lock_running().len() >= self.cfg.execution.max_concurrent_tasks as usize {
+        } else if !contributing {
+            Some(self.paused_reason())
+        } else if self.lock_running().len() >= self.slots() as usize {
             Some("all execution slots are busy".to_string())
         } else {
             None
         };
         if let Some(reason) = decline {
-            let _ = self
-                .journal
-                .set_state(a.task_id, a.attempt, JobState::Cancelled)
-                .await;
-            let ev = AgentEvent::Declined {
-                v: PROTOCOL_VERSION,
-                task_id: a.task_id,
-                attempt: a.attempt,
-                reason,
-            };
-            self.publish_event(&ev).await;
+            self.decline(&a, reason).await;
             return;
         }
         self.spawn_execution(a);
     }
 
     fn spawn_execution(self: Arc<Self>, a: Assignment) {
-        let cancel = Arc::new(AtomicBool::new(false));
+        let task = Arc::new(RunningTask {
+            cancel: AtomicBool::new(false),
+            declined: AtomicBool::new(false),
+            task_type: a.task_type,
+            started_at: Utc::now(),
+        });
         self.lock_running()
-            .insert((a.task_id, a.attempt), cancel.clone());
+            .insert((a.task_id, a.attempt), task.clone());
         let tracker = self.tracker.clone();
         tracker.spawn(async move {
             let key = (a.task_id, a.attempt);
@@ -369,6 +638,15 @@ impl Worker {
                 .journal
                 .set_state(a.task_id, a.attempt, JobState::Running)
                 .await;
+            if task.declined.load(Ordering::Relaxed) {
+                // Handed back before it started.
+                self.lock_running().remove(&key);
+                let _ = self
+                    .journal
+                    .set_state(key.0, key.1, JobState::Cancelled)
+                    .await;
+                return;
+            }
             let started = AgentEvent::Started {
                 v: PROTOCOL_VERSION,
                 task_id: a.task_id,
@@ -376,8 +654,8 @@ impl Worker {
             };
             self.publish_event(&started).await;
             info!(task_id = %a.task_id, attempt = a.attempt, "Task started.");
-            let worker = self.clone();
-            let run = tokio::task::spawn_blocking(move || worker.execute(&a, &cancel));
+            let (worker, running) = (self.clone(), task.clone());
+            let run = tokio::task::spawn_blocking(move || worker.execute(&a, &running.cancel));
             let result = match run.await {
                 Ok(r) => r,
                 Err(e) => {
@@ -395,6 +673,14 @@ impl Worker {
             self.lock_running().remove(&key);
             if self.token.is_cancelled() {
                 return; // killed: the journal keeps the task as running, to resume or expire
+            }
+            if task.declined.load(Ordering::Relaxed) {
+                // Handed back (paused by the owner): another node has it now.
+                let _ = self
+                    .journal
+                    .set_state(key.0, key.1, JobState::Cancelled)
+                    .await;
+                return;
             }
             if let Err(e) = self.journal.finish(&result).await {
                 error!(task_id = %result.task_id, error = %e, "Cannot journal a result.");
@@ -458,7 +744,10 @@ impl Worker {
             max_output_bytes: (exec.max_output_kib << 10) as usize,
             wall_clock: Duration::from_secs(a.max_execution_time_sec),
         };
-        match self.sandbox.run(&module, &stdin, &limits, cancel) {
+        match self
+            .sandbox
+            .run_paced(&module, &stdin, &limits, cancel, &self.duty_pct)
+        {
             Ok(out) => {
                 let output = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
                     serde_json::Value::String(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -487,7 +776,8 @@ impl Worker {
                 Err(e) => return failure("invalid_input", format!("inference inputs: {e}")),
             };
         let sha = a.artifact_sha256.clone().unwrap_or_default();
-        match self.onnx.run(&model, &sha, &inputs.tensors) {
+        let allow_gpu = self.lock_policy().rules.settings().gpu_enabled;
+        match self.onnx.run_on(&model, &sha, &inputs.tensors, allow_gpu) {
             Ok(out) => {
                 let bytes = serde_json::to_vec(&out.outputs).unwrap_or_default();
                 Outcome::Success {
@@ -529,8 +819,8 @@ impl Worker {
                 reason,
                 ..
             } => {
-                if let Some(flag) = self.lock_running().get(&(task_id, attempt)) {
-                    flag.store(true, Ordering::Relaxed);
+                if let Some(t) = self.lock_running().get(&(task_id, attempt)) {
+                    t.cancel.store(true, Ordering::Relaxed);
                 }
                 info!(task_id = %task_id, attempt, reason = %reason, "Task cancelled by the coordinator.");
                 let _ = self
@@ -575,22 +865,46 @@ impl Worker {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = every.tick() => self.publish_health().await,
+                _ = every.tick() => self.publish_health(true).await,
                 _ = self.token.cancelled() => return,
             }
         }
     }
 
-    async fn publish_health(&self) {
+    /// Takes a telemetry sample (on a blocking thread) and keeps it.
+    async fn sample(&self) -> Option<telemetry::Sample> {
         let telemetry = self.telemetry.clone();
-        let sample = tokio::task::spawn_blocking(move || {
-            telemetry
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .sample()
-        })
-        .await;
-        let Ok(s) = sample else { return };
+        let s = tokio::task::spawn_blocking(move || lock(&telemetry).sample())
+            .await
+            .ok()?;
+        *lock(&self.last_sample) = Some(s.clone());
+        Some(s)
+    }
+
+    /// Publishes a health report; with `fresh` false it reuses the last telemetry sample, so a
+    /// policy change goes out without waiting for one.
+    async fn publish_health(&self, fresh: bool) {
+        let last = if fresh {
+            None
+        } else {
+            lock(&self.last_sample).clone()
+        };
+        let s = match last {
+            Some(s) => s,
+            None => match self.sample().await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let (accepting, paused_reason, gpu_enabled, slots) = {
+            let p = self.lock_policy();
+            (
+                p.decision.contributing,
+                (!p.decision.contributing).then(|| p.decision.reasons.join("; ")),
+                p.rules.settings().gpu_enabled,
+                p.rules.slots(self.cfg.execution.max_concurrent_tasks),
+            )
+        };
         let exec = &self.cfg.execution;
         let health = Health {
             v: PROTOCOL_VERSION,
@@ -602,12 +916,12 @@ impl Worker {
             mem_total_bytes: s.mem_total_bytes,
             mem_available_bytes: s.mem_available_bytes,
             temperatures: s.temperatures,
-            gpus: s.gpus,
+            gpus: if gpu_enabled { s.gpus } else { Vec::new() },
             supported_task_types: supported_task_types(),
-            max_concurrent_tasks: exec.max_concurrent_tasks,
+            max_concurrent_tasks: slots,
             running_tasks: self.lock_running().len() as u32,
-            accepting: true,
-            paused_reason: None,
+            accepting,
+            paused_reason,
             wasm_memory_limit_bytes: exec.max_memory_mib << 20,
         };
         let payload = serde_json::to_vec(&health).unwrap_or_default();
@@ -618,6 +932,11 @@ impl Worker {
             payload,
         );
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The assignment's artifact (wasm module or ONNX model), decoded and checked against its hash.

@@ -3,7 +3,10 @@
 //! NVML when the driver is present. Sampling blocks; callers run it off the async workers.
 
 use ambient_protocol::{GpuInfo, Temperature};
-use sysinfo::{Components, CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use sysinfo::{
+    Components, CpuRefreshKind, MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate,
+    RefreshKind, System,
+};
 
 /// One sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +25,8 @@ pub struct Sample {
     pub temperatures: Vec<Temperature>,
     /// GPUs.
     pub gpus: Vec<GpuInfo>,
+    /// Resident memory of this process (0 where unknown).
+    pub agent_rss_bytes: u64,
 }
 
 /// The sampler. Create once; call [`Telemetry::sample`] on every tick.
@@ -74,6 +79,17 @@ impl Telemetry {
             }
             None => (0.0, 0, 0, 0),
         };
+        let agent_rss_bytes = match (&mut self.sys, sysinfo::get_current_pid()) {
+            (Some(sys), Ok(me)) => {
+                sys.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&[me]),
+                    false,
+                    ProcessRefreshKind::nothing().with_memory(),
+                );
+                sys.process(me).map_or(0, |p| p.memory())
+            }
+            _ => 0,
+        };
         let load_avg = System::load_average()
             .map(|l| [l.one, l.five, l.fifteen])
             .unwrap_or_default();
@@ -97,6 +113,7 @@ impl Telemetry {
             mem_available_bytes,
             temperatures,
             gpus: self.gpus(),
+            agent_rss_bytes,
         }
     }
 
@@ -151,5 +168,20 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(s.mem_total_bytes, kib * 1024);
+        // This process's resident size, also read from /proc.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let rss = rss_kib * 1024;
+        assert!(
+            s.agent_rss_bytes > rss / 2 && s.agent_rss_bytes < rss * 2,
+            "{} vs {rss}",
+            s.agent_rss_bytes
+        );
     }
 }

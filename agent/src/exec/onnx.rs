@@ -174,8 +174,21 @@ impl OnnxEngine {
         model_sha256: &str,
         inputs: &BTreeMap<String, TensorJson>,
     ) -> Result<InferenceOutput, OnnxError> {
+        self.run_on(model, model_sha256, inputs, true)
+    }
+
+    /// [`OnnxEngine::run`], on the CPU only when `allow_gpu` is false (the owner turned the GPU
+    /// off in the contribution policy).
+    pub fn run_on(
+        &self,
+        model: &[u8],
+        model_sha256: &str,
+        inputs: &BTreeMap<String, TensorJson>,
+        allow_gpu: bool,
+    ) -> Result<InferenceOutput, OnnxError> {
         let key = format!(
-            "{model_sha256}:{}",
+            "{model_sha256}:{}:{}",
+            if allow_gpu { "any" } else { "cpu" },
             inputs
                 .iter()
                 .map(|(n, t)| format!("{n}/{}/{:?}", t.dtype, t.shape))
@@ -194,7 +207,7 @@ impl OnnxEngine {
                 (plan, device, order)
             }
             None => {
-                let (plan, device) = self.prepare(model, inputs)?;
+                let (plan, device) = self.prepare(model, inputs, allow_gpu)?;
                 let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
                 if plans.len() >= self.capacity {
                     plans.clear();
@@ -227,8 +240,9 @@ impl OnnxEngine {
         &self,
         model: &[u8],
         inputs: &BTreeMap<String, TensorJson>,
+        allow_gpu: bool,
     ) -> Result<(Plan, String), OnnxError> {
-        if cfg!(any(feature = "gpu-cuda", feature = "gpu-metal")) {
+        if allow_gpu && cfg!(any(feature = "gpu-cuda", feature = "gpu-metal")) {
             match prepare_on(model, inputs, "gpu-or-cpu") {
                 Ok(ok) => return Ok(ok),
                 Err(e @ (OnnxError::InputNames(_) | OnnxError::Shape(_) | OnnxError::Dtype(_))) => {

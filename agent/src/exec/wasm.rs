@@ -44,7 +44,7 @@ use std::{
     collections::HashMap,
     sync::{
         Mutex, OnceLock, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -235,6 +235,21 @@ impl WasmSandbox {
         limits: &WasmLimits,
         cancel: &AtomicBool,
     ) -> Result<WasmOutput, WasmError> {
+        self.run_paced(module, stdin, limits, cancel, &AtomicU32::new(100))
+    }
+
+    /// [`WasmSandbox::run`] under a duty cycle: after each fuel slice the thread sleeps so that it
+    /// computes at most `duty_pct` percent (1–100, read before every slice, so it may change
+    /// during the run) of the wall-clock time. Time spent sleeping does not count against
+    /// [`WasmLimits::wall_clock`], and fuel accounting is unchanged.
+    pub fn run_paced(
+        &self,
+        module: &[u8],
+        stdin: &[u8],
+        limits: &WasmLimits,
+        cancel: &AtomicBool,
+        duty_pct: &AtomicU32,
+    ) -> Result<WasmOutput, WasmError> {
         let started = Instant::now();
         if cancel.load(Ordering::Relaxed) {
             return Err(WasmError::Cancelled);
@@ -259,7 +274,12 @@ impl WasmSandbox {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limiter);
-        let result = self.execute(&mut store, &module, limits, cancel, started);
+        let pace = Pace {
+            duty_pct,
+            cancel,
+            slept: Duration::ZERO,
+        };
+        let result = self.execute(&mut store, &module, limits, pace, started);
         tracing::debug!(
             module = %module_sha256,
             outcome = result.as_ref().err().map_or("ok", WasmError::kind),
@@ -282,9 +302,10 @@ impl WasmSandbox {
         store: &mut Store<Host>,
         module: &Module,
         limits: &WasmLimits,
-        cancel: &AtomicBool,
+        mut pace: Pace<'_>,
         started: Instant,
     ) -> Result<u64, WasmError> {
+        let cancel = pace.cancel;
         let internal = |e: Error| WasmError::Trap(e.to_string());
         // Fuel not yet handed to the store; the store never holds more than about one slice.
         let mut reserve = limits.fuel;
@@ -305,6 +326,7 @@ impl WasmSandbox {
         let start = instance
             .get_typed_func::<(), ()>(&*store, "_start")
             .map_err(|_| WasmError::NoEntryPoint)?;
+        let mut slice_started = Instant::now();
         let mut call = start.call_resumable(&mut *store, ());
         loop {
             let resumable = match call {
@@ -329,10 +351,11 @@ impl WasmSandbox {
             if reserve == 0 || reserve < need {
                 return Err(WasmError::OutOfFuel { fuel: limits.fuel });
             }
+            pace.rest(slice_started.elapsed());
             if cancel.load(Ordering::Relaxed) {
                 return Err(WasmError::Cancelled);
             }
-            if started.elapsed() >= limits.wall_clock {
+            if started.elapsed().saturating_sub(pace.slept) >= limits.wall_clock {
                 return Err(WasmError::WallClock {
                     limit: limits.wall_clock,
                 });
@@ -340,6 +363,7 @@ impl WasmSandbox {
             let add = need.max(FUEL_SLICE).min(reserve);
             reserve -= add;
             store.set_fuel(have + add).map_err(internal)?;
+            slice_started = Instant::now();
             call = resumable.resume(&mut *store);
         }
         let left = store.get_fuel().map_err(internal)?;
@@ -382,6 +406,34 @@ impl WasmSandbox {
             cache.modules.insert(sha.clone(), (module.clone(), tick));
         }
         Ok((module, sha))
+    }
+}
+
+/// The duty cycle of one run.
+struct Pace<'a> {
+    duty_pct: &'a AtomicU32,
+    cancel: &'a AtomicBool,
+    slept: Duration,
+}
+
+impl Pace<'_> {
+    /// After a slice that computed for `ran`, sleeps `ran × (100 − duty) / duty`, in short naps
+    /// that watch the cancel flag.
+    fn rest(&mut self, ran: Duration) {
+        let duty = self.duty_pct.load(Ordering::Relaxed).clamp(1, 100);
+        if duty == 100 {
+            return;
+        }
+        let until = Instant::now() + ran * (100 - duty) / duty;
+        let start = Instant::now();
+        while !self.cancel.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(20)));
+        }
+        self.slept += start.elapsed();
     }
 }
 
@@ -907,6 +959,77 @@ mod tests {
         handle.join().expect("setter thread");
         assert!(matches!(err, WasmError::Cancelled), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// This thread's CPU time (user + system) from procfs, in clock ticks of 10 ms.
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("procfs");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<u64> = after
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|x| x.parse().expect("tick count"))
+            .collect();
+        Duration::from_millis((f[0] + f[1]) * 10)
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn duty_cycle_gives_the_cpu_back() {
+        let body = r#"(memory (export "memory") 1)
+            (func (export "_start") (local $i i32)
+              (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                       (br_if $l (i32.lt_u (local.get $i) (i32.const 100000000)))))"#;
+        let sandbox = WasmSandbox::new(4);
+        let (wasm, cancel) = (module(body), AtomicBool::new(false));
+        let lim = WasmLimits {
+            fuel: u64::MAX,
+            // Shorter than the paced run takes: sleeping does not count against it.
+            wall_clock: Duration::from_secs(60),
+            ..limits()
+        };
+        let full = sandbox.run(&wasm, b"", &lim, &cancel).expect("run");
+        let duty = AtomicU32::new(25);
+        let (cpu0, t0) = (thread_cpu(), Instant::now());
+        let paced = sandbox
+            .run_paced(&wasm, b"", &lim, &cancel, &duty)
+            .expect("paced run");
+        let (cpu, wall) = (thread_cpu() - cpu0, t0.elapsed());
+        assert_eq!(
+            paced.fuel_consumed, full.fuel_consumed,
+            "pacing changes no fuel"
+        );
+        assert!(
+            wall >= Duration::from_millis(200),
+            "too short to measure: {wall:?}"
+        );
+        let share = cpu.as_secs_f64() / wall.as_secs_f64();
+        assert!(
+            share < 0.40,
+            "used {share:.2} of a core at a 25% duty cycle ({cpu:?} of {wall:?})"
+        );
+
+        // Cancelling while it sleeps stops it promptly.
+        let duty = AtomicU32::new(1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let setter = Arc::clone(&cancel);
+        let stopper = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            setter.store(true, Ordering::Relaxed);
+            Instant::now()
+        });
+        let err = sandbox
+            .run_paced(&module(SPIN), b"", &lim, &cancel, &duty)
+            .expect_err("spins");
+        let set_at = stopper.join().expect("stopper");
+        assert!(matches!(err, WasmError::Cancelled), "{err:?}");
+        assert!(
+            set_at.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            set_at.elapsed()
+        );
     }
 
     #[test]
