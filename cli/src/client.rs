@@ -110,6 +110,34 @@ impl Client {
         Self::decode(resp).await
     }
 
+    /// `GET /api/v1/proofs/{id}`: a verified proof with its public inputs and snarkjs JSON.
+    pub async fn proof(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(reqwest::Method::GET, &format!("/api/v1/proofs/{id}"))
+            .await
+    }
+
+    /// `POST /api/v1/proofs/verify`: whether `proof` (base64) verifies against the public
+    /// inputs on the coordinator's key for `circuit` at size `n`.
+    pub async fn verify_proof(
+        &self,
+        circuit: &str,
+        n: u64,
+        public_inputs: &serde_json::Value,
+        proof: &str,
+    ) -> Result<bool, ClientError> {
+        let body = serde_json::json!({"circuit": circuit, "n": n,
+                                      "public_inputs": public_inputs, "proof": proof});
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/proofs/verify", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        let v: serde_json::Value = Self::decode(resp).await?;
+        Ok(v["valid"] == true)
+    }
+
     /// `PUT /api/v1/blobs`: uploads an artifact, returns its sha256.
     pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<String, ClientError> {
         let resp = self

@@ -3,13 +3,24 @@
 
 use std::time::Duration;
 
-use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TaskType};
+use ambient_protocol::{NodeInfo, Requirements, TaskStatus, TaskSubmission, TaskType};
 use base64::Engine as _;
 use serde_json::json;
 
 use crate::client::{Client, ClientError, submit_over_mqtt};
 use crate::local::{LocalNetwork, LocalOptions};
 use crate::modules;
+
+/// What the demo did: its checked cases, the proof it verified, and the nodes' reputations.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The cases, in order.
+    pub cases: Vec<Case>,
+    /// The id of the `zk_proof` task's proof, verified through the API.
+    pub proof_id: Option<String>,
+    /// The nodes at the end, with their reputations.
+    pub nodes: Vec<NodeInfo>,
+}
 
 /// One checked case.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -119,9 +130,9 @@ pub fn pi_task(samples: u64, shards: u64) -> TaskSubmission {
     }
 }
 
-/// Runs the demo on a fresh local network. Returns the cases; the demo passed when all are ok.
+/// Runs the demo on a fresh local network; it passed when every case is ok.
 /// `pi_samples` sizes the sharded π job (the CLI uses 10⁹).
-pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<Vec<Case>> {
+pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<Report> {
     let net = LocalNetwork::start(LocalOptions {
         data_dir: data_dir.to_path_buf(),
         agents: 3,
@@ -266,11 +277,18 @@ pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<
     let r = submit_wait(&client, proof, wait).await;
     check(
         &mut cases,
-        "require_proof (no circuit yet)",
+        "require_proof on wasm (no circuit covers it)",
         "rejected 422 proof_unsupported".into(),
         r,
         t,
     );
+
+    let t = std::time::Instant::now();
+    let (case, proof_id) = zk_case(&client, wait).await;
+    cases.push(Case {
+        millis: t.elapsed().as_millis(),
+        ..case
+    });
 
     let t = std::time::Instant::now();
     let reference: serde_json::Value = serde_json::from_slice(PPOCR_REFERENCE)?;
@@ -358,8 +376,97 @@ pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<
         t,
     );
 
+    let nodes = client.nodes().await?;
     net.shutdown().await;
-    Ok(cases)
+    Ok(Report {
+        cases,
+        proof_id,
+        nodes,
+    })
+}
+
+/// A `zk_proof` task (`y = H⁶⁴(7)` with MiMC, and `require_proof`): the answer must equal the
+/// hash computed here, and its proof must verify again through `POST /api/v1/proofs/verify`.
+async fn zk_case(client: &Client, wait: Duration) -> (Case, Option<String>) {
+    let y = ambient_zk::mimc::hash_chain(ambient_zk::Fr::from(7u64), 64).to_string();
+    let expected = format!("completed y = {}…, proof verified", &y[..12]);
+    let sub = TaskSubmission {
+        task_type: TaskType::ZkProof,
+        wasm_module: None,
+        inputs: json!({"circuit": "hash_chain", "x": "7", "n": 64}),
+        requirements: Requirements {
+            require_proof: true,
+            ..Requirements::default()
+        },
+        task_id: None,
+    };
+    let r = submit_wait(client, sub, wait).await;
+    let (actual, proof_id) = match &r {
+        Ok(i) if i.status == TaskStatus::Completed => {
+            let got = i
+                .result
+                .as_ref()
+                .and_then(|r| r["output"]["y"].as_str())
+                .unwrap_or_default();
+            let verified = match &i.proof_id {
+                Some(id) => match client.proof(id).await {
+                    Ok(doc) => client
+                        .verify_proof(
+                            "hash_chain",
+                            64,
+                            &doc["public_inputs"],
+                            doc["proof"].as_str().unwrap_or_default(),
+                        )
+                        .await
+                        .unwrap_or(false),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            let mark = if verified { "verified" } else { "NOT verified" };
+            let head = got.get(..12).unwrap_or(got);
+            (
+                format!("completed y = {head}…, proof {mark}"),
+                i.proof_id.clone(),
+            )
+        }
+        _ => (outcome(&r), None),
+    };
+    // The whole of y must match, not only the digits shown.
+    let full = r
+        .ok()
+        .and_then(|i| i.result)
+        .map(|r| r["output"]["y"] == y.as_str());
+    let ok = actual == expected && full == Some(true);
+    let case = Case {
+        name: "zk_proof: hash_chain n = 64, require_proof".into(),
+        expected,
+        actual,
+        ok,
+        millis: 0,
+    };
+    (case, proof_id)
+}
+
+/// The nodes' reputations as a table.
+pub fn reputation_table(nodes: &[NodeInfo]) -> String {
+    let mut out = format!(
+        "{:<12}  {:>5}  {:>5}  {:>7}  {:>6}  {}\n",
+        "node", "score", "valid", "invalid", "proofs", "trusted"
+    );
+    for n in nodes {
+        let r = &n.reputation;
+        out.push_str(&format!(
+            "{:<12}  {:>5.1}  {:>5}  {:>7}  {:>6}  {}\n",
+            n.node_id,
+            r.score,
+            r.valid + r.proofs_verified,
+            r.invalid + r.proofs_rejected,
+            r.proofs_verified,
+            if r.trusted { "yes" } else { "no" }
+        ));
+    }
+    out
 }
 
 /// Records a case whose outcome is rendered by [`outcome`].

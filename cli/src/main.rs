@@ -352,11 +352,17 @@ fn print_task(info: &TaskInfo, json: bool) -> anyhow::Result<()> {
 async fn demo(json: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     eprintln!("Starting an embedded broker, a coordinator and 3 agents…");
-    let cases = ambient_cli::demo::run(dir.path(), 1_000_000_000).await?;
+    let report = ambient_cli::demo::run(dir.path(), 1_000_000_000).await?;
+    let cases = &report.cases;
     if json {
-        println!("{}", serde_json::to_string_pretty(&cases)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", ambient_cli::demo::table(&cases));
+        print!("{}", ambient_cli::demo::table(cases));
+        if let Some(id) = &report.proof_id {
+            println!("\nVerified Groth16 proof of the zk_proof task: {id}");
+        }
+        println!("\nReputations (valid and invalid include proofs):");
+        print!("{}", ambient_cli::demo::reputation_table(&report.nodes));
     }
     let failed = cases.iter().filter(|c| !c.ok).count();
     if failed > 0 {

@@ -64,6 +64,6 @@ pub use keys::{
     proof_to_bytes, save_verifying_key, setup, setup_with_os_rng, verifying_key_from_bytes,
     verifying_key_to_bytes,
 };
-pub use proving::{prove, public_inputs_for, verify};
+pub use proving::{prove, public_inputs_for, verify, witness_circuit};
 pub use snarkjs::{snarkjs_proof_json, snarkjs_public_json, snarkjs_verification_key_json};
 pub use task::{parse_field, parse_task_inputs};

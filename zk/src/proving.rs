@@ -2,6 +2,7 @@
 
 use ark_bn254::{Bn254, Fr};
 use ark_groth16::{Groth16, Proof, VerifyingKey};
+use ark_relations::gr1cs::ConstraintSynthesizer;
 use ark_snark::SNARK;
 
 use crate::circuits::{
@@ -30,6 +31,24 @@ pub fn public_inputs_for(
     })
 }
 
+/// The circuit of `spec` with its witness for a task: what [`prove`] hands to ark-groth16,
+/// public for benchmarks and other SNARK backends. Returns it with the public inputs and the
+/// output, computed natively.
+pub fn witness_circuit(
+    spec: &CircuitSpec,
+    task_id: &[u8],
+    inputs: &Inputs,
+) -> Result<(impl ConstraintSynthesizer<Fr> + Clone, PublicInputs, Output), ZkError> {
+    let output = compute_output(spec, inputs)?;
+    let public = public_inputs_for(spec, task_id, inputs, &output)?;
+    let elements: Vec<Fr> = input_elements(spec, inputs)?;
+    let circuit = Circuit {
+        spec: *spec,
+        assignment: Some((public, elements)),
+    };
+    Ok((circuit, public, output))
+}
+
 /// Computes the output natively, builds the witness and proves it with `keys`.
 ///
 /// `task_id` is the 16 raw bytes of the task's UUID. The proof is checked against the
@@ -47,13 +66,7 @@ pub fn prove(
             reason: format!("the keys were made for {}", keys.spec),
         });
     }
-    let output = compute_output(spec, inputs)?;
-    let public = public_inputs_for(spec, task_id, inputs, &output)?;
-    let elements: Vec<Fr> = input_elements(spec, inputs)?;
-    let circuit = Circuit {
-        spec: *spec,
-        assignment: Some((public, elements)),
-    };
+    let (circuit, public, output) = witness_circuit(spec, task_id, inputs)?;
     let proof = Groth16::<Bn254>::prove(&keys.proving_key, circuit, &mut rand_core::OsRng)?;
     if !verify(&keys.verifying_key, spec, &public, &proof)? {
         return Err(ZkError::SelfCheckFailed);

@@ -68,10 +68,29 @@ async fn replicas_run_on_distinct_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = ambient_cli::demo::run(dir.path(), 10_000_000)
+    let report = ambient_cli::demo::run(dir.path(), 10_000_000)
         .await
         .unwrap();
-    let table = ambient_cli::demo::table(&cases);
+    let cases = &report.cases;
+    let table = ambient_cli::demo::table(cases);
     assert!(cases.iter().all(|c| c.ok), "{table}");
-    assert_eq!(cases.len(), 12);
+    assert_eq!(cases.len(), 13);
+    // The proof is shown, and the reputations reflect the work: the replicated task alone gave
+    // all three nodes a valid answer, and one node proved the zk_proof task.
+    assert!(report.proof_id.is_some());
+    assert_eq!(report.nodes.len(), 3);
+    assert!(
+        report
+            .nodes
+            .iter()
+            .all(|n| n.reputation.valid > 0 && n.reputation.trusted)
+    );
+    let proofs: u64 = report
+        .nodes
+        .iter()
+        .map(|n| n.reputation.proofs_verified)
+        .sum();
+    assert_eq!(proofs, 1);
+    let rows = ambient_cli::demo::reputation_table(&report.nodes);
+    assert_eq!(rows.lines().count(), 4, "{rows}");
 }
