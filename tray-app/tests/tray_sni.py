@@ -324,11 +324,13 @@ def main():
             shot = os.path.join(out, "tray-dashboard-window.png")
 
             def painted():
-                # The webview starts white; it has painted once the screen is no longer blank.
-                subprocess.run(["import", "-window", "root", shot], env=env, check=True)
-                mean = subprocess.run(["convert", shot, "-crop", "960x800+0+0", "-format",
-                                       "%[fx:mean]", "info:"], capture_output=True, text=True)
-                return float(mean.stdout or 1) < 0.95
+                # The webview's window starts blank (one colour); it has painted once its pixels
+                # vary: the cards, text and chart.
+                subprocess.run(["import", "-window", "Ambient VCP", shot], env=env, check=True,
+                               capture_output=True)
+                sd = subprocess.run(["convert", shot, "-format", "%[fx:standard_deviation]",
+                                     "info:"], capture_output=True, text=True)
+                return float(sd.stdout or 0) > 0.05
 
             until("the dashboard to paint", painted, 30)
             ok(f"the dashboard painted (screenshot {shot})")

@@ -1,0 +1,189 @@
+//! The tray app against a real network: a coordinator, the embedded broker and one agent with its
+//! control API, which runs a few tasks so the coordinator has published its reputation. Then:
+//!
+//! - `tray-app/tests/dashboard.mjs` drives the dashboard (`tray-app/ui`) in headless Chromium:
+//!   toggle, settings (saved, and refused with the agent's error), reputation chart, no agent;
+//! - `tray-app/tests/tray_sni.py` starts the real `ambient-tray` binary under Xvfb and checks its
+//!   StatusNotifierItem over D-Bus: icon states, menu, toggling from the menu, "Open dashboard".
+//!
+//! Both read the agent's state back with their own authorized requests. Screenshots go to
+//! `target/test-output/tray/`. The tools they need (node with playwright-core in
+//! `tray-app/tests/node_modules`, Chromium, Xvfb, dbus-run-session, python3-gi, the tray binary
+//! built by `cargo build --manifest-path tray-app/Cargo.toml`) are installed by `scripts/test`,
+//! which sets `AMBIENT_REQUIRE_TRAY_TESTS=1`: then a missing tool fails the test instead of
+//! skipping it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ambient_cli::modules;
+use ambient_e2e::Cluster;
+use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TaskType};
+use base64::Engine as _;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e package lives in the repository")
+        .to_path_buf()
+}
+
+/// Why the tray tests cannot run here, if they cannot.
+fn missing_tools() -> Vec<String> {
+    let root = repo();
+    let mut missing = Vec::new();
+    let on_path = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for tool in ["node", "Xvfb", "dbus-run-session"] {
+        if !on_path(tool) {
+            missing.push(tool.to_string());
+        }
+    }
+    if !["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+        && std::env::var_os("CHROMIUM").is_none()
+    {
+        missing.push("chromium".into());
+    }
+    if !root
+        .join("tray-app/tests/node_modules/playwright-core")
+        .exists()
+    {
+        missing.push("playwright-core (npm ci in tray-app/tests)".into());
+    }
+    if !Command::new("/usr/bin/python3")
+        .args(["-c", "from gi.repository import Gio"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing.push("python3-gi".into());
+    }
+    if !tray_binary().exists() {
+        missing.push(format!(
+            "{} (cargo build --manifest-path tray-app/Cargo.toml)",
+            tray_binary().display()
+        ));
+    }
+    missing
+}
+
+fn tray_binary() -> PathBuf {
+    repo().join("tray-app/target/debug/ambient-tray")
+}
+
+fn sum_task(n: u64) -> TaskSubmission {
+    TaskSubmission {
+        task_type: TaskType::WasmExecution,
+        wasm_module: Some(
+            base64::engine::general_purpose::STANDARD.encode(modules::wasm(modules::SUM_WAT)),
+        ),
+        inputs: serde_json::json!({ "numbers": [1, 2, n] }),
+        requirements: Requirements::default(),
+        task_id: None,
+    }
+}
+
+/// The agent's reputation report, straight from its control API, once it has `events` events.
+async fn wait_reputation(control: &Path, events: usize) -> serde_json::Value {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(control).expect("control.json")).expect("json");
+    let url = format!("{}/v1/reputation", info["url"].as_str().expect("url"));
+    let token = info["token"].as_str().expect("token").to_string();
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("agent answers");
+        if r.status() == 200 {
+            let v: serde_json::Value = r.json().await.expect("json");
+            if v["history"].as_array().is_some_and(|h| h.len() >= events) {
+                return v;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never got a reputation with {events} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn run_script(what: &str, cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the {what} test: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the {what} test failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_tray_drive_a_real_agent() {
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("AMBIENT_REQUIRE_TRAY_TESTS").is_none(),
+            "AMBIENT_REQUIRE_TRAY_TESTS is set but these are missing: {missing:?}"
+        );
+        eprintln!("skipping the tray tests: missing {missing:?} (scripts/test installs them)");
+        return;
+    }
+
+    let cluster = Cluster::embedded(1).await.expect("cluster");
+    let client = cluster.client();
+    client
+        .wait_for_nodes(1, Duration::from_secs(20))
+        .await
+        .expect("node online");
+    for n in 0..4 {
+        let info = client.submit(&sum_task(n)).await.expect("submit");
+        let done = client
+            .wait(info.task_id, Duration::from_secs(60), |_| {})
+            .await
+            .expect("wait");
+        assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    }
+    let control = cluster.dir.path().join("node-1").join("control.json");
+    let rep = wait_reputation(&control, 4).await;
+    println!("reputation: {}", rep["reputation"]);
+
+    let out = repo().join("target/test-output/tray");
+    std::fs::create_dir_all(&out).expect("output dir");
+    let tests = repo().join("tray-app/tests");
+    run_script(
+        "dashboard (Chromium)",
+        Command::new("node")
+            .arg(tests.join("dashboard.mjs"))
+            .arg("--control")
+            .arg(&control)
+            .arg("--out")
+            .arg(&out),
+    );
+    run_script(
+        "tray (Xvfb + D-Bus)",
+        Command::new("/usr/bin/python3")
+            .arg(tests.join("tray_sni.py"))
+            .arg("--bin")
+            .arg(tray_binary())
+            .arg("--control")
+            .arg(&control)
+            .arg("--out")
+            .arg(&out),
+    );
+    cluster.shutdown().await;
+}
