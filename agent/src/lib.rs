@@ -31,7 +31,6 @@
 //! | `gpu-metal` | no | `inference` on Apple GPUs with tract-metal (macOS only), CPU fallback |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
 //! | `keyring` | yes | OS keyring for the broker password |
-//! | `x11` | yes | keyboard/mouse idleness from the X server (Linux), for the idle-only rule |
 //!
 //! A lean build for a small device: `cargo build --release -p ambient-agent --no-default-features
 //! --features wasm`.

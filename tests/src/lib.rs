@@ -230,3 +230,33 @@ impl Cluster {
         self.stop_coordinator().await;
     }
 }
+
+impl Cluster {
+    /// Starts agent `i` like [`Cluster::start_agent`], with `tweak` applied to its configuration
+    /// first (policy probes, control API address, ...).
+    pub async fn start_agent_with(
+        &mut self,
+        i: usize,
+        tweak: impl FnOnce(&mut ambient_agent::Config),
+    ) -> anyhow::Result<()> {
+        let (node, password) = &self.nodes[i];
+        let mut cfg = agent_config(self.dir.path(), node, self.mqtt, password, 0.5);
+        cfg.mqtt.keep_alive_sec = 2;
+        cfg.execution.max_concurrent_tasks = self.slots;
+        tweak(&mut cfg);
+        self.agents[i] = Some(ambient_agent::start(cfg, CancellationToken::new()).await?);
+        Ok(())
+    }
+
+    /// Stops agent `i` cleanly (it says goodbye), if it runs.
+    pub async fn stop_agent(&mut self, i: usize) {
+        if let Some(a) = self.agents[i].take() {
+            a.shutdown().await;
+        }
+    }
+
+    /// Data directory of agent `i` (its journal, `settings.json`, `control.json`).
+    pub fn agent_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.nodes[i].0)
+    }
+}

@@ -2,8 +2,8 @@
 //! blocking thread.
 //!
 //! - **Idleness** (Linux): the X server's XScreenSaver extension (`ms_since_user_input`, the time
-//!   since the last real or XTEST input) when a display is configured or `DISPLAY` is set and the
-//!   `x11` feature is built; otherwise logind's `IdleHint`/`IdleSinceHint` through `loginctl`
+//!   since the last real or XTEST input) when a display is configured or `DISPLAY` is set;
+//!   otherwise logind's `IdleHint`/`IdleSinceHint` through `loginctl`
 //!   (the session in `XDG_SESSION_ID`, or the calling user). Other operating systems report that
 //!   idle detection is not supported, so idle-only pauses and says why.
 //! - **Battery** (Linux): `/sys/class/power_supply/*`: a `Battery` whose `status` is
@@ -25,7 +25,7 @@ const LOGIND_TTL: Duration = Duration::from_secs(1);
 /// The machine's probes.
 pub struct SystemProbes {
     display: Option<String>,
-    #[cfg(all(target_os = "linux", feature = "x11"))]
+    #[cfg(target_os = "linux")]
     x11: Option<x11::Idle>,
     logind: Option<(Instant, Result<Duration, String>)>,
     power_supply: PathBuf,
@@ -45,7 +45,7 @@ impl SystemProbes {
     pub fn new(display: Option<String>) -> SystemProbes {
         SystemProbes {
             display: display.or_else(|| std::env::var("DISPLAY").ok().filter(|d| !d.is_empty())),
-            #[cfg(all(target_os = "linux", feature = "x11"))]
+            #[cfg(target_os = "linux")]
             x11: None,
             logind: None,
             power_supply: PathBuf::from("/sys/class/power_supply"),
@@ -57,7 +57,6 @@ impl SystemProbes {
     fn idle_linux(&mut self) -> Result<Duration, String> {
         let x11_err = match &self.display {
             None => "no X display (DISPLAY unset)".to_string(),
-            #[cfg(feature = "x11")]
             Some(d) => {
                 let read = match self.x11.take() {
                     Some(x) => x.since_input().map(|idle| (idle, x)),
@@ -71,8 +70,6 @@ impl SystemProbes {
                     Err(e) => format!("X display {d}: {e}"),
                 }
             }
-            #[cfg(not(feature = "x11"))]
-            Some(_) => "this agent was built without the x11 feature".to_string(),
         };
         if let Some((at, r)) = &self.logind
             && at.elapsed() < LOGIND_TTL
@@ -217,7 +214,7 @@ pub fn parse_logind(text: &str, now_us: u64) -> Result<Duration, String> {
     }
 }
 
-#[cfg(all(target_os = "linux", feature = "x11"))]
+#[cfg(target_os = "linux")]
 mod x11 {
     use std::time::Duration;
 

@@ -5,5 +5,6 @@ mod bad_input;
 mod compute;
 mod faults;
 mod flow;
+mod policy;
 mod util;
 mod zk;
