@@ -17,6 +17,7 @@ use ambient_protocol::{
     Progress, ReputationInfo, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
 };
 use chrono::{DateTime, Duration, Utc};
+use rand::seq::SliceRandom as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -630,9 +631,14 @@ impl Scheduler {
     }
 
     /// Settles a task once `min_nodes` answers are in: the largest group of identical answers
-    /// wins when it holds a quorum (a strict majority of `min_nodes`). Without one, one more
-    /// replica is added, BOINC-style, while the retry budget allows; past it the task fails.
-    /// Winners are judged valid and the others invalid.
+    /// from trusted nodes wins when it holds a quorum (a strict majority of `min_nodes`).
+    /// Without one, one more replica is added, BOINC-style, while the retry budget allows; past
+    /// it the task fails. Every node that gave the winning answer is judged valid, every other
+    /// answering node invalid.
+    ///
+    /// Only trusted nodes (reputation at or above [`reputation::TRUST_THRESHOLD`]) count towards
+    /// a replicated task's quorum: nodes caught lying cannot outvote anyone, whatever they agree
+    /// on among themselves. Their answers are still judged, so they can earn trust back.
     fn decide(&mut self, task_id: Uuid, now: DateTime<Utc>) {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
@@ -640,15 +646,16 @@ impl Scheduler {
         let min = task.replicas() as usize;
         let quorum = min / 2 + 1;
         let answers: Vec<(&AssignmentRecord, String)> = task.answers().collect();
-        let mut groups: BTreeMap<&str, Vec<&AssignmentRecord>> = BTreeMap::new();
+        let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
         for (a, h) in &answers {
-            groups.entry(h.as_str()).or_default().push(a);
+            if min == 1 || self.is_trusted(&a.node_id, now) {
+                *groups.entry(h.as_str()).or_default() += 1;
+            }
         }
         let best = groups
-            .values()
-            .max_by_key(|g| g.len())
-            .cloned()
-            .unwrap_or_default();
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(h, n)| (*h, *n));
         let active = task.active().count();
         if answers.len() < min {
             if !answers.is_empty() && active > 0 {
@@ -656,7 +663,10 @@ impl Scheduler {
             }
             return; // every replica asked for answers before anything is decided
         }
-        if best.len() < quorum {
+        let Some(winning) = best
+            .filter(|(_, n)| *n >= quorum)
+            .map(|(h, _)| h.to_string())
+        else {
             if active > 0 {
                 self.set_status(task_id, TaskStatus::Verifying, now);
                 return; // an extra replica is still out
@@ -673,22 +683,26 @@ impl Scheduler {
             }
             let detail: Vec<String> = answers
                 .iter()
-                .map(|(a, h)| format!("{}={}", a.node_id, short(h)))
+                .map(|(a, h)| {
+                    let untrusted = if self.is_trusted(&a.node_id, now) {
+                        ""
+                    } else {
+                        " (untrusted)"
+                    };
+                    format!("{}={}{untrusted}", a.node_id, short(h))
+                })
                 .collect();
             let error = format!(
-                "replicas disagree, no quorum of {quorum}: {}",
+                "replicas disagree, no quorum of {quorum} trusted nodes: {}",
                 detail.join(", ")
             );
             self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
             return;
-        }
-        let winners: Vec<String> = best.iter().map(|a| a.node_id.clone()).collect();
-        let losers: Vec<String> = answers
-            .iter()
-            .filter(|(a, _)| !winners.contains(&a.node_id))
-            .map(|(a, _)| a.node_id.clone())
-            .collect();
-        let Some(r) = best[0].result.clone() else {
+        };
+        let (won, lost): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, h)| *h == winning);
+        let winners: Vec<String> = won.iter().map(|(a, _)| a.node_id.clone()).collect();
+        let losers: Vec<String> = lost.iter().map(|(a, _)| a.node_id.clone()).collect();
+        let Some(r) = won[0].0.result.clone() else {
             return;
         };
         // A proved answer was judged when its proof verified (`judge_proof`).
@@ -837,6 +851,13 @@ impl Scheduler {
 
     fn mark(&mut self, id: Uuid) {
         self.dirty_tasks.insert(id);
+    }
+
+    /// Whether a node's reputation is at or above the trust threshold.
+    fn is_trusted(&self, node: &str, now: DateTime<Utc>) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|n| n.record.reputation.score(now) >= reputation::TRUST_THRESHOLD)
     }
 
     /// Records a judgement of a node's work: appended as an event, folded into its reputation.
@@ -1088,6 +1109,17 @@ impl Scheduler {
                 .and_then(|n| self.nodes.get(n))
                 .is_some_and(|n| n.record.reputation.streak >= TRUSTED_STREAK);
         let needed = if trust { 1 } else { needed };
+        if !trust && task.replicas() > 1 {
+            // Replicas go to trusted candidates drawn at random, untrusted ones only after them.
+            // Ranking alone would give every replicated task to the same top nodes, so two
+            // colluders advertising the best health would always be paired, and win.
+            let (mut drawn, rest): (Vec<String>, Vec<String>) = candidates
+                .into_iter()
+                .partition(|n| self.is_trusted(n, now));
+            drawn.shuffle(&mut rand::rng());
+            drawn.extend(rest);
+            candidates = drawn;
+        }
         let room = budget.saturating_sub(used);
         candidates.truncate(needed.min(room) as usize);
         let lease = now

@@ -710,3 +710,73 @@ fn colluding_liars_never_win_and_sink_in_reputation() {
     assert!(e.reputation.is_empty());
     assert_eq!(s.task(&id).unwrap().status, TaskStatus::Assigned);
 }
+
+/// Nodes caught lying do not count towards a quorum: two of them agreeing cannot outvote a
+/// trusted node, and the task waits for another trusted answer instead.
+#[test]
+fn untrusted_nodes_cannot_form_a_quorum() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let nodes = ["liar-a", "liar-b", "w1", "w2", "w3"];
+    for n in nodes {
+        s.on_health(health(n, 0.0), t0());
+    }
+    let answer = |node: &str| {
+        if node.starts_with("liar") {
+            "lie"
+        } else {
+            "truth"
+        }
+    };
+    // One task on all five: the liars lose the quorum and become untrusted.
+    let t = task(5);
+    let id = t.id;
+    s.submit(t, t0());
+    for (node, attempt) in dispatches(&s.take_effects()) {
+        s.on_agent_event(&node, success(id, attempt, answer(&node)), secs(1));
+    }
+    s.take_effects();
+    for l in ["liar-a", "liar-b"] {
+        assert!(!s.node_info(l, secs(1)).unwrap().reputation.trusted);
+    }
+    // Only the two liars and one witness take work now.
+    for n in ["w2", "w3"] {
+        let mut h = health(n, 0.0);
+        h.accepting = false;
+        s.on_health(h, secs(2));
+    }
+    let t = task(2);
+    let id = t.id;
+    s.submit(t, secs(2));
+    let mut answered = Vec::new();
+    for step in 3..10 {
+        let ds = dispatches(&s.take_effects());
+        if ds.is_empty() {
+            break;
+        }
+        for (node, attempt) in ds {
+            s.on_agent_event(&node, success(id, attempt, answer(&node)), secs(step));
+            answered.push(node);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, ["liar-a", "liar-b", "w1"]);
+    // Two lies against one truth, and still no quorum: the lie is not accepted.
+    assert_ne!(s.task(&id).unwrap().status, TaskStatus::Completed);
+    // A second trusted node settles it, and both liars are judged again.
+    s.on_health(health("w2", 0.0), secs(10));
+    let ds = dispatches(&s.take_effects());
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].0, "w2");
+    s.on_agent_event("w2", success(id, ds[0].1, "truth"), secs(11));
+    let e = s.take_effects();
+    let rec = persisted(&e, id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert_eq!(rec.result.as_ref().unwrap()["output"], "truth");
+    let invalid: BTreeSet<&str> = e
+        .reputation
+        .iter()
+        .filter(|ev| ev.kind == EventKind::Invalid)
+        .map(|ev| ev.node.as_str())
+        .collect();
+    assert_eq!(invalid, BTreeSet::from(["liar-a", "liar-b"]));
+}
