@@ -261,7 +261,8 @@ def main():
         return p
 
     try:
-        until("the watcher", lambda: s.items() is not None or True, 10)
+        # The app must find the watcher at start, or appindicator falls back to an XEmbed icon.
+        until("the StatusNotifierWatcher", lambda: s.items() is not None, 10)
 
         # 1. No agent: grey icon, "Agent not running", toggle disabled.
         missing = os.path.join(out, "no-such-agent", "control.json")
