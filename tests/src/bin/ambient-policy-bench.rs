@@ -1,0 +1,445 @@
+//! Load generator for the home user's side (`BENCHMARKS.md`, "Contribution policy and control
+//! API"). It drives a real `ambient-agent` process (the release binary next to this one) on a real
+//! mosquitto with a real coordinator, and prints medians:
+//!
+//! 1. toggle-to-agent latency: `POST /v1/toggle {"enabled": false}` sent → the agent's health
+//!    with `accepting: false` received by a third MQTT client; beside it, in the same run, the
+//!    peers: a bare MQTT publish → receive round trip on the same broker, and a bare
+//!    `GET /v1/status` round trip;
+//! 2. pause-to-idle latency: an exclusive app (a renamed `sleep`) starts while the agent runs a
+//!    spinning wasm task → the agent's health says `accepting: false`, and → the agent process's
+//!    CPU use drops (no more than 3 ticks of 10 ms in the following 300 ms, from
+//!    `/proc/<pid>/stat`);
+//! 3. agent RSS with the control API on (idle, and after 1000 status calls), beside the same
+//!    binary with `[control] enabled = false`.
+//!
+//! Build: `cargo build --release --locked -p ambient-agent -p ambient-e2e --bin ambient-agent
+//! --bin ambient-policy-bench`. Usage: `ambient-policy-bench [--rounds N]`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ambient_cli::modules;
+use ambient_e2e::Cluster;
+use ambient_link::{Incoming, LinkOptions, QoS};
+use ambient_protocol::{Health, Requirements, TaskStatus, TaskSubmission, TaskType, topics};
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const WATCHER: (&str, &str) = ("coordinator", "coordinator-password");
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// RSS (KiB) and CPU ticks (user + system) of a process.
+fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("no VmRSS")?
+        .parse()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok((rss, f[11].parse::<u64>()? + f[12].parse::<u64>()?))
+}
+
+/// A release agent process for `node-1` on the cluster's broker.
+struct AgentProc {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl AgentProc {
+    fn start(c: &Cluster, control: bool) -> anyhow::Result<AgentProc> {
+        let bin = std::env::current_exe()?.with_file_name("ambient-agent");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not built: cargo build --release -p ambient-agent",
+            bin.display()
+        );
+        let dir = tempfile::tempdir()?;
+        let (node, password) = ("node-1", "node-1-password");
+        let mut cfg = ambient_cli::local::agent_config(dir.path(), node, c.mqtt, password, 5.0);
+        cfg.mqtt.password = Some(password.into());
+        cfg.control.enabled = control;
+        cfg.control.listen = "127.0.0.1:0".parse()?;
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, toml::to_string(&cfg)?)?;
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(AgentProc { child, dir })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("node-1")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Ctl {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Ctl {
+    async fn open(data_dir: &Path) -> anyhow::Result<Ctl> {
+        let file = data_dir.join("control.json");
+        let t0 = Instant::now();
+        while !file.exists() {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "no control.json");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+        Ok(Ctl {
+            url: v["url"].as_str().context("url")?.into(),
+            token: v["token"].as_str().context("token")?.into(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method.parse()?, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "{method} {path}: {}",
+            resp.status()
+        );
+        Ok(resp.json().await?)
+    }
+
+    async fn until(&self, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.call("GET", "/v1/status", None).await?;
+            if pred(&s) {
+                return Ok(s);
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "timed out: {s}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A third MQTT client: health reports of node-1, and a topic of its own for the RTT peer.
+struct Watcher {
+    link: ambient_link::Link,
+    /// Health reports with their arrival time.
+    health: mpsc::Receiver<(Instant, Health)>,
+    rtt: mpsc::Receiver<()>,
+    _token: tokio_util::sync::DropGuard,
+}
+
+async fn watcher(c: &Cluster) -> anyhow::Result<Watcher> {
+    let token = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let rtt_topic = format!("{}/bench/policy-rtt", topics::PREFIX);
+    let mut link = ambient_link::start(
+        LinkOptions {
+            host: c.conn.mqtt_host.clone(),
+            port: c.conn.mqtt_port,
+            client_id: "policy-bench-watch".into(),
+            credentials: Some((WATCHER.0.into(), WATCHER.1.into())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions: vec![topics::node_health("node-1"), rtt_topic.clone()],
+        },
+        token.clone(),
+        &tracker,
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await? {
+            Some(Incoming::Connected { .. }) => break,
+            Some(_) => {}
+            None => anyhow::bail!("link closed"),
+        }
+    }
+    let (htx, health) = mpsc::channel(1024);
+    let (rtx, rtt) = mpsc::channel(1024);
+    let mut incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            if let Incoming::Publish { topic, payload } = m {
+                if topic == rtt_topic {
+                    let _ = rtx.send(()).await;
+                } else if let Ok(h) = serde_json::from_slice::<Health>(&payload) {
+                    let _ = htx.send((Instant::now(), h)).await;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(Watcher {
+        link,
+        health,
+        rtt,
+        _token: token.drop_guard(),
+    })
+}
+
+impl Watcher {
+    async fn health_until(&mut self, pred: impl Fn(&Health) -> bool) -> anyhow::Result<Instant> {
+        loop {
+            let (at, h) = tokio::time::timeout(Duration::from_secs(10), self.health.recv())
+                .await?
+                .context("watcher gone")?;
+            if pred(&h) {
+                return Ok(at);
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while self.health.try_recv().is_ok() {}
+    }
+}
+
+async fn toggle_latency(rounds: usize) -> anyhow::Result<()> {
+    let c = Cluster::mosquitto(0).await?;
+    let agent = AgentProc::start(&c, true)?;
+    c.client()
+        .wait_for_nodes(1, Duration::from_secs(20))
+        .await?;
+    let ctl = Ctl::open(&agent.data_dir()).await?;
+    let mut w = watcher(&c).await?;
+    let (mut off, mut on, mut call) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        w.drain();
+        let t0 = Instant::now();
+        ctl.call("POST", "/v1/toggle", Some(json!({"enabled": false})))
+            .await?;
+        call.push(t0.elapsed());
+        off.push(w.health_until(|h| !h.accepting).await? - t0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        w.drain();
+        let t0 = Instant::now();
+        ctl.call("POST", "/v1/toggle", Some(json!({"enabled": true})))
+            .await?;
+        on.push(w.health_until(|h| h.accepting).await? - t0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Peers, same broker, same run.
+    let topic = format!("{}/bench/policy-rtt", topics::PREFIX);
+    let mut rtt = Vec::new();
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        w.link
+            .client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 700])
+            .await?;
+        w.rtt.recv().await.context("rtt")?;
+        rtt.push(t0.elapsed());
+    }
+    let mut get = Vec::new();
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        ctl.call("GET", "/v1/status", None).await?;
+        get.push(t0.elapsed());
+    }
+    println!("toggle → health on the broker, {rounds} rounds (mosquitto, release agent process):");
+    println!(
+        "  off: median {:.2} ms, p90 {:.2} ms; on: median {:.2} ms, p90 {:.2} ms",
+        ms(median(&mut off)),
+        ms(pct(&mut off, 0.9)),
+        ms(median(&mut on)),
+        ms(pct(&mut on, 0.9))
+    );
+    println!(
+        "  POST /v1/toggle round trip (returns after the pause took effect): median {:.2} ms",
+        ms(median(&mut call))
+    );
+    println!(
+        "  peers: MQTT publish → receive median {:.2} ms; GET /v1/status median {:.2} ms",
+        ms(median(&mut rtt)),
+        ms(median(&mut get))
+    );
+    drop(agent);
+    c.shutdown().await;
+    Ok(())
+}
+
+fn spin_task() -> TaskSubmission {
+    TaskSubmission {
+        task_type: TaskType::WasmExecution,
+        wasm_module: Some(
+            base64::engine::general_purpose::STANDARD.encode(modules::wasm(modules::SPIN_WAT)),
+        ),
+        inputs: json!({}),
+        requirements: Requirements {
+            max_execution_time_sec: 600,
+            ..Requirements::default()
+        },
+        task_id: None,
+    }
+}
+
+async fn pause_to_idle(rounds: usize) -> anyhow::Result<()> {
+    let c = Cluster::mosquitto(0).await?;
+    let agent = AgentProc::start(&c, true)?;
+    let pid = agent.child.id();
+    let client = c.client();
+    client.wait_for_nodes(1, Duration::from_secs(20)).await?;
+    let ctl = Ctl::open(&agent.data_dir()).await?;
+    let app_dir = tempfile::tempdir()?;
+    let name = format!("ambgame-{}", std::process::id() % 1_000_000);
+    let app = app_dir.path().join(&name);
+    std::fs::copy("/bin/sleep", &app)?;
+    let mut settings = ctl.call("GET", "/v1/settings", None).await?;
+    settings["exclusive_apps"] = json!([name]);
+    ctl.call("PUT", "/v1/settings", Some(settings)).await?;
+    let mut w = watcher(&c).await?;
+    let (mut to_health, mut to_idle) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let info = client.submit(&spin_task()).await?;
+        loop {
+            let t = client.task(info.task_id).await?;
+            if t.status == TaskStatus::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // spinning for sure
+        w.drain();
+        let t0 = Instant::now();
+        let mut game = Command::new(&app).arg("300").spawn()?;
+        // Sample the agent's CPU ticks every 5 ms for 2 s.
+        let mut samples = Vec::new();
+        while t0.elapsed() < Duration::from_secs(2) {
+            samples.push((t0.elapsed(), proc_stats(pid)?.1));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let health_at = w.health_until(|h| !h.accepting).await? - t0;
+        let window = Duration::from_millis(300);
+        let idle_at = samples
+            .iter()
+            .find(|(t, ticks)| {
+                samples
+                    .iter()
+                    .rev()
+                    .find(|(u, _)| *u <= *t + window)
+                    .is_some_and(|(u, later)| {
+                        *u >= *t + window - Duration::from_millis(20) && later - ticks <= 3
+                    })
+            })
+            .map(|(t, _)| *t)
+            .context("the agent never went idle")?;
+        to_health.push(health_at);
+        to_idle.push(idle_at);
+        game.kill()?;
+        game.wait()?;
+        client.cancel(info.task_id).await?;
+        ctl.until(|s| s["contributing"] == true).await?;
+    }
+    println!("pause-to-idle, {rounds} rounds (exclusive app started while a wasm task spins):");
+    println!(
+        "  → health accepting=false on the broker: median {:.0} ms, max {:.0} ms",
+        ms(median(&mut to_health)),
+        ms(*to_health.iter().max().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "  → agent CPU back to ≤ 10% of a core: median {:.0} ms, max {:.0} ms (10 ms tick resolution)",
+        ms(median(&mut to_idle)),
+        ms(*to_idle.iter().max().unwrap_or(&Duration::ZERO))
+    );
+    drop(agent);
+    c.shutdown().await;
+    Ok(())
+}
+
+async fn rss() -> anyhow::Result<()> {
+    let c = Cluster::mosquitto(0).await?;
+    let mut line = Vec::new();
+    for control in [true, false] {
+        let agent = AgentProc::start(&c, control)?;
+        c.client()
+            .wait_for_nodes(1, Duration::from_secs(20))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (idle, _) = proc_stats(agent.child.id())?;
+        let mut after = None;
+        if control {
+            let ctl = Ctl::open(&agent.data_dir()).await?;
+            for _ in 0..1000 {
+                ctl.call("GET", "/v1/status", None).await?;
+            }
+            after = Some(proc_stats(agent.child.id())?.0);
+        }
+        line.push((control, idle, after));
+        drop(agent);
+        // Let the coordinator see it leave before the next one registers.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    println!("agent RSS (release binary, idle, 3 s after connecting):");
+    for (control, idle, after) in line {
+        print!(
+            "  control API {}: {:.1} MiB",
+            if control { "on " } else { "off" },
+            idle as f64 / 1024.0
+        );
+        if let Some(a) = after {
+            print!(", {:.1} MiB after 1000 GET /v1/status", a as f64 / 1024.0);
+        }
+        println!();
+    }
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut rounds = 30usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        match (pair[0].as_str(), pair.get(1)) {
+            ("--rounds", Some(v)) => rounds = v.parse()?,
+            (other, _) => anyhow::bail!("unknown flag {other} (usage: --rounds N)"),
+        }
+    }
+    println!(
+        "ambient-policy-bench: {rounds} rounds, machine: {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    toggle_latency(rounds).await?;
+    pause_to_idle(rounds.min(10)).await?;
+    rss().await?;
+    Ok(())
+}
