@@ -303,4 +303,30 @@ mod tests {
         assert!(zk.verify_result(task, &other, &output).is_err());
         assert!(zk.verify_result(task, &inputs, &json!({"y": "1"})).is_err());
     }
+
+    /// Keys made elsewhere (say by a multi-party ceremony) and put in the data dir are the ones
+    /// used; instances without a key file get a fresh setup, saved for the next start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_made_elsewhere_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).unwrap();
+        let dot = CircuitSpec::new(CircuitId::Dot, 16).unwrap();
+        let ceremony = ambient_zk::setup_with_os_rng(&dot).unwrap();
+        std::fs::create_dir_all(dir.path().join("zk")).unwrap();
+        ceremony.save(&keys_path(dir.path(), &dot)).unwrap();
+        let zk = Zk::load(dir.path(), &store).await.unwrap();
+        assert_eq!(zk.circuit(&dot).unwrap().vk, ceremony.verifying_key);
+        let chain = CircuitSpec::new(CircuitId::HashChain, 64).unwrap();
+        let made = zk.circuit(&chain).unwrap().vk.clone();
+        assert!(keys_path(dir.path(), &chain).exists());
+        let again = Zk::load(dir.path(), &store).await.unwrap();
+        assert_eq!(again.circuit(&chain).unwrap().vk, made);
+        assert_ne!(made, ceremony.verifying_key);
+        let pk = store
+            .blob(zk.circuit(&dot).unwrap().pk_sha256.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pk, ceremony.to_bytes().unwrap());
+    }
 }
