@@ -19,12 +19,17 @@
 //! The server learns only `Σ x_u` over survivors (against an honest-but-curious server and up to
 //! `t − 1` colluding clients).
 //!
-//! # Out of scope here (the transport's job)
-//! - **Authentication.** Messages are not signed here; the transport signs with the node
-//!   identity, which also stops the server from forging roster entries (active adversary).
-//! - **Confidentiality of shares.** A [`KeyShare`] is addressed to one client and must be
-//!   encrypted to it end to end (e.g. with a key from a second X25519 pair, as in the paper);
-//!   the server relaying shares in the clear could otherwise reconstruct every mask.
+//! # Confidentiality of shares
+//! A [`KeyShare`] is addressed to one client and travels through the server, which could
+//! otherwise reconstruct every mask. As in the paper, each client has a second X25519 pair for
+//! encryption (`enc_pk` in [`AdvertisedKeys`]); [`ClientSetup::seal`] encrypts a share with
+//! ChaCha20-Poly1305 under a key derived from the two clients' encryption keys, and
+//! [`ClientSetup::open`] decrypts and authenticates it. The encryption keys are never shared, so
+//! reconstructing a dropped client's mask key does not open its mailbox.
+//!
+//! # Out of scope here
+//! - **Authentication.** Messages are not signed; a server that forges roster entries (an
+//!   active adversary) is not stopped. Nodes have no identity keys yet.
 //! - The paper's consistency-check round (signatures over the survivor set).
 //!
 //! # Fixed point
@@ -36,6 +41,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -420,13 +427,28 @@ pub struct SecAggParams {
     pub vector_len: usize,
 }
 
-/// Step 1 message: a client's public key for pairwise masks.
+/// Step 1 message: a client's public keys for pairwise masks and for encrypting shares to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdvertisedKeys {
     /// The client.
     pub client: ClientId,
-    /// X25519 public key.
+    /// X25519 public key for pairwise masks.
     pub mask_pk: [u8; 32],
+    /// X25519 public key for the encryption of key shares.
+    pub enc_pk: [u8; 32],
+}
+
+/// A [`KeyShare`] encrypted from `from` to `to` ([`ClientSetup::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedShare {
+    /// Sender (owner of the shared secrets).
+    pub from: ClientId,
+    /// Recipient.
+    pub to: ClientId,
+    /// ChaCha20-Poly1305 nonce.
+    pub nonce: [u8; 12],
+    /// The JSON of the [`KeyShare`], encrypted and authenticated.
+    pub ciphertext: Vec<u8>,
 }
 
 /// Step 2 message from `from` to `to`: shares of `from`'s self-mask seed and X25519 secret.
@@ -487,8 +509,10 @@ pub struct ClientSetup {
     id: ClientId,
     params: SecAggParams,
     mask_sk: StaticSecret,
+    enc_sk: StaticSecret,
     self_seed: [u8; 32],
     roster: BTreeMap<ClientId, [u8; 32]>,
+    enc_keys: BTreeMap<ClientId, [u8; 32]>,
     held: BTreeMap<ClientId, KeyShare>,
     masked_with: Option<BTreeSet<ClientId>>,
     answered: bool,
@@ -510,14 +534,18 @@ impl ClientSetup {
     pub fn new<R: CryptoRng + ?Sized>(id: ClientId, params: SecAggParams, rng: &mut R) -> Self {
         let mut sk = [0u8; 32];
         rng.fill_bytes(&mut sk);
+        let mut enc = [0u8; 32];
+        rng.fill_bytes(&mut enc);
         let mut self_seed = [0u8; 32];
         rng.fill_bytes(&mut self_seed);
         ClientSetup {
             id,
             params,
             mask_sk: StaticSecret::from(sk),
+            enc_sk: StaticSecret::from(enc),
             self_seed,
             roster: BTreeMap::new(),
+            enc_keys: BTreeMap::new(),
             held: BTreeMap::new(),
             masked_with: None,
             answered: false,
@@ -534,7 +562,84 @@ impl ClientSetup {
         AdvertisedKeys {
             client: self.id,
             mask_pk: PublicKey::from(&self.mask_sk).to_bytes(),
+            enc_pk: PublicKey::from(&self.enc_sk).to_bytes(),
         }
+    }
+
+    /// The ChaCha20-Poly1305 key between this client and `peer`.
+    fn share_cipher(&self, peer: ClientId) -> Result<ChaCha20Poly1305, SecAggError> {
+        let pk = self
+            .enc_keys
+            .get(&peer)
+            .ok_or(SecAggError::UnknownClient(peer))?;
+        let shared = self.enc_sk.diffie_hellman(&PublicKey::from(*pk));
+        if !shared.was_contributory() {
+            return Err(SecAggError::NonContributory(peer));
+        }
+        let (lo, hi) = (self.id.min(peer), self.id.max(peer));
+        let mut h = Sha256::new();
+        h.update(b"ambient-fl share encryption v1");
+        h.update(self.params.session.to_le_bytes());
+        h.update(lo.to_le_bytes());
+        h.update(hi.to_le_bytes());
+        h.update(shared.as_bytes());
+        Ok(ChaCha20Poly1305::new(&h.finalize()))
+    }
+
+    /// Encrypts one of this client's outgoing shares to its recipient (after
+    /// [`ClientSetup::share_keys`], which learns the recipients' encryption keys).
+    pub fn seal<R: CryptoRng + ?Sized>(
+        &self,
+        share: &KeyShare,
+        rng: &mut R,
+    ) -> Result<SealedShare, SecAggError> {
+        if share.from != self.id {
+            return Err(SecAggError::Refused("only own shares are sealed"));
+        }
+        let cipher = self.share_cipher(share.to)?;
+        let mut nonce = [0u8; 12];
+        rng.fill_bytes(&mut nonce);
+        let plain = serde_json::to_vec(share).map_err(|_| SecAggError::Invalid("share"))?;
+        let aad = [share.from.to_le_bytes(), share.to.to_le_bytes()].concat();
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SecAggError::Invalid("encryption failed"))?;
+        Ok(SealedShare {
+            from: share.from,
+            to: share.to,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Decrypts and authenticates a share sealed to this client.
+    pub fn open(&self, sealed: &SealedShare) -> Result<KeyShare, SecAggError> {
+        if sealed.to != self.id {
+            return Err(SecAggError::UnknownClient(sealed.to));
+        }
+        let cipher = self.share_cipher(sealed.from)?;
+        let aad = [sealed.from.to_le_bytes(), sealed.to.to_le_bytes()].concat();
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SecAggError::BadShares(sealed.from))?;
+        let share: KeyShare =
+            serde_json::from_slice(&plain).map_err(|_| SecAggError::BadShares(sealed.from))?;
+        if (share.from, share.to) != (sealed.from, sealed.to) {
+            return Err(SecAggError::BadShares(sealed.from));
+        }
+        Ok(share)
     }
 
     /// Step 2: given the roster, splits this client's secrets; returns the shares to send to
@@ -548,6 +653,7 @@ impl ClientSetup {
         if map.get(&self.id) != Some(&self.advertise().mask_pk) {
             return Err(SecAggError::UnknownClient(self.id));
         }
+        self.enc_keys = roster.iter().map(|k| (k.client, k.enc_pk)).collect();
         let ids: Vec<ClientId> = map.keys().copied().collect();
         let xs: Vec<u64> = ids.iter().map(|&c| share_point(c)).collect();
         let t = self.params.threshold;
@@ -798,6 +904,45 @@ mod tests {
 
     fn rng(seed: u64) -> ChaCha20Rng {
         ChaCha20Rng::seed_from_u64(seed)
+    }
+
+    /// Shares relayed by the server are readable by their recipient only, and tampering shows.
+    #[test]
+    fn sealed_shares_open_only_for_their_recipient() {
+        let params = SecAggParams {
+            session: 9,
+            threshold: 2,
+            vector_len: 4,
+        };
+        let mut r = rng(5);
+        let mut clients: Vec<ClientSetup> = (0..3)
+            .map(|i| ClientSetup::new(i, params, &mut r))
+            .collect();
+        let roster: Vec<AdvertisedKeys> = clients.iter().map(ClientSetup::advertise).collect();
+        let shares = clients[0].share_keys(&roster, &mut r).unwrap();
+        for c in &mut clients[1..] {
+            c.share_keys(&roster, &mut r).unwrap();
+        }
+        let to_1 = shares.iter().find(|s| s.to == 1).unwrap();
+        let sealed = clients[0].seal(to_1, &mut r).unwrap();
+        let plain = serde_json::to_vec(to_1).unwrap();
+        assert!(
+            !sealed
+                .ciphertext
+                .windows(16)
+                .any(|w| plain.windows(16).any(|p| p == w))
+        );
+        assert_eq!(&clients[1].open(&sealed).unwrap(), to_1);
+        // Client 2 cannot open it, even claiming to be the recipient.
+        assert!(clients[2].open(&sealed).is_err());
+        let mut redirected = sealed.clone();
+        redirected.to = 2;
+        assert!(clients[2].open(&redirected).is_err());
+        let mut flipped = sealed.clone();
+        flipped.ciphertext[3] ^= 1;
+        assert_eq!(clients[1].open(&flipped), Err(SecAggError::BadShares(0)));
+        // Only one's own shares are sealed.
+        assert!(clients[1].seal(to_1, &mut r).is_err());
     }
 
     #[test]
