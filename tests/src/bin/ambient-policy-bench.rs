@@ -10,8 +10,8 @@
 //!    spinning wasm task → the agent's health says `accepting: false`, and → the agent process's
 //!    CPU use drops (no more than 3 ticks of 10 ms in the following 300 ms, from
 //!    `/proc/<pid>/stat`);
-//! 3. agent RSS with the control API on (idle, and after 1000 status calls), beside the same
-//!    binary with `[control] enabled = false`.
+//! 3. agent RSS and idle CPU with the control API on (and RSS after 1000 status calls), beside
+//!    the same binary with `[control] enabled = false`.
 //!
 //! Build: `cargo build --release --locked -p ambient-agent -p ambient-e2e --bin ambient-agent
 //! --bin ambient-policy-bench`. Usage: `ambient-policy-bench [--rounds N]`.
@@ -394,7 +394,11 @@ async fn rss() -> anyhow::Result<()> {
             .wait_for_nodes(1, Duration::from_secs(20))
             .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (idle, _) = proc_stats(agent.child.id())?;
+        let (_, t0) = proc_stats(agent.child.id())?;
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (idle, t1) = proc_stats(agent.child.id())?;
+        let cpu = (t1 - t0) as f64 / 100.0 / start.elapsed().as_secs_f64() * 100.0;
         let mut after = None;
         if control {
             let ctl = Ctl::open(&agent.data_dir()).await?;
@@ -403,15 +407,17 @@ async fn rss() -> anyhow::Result<()> {
             }
             after = Some(proc_stats(agent.child.id())?.0);
         }
-        line.push((control, idle, after));
+        line.push((control, idle, cpu, after));
         drop(agent);
         // Let the coordinator see it leave before the next one registers.
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    println!("agent RSS (release binary, idle, 3 s after connecting):");
-    for (control, idle, after) in line {
+    println!(
+        "agent RSS and CPU (release binary, idle 10 s after settling 3 s; policy every 250 ms):"
+    );
+    for (control, idle, cpu, after) in line {
         print!(
-            "  control API {}: {:.1} MiB",
+            "  control API {}: RSS {:.1} MiB, CPU {cpu:.2}% of one core",
             if control { "on " } else { "off" },
             idle as f64 / 1024.0
         );
