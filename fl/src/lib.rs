@@ -19,7 +19,12 @@
 //! - [`dp`]: L2 clipping, distributed Gaussian noise, the RDP accountant, σ calibration and the
 //!   per-round privacy ledger.
 //! - [`secagg`]: fixed-point encoding into Z_2^32, X25519 pairwise masks, self masks, t-of-n
-//!   Shamir sharing over GF(2^61 − 1), and the server-side unmasking.
+//!   Shamir sharing over GF(2^61 − 1), sealed key shares, and the server-side unmasking.
+//! - [`wire`]: a job over the network: the submitter's [`wire::JobSpec`] and the messages between
+//!   coordinator and clients.
+//! - [`client`] and [`server`]: the two ends of a job as state machines (statistics round,
+//!   training rounds, deadlines, dropouts, DP ledger, secure aggregation), driven by the agent
+//!   and the coordinator over MQTT.
 //!
 //! # A round, end to end
 //! 1. The coordinator opens a [`fedavg::Round`] and sends the global weights.
@@ -30,11 +35,14 @@
 //!    calls [`secagg::ServerAggregator::unmask`], then decodes the sum, divides and applies it, and
 //!    records the round in its [`dp::PrivacyLedger`].
 
+pub mod client;
 pub mod data;
 pub mod dp;
 pub mod fedavg;
 pub mod model;
 pub mod secagg;
+pub mod server;
+pub mod wire;
 
 /// A client's identifier within one federated-learning task (the coordinator assigns them).
 ///

@@ -1,0 +1,273 @@
+//! The client side of a federated job ([`crate::wire`]): a state machine over one node's local
+//! data. The node's rows never leave it; it sends only statistics sums and (clipped, noised,
+//! masked) model updates. CPU-heavy steps (local training) happen inside [`Client::handle`], so
+//! callers run it off their async workers.
+
+use std::collections::BTreeSet;
+
+use rand::{CryptoRng, RngCore};
+
+use crate::ClientId;
+use crate::data::{Dataset, FeatureStats};
+use crate::dp::{add_noise_share, clip_l2};
+use crate::model::{LocalTraining, ModelSpec, train_local};
+use crate::secagg::{ClientSetup, FixedPoint};
+use crate::wire::{ToClient, ToServer};
+
+/// A message the client cannot act on.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ClientError {
+    /// A message for another round, or out of order.
+    #[error("unexpected {what} for round {round} (the client is in round {current})")]
+    OutOfOrder {
+        /// Which message.
+        what: &'static str,
+        /// Its round.
+        round: u32,
+        /// The client's round.
+        current: u32,
+    },
+    /// The model, data or parameters do not fit.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Invalid(e.to_string())
+}
+
+/// One round's settings, from `Begin`.
+struct RoundPlan {
+    round: u32,
+    clients: u32,
+    spec: ModelSpec,
+    weights: Vec<f32>,
+    local: LocalTraining,
+    dp: Option<(f64, f32)>,
+    seed: u64,
+}
+
+/// One client of one job.
+pub struct Client {
+    id: ClientId,
+    raw: Dataset,
+    data: Option<Dataset>,
+    plan: Option<RoundPlan>,
+    secagg: Option<ClientSetup>,
+}
+
+impl Client {
+    /// A client over the node's data set (unstandardised).
+    pub fn new(data: Dataset) -> Client {
+        Client {
+            id: 0,
+            raw: data,
+            data: None,
+            plan: None,
+            secagg: None,
+        }
+    }
+
+    /// Rows in the local data set.
+    pub fn rows(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Handles one message; returns the answer to send, if any. Trains in `Relay` (with secure
+    /// aggregation) or `Begin` (without): seconds of CPU for large data.
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        msg: ToClient,
+        rng: &mut R,
+    ) -> Result<Option<ToServer>, ClientError> {
+        match msg {
+            ToClient::Begin {
+                round,
+                client,
+                clients,
+                dataset: _,
+                spec,
+                weights,
+                standardize,
+                local,
+                dp,
+                secagg,
+                seed,
+            } => {
+                self.id = client;
+                if let Some((mean, std)) = standardize
+                    && self.data.is_none()
+                {
+                    let mut d = self.raw.clone();
+                    d.standardize(&mean, &std).map_err(invalid)?;
+                    self.data = Some(d);
+                }
+                self.plan = Some(RoundPlan {
+                    round,
+                    clients,
+                    spec,
+                    weights,
+                    local,
+                    dp,
+                    seed,
+                });
+                match secagg {
+                    Some(params) => {
+                        let setup = ClientSetup::new(client, params, rng);
+                        let keys = setup.advertise();
+                        self.secagg = Some(setup);
+                        Ok(Some(ToServer::Keys { round, keys }))
+                    }
+                    None => {
+                        self.secagg = None;
+                        let y = self.vector(rng)?;
+                        Ok(Some(ToServer::Update { round, y }))
+                    }
+                }
+            }
+            ToClient::Roster { round, roster } => {
+                self.check_round("roster", round)?;
+                let setup = self.setup("roster", round)?;
+                let shares = setup.share_keys(&roster, rng).map_err(invalid)?;
+                let sealed = shares
+                    .iter()
+                    .map(|s| setup.seal(s, rng))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
+                Ok(Some(ToServer::Shares {
+                    round,
+                    shares: sealed,
+                }))
+            }
+            ToClient::Relay {
+                round,
+                shares,
+                peers,
+            } => {
+                self.check_round("relay", round)?;
+                let setup = self.setup("relay", round)?;
+                let opened = shares
+                    .iter()
+                    .map(|s| setup.open(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
+                setup.receive_shares(opened).map_err(invalid)?;
+                let y = self.vector_for(&peers, rng)?;
+                let setup = self.setup("relay", round)?;
+                let masked = setup.masked_update(&y, &peers).map_err(invalid)?;
+                Ok(Some(ToServer::Update { round, y: masked.y }))
+            }
+            ToClient::Unmask {
+                round,
+                survivors,
+                dropped,
+            } => {
+                self.check_round("unmask", round)?;
+                let setup = self.setup("unmask", round)?;
+                let shares = setup
+                    .unmask_response(&survivors, &dropped)
+                    .map_err(invalid)?;
+                Ok(Some(ToServer::Unmask { round, shares }))
+            }
+            ToClient::End { .. } => {
+                self.plan = None;
+                self.secagg = None;
+                Ok(None)
+            }
+        }
+    }
+
+    fn check_round(&self, what: &'static str, round: u32) -> Result<(), ClientError> {
+        let current = self.plan.as_ref().map_or(u32::MAX, |p| p.round);
+        if current != round {
+            return Err(ClientError::OutOfOrder {
+                what,
+                round,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    fn setup(&mut self, what: &'static str, round: u32) -> Result<&mut ClientSetup, ClientError> {
+        self.secagg.as_mut().ok_or(ClientError::OutOfOrder {
+            what,
+            round,
+            current: round,
+        })
+    }
+
+    fn vector_for<R: RngCore>(
+        &mut self,
+        peers: &BTreeSet<ClientId>,
+        rng: &mut R,
+    ) -> Result<Vec<u32>, ClientError> {
+        // Under secure aggregation the noise is split among the clients that will mask together.
+        if let Some(p) = self.plan.as_mut() {
+            p.clients = peers.len() as u32;
+        }
+        self.vector(rng)
+    }
+
+    /// This round's contribution, encoded: statistics in round 0, an update afterwards.
+    fn vector<R: RngCore>(&mut self, rng: &mut R) -> Result<Vec<u32>, ClientError> {
+        let plan = self
+            .plan
+            .as_ref()
+            .ok_or_else(|| invalid("no round in progress"))?;
+        let fp = FixedPoint::default();
+        if plan.round == 0 {
+            if self.raw.num_features() != plan.spec.inputs {
+                return Err(invalid(format!(
+                    "the data set has {} features, the model {}",
+                    self.raw.num_features(),
+                    plan.spec.inputs
+                )));
+            }
+            let stats = FeatureStats::from_dataset(&self.raw).to_vec();
+            return fp.encode_wide(&stats).map_err(invalid);
+        }
+        let data = self
+            .data
+            .as_ref()
+            .ok_or_else(|| invalid("training before standardisation"))?;
+        let seed = plan.seed ^ (u64::from(plan.round) << 32) ^ u64::from(self.id);
+        let (w, loss) =
+            train_local(&plan.spec, &plan.weights, data, &plan.local, seed).map_err(invalid)?;
+        let mut delta: Vec<f32> = w.iter().zip(&plan.weights).map(|(a, b)| a - b).collect();
+        match plan.dp {
+            Some((sigma, clip)) => {
+                clip_l2(&mut delta, clip);
+                add_noise_share(&mut delta, sigma, clip, plan.clients.max(1) as usize, rng)
+                    .map_err(invalid)?;
+                delta.push(1.0);
+                delta.push(loss);
+                fp.encode(&delta).map_err(invalid)
+            }
+            None => {
+                let n = data.len() as f64;
+                let mut v: Vec<f64> = delta.iter().map(|d| n * f64::from(*d)).collect();
+                v.push(n);
+                v.push(n * f64::from(loss));
+                fp.encode_wide(&v).map_err(invalid)
+            }
+        }
+    }
+}
+
+/// Length of a round's encoded vector: statistics in round 0, an update afterwards.
+pub fn vector_len(round: u32, features: usize, params: usize, dp: bool) -> usize {
+    if round == 0 {
+        4 * (1 + 2 * features)
+    } else if dp {
+        params + 2
+    } else {
+        4 * (params + 2)
+    }
+}
+
+/// The Shamir threshold of a secure-aggregation session of `n` clients.
+pub fn secagg_threshold(n: usize) -> usize {
+    // Survive 30 % of the clients dropping after sharing keys; never fewer than a majority.
+    (n - n * 3 / 10).max(n / 2 + 1).max(2)
+}

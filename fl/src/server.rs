@@ -1,0 +1,868 @@
+//! The coordinator side of a federated job ([`crate::wire`]): a state machine that runs the
+//! statistics round and `rounds` training rounds over the clients it was given, with deadlines
+//! (time comes in as milliseconds), dropouts, DP accounting and secure aggregation. It sees only
+//! sums. Every message it cannot use is refused with a typed [`Refusal`]; the job goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ClientId;
+use crate::client::vector_len;
+use crate::data::{Dataset, FeatureStats};
+use crate::dp::{PrivacyLedger, calibrate_sigma, effective_sigma};
+use crate::fedavg::apply_update;
+use crate::model::{ModelSpec, auc};
+use crate::secagg::{
+    AdvertisedKeys, FixedPoint, MaskedInput, SealedShare, SecAggParams, ServerAggregator,
+    UnmaskShares, wrapping_sum,
+};
+use crate::wire::{JobSpec, RoundMetrics, ToClient, ToServer};
+
+/// Why a job cannot start.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum JobError {
+    /// Bad parameters: the submitter's mistake, refused at submission.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A client message the server did not use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender is not (or no longer) a client of this job.
+    #[error("client {0} is not in this job (or was dropped)")]
+    NotAClient(ClientId),
+    /// The message is for another round or phase: it came too late (or too early).
+    #[error("late or out-of-order {what} from client {client} for round {round}")]
+    Late {
+        /// Sender.
+        client: ClientId,
+        /// Which message.
+        what: &'static str,
+        /// Its round.
+        round: u32,
+    },
+    /// The client already sent this.
+    #[error("duplicate {what} from client {client}")]
+    Duplicate {
+        /// Sender.
+        client: ClientId,
+        /// Which message.
+        what: &'static str,
+    },
+    /// A vector of the wrong length: the client is dropped from the job.
+    #[error("client {client} sent {found} values, expected {expected}; dropped")]
+    WrongLength {
+        /// Sender.
+        client: ClientId,
+        /// Expected length.
+        expected: usize,
+        /// Received length.
+        found: usize,
+    },
+    /// The client said it cannot take part; it is dropped.
+    #[error("client {client} left: {reason}")]
+    Left {
+        /// Sender.
+        client: ClientId,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Recipient.
+    pub to: ClientId,
+    /// The message.
+    pub msg: ToClient,
+}
+
+/// Where the job stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Rounds in progress: `round` of `rounds` (0 is the statistics round).
+    Running {
+        /// Current round.
+        round: u32,
+        /// Training rounds.
+        rounds: u32,
+    },
+    /// Finished.
+    Done(Box<JobResult>),
+    /// Failed, with the reason.
+    Failed(String),
+}
+
+/// A finished job's result (the task's `output`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The model.
+    pub model: ModelSpec,
+    /// Final weights (layout in `ambient_fl::model`).
+    pub weights: Vec<f32>,
+    /// Feature means used for standardisation (apply them before predicting).
+    pub feature_mean: Vec<f32>,
+    /// Feature standard deviations.
+    pub feature_std: Vec<f32>,
+    /// Rows over all clients (from the statistics round).
+    pub total_rows: u64,
+    /// Per training round.
+    pub rounds: Vec<RoundMetrics>,
+    /// The privacy ledger, under DP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Privacy>,
+    /// Whether secure aggregation was on.
+    pub secure_aggregation: bool,
+    /// Set when the job ended before `rounds` (the budget could not cover another round).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
+}
+
+/// The DP part of a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Privacy {
+    /// Budget ε.
+    pub epsilon: f64,
+    /// δ.
+    pub delta: f64,
+    /// Calibrated noise multiplier σ.
+    pub sigma: f64,
+    /// Clipping norm C.
+    pub clip_norm: f32,
+    /// ε spent in total.
+    pub epsilon_spent: f64,
+    /// Per round: the σ that held (fewer contributors, less noise) and ε after it.
+    pub ledger: PrivacyLedger,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Keys,
+    Shares,
+    Updates,
+    Unmask,
+}
+
+/// One round in progress.
+struct RoundState {
+    round: u32,
+    phase: Phase,
+    deadline: u64,
+    /// Clients the round began with: each added 1/this of the noise (without secure
+    /// aggregation; with it, 1/peers).
+    began_with: usize,
+    invited: BTreeSet<ClientId>,
+    keys: BTreeMap<ClientId, AdvertisedKeys>,
+    shares: BTreeMap<ClientId, Vec<SealedShare>>,
+    peers: BTreeSet<ClientId>,
+    updates: BTreeMap<ClientId, Vec<u32>>,
+    unmask: BTreeMap<ClientId, UnmaskShares>,
+    aggregator: Option<ServerAggregator>,
+}
+
+/// The server of one job.
+pub struct Server {
+    job: JobSpec,
+    spec: ModelSpec,
+    features: usize,
+    session: u64,
+    secure: bool,
+    alive: BTreeSet<ClientId>,
+    threshold: usize,
+    sigma: Option<f64>,
+    ledger: Option<PrivacyLedger>,
+    weights: Vec<f32>,
+    standardize: Option<(Vec<f32>, Vec<f32>)>,
+    total_rows: u64,
+    eval: Option<Dataset>,
+    metrics: Vec<RoundMetrics>,
+    current: Option<RoundState>,
+    state: JobState,
+}
+
+/// The smallest number of clients a job accepts.
+pub const MIN_CLIENTS: usize = 2;
+
+/// Checks a job before it is accepted: the model, rounds, DP budget (calibrating σ) and the
+/// evaluation set. Returns σ under DP.
+pub fn check_job(job: &JobSpec, clients: usize) -> Result<Option<f64>, JobError> {
+    let bad = |m: String| Err(JobError::Invalid(m));
+    if clients < MIN_CLIENTS {
+        return bad(format!(
+            "federated learning needs min_nodes ≥ {MIN_CLIENTS} clients per round"
+        ));
+    }
+    if job.rounds == 0 || job.rounds > 1000 {
+        return bad("rounds must be 1 to 1000".into());
+    }
+    if job.dataset.is_empty() || job.dataset.len() > 64 {
+        return bad("dataset must be a name of 1 to 64 characters".into());
+    }
+    if job.local.epochs == 0 || job.local.epochs > 1000 || job.local.batch_size == 0 {
+        return bad("local.epochs must be 1 to 1000 and local.batch_size at least 1".into());
+    }
+    if !(job.local.lr > 0.0 && job.local.lr.is_finite() && job.server_lr > 0.0) {
+        return bad("local.lr and server_lr must be positive".into());
+    }
+    if job.round_timeout_sec == 0 || job.round_timeout_sec > 3600 {
+        return bad("round_timeout_sec must be 1 to 3600".into());
+    }
+    if job.secure_aggregation == Some(true) && clients < 3 {
+        return bad("secure aggregation needs min_nodes ≥ 3".into());
+    }
+    if let crate::wire::ModelChoice::Mlp { hidden } = &job.model
+        && (hidden.is_empty() || hidden.len() > 4 || hidden.iter().any(|&h| h == 0 || h > 1024))
+    {
+        return bad("model.hidden must list 1 to 4 layer widths of 1 to 1024".into());
+    }
+    if let Some(csv) = &job.eval_csv {
+        Dataset::from_csv_str(csv, &job.eval_label, None)
+            .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
+    }
+    let Some(epsilon) = job.epsilon else {
+        return Ok(None);
+    };
+    if !(job.delta > 0.0 && job.delta < 1.0) {
+        return bad("delta must be in (0, 1)".into());
+    }
+    if !(job.clip_norm > 0.0 && job.clip_norm.is_finite()) {
+        return bad("clip_norm must be positive".into());
+    }
+    calibrate_sigma(epsilon, job.delta, u64::from(job.rounds))
+        .map(Some)
+        .map_err(|e| JobError::Invalid(format!("the privacy budget cannot be met: {e}")))
+}
+
+impl Server {
+    /// Starts a job over `clients` (ids 0..n), whose data sets have `features` columns. Returns
+    /// the server and the statistics round's `Begin` messages. `session` is bound into every
+    /// secure-aggregation seed (derive it from the task id).
+    pub fn start(
+        job: JobSpec,
+        features: usize,
+        clients: usize,
+        session: u64,
+        now: u64,
+    ) -> Result<(Server, Vec<Outgoing>), JobError> {
+        let sigma = check_job(&job, clients)?;
+        if features == 0 {
+            return Err(JobError::Invalid("the data set has no features".into()));
+        }
+        let ledger = match (job.epsilon, sigma) {
+            (Some(e), Some(_)) => Some(
+                PrivacyLedger::new(e, job.delta).map_err(|e| JobError::Invalid(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let eval = match &job.eval_csv {
+            Some(csv) => {
+                let d = Dataset::from_csv_str(csv, &job.eval_label, None)
+                    .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
+                if d.num_features() != features {
+                    return Err(JobError::Invalid(format!(
+                        "eval_csv has {} features, the clients' data set {features}",
+                        d.num_features()
+                    )));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let spec = job.model.spec(features);
+        let secure = job.secure_aggregation.unwrap_or(clients >= 3);
+        let mut s = Server {
+            weights: spec.init(job.seed),
+            spec,
+            features,
+            session,
+            secure,
+            alive: (0..clients as ClientId).collect(),
+            threshold: crate::client::secagg_threshold(clients),
+            sigma,
+            ledger,
+            standardize: None,
+            total_rows: 0,
+            eval,
+            metrics: Vec::new(),
+            current: None,
+            state: JobState::Running {
+                round: 0,
+                rounds: job.rounds,
+            },
+            job,
+        };
+        let out = s.begin(0, now);
+        Ok((s, out))
+    }
+
+    /// Where the job stands.
+    pub fn state(&self) -> &JobState {
+        &self.state
+    }
+
+    /// Clients still in the job.
+    pub fn alive(&self) -> &BTreeSet<ClientId> {
+        &self.alive
+    }
+
+    /// The fewest clients a round needs.
+    fn needed(&self) -> usize {
+        if self.secure { self.threshold } else { 1 }
+    }
+
+    fn dp(&self) -> bool {
+        self.sigma.is_some()
+    }
+
+    fn vector_len(&self, round: u32) -> usize {
+        vector_len(round, self.features, self.spec.num_params(), self.dp())
+    }
+
+    fn begin(&mut self, round: u32, now: u64) -> Vec<Outgoing> {
+        let invited = self.alive.clone();
+        let n = invited.len();
+        let secagg = self.secure.then(|| self.params(round));
+        let msgs = invited
+            .iter()
+            .map(|&c| Outgoing {
+                to: c,
+                msg: ToClient::Begin {
+                    round,
+                    client: c,
+                    clients: n as u32,
+                    dataset: self.job.dataset.clone(),
+                    spec: self.spec.clone(),
+                    weights: if round == 0 {
+                        vec![]
+                    } else {
+                        self.weights.clone()
+                    },
+                    standardize: self.standardize.clone(),
+                    local: self.job.local.clone(),
+                    dp: self.sigma.map(|s| (s, self.job.clip_norm)),
+                    secagg,
+                    seed: self.job.seed,
+                },
+            })
+            .collect();
+        self.current = Some(RoundState {
+            round,
+            phase: if self.secure {
+                Phase::Keys
+            } else {
+                Phase::Updates
+            },
+            deadline: self.deadline(now),
+            began_with: n,
+            peers: invited.clone(),
+            invited,
+            keys: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            updates: BTreeMap::new(),
+            unmask: BTreeMap::new(),
+            aggregator: None,
+        });
+        self.state = JobState::Running {
+            round,
+            rounds: self.job.rounds,
+        };
+        msgs
+    }
+
+    /// One round's secure-aggregation session. The threshold is fixed from the job's size at
+    /// start, so a job that loses clients fails when it can no longer meet it.
+    fn params(&self, round: u32) -> SecAggParams {
+        SecAggParams {
+            session: self.session ^ u64::from(round).rotate_left(32),
+            threshold: self.threshold,
+            vector_len: self.vector_len(round),
+        }
+    }
+
+    fn deadline(&self, now: u64) -> u64 {
+        now + self.job.round_timeout_sec * 1000
+    }
+
+    /// Handles one client message. `Err` says why it was not used (the job goes on); the
+    /// messages returned must be sent either way.
+    pub fn handle(
+        &mut self,
+        from: ClientId,
+        msg: ToServer,
+        now: u64,
+    ) -> (Vec<Outgoing>, Result<(), Refusal>) {
+        let r = self.accept(from, msg);
+        let out = match &r {
+            Err(Refusal::WrongLength { client, .. }) | Err(Refusal::Left { client, .. }) => {
+                let c = *client;
+                let mut out = self.drop_client(c, "refused");
+                out.extend(self.advance(now));
+                out
+            }
+            Ok(()) => self.advance(now),
+            Err(_) => vec![],
+        };
+        (out, r)
+    }
+
+    fn accept(&mut self, from: ClientId, msg: ToServer) -> Result<(), Refusal> {
+        if !self.alive.contains(&from) {
+            return Err(Refusal::NotAClient(from));
+        }
+        let dp = self.dp();
+        let features = self.features;
+        let params = self.spec.num_params();
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Refusal::Late {
+                client: from,
+                what: "message",
+                round: msg.round(),
+            });
+        };
+        let round = msg.round();
+        let late = |what| Refusal::Late {
+            client: from,
+            what,
+            round,
+        };
+        if round != cur.round {
+            return Err(late("message"));
+        }
+        let dup = |what| Refusal::Duplicate { client: from, what };
+        match msg {
+            ToServer::Failed { reason, .. } => Err(Refusal::Left {
+                client: from,
+                reason,
+            }),
+            ToServer::Keys { keys, .. } => {
+                if cur.phase != Phase::Keys || !cur.invited.contains(&from) {
+                    return Err(late("keys"));
+                }
+                if keys.client != from {
+                    return Err(Refusal::NotAClient(keys.client));
+                }
+                if cur.keys.insert(from, keys).is_some() {
+                    return Err(dup("keys"));
+                }
+                Ok(())
+            }
+            ToServer::Shares { shares, .. } => {
+                if cur.phase != Phase::Shares || !cur.keys.contains_key(&from) {
+                    return Err(late("shares"));
+                }
+                if shares.iter().any(|s| s.from != from) {
+                    return Err(Refusal::NotAClient(from));
+                }
+                if cur.shares.contains_key(&from) {
+                    return Err(dup("shares"));
+                }
+                cur.shares.insert(from, shares);
+                Ok(())
+            }
+            ToServer::Update { y, .. } => {
+                if cur.phase != Phase::Updates || !cur.peers.contains(&from) {
+                    return Err(late("update"));
+                }
+                let expected = vector_len(cur.round, features, params, dp);
+                if y.len() != expected {
+                    return Err(Refusal::WrongLength {
+                        client: from,
+                        expected,
+                        found: y.len(),
+                    });
+                }
+                if cur.updates.contains_key(&from) {
+                    return Err(dup("update"));
+                }
+                cur.updates.insert(from, y);
+                Ok(())
+            }
+            ToServer::Unmask { shares, .. } => {
+                if cur.phase != Phase::Unmask || !cur.updates.contains_key(&from) {
+                    return Err(late("unmask shares"));
+                }
+                if shares.from != from {
+                    return Err(Refusal::NotAClient(shares.from));
+                }
+                if cur.unmask.insert(from, shares).is_some() {
+                    return Err(dup("unmask shares"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes phases whose deadline passed; missing clients are dropped from the job.
+    pub fn tick(&mut self, now: u64) -> Vec<Outgoing> {
+        match &self.current {
+            Some(cur) if now >= cur.deadline => self.close_phase(now),
+            _ => vec![],
+        }
+    }
+
+    /// Closes the current phase early when everyone it waits for has answered.
+    fn advance(&mut self, now: u64) -> Vec<Outgoing> {
+        let Some(cur) = &self.current else {
+            return vec![];
+        };
+        // Everyone still in the job whom the phase waits for has answered.
+        let all = |waited: &mut dyn Iterator<Item = &ClientId>,
+                   done: &dyn Fn(&ClientId) -> bool| {
+            waited.filter(|c| self.alive.contains(c)).all(done)
+        };
+        let complete = match cur.phase {
+            Phase::Keys => all(&mut cur.invited.iter(), &|c| cur.keys.contains_key(c)),
+            Phase::Shares => all(&mut cur.keys.keys(), &|c| cur.shares.contains_key(c)),
+            Phase::Updates => all(&mut cur.peers.iter(), &|c| cur.updates.contains_key(c)),
+            Phase::Unmask => all(&mut cur.updates.keys(), &|c| cur.unmask.contains_key(c)),
+        };
+        if complete {
+            self.close_phase(now)
+        } else {
+            vec![]
+        }
+    }
+
+    fn drop_client(&mut self, c: ClientId, why: &str) -> Vec<Outgoing> {
+        if !self.alive.remove(&c) {
+            return vec![];
+        }
+        if let Some(cur) = self.current.as_mut() {
+            // A client gone before it shared keys is simply not a peer; after, it is a dropout
+            // whose masks the survivors remove.
+            cur.invited.remove(&c);
+            if matches!(cur.phase, Phase::Keys | Phase::Shares) {
+                cur.keys.remove(&c);
+                cur.shares.remove(&c);
+            }
+        }
+        vec![Outgoing {
+            to: c,
+            msg: ToClient::End {
+                reason: format!("dropped from the job: {why}"),
+            },
+        }]
+    }
+
+    fn fail(&mut self, reason: String) -> Vec<Outgoing> {
+        self.current = None;
+        let out = self.end_all(&reason);
+        self.state = JobState::Failed(reason);
+        out
+    }
+
+    fn end_all(&self, reason: &str) -> Vec<Outgoing> {
+        self.alive
+            .iter()
+            .map(|&c| Outgoing {
+                to: c,
+                msg: ToClient::End {
+                    reason: reason.to_string(),
+                },
+            })
+            .collect()
+    }
+
+    fn close_phase(&mut self, now: u64) -> Vec<Outgoing> {
+        let Some(mut cur) = self.current.take() else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        let round = cur.round;
+        match cur.phase {
+            Phase::Keys => {
+                let missing: Vec<ClientId> = cur
+                    .invited
+                    .difference(&cur.keys.keys().copied().collect())
+                    .copied()
+                    .collect();
+                for c in missing {
+                    out.extend(self.drop_client(c, "no keys before the deadline"));
+                }
+                if cur.keys.len() < self.threshold {
+                    return self.fail_round(round, cur.keys.len(), "advertised keys", out);
+                }
+                let roster: Vec<AdvertisedKeys> = cur.keys.values().cloned().collect();
+                out.extend(cur.keys.keys().map(|&c| Outgoing {
+                    to: c,
+                    msg: ToClient::Roster {
+                        round,
+                        roster: roster.clone(),
+                    },
+                }));
+                cur.phase = Phase::Shares;
+            }
+            Phase::Shares => {
+                let missing: Vec<ClientId> = cur
+                    .keys
+                    .keys()
+                    .filter(|c| !cur.shares.contains_key(c))
+                    .copied()
+                    .collect();
+                for c in missing {
+                    out.extend(self.drop_client(c, "no key shares before the deadline"));
+                }
+                if cur.shares.len() < self.threshold {
+                    return self.fail_round(round, cur.shares.len(), "shared keys", out);
+                }
+                let roster: Vec<AdvertisedKeys> = cur.keys.values().cloned().collect();
+                cur.peers = cur.shares.keys().copied().collect();
+                match ServerAggregator::new(self.params(round), &roster) {
+                    Ok(a) => cur.aggregator = Some(a),
+                    Err(e) => return self.fail_round_with(round, e.to_string(), out),
+                }
+                for &to in &cur.peers {
+                    let shares: Vec<SealedShare> = cur
+                        .shares
+                        .iter()
+                        .filter(|(from, _)| cur.peers.contains(from))
+                        .flat_map(|(_, v)| v.iter().filter(|s| s.to == to).cloned())
+                        .collect();
+                    out.push(Outgoing {
+                        to,
+                        msg: ToClient::Relay {
+                            round,
+                            shares,
+                            peers: cur.peers.clone(),
+                        },
+                    });
+                }
+                cur.phase = Phase::Updates;
+            }
+            Phase::Updates => {
+                let missing: Vec<ClientId> = cur
+                    .peers
+                    .iter()
+                    .filter(|c| !cur.updates.contains_key(c))
+                    .copied()
+                    .collect();
+                for &c in &missing {
+                    out.extend(self.drop_client(c, "no update before the deadline"));
+                }
+                if cur.updates.len() < self.needed() {
+                    return self.fail_round(round, cur.updates.len(), "sent updates", out);
+                }
+                if !self.secure {
+                    let sum = wrapping_sum(
+                        cur.updates.values().map(Vec::as_slice),
+                        self.vector_len(round),
+                    );
+                    let invited = cur.began_with;
+                    let contributors = cur.updates.len();
+                    self.current = None;
+                    return match sum {
+                        Ok(sum) => {
+                            out.extend(self.finish_round(round, sum, invited, contributors, now));
+                            out
+                        }
+                        Err(e) => self.fail_round_with(round, e.to_string(), out),
+                    };
+                }
+                let survivors: BTreeSet<ClientId> = cur.updates.keys().copied().collect();
+                let dropped: BTreeSet<ClientId> =
+                    cur.peers.difference(&survivors).copied().collect();
+                out.extend(survivors.iter().map(|&c| Outgoing {
+                    to: c,
+                    msg: ToClient::Unmask {
+                        round,
+                        survivors: survivors.clone(),
+                        dropped: dropped.clone(),
+                    },
+                }));
+                cur.phase = Phase::Unmask;
+            }
+            Phase::Unmask => {
+                let survivors: BTreeSet<ClientId> = cur.updates.keys().copied().collect();
+                let dropped: BTreeSet<ClientId> =
+                    cur.peers.difference(&survivors).copied().collect();
+                let missing: Vec<ClientId> = survivors
+                    .iter()
+                    .filter(|c| !cur.unmask.contains_key(c))
+                    .copied()
+                    .collect();
+                for c in missing {
+                    out.extend(self.drop_client(c, "no unmask shares before the deadline"));
+                }
+                if cur.unmask.len() < self.threshold {
+                    return self.fail_round(round, cur.unmask.len(), "answered to unmask", out);
+                }
+                let Some(agg) = cur.aggregator.take() else {
+                    return self.fail_round_with(round, "no aggregator".into(), out);
+                };
+                let inputs: Vec<MaskedInput> = cur
+                    .updates
+                    .iter()
+                    .map(|(&client, y)| MaskedInput {
+                        client,
+                        y: y.clone(),
+                    })
+                    .collect();
+                let responses: Vec<UnmaskShares> = cur.unmask.values().cloned().collect();
+                let sum = agg
+                    .sum_masked(&inputs)
+                    .and_then(|m| agg.unmask(&m, &survivors, &dropped, &responses));
+                let (invited, contributors) = (cur.peers.len(), survivors.len());
+                return match sum {
+                    Ok(sum) => {
+                        out.extend(self.finish_round(round, sum, invited, contributors, now));
+                        out
+                    }
+                    Err(e) => self.fail_round_with(round, format!("unmasking: {e}"), out),
+                };
+            }
+        }
+        cur.deadline = self.deadline(now);
+        self.current = Some(cur);
+        out
+    }
+
+    fn fail_round(
+        &mut self,
+        round: u32,
+        got: usize,
+        what: &str,
+        mut out: Vec<Outgoing>,
+    ) -> Vec<Outgoing> {
+        let reason = format!(
+            "round {round}: only {got} clients {what}; the round needs {}",
+            self.needed()
+        );
+        out.extend(self.fail(reason));
+        out
+    }
+
+    fn fail_round_with(
+        &mut self,
+        round: u32,
+        why: String,
+        mut out: Vec<Outgoing>,
+    ) -> Vec<Outgoing> {
+        out.extend(self.fail(format!("round {round}: {why}")));
+        out
+    }
+
+    /// Uses an unmasked sum: statistics in round 0, an update afterwards. Starts the next round
+    /// or ends the job.
+    fn finish_round(
+        &mut self,
+        round: u32,
+        sum: Vec<u32>,
+        invited: usize,
+        contributors: usize,
+        now: u64,
+    ) -> Vec<Outgoing> {
+        let fp = FixedPoint::default();
+        if round == 0 {
+            let stats = fp
+                .decode_wide(&sum)
+                .map_err(|e| e.to_string())
+                .and_then(|v| FeatureStats::from_vec(&v).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    let ms = s.mean_std().map_err(|e| e.to_string())?;
+                    Ok((s.count, ms))
+                });
+            return match stats {
+                Ok((count, ms)) => {
+                    self.total_rows = count.round() as u64;
+                    if let Some(eval) = self.eval.as_mut()
+                        && let Err(e) = eval.standardize(&ms.0, &ms.1)
+                    {
+                        return self.fail(format!("eval_csv: {e}"));
+                    }
+                    self.standardize = Some(ms);
+                    self.begin(1, now)
+                }
+                Err(e) => self.fail(format!("statistics round: {e}")),
+            };
+        }
+        let params = self.spec.num_params();
+        let (avg, loss) = if self.dp() {
+            let v = fp.decode(&sum);
+            let count = f64::from(v[params]).round().max(1.0);
+            let avg: Vec<f32> = v[..params]
+                .iter()
+                .map(|x| (f64::from(*x) / count) as f32)
+                .collect();
+            (avg, f64::from(v[params + 1]) / count)
+        } else {
+            let v = match fp.decode_wide(&sum) {
+                Ok(v) => v,
+                Err(e) => return self.fail(format!("round {round}: {e}")),
+            };
+            let n = v[params].max(1.0);
+            let avg: Vec<f32> = v[..params].iter().map(|x| (x / n) as f32).collect();
+            (avg, v[params + 1] / n)
+        };
+        // Under DP the aggregate is released only if the ledger can pay for it.
+        let mut epsilon_spent = None;
+        if let (Some(sigma), Some(ledger)) = (self.sigma, self.ledger.as_mut()) {
+            let held = effective_sigma(sigma, invited, contributors);
+            match ledger.record(u64::from(round), held) {
+                Ok(eps) => epsilon_spent = Some(eps),
+                Err(e) => {
+                    return self.complete(Some(format!(
+                        "stopped before releasing round {round}: {e} (dropouts left less noise \
+                         than planned)"
+                    )));
+                }
+            }
+        }
+        apply_update(&mut self.weights, &avg, self.job.server_lr);
+        let (eval_accuracy, eval_auc) = match &self.eval {
+            Some(d) => (
+                self.spec.accuracy(&self.weights, d).ok(),
+                self.spec
+                    .predict(&self.weights, d)
+                    .ok()
+                    .and_then(|p| auc(&p, &d.y)),
+            ),
+            None => (None, None),
+        };
+        self.metrics.push(RoundMetrics {
+            round,
+            train_loss: loss,
+            clients: contributors as u32,
+            dropped: (invited - contributors) as u32,
+            epsilon_spent,
+            eval_accuracy,
+            eval_auc,
+        });
+        if round >= self.job.rounds {
+            return self.complete(None);
+        }
+        self.begin(round + 1, now)
+    }
+
+    fn complete(&mut self, stopped_early: Option<String>) -> Vec<Outgoing> {
+        self.current = None;
+        let (feature_mean, feature_std) = self.standardize.clone().unwrap_or_default();
+        let privacy = match (self.sigma, &self.ledger) {
+            (Some(sigma), Some(ledger)) => Some(Privacy {
+                epsilon: ledger.budget,
+                delta: ledger.delta,
+                sigma,
+                clip_norm: self.job.clip_norm,
+                epsilon_spent: ledger.spent().unwrap_or(f64::NAN),
+                ledger: ledger.clone(),
+            }),
+            _ => None,
+        };
+        let out = self.end_all("the job is complete");
+        self.state = JobState::Done(Box::new(JobResult {
+            model: self.spec.clone(),
+            weights: self.weights.clone(),
+            feature_mean,
+            feature_std,
+            total_rows: self.total_rows,
+            rounds: self.metrics.clone(),
+            privacy,
+            secure_aggregation: self.secure,
+            stopped_early,
+        }));
+        out
+    }
+}
