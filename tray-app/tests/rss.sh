@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures the tray app's memory under Xvfb with a StatusNotifier watcher (tray_sni.py's), for
-# BENCHMARKS.md: RSS and PSS of the tray process alone, and of the tray plus its WebKit child
-# processes with the dashboard open. Prints one line per run and the medians.
+# BENCHMARKS.md: RSS and PSS of the tray process alone; of the tray plus its WebKit child
+# processes with the dashboard open; and of both again after the dashboard was closed (with
+# WM_DELETE_WINDOW, as its close button does). Prints one line per run and the medians.
 #
 #   tray-app/tests/rss.sh BINARY CONTROL_JSON [RUNS]
 #
@@ -25,7 +26,7 @@ tree_sum() { # sum a field over a pid and its descendants
   done
   echo $total
 }
-tray_rss=() tray_pss=() dash_rss=() dash_pss=()
+tray_rss=() tray_pss=() dash_rss=() dash_pss=() closed_rss=() closed_pss=()
 for i in $(seq "$runs"); do
   "$bin" --control "$control" & pid=$!
   sleep 8
@@ -34,10 +35,16 @@ for i in $(seq "$runs"); do
   "$bin" --control "$control" --dashboard & pid=$!
   sleep 12
   dash_rss+=("$(tree_sum $pid Rss smaps_rollup)"); dash_pss+=("$(tree_sum $pid Pss smaps_rollup)")
+  (cd "$here" && /usr/bin/python3 -c 'import os, tray_sni as t
+t.close_window(os.environ["DISPLAY"], t.window_id(os.environ, "Ambient VCP"))')
+  sleep 5
+  closed_rss+=("$(tree_sum $pid Rss smaps_rollup)"); closed_pss+=("$(tree_sum $pid Pss smaps_rollup)")
   kill $pid; wait $pid 2>/dev/null || true
   echo "run $i: tray alone RSS ${tray_rss[-1]} KiB PSS ${tray_pss[-1]} KiB;" \
-       "with dashboard (tray + WebKit processes) RSS ${dash_rss[-1]} KiB PSS ${dash_pss[-1]} KiB"
+       "with dashboard (tray + WebKit processes) RSS ${dash_rss[-1]} KiB PSS ${dash_pss[-1]} KiB;" \
+       "dashboard closed RSS ${closed_rss[-1]} KiB PSS ${closed_pss[-1]} KiB"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median: tray alone RSS $(median "${tray_rss[@]}") KiB, PSS $(median "${tray_pss[@]}") KiB;" \
-     "with dashboard RSS $(median "${dash_rss[@]}") KiB, PSS $(median "${dash_pss[@]}") KiB"
+     "with dashboard RSS $(median "${dash_rss[@]}") KiB, PSS $(median "${dash_pss[@]}") KiB;" \
+     "dashboard closed RSS $(median "${closed_rss[@]}") KiB, PSS $(median "${closed_pss[@]}") KiB"

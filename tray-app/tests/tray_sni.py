@@ -10,11 +10,14 @@ the item as a panel would: its properties, its icon pixels, and its com.canonica
 They click menu items through dbusmenu's Event method, as a panel does on a real click, and read
 the agent's state back with their own authorized request.
 
-Needs: Xvfb, dbus-run-session, python3-gi (Gio); x11-utils and imagemagick for the window check
+Needs: Xvfb, dbus-run-session, python3-gi (Gio), libX11; x11-utils and imagemagick for the window checks
 and screenshot. Exit code 0 only when every check passed.
 """
+import ctypes
+import ctypes.util
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -213,6 +216,54 @@ def icon_look(props):
     return look_of(png_pixel(path, 8, 32))
 
 
+def window_id(env, title):
+    """The X window id of the top-level window with this title, or None."""
+    out = subprocess.run(["xwininfo", "-name", title], env=env, capture_output=True, text=True)
+    m = re.search(r"Window id: (0x[0-9a-f]+)", out.stdout)
+    return int(m.group(1), 16) if m else None
+
+
+def close_window(display, win):
+    """Asks a window to close as a window manager does: a WM_DELETE_WINDOW client message (the
+    close button, Alt+F4). Bare Xvfb has no window manager to send it. Xlib through ctypes."""
+    x = ctypes.cdll.LoadLibrary(ctypes.util.find_library("X11"))
+    x.XOpenDisplay.restype = ctypes.c_void_p
+    x.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x.XInternAtom.restype = ctypes.c_ulong
+    x.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    x.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long,
+                             ctypes.c_void_p]
+    x.XFlush.argtypes = [ctypes.c_void_p]
+    x.XCloseDisplay.argtypes = [ctypes.c_void_p]
+
+    class ClientMessage(ctypes.Structure):  # XClientMessageEvent, padded to sizeof(XEvent)
+        _fields_ = [("type", ctypes.c_int), ("serial", ctypes.c_ulong),
+                    ("send_event", ctypes.c_int), ("display", ctypes.c_void_p),
+                    ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+                    ("format", ctypes.c_int), ("l", ctypes.c_long * 5),
+                    ("pad", ctypes.c_long * 12)]
+
+    dpy = x.XOpenDisplay(display.encode())
+    if not dpy:
+        raise Fail(f"cannot open display {display}")
+    ev = ClientMessage(type=33, send_event=1, display=dpy, window=win, format=32,
+                       message_type=x.XInternAtom(dpy, b"WM_PROTOCOLS", 0))
+    ev.l[0] = x.XInternAtom(dpy, b"WM_DELETE_WINDOW", 0)
+    x.XSendEvent(dpy, win, 0, 0, ctypes.byref(ev))
+    x.XFlush(dpy)
+    x.XCloseDisplay(dpy)
+
+
+def children(pid):
+    """Command names of a process's children (cut to 15 characters, as the kernel keeps them)."""
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "comm="], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def has_web_process(pid):
+    return any(c.startswith("WebKitWebProc") for c in children(pid))
+
+
 def agent(control, method="GET", path="/v1/status", body=None):
     req = urllib.request.Request(control["url"].rstrip("/") + path, method=method,
                                  data=None if body is None else json.dumps(body).encode(),
@@ -346,6 +397,23 @@ def main():
 
             until("the dashboard to paint", painted, 30)
             ok(f"the dashboard painted (screenshot {shot})")
+
+        # 5. Closing the dashboard (as the close button does) leaves the tray running, and ends
+        #    the webview's web process; "Open dashboard" makes a new one.
+        if shutil.which("xwininfo"):
+            if not has_web_process(p.pid):
+                raise Fail(f"no web process under the app while the dashboard is open: {children(p.pid)}")
+            close_window(display, window_id(env, "Ambient VCP"))
+            until("the dashboard to close", lambda: window_id(env, "Ambient VCP") is None, 10)
+            until("the web process to exit", lambda: not has_web_process(p.pid), 10)
+            if p.poll() is not None:
+                raise Fail(f"closing the dashboard ended the app ({p.returncode})")
+            if item not in (s.items() or []):
+                raise Fail("closing the dashboard removed the tray item")
+            ok("closing the dashboard keeps the tray and ends the web process")
+            s.click(item, "Open dashboard")
+            until("the dashboard to open again", lambda: window_id(env, "Ambient VCP"), 15)
+            ok("'Open dashboard' opens it again")
 
         s.click(item, "Quit")
         if p.wait(10) != 0:
