@@ -134,6 +134,12 @@ try {
   const gpuBefore = (await direct('GET', '/v1/settings')).body.gpu_enabled;
   await page.setChecked('[name=gpu_enabled]', !gpuBefore);
   await page.click('#add-window');
+  // A second window: Saturdays, the whole day (00:00 to 00:00 in the form, 24:00 to the agent).
+  await page.click('#add-window');
+  const second = page.locator('#windows .window-row').nth(1);
+  for (const d of ['mon', 'tue', 'wed', 'thu', 'fri', 'sun']) await second.locator(`input[value=${d}]`).uncheck();
+  await second.locator('[name=start]').fill('00:00');
+  await second.locator('[name=end]').fill('00:00');
   await page.click('#save');
   await page.waitForSelector('#settings-saved:not([hidden])', { timeout: 5000 });
   const set = (await direct('GET', '/v1/settings')).body;
@@ -142,8 +148,11 @@ try {
   check('cpu_max_cores persisted', set.cpu_max_cores === 1, JSON.stringify(set));
   check('cpu_duty_pct persisted', set.cpu_duty_pct === 60, JSON.stringify(set));
   check('gpu_enabled persisted', set.gpu_enabled === !gpuBefore, JSON.stringify(set));
-  check('time window persisted', set.time_windows.length === 1 && set.time_windows[0].start === '22:00'
+  check('time windows persisted', set.time_windows.length === 2 && set.time_windows[0].start === '22:00'
     && set.time_windows[0].end === '07:00' && set.time_windows[0].days.length === 7, JSON.stringify(set));
+  check('whole-day window saved as 00:00-24:00', JSON.stringify(set.time_windows[1])
+    === '{"days":["sat"],"start":"00:00","end":"24:00"}', JSON.stringify(set.time_windows[1]));
+  check('form shows the saved whole-day window', await second.locator('[name=end]').inputValue() === '00:00');
   await shot('03-settings-saved');
 
   // --- a bad setting: the agent's error shows next to the form, and nothing changes ---

@@ -128,7 +128,8 @@ function windowRow(w) {
     days.append(l);
   }
   node.querySelector('[name=start]').value = w.start || '22:00';
-  node.querySelector('[name=end]').value = w.end || '07:00';
+  // A time input cannot show 24:00 (the end of a whole day); it shows 00:00 and readForm maps back.
+  node.querySelector('[name=end]').value = w.end === '24:00' ? '00:00' : (w.end || '07:00');
   node.querySelector('.remove').addEventListener('click', () => { node.remove(); formDirty = true; });
   return node;
 }
@@ -164,11 +165,16 @@ function readForm() {
   out.cpu_max_cores = cores === '' ? null : intOrRaw(cores);
   out.cpu_duty_pct = intOrRaw(form.elements.cpu_duty_pct.value);
   out.exclusive_apps = form.elements.exclusive_apps.value.split('\n').map((x) => x.trim()).filter(Boolean);
-  out.time_windows = [...document.querySelectorAll('#windows .window-row')].map((row) => ({
-    days: [...row.querySelectorAll('.days input:checked')].map((i) => i.value),
-    start: row.querySelector('[name=start]').value,
-    end: row.querySelector('[name=end]').value,
-  }));
+  out.time_windows = [...document.querySelectorAll('#windows .window-row')].map((row) => {
+    const start = row.querySelector('[name=start]').value;
+    const end = row.querySelector('[name=end]').value;
+    return {
+      days: [...row.querySelectorAll('.days input:checked')].map((i) => i.value),
+      start,
+      // "00:00 to 00:00" means the whole day, which the agent spells 00:00 to 24:00.
+      end: start === '00:00' && end === '00:00' ? '24:00' : end,
+    };
+  });
   return out;
 }
 
