@@ -79,8 +79,10 @@ pub fn compute_view(client: &Client) -> View {
             return View {
                 look: Look::Disconnected,
                 status_line: match e {
-                    Error::NoAgent { .. } => "Agent not running".to_string(),
-                    Error::Unreachable { .. } => "Agent not answering".to_string(),
+                    // A stopped agent leaves control.json behind: both mean "not running".
+                    Error::NoAgent { .. } | Error::Unreachable { .. } => {
+                        "Agent not running".to_string()
+                    }
                     other => format!("Agent error: {}", other.code()),
                 },
                 toggle_label: "Pause contributing".to_string(),
@@ -100,7 +102,7 @@ pub fn compute_view(client: &Client) -> View {
         Look::Disconnected => "Not connected to the network".to_string(),
         Look::Contributing => "Contributing".to_string(),
         Look::Paused if status.paused_reasons.is_empty() => "Paused".to_string(),
-        Look::Paused => format!("Paused: {}", status.paused_reasons.join(", ")),
+        Look::Paused => format!("Paused: {}", status.paused_reasons.join("; ")),
     };
     let tasks = status.tasks_done;
     let reputation_line = match client.get("/v1/reputation") {

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -339,6 +340,23 @@ def main():
             raise Fail(f"Quit exited with {p.returncode}")
         until("the item to go away", lambda: not s.items(), 10)
         ok("Quit ends the app and its tray item")
+
+        # 1b. An agent that stopped leaves control.json behind: the same grey "not running".
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            dead_port = sock.getsockname()[1]
+        stale = os.path.join(out, "stale-control.json")
+        with open(stale, "w") as f:
+            json.dump({"url": f"http://127.0.0.1:{dead_port}", "token": control["token"]}, f)
+        p = app(stale)
+        item = until("the tray item to register (stale file)", lambda: (s.items() or [None])[0])
+        until("the grey icon (stale file)", lambda: icon_look(s.item_props(item)) == "disconnected")
+        until("'Agent not running' (stale file)", lambda: "Agent not running" in s.menu(item)[2])
+        ok("stopped agent (stale control.json): grey icon, 'Agent not running'")
+        s.click(item, "Quit")
+        if p.wait(10) != 0:
+            raise Fail(f"Quit exited with {p.returncode}")
+        until("the item to go away", lambda: not s.items(), 10)
 
         # 2. A real agent: green icon and the full menu.
         before = agent(control)

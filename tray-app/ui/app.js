@@ -26,7 +26,7 @@ function showNoAgent(e) {
   $('no-agent').hidden = false;
   $('no-agent-detail').textContent = e.message;
   document.body.dataset.agent = 'down';
-  setBadge('disconnected', e.error === 'no_agent' ? 'No agent' : 'Agent not answering');
+  setBadge('disconnected', 'Agent not running');
   $('toggle').disabled = true;
 }
 
