@@ -208,13 +208,16 @@ class Session:
                 raise
 
 
-def icon_look(props):
-    """The state the item's current icon shows, read from the icon file's pixels."""
+def icon_path(props):
+    """The PNG file the item's icon currently names."""
     name, theme = props.get("IconName", ""), props.get("IconThemePath", "")
     path = name if os.path.isabs(name) else os.path.join(theme, name)
-    if not path.endswith(".png"):
-        path += ".png"
-    return look_of(png_pixel(path, 8, 32))
+    return path if path.endswith(".png") else path + ".png"
+
+
+def icon_look(props):
+    """The state the item's current icon shows, read from the icon file's pixels."""
+    return look_of(png_pixel(icon_path(props), 8, 32))
 
 
 def window_id(env, title):
@@ -334,6 +337,7 @@ def main():
         labels = until("the no-agent menu", lambda: (lambda l: l if "Agent not running" in l else None)(s.menu(item)[2]))
         if labels["Pause contributing"][1] is not False:
             raise Fail(f"toggle should be disabled without an agent: {labels}")
+        shutil.copy(icon_path(s.item_props(item)), os.path.join(out, "tray-icon-disconnected.png"))
         ok("no agent: grey icon, 'Agent not running', toggle disabled")
         s.click(item, "Quit")
         if p.wait(10) != 0:
@@ -376,6 +380,7 @@ def main():
         tasks = before["tasks_done"]
         if f"{tasks} tasks" not in rep[0]:
             raise Fail(f"reputation line {rep[0]!r} does not say {tasks} tasks")
+        shutil.copy(icon_path(s.item_props(item)), os.path.join(out, "tray-icon-contributing.png"))
         ok(f"agent contributing: green icon, menu {sorted(labels)}")
 
         # 3. The menu's toggle pauses the agent; icon and menu follow.
@@ -389,6 +394,7 @@ def main():
         ok(f"menu 'Pause contributing' switched the agent off ({latency_ms:.0f} ms from click)")
         until("the amber icon", lambda: icon_look(s.item_props(item)) == "paused", 10)
         until("'Resume contributing' in the menu", lambda: "Resume contributing" in s.menu(item)[2], 10)
+        shutil.copy(icon_path(s.item_props(item)), os.path.join(out, "tray-icon-paused.png"))
         ok("paused: amber icon, menu offers 'Resume contributing'")
         s.click(item, "Resume contributing")
         until("the agent to resume", lambda: agent(control)["settings"]["enabled"] is True, 5)
