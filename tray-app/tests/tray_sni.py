@@ -24,7 +24,6 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import zlib
 
@@ -268,12 +267,15 @@ def has_web_process(pid):
     return any(c.startswith("WebKitWebProc") for c in children(pid))
 
 
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, always direct
+
+
 def agent(control, method="GET", path="/v1/status", body=None):
     req = urllib.request.Request(control["url"].rstrip("/") + path, method=method,
                                  data=None if body is None else json.dumps(body).encode(),
                                  headers={"Authorization": "Bearer " + control["token"],
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
+    with NO_PROXY.open(req, timeout=5) as r:
         return json.loads(r.read())
 
 
