@@ -52,6 +52,29 @@ pub struct Config {
     /// The local control API (for the tray app and scripts; see `docs/control-api.md`).
     #[serde(default)]
     pub control: ControlConfig,
+    /// Data sets this node offers to `federated_learning` tasks. Their rows never leave the node.
+    #[serde(default)]
+    pub datasets: Vec<DatasetConfig>,
+}
+
+/// A local data set for federated learning: a CSV file with a header row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// The name tasks ask for (`inputs.dataset`), `[A-Za-z0-9_-]{1,64}`.
+    pub name: String,
+    /// The CSV file.
+    pub path: PathBuf,
+    /// The label column (0/1).
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// Feature columns in order; all other columns when absent.
+    #[serde(default)]
+    pub features: Option<Vec<String>>,
+}
+
+fn default_label() -> String {
+    "target".into()
 }
 
 /// How the contribution policy reads the machine.
@@ -216,6 +239,18 @@ impl Config {
         }
         if !(100..=5000).contains(&self.policy.evaluate_ms) {
             return bad("policy.evaluate_ms must be 100-5000");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.datasets {
+            if !ambient_protocol::valid_id(&d.name) {
+                return bad("datasets: each name must be 1-64 characters of [A-Za-z0-9_-]");
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "datasets: {:?} is declared twice",
+                    d.name
+                )));
+            }
         }
         if !self.control.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(

@@ -91,6 +91,9 @@ pub enum StartError {
     /// The control API could not start.
     #[error("control API: {0}")]
     Control(std::io::Error),
+    /// A declared data set could not be read.
+    #[error("{0}")]
+    Dataset(String),
 }
 
 /// Task kinds this build executes.
@@ -104,6 +107,9 @@ pub fn supported_task_types() -> Vec<TaskType> {
     }
     if cfg!(feature = "zk") {
         v.push(TaskType::ZkProof);
+    }
+    if cfg!(feature = "fl") {
+        v.push(TaskType::FederatedLearning);
     }
     v
 }
@@ -170,6 +176,8 @@ struct Worker {
     onnx: exec::onnx::OnnxEngine,
     #[cfg(feature = "zk")]
     zk: exec::zk::ZkProver,
+    #[cfg(feature = "fl")]
+    fl: Arc<exec::fl::FlClients>,
     running: Mutex<HashMap<(Uuid, u32), Arc<RunningTask>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
     /// The latest telemetry sample, for the control API and policy-triggered health reports.
@@ -253,6 +261,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         _ => info!(node = %cfg.node_id, source = %source, "Broker password loaded."),
     }
     let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+    #[cfg(feature = "fl")]
+    let fl = {
+        let datasets = cfg.datasets.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || exec::fl::FlClients::load(&datasets))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(StartError::Dataset)?,
+        )
+    };
     let rules = load_settings(&settings_path(&cfg.data_dir))?;
     // Decide before connecting, so the first health report already tells the truth.
     let probes = Arc::new(Mutex::new(policy::probe::SystemProbes::new(
@@ -314,6 +332,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         onnx: exec::onnx::OnnxEngine::new(cfg.execution.module_cache),
         #[cfg(feature = "zk")]
         zk: exec::zk::ZkProver::new(2),
+        #[cfg(feature = "fl")]
+        fl,
         cfg,
         client: link.client.clone(),
         journal,
@@ -827,7 +847,42 @@ impl Worker {
                     .set_state(task_id, attempt, JobState::Cancelled)
                     .await;
             }
+            Control::Fl { task_id, msg, .. } => self.on_fl(task_id, msg),
         }
+    }
+
+    /// A federated-learning message: to the job's client, whose answers go back on the results
+    /// topic.
+    #[cfg(feature = "fl")]
+    fn on_fl(&self, task_id: Uuid, msg: serde_json::Value) {
+        let msg = match serde_json::from_value::<ambient_fl::wire::ToClient>(msg) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(task_id = %task_id, error = %e, "Ignored a malformed federated message.");
+                return;
+            }
+        };
+        let (client, topic) = (self.client.clone(), topics::node_results(&self.cfg.node_id));
+        let reply: exec::fl::Reply = Arc::new(move |task_id, answer| {
+            let ev = AgentEvent::Fl {
+                v: PROTOCOL_VERSION,
+                task_id,
+                msg: serde_json::to_value(answer).unwrap_or_default(),
+            };
+            let payload = serde_json::to_vec(&ev).unwrap_or_default();
+            if client
+                .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                warn!(task_id = %task_id, "Could not queue a federated message.");
+            }
+        });
+        self.fl.deliver(task_id, msg, &self.tracker, &self.token, reply);
+    }
+
+    #[cfg(not(feature = "fl"))]
+    fn on_fl(&self, task_id: Uuid, _msg: serde_json::Value) {
+        warn!(task_id = %task_id, "Federated message ignored: this agent is built without the fl feature.");
     }
 
     async fn resend_pending(&self) {
@@ -922,6 +977,10 @@ impl Worker {
             accepting,
             paused_reason,
             wasm_memory_limit_bytes: exec.max_memory_mib << 20,
+            #[cfg(feature = "fl")]
+            datasets: self.fl.infos(),
+            #[cfg(not(feature = "fl"))]
+            datasets: Vec::new(),
         };
         let payload = serde_json::to_vec(&health).unwrap_or_default();
         let _ = self.client.try_publish(

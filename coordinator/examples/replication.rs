@@ -47,6 +47,7 @@ fn health(node: &str, now: DateTime<Utc>) -> Health {
         accepting: true,
         paused_reason: None,
         wasm_memory_limit_bytes: 64 << 20,
+        datasets: vec![],
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Core {
     pub(crate) zk: Arc<crate::zk::Zk>,
     /// Nodes whose reputation changed since their last report was published.
     pub(crate) reputation_changed: BTreeSet<String>,
+    /// Running `federated_learning` jobs.
+    pub(crate) fl: crate::fl::FlDriver,
 }
 
 /// Events in a published reputation report's history.
@@ -100,6 +102,8 @@ impl Core {
     pub async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.fl.recover(&mut self.sched, Utc::now());
+        self.flush().await;
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
@@ -107,7 +111,9 @@ impl Core {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    self.sched.tick(Utc::now());
+                    let now = Utc::now();
+                    self.sched.tick(now);
+                    self.fl.tick(&mut self.sched, now);
                     self.flush().await;
                     self.publish_reputations().await;
                 }
@@ -145,6 +151,13 @@ impl Core {
             }
             CoreMsg::Health(h) => self.sched.on_health(h, now),
             CoreMsg::Status(node, state) => self.sched.on_status(&node, state, now),
+            CoreMsg::Agent(node, AgentEvent::Fl { task_id, msg, .. }) => {
+                self.fl
+                    .on_message(&mut self.sched, &node, task_id, msg, now);
+                self.metrics
+                    .fl_refused
+                    .store(self.fl.refused, std::sync::atomic::Ordering::Relaxed);
+            }
             CoreMsg::Agent(node, ev) => {
                 if let AgentEvent::Finished { result, .. } = &ev {
                     Metrics::inc(&self.metrics.results_received);

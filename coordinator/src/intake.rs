@@ -15,6 +15,7 @@ pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[
     TaskType::Computation,
     TaskType::Inference,
     TaskType::ZkProof,
+    TaskType::FederatedLearning,
 ];
 
 /// Why a submission was refused.
@@ -305,11 +306,26 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
             // Every result carries a proof, whether or not the submitter asked for one.
             accepted.submission.requirements.require_proof = true;
         }
-        other => {
-            return Err(SubmitError::UnsupportedTaskType {
-                task_type: other,
-                supported: list(SUPPORTED_TASK_TYPES),
-            });
+        TaskType::FederatedLearning => {
+            if submission.wasm_module.is_some() {
+                return Err(SubmitError::InvalidInputs(
+                    "federated_learning takes no wasm_module".into(),
+                ));
+            }
+            if submission.requirements.require_gpu {
+                return Err(SubmitError::InvalidRequirements(
+                    "federated_learning trains on the CPU; require_gpu is not supported".into(),
+                ));
+            }
+            let job: ambient_fl::wire::JobSpec = serde_json::from_value(submission.inputs.clone())
+                .map_err(|e| {
+                    SubmitError::InvalidInputs(format!("federated_learning inputs: {e}"))
+                })?;
+            // A budget that cannot be met, too few clients, bad hyper-parameters: refused now.
+            ambient_fl::server::check_job(&job, submission.requirements.min_nodes as usize)
+                .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))?;
+            accepted.submission.inputs = serde_json::to_value(&job)
+                .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
         }
     }
     accepted.submission.wasm_module = None;
@@ -472,7 +488,25 @@ mod tests {
         assert_eq!(code(json!({"task_type": "mining"})), "unknown_task_type");
         assert_eq!(
             code(json!({"task_type": "federated_learning"})),
-            "unsupported_task_type"
+            "invalid_inputs"
+        );
+        // A budget no σ can meet is refused at submission, with the reason.
+        let err = check(
+            &body(json!({"task_type": "federated_learning",
+                         "inputs": {"dataset": "d", "epsilon": 1e-6, "rounds": 1000},
+                         "requirements": {"min_nodes": 3}})),
+            &l,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_inputs");
+        assert!(
+            err.to_string().contains("privacy budget cannot be met"),
+            "{err}"
+        );
+        assert_eq!(
+            code(json!({"task_type": "federated_learning",
+                        "inputs": {"dataset": "d"}, "requirements": {"min_nodes": 1}})),
+            "invalid_inputs"
         );
         assert_eq!(code(json!({"task_type": "zk_proof"})), "invalid_inputs");
         assert_eq!(

@@ -28,6 +28,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod core;
+pub mod fl;
 pub mod intake;
 pub mod metrics;
 pub mod mqtt;
@@ -153,6 +154,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         modules: HashMap::new(),
         zk: zk.clone(),
         reputation_changed: Default::default(),
+        fl: Default::default(),
     };
     tracker.spawn(core.run(core_rx, shutdown.clone()));
     let intake = mqtt::Intake {

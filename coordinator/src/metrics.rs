@@ -24,6 +24,8 @@ pub struct Metrics {
     pub results_received: AtomicU64,
     /// Results refused because their task was not assigned to the sender.
     pub results_refused: AtomicU64,
+    /// Federated-learning client messages refused (late, duplicate, wrong length, strangers).
+    pub fl_refused: AtomicU64,
     /// MQTT messages dropped as malformed or from the wrong sender.
     pub mqtt_rejected: AtomicU64,
     /// Nodes online now.
@@ -100,6 +102,12 @@ impl Metrics {
             "counter",
             "Results refused because their task was not assigned to the sender.",
             &[("", get(&self.results_refused))],
+        );
+        metric(
+            "ambient_fl_messages_refused_total",
+            "counter",
+            "Federated-learning client messages refused: late, duplicate, wrong length, strangers.",
+            &[("", get(&self.fl_refused))],
         );
         metric(
             "ambient_mqtt_rejected_total",

@@ -218,7 +218,8 @@ impl HasVersion for AgentEvent {
         match self {
             AgentEvent::Started { v, .. }
             | AgentEvent::Finished { v, .. }
-            | AgentEvent::Declined { v, .. } => *v,
+            | AgentEvent::Declined { v, .. }
+            | AgentEvent::Fl { v, .. } => *v,
         }
     }
 }

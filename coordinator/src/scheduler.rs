@@ -161,6 +161,14 @@ pub struct TaskRecord {
     /// For `zk_proof`: the verified proof that backs the accepted result.
     #[serde(default)]
     pub proof_id: Option<String>,
+    /// For a `federated_learning` task: its clients' nodes, in client-id order. The core's
+    /// federated driver, not the scheduler, places and runs these tasks.
+    #[serde(default)]
+    pub fl_clients: Vec<String>,
+    /// For a `federated_learning` task: rounds done of all rounds (the statistics round
+    /// included).
+    #[serde(default)]
+    pub fl_progress: Option<Progress>,
 }
 
 impl TaskRecord {
@@ -198,6 +206,8 @@ impl TaskRecord {
             extra_replicas: 0,
             adaptive: false,
             proof_id: None,
+            fl_clients: Vec::new(),
+            fl_progress: None,
         }
     }
 
@@ -214,6 +224,7 @@ impl TaskRecord {
     /// The submitter's view of the task.
     pub fn info(&self) -> TaskInfo {
         let mut assigned_nodes: Vec<String> = self.shard_nodes.clone();
+        assigned_nodes.extend(self.fl_clients.iter().cloned());
         for a in &self.assignments {
             if !assigned_nodes.contains(&a.node_id) {
                 assigned_nodes.push(a.node_id.clone());
@@ -231,10 +242,12 @@ impl TaskRecord {
             error: self.error.clone(),
             status_reason: self.status_reason.clone(),
             attempts: self.assignments.len() as u32,
-            progress: (!self.shards.is_empty()).then_some(Progress {
-                done: self.shard_outputs.len() as u32,
-                total: self.shards.len() as u32,
-            }),
+            progress: (!self.shards.is_empty())
+                .then_some(Progress {
+                    done: self.shard_outputs.len() as u32,
+                    total: self.shards.len() as u32,
+                })
+                .or(self.fl_progress),
         }
     }
 
@@ -266,7 +279,7 @@ impl TaskRecord {
     }
 
     fn needed(&self) -> u32 {
-        if !self.shards.is_empty() {
+        if !self.shards.is_empty() || self.task_type == TaskType::FederatedLearning {
             return 0;
         }
         let have = (self.active().count() + self.answers().count()) as u32;
@@ -590,6 +603,7 @@ impl Scheduler {
                 }
             }
             AgentEvent::Finished { result, .. } => self.on_result(node, result, now),
+            AgentEvent::Fl { .. } => {} // the core's federated driver takes these
         }
     }
 
@@ -735,6 +749,91 @@ impl Scheduler {
                 let error = format!("{kind}: {message}");
                 self.finish(task_id, TaskStatus::Failed, None, Some(error), now);
             }
+        }
+    }
+
+    /// Queues a message to publish after the next persist (for the core's federated driver).
+    pub fn send(&mut self, out: Outbound) {
+        self.publish.push(out);
+    }
+
+    /// `federated_learning` tasks that started and have not ended.
+    pub fn fl_running(&self) -> Vec<Uuid> {
+        self.tasks
+            .values()
+            .filter(|t| t.task_type == TaskType::FederatedLearning && !t.fl_clients.is_empty())
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// `federated_learning` tasks not started yet, oldest first.
+    pub fn fl_waiting(&self) -> Vec<Uuid> {
+        let mut v: Vec<(&DateTime<Utc>, Uuid)> = self
+            .tasks
+            .values()
+            .filter(|t| t.task_type == TaskType::FederatedLearning && t.fl_clients.is_empty())
+            .map(|t| (&t.created_at, t.id))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Says why a `federated_learning` task still waits (its queue timeout keeps running).
+    pub fn fl_waiting_reason(&mut self, task_id: Uuid, reason: String, now: DateTime<Utc>) {
+        if let Some(t) = self.tasks.get_mut(&task_id)
+            && t.status_reason.as_ref() != Some(&reason)
+        {
+            t.status_reason = Some(reason);
+            t.updated_at = now;
+            self.mark(task_id);
+        }
+    }
+
+    /// A `federated_learning` task started on these nodes (client ids in order).
+    pub fn fl_started(
+        &mut self,
+        task_id: Uuid,
+        nodes: Vec<String>,
+        total: u32,
+        now: DateTime<Utc>,
+    ) {
+        if let Some(t) = self.tasks.get_mut(&task_id) {
+            t.fl_clients = nodes;
+            t.fl_progress = Some(Progress { done: 0, total });
+            t.waiting_since = None;
+            t.status_reason = None;
+        }
+        self.mark(task_id);
+        self.set_status(task_id, TaskStatus::Running, now);
+    }
+
+    /// A `federated_learning` task finished `done` of its rounds.
+    pub fn fl_progress(&mut self, task_id: Uuid, done: u32, now: DateTime<Utc>) {
+        let Some(t) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let Some(p) = t.fl_progress.as_mut() else {
+            return;
+        };
+        if p.done != done {
+            p.done = done;
+            t.updated_at = now;
+            let note = t.notification();
+            self.publish.extend(note);
+            self.mark(task_id);
+        }
+    }
+
+    /// Ends a `federated_learning` task with its result or the reason it failed.
+    pub fn fl_finish(
+        &mut self,
+        task_id: Uuid,
+        outcome: Result<serde_json::Value, String>,
+        now: DateTime<Utc>,
+    ) {
+        match outcome {
+            Ok(result) => self.finish(task_id, TaskStatus::Completed, Some(result), None, now),
+            Err(e) => self.finish(task_id, TaskStatus::Failed, None, Some(e), now),
         }
     }
 

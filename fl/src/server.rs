@@ -550,12 +550,13 @@ impl Server {
 
     fn fail(&mut self, reason: String) -> Vec<Outgoing> {
         self.current = None;
-        let out = self.end_all(&reason);
+        let out = self.end_messages(&reason);
         self.state = JobState::Failed(reason);
         out
     }
 
-    fn end_all(&self, reason: &str) -> Vec<Outgoing> {
+    /// `End` for every client still in the job (when the job is abandoned from outside).
+    pub fn end_messages(&self, reason: &str) -> Vec<Outgoing> {
         self.alive
             .iter()
             .map(|&c| Outgoing {
@@ -851,7 +852,7 @@ impl Server {
             }),
             _ => None,
         };
-        let out = self.end_all("the job is complete");
+        let out = self.end_messages("the job is complete");
         self.state = JobState::Done(Box::new(JobResult {
             model: self.spec.clone(),
             weights: self.weights.clone(),

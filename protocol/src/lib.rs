@@ -19,7 +19,7 @@ pub mod topics;
 pub mod wire;
 
 pub use node::{
-    GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo, ReputationEventKind,
+    DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo, ReputationEventKind,
     ReputationInfo, ReputationReport, Temperature,
 };
 pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};

@@ -91,6 +91,20 @@ pub struct Health {
     pub paused_reason: Option<String>,
     /// Largest wasm linear memory the agent grants a task.
     pub wasm_memory_limit_bytes: u64,
+    /// Data sets the node holds for `federated_learning` (names and sizes, never rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<DatasetInfo>,
+}
+
+/// A data set a node offers to federated learning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// The name tasks use.
+    pub name: String,
+    /// Rows.
+    pub rows: u64,
+    /// Feature columns.
+    pub features: u32,
 }
 
 /// A node's reputation as the coordinator reports it (see `coordinator/src/reputation.rs`).

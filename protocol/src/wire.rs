@@ -105,6 +105,16 @@ pub enum AgentEvent {
         /// Why.
         reason: String,
     },
+    /// A federated-learning message from this node's client of a job (an
+    /// `ambient_fl::wire::ToServer` as JSON).
+    Fl {
+        /// Protocol version.
+        v: u32,
+        /// The `federated_learning` task.
+        task_id: Uuid,
+        /// The message.
+        msg: serde_json::Value,
+    },
 }
 
 /// What the coordinator sends on `nodes/{node}/control`.
@@ -130,6 +140,16 @@ pub enum Control {
         attempt: u32,
         /// Why.
         reason: String,
+    },
+    /// A federated-learning message for this node's client of a job (an
+    /// `ambient_fl::wire::ToClient` as JSON).
+    Fl {
+        /// Protocol version.
+        v: u32,
+        /// The `federated_learning` task.
+        task_id: Uuid,
+        /// The message.
+        msg: serde_json::Value,
     },
 }
 

@@ -192,5 +192,6 @@ fn health(node: &str, accepting: bool) -> Health {
         accepting,
         paused_reason: (!accepting).then(|| "paused".to_string()),
         wasm_memory_limit_bytes: 64 << 20,
+        datasets: vec![],
     }
 }

@@ -8,3 +8,6 @@ pub mod onnx;
 
 #[cfg(feature = "zk")]
 pub mod zk;
+
+#[cfg(feature = "fl")]
+pub mod fl;

@@ -40,6 +40,7 @@ fn health(node: &str, cpu: f32) -> Health {
         accepting: true,
         paused_reason: None,
         wasm_memory_limit_bytes: 64 << 20,
+        datasets: vec![],
     }
 }
 

@@ -4,6 +4,7 @@ mod adversary;
 mod bad_input;
 mod compute;
 mod faults;
+mod fl;
 mod flow;
 mod policy;
 mod util;

@@ -1,0 +1,168 @@
+//! Federated learning: this node's clients of `federated_learning` jobs, over the data sets its
+//! operator declared (`[[datasets]]` in the config). Rows stay here: the coordinator gets only
+//! the messages of [`ambient_fl::client::Client`] (statistics sums, clipped and noised updates,
+//! masked under secure aggregation).
+//!
+//! Each job has one worker task that handles its messages in order; training runs on a
+//! blocking thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use ambient_fl::client::Client;
+use ambient_fl::data::Dataset;
+use ambient_fl::wire::{ToClient, ToServer};
+use ambient_protocol::DatasetInfo;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::config::DatasetConfig;
+
+/// Where a client's answers go: the task and the message.
+pub type Reply = Arc<dyn Fn(Uuid, ToServer) + Send + Sync>;
+
+/// The node's data sets and its clients of running jobs.
+pub struct FlClients {
+    datasets: BTreeMap<String, Arc<Dataset>>,
+    jobs: Mutex<HashMap<Uuid, mpsc::UnboundedSender<ToClient>>>,
+}
+
+impl FlClients {
+    /// Reads every declared data set (blocking: call at start, off the async workers).
+    pub fn load(cfgs: &[DatasetConfig]) -> Result<FlClients, String> {
+        let mut datasets = BTreeMap::new();
+        for c in cfgs {
+            let text = std::fs::read_to_string(&c.path)
+                .map_err(|e| format!("dataset {}: {}: {e}", c.name, c.path.display()))?;
+            let features: Option<Vec<&str>> = c
+                .features
+                .as_ref()
+                .map(|f| f.iter().map(String::as_str).collect());
+            let d = Dataset::from_csv_str(&text, &c.label, features.as_deref())
+                .map_err(|e| format!("dataset {}: {}: {e}", c.name, c.path.display()))?;
+            if d.is_empty() {
+                return Err(format!(
+                    "dataset {}: {} has no rows",
+                    c.name,
+                    c.path.display()
+                ));
+            }
+            info!(dataset = %c.name, rows = d.len(), features = d.num_features(),
+                  "Data set loaded for federated learning.");
+            datasets.insert(c.name.clone(), Arc::new(d));
+        }
+        Ok(FlClients {
+            datasets,
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What health advertises: names and sizes, never rows.
+    pub fn infos(&self) -> Vec<DatasetInfo> {
+        self.datasets
+            .iter()
+            .map(|(name, d)| DatasetInfo {
+                name: name.clone(),
+                rows: d.len() as u64,
+                features: d.num_features() as u32,
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, mpsc::UnboundedSender<ToClient>>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands a coordinator message to the job's client, starting one on `Begin` of a job this
+    /// node has not seen. Answers go to `reply`. The job's worker stops at `End`, or when
+    /// `token` is cancelled (the agent stops).
+    pub fn deliver(
+        self: &Arc<Self>,
+        task_id: Uuid,
+        msg: ToClient,
+        tracker: &TaskTracker,
+        token: &CancellationToken,
+        reply: Reply,
+    ) {
+        let mut jobs = self.lock();
+        if let Some(tx) = jobs.get(&task_id)
+            && tx.send(msg.clone()).is_ok()
+        {
+            return;
+        }
+        let ToClient::Begin { round, dataset, .. } = &msg else {
+            warn!(task_id = %task_id, "Federated message for a job this node is not in; ignored.");
+            return;
+        };
+        let Some(data) = self.datasets.get(dataset).cloned() else {
+            reply(
+                task_id,
+                ToServer::Failed {
+                    round: *round,
+                    reason: format!("this node has no data set {dataset:?}"),
+                },
+            );
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _ = tx.send(msg);
+        jobs.insert(task_id, tx);
+        drop(jobs);
+        let (me, token) = (self.clone(), token.clone());
+        tracker.spawn(async move {
+            let client = Arc::new(Mutex::new(Client::new((*data).clone())));
+            loop {
+                let msg = tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = token.cancelled() => break,
+                };
+                let end = matches!(msg, ToClient::End { .. });
+                let round = round_of(&msg);
+                let c = client.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    c.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .handle(msg, &mut rand::rng())
+                })
+                .await;
+                match answer {
+                    Ok(Ok(Some(a))) => reply(task_id, a),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        warn!(task_id = %task_id, error = %e, "Federated client refused a message.");
+                        reply(
+                            task_id,
+                            ToServer::Failed {
+                                round,
+                                reason: e.to_string(),
+                            },
+                        );
+                    }
+                    Err(e) => warn!(task_id = %task_id, error = %e, "Federated client crashed."),
+                }
+                if end {
+                    break;
+                }
+            }
+            me.lock().remove(&task_id);
+        });
+    }
+}
+
+fn round_of(msg: &ToClient) -> u32 {
+    match msg {
+        ToClient::Begin { round, .. }
+        | ToClient::Roster { round, .. }
+        | ToClient::Relay { round, .. }
+        | ToClient::Unmask { round, .. } => *round,
+        ToClient::End { .. } => 0,
+    }
+}
