@@ -7,6 +7,9 @@ use ambient_protocol::{NodeInfo, Requirements, TaskStatus, TaskSubmission, TaskT
 use base64::Engine as _;
 use serde_json::json;
 
+use ambient_agent::config::DatasetConfig;
+use ambient_fl::data::{Dataset, non_iid_split, stratified_split};
+
 use crate::client::{Client, ClientError, submit_over_mqtt};
 use crate::local::{LocalNetwork, LocalOptions};
 use crate::modules;
@@ -18,6 +21,8 @@ pub struct Report {
     pub cases: Vec<Case>,
     /// The id of the `zk_proof` task's proof, verified through the API.
     pub proof_id: Option<String>,
+    /// The federated job's accuracy and privacy spend.
+    pub federated: Option<Federated>,
     /// The nodes at the end, with their reputations.
     pub nodes: Vec<NodeInfo>,
 }
@@ -85,6 +90,9 @@ fn outcome(r: &Result<ambient_protocol::TaskInfo, ClientError>) -> String {
     }
 }
 
+/// The Wisconsin breast cancer data set as scikit-learn ships it (see `fl/tests/data/README.md`).
+const BREAST_CANCER: &str = include_str!("../../fl/tests/data/breast_cancer.csv");
+
 /// The pretrained PaddleOCR text-direction classifier (Apache-2.0, from the rapidocr-onnxruntime
 /// wheel) and onnxruntime's output for a fixed input, from `tests/fixtures/onnx/`.
 const PPOCR_MODEL: &[u8] = include_bytes!("../../tests/fixtures/onnx/ppocr_cls.onnx");
@@ -133,12 +141,15 @@ pub fn pi_task(samples: u64, shards: u64) -> TaskSubmission {
 /// Runs the demo on a fresh local network; it passed when every case is ok.
 /// `pi_samples` sizes the sharded π job (the CLI uses 10⁹).
 pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(data_dir)?;
+    let (datasets, eval_csv) = breast_cancer_split(data_dir, 3)?;
     let net = LocalNetwork::start(LocalOptions {
         data_dir: data_dir.to_path_buf(),
         agents: 3,
         http_addr: "127.0.0.1:0".parse()?,
         mqtt_addr: "127.0.0.1:0".parse()?,
         health_interval_sec: 1.0,
+        datasets,
     })
     .await?;
     let client = Client::new(&net.connection.api_url, &net.connection.api_key);
@@ -291,6 +302,13 @@ pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<
     });
 
     let t = std::time::Instant::now();
+    let (case, federated) = fl_case(&client, eval_csv).await;
+    cases.push(Case {
+        millis: t.elapsed().as_millis(),
+        ..case
+    });
+
+    let t = std::time::Instant::now();
     let reference: serde_json::Value = serde_json::from_slice(PPOCR_REFERENCE)?;
     let infer = TaskSubmission {
         task_type: TaskType::Inference,
@@ -381,8 +399,119 @@ pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<
     Ok(Report {
         cases,
         proof_id,
+        federated,
         nodes,
     })
+}
+
+/// Splits the Wisconsin breast cancer data (scikit-learn's copy, `fl/tests/data/`) non-IID over
+/// `n` agents, one CSV each under `dir`, and returns their data-set configs and a held-out
+/// evaluation set as CSV.
+fn breast_cancer_split(
+    dir: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<(Vec<Vec<DatasetConfig>>, String)> {
+    let data = Dataset::from_csv_str(BREAST_CANCER, "target", None)?;
+    let (train, test) = stratified_split(&data, 0.2, 7)?;
+    let to_csv = |d: &Dataset| {
+        let header: Vec<String> = (0..d.num_features()).map(|i| format!("f{i}")).collect();
+        let mut out = format!("{},target\n", header.join(","));
+        for (x, y) in d.x.iter().zip(&d.y) {
+            let row: Vec<String> = x.iter().map(f32::to_string).collect();
+            out.push_str(&format!("{},{y}\n", row.join(",")));
+        }
+        out
+    };
+    let mut configs = Vec::new();
+    for (i, part) in non_iid_split(&train, n, 0, 0.3)?.iter().enumerate() {
+        let path = dir.join(format!("breast-cancer-{}.csv", i + 1));
+        std::fs::write(&path, to_csv(part))?;
+        configs.push(vec![DatasetConfig {
+            name: "breast_cancer".into(),
+            path,
+            label: "target".into(),
+            features: None,
+        }]);
+    }
+    Ok((configs, to_csv(&test)))
+}
+
+/// What the federated case measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Federated {
+    /// Accuracy on the held-out set after the last round.
+    pub accuracy: f64,
+    /// ε spent of the budget.
+    pub epsilon_spent: f64,
+    /// The budget.
+    pub epsilon: f64,
+    /// Rounds run.
+    pub rounds: usize,
+}
+
+/// A `federated_learning` job on the three agents' fifths of the breast cancer data: logistic
+/// regression, 10 rounds, DP at ε = 8 (δ = 10⁻⁵) and secure aggregation.
+async fn fl_case(client: &Client, eval_csv: String) -> (Case, Option<Federated>) {
+    const EPSILON: f64 = 8.0;
+    let expected = "completed, accuracy ≥ 85 %, ε spent ≤ 8".to_string();
+    let sub = TaskSubmission {
+        task_type: TaskType::FederatedLearning,
+        wasm_module: None,
+        inputs: json!({
+            "dataset": "breast_cancer",
+            "rounds": 10,
+            "local": {"epochs": 20, "batch_size": 16, "lr": 0.2, "l2": 1e-3},
+            "epsilon": EPSILON,
+            "delta": 1e-5,
+            "clip_norm": 0.5,
+            "secure_aggregation": true,
+            "eval_csv": eval_csv,
+        }),
+        requirements: Requirements {
+            min_nodes: 3,
+            ..Requirements::default()
+        },
+        task_id: None,
+    };
+    let r = submit_wait(client, sub, Duration::from_secs(300)).await;
+    let (actual, federated) = match &r {
+        Ok(i) if i.status == TaskStatus::Completed => {
+            let out = i
+                .result
+                .as_ref()
+                .map(|r| r["output"].clone())
+                .unwrap_or_default();
+            let rounds = out["rounds"].as_array().cloned().unwrap_or_default();
+            let f = Federated {
+                accuracy: rounds
+                    .last()
+                    .and_then(|m| m["eval_accuracy"].as_f64())
+                    .unwrap_or(0.0),
+                epsilon_spent: out["privacy"]["epsilon_spent"].as_f64().unwrap_or(f64::NAN),
+                epsilon: EPSILON,
+                rounds: rounds.len(),
+            };
+            let actual = if f.accuracy >= 0.85 && f.epsilon_spent <= EPSILON + 1e-9 {
+                expected.clone()
+            } else {
+                format!(
+                    "completed, accuracy {:.1} %, ε spent {:.3}",
+                    100.0 * f.accuracy,
+                    f.epsilon_spent
+                )
+            };
+            (actual, Some(f))
+        }
+        _ => (outcome(&r), None),
+    };
+    let case = Case {
+        name: "federated_learning: 3 nodes, DP ε = 8, secure aggregation".into(),
+        ok: actual == expected,
+        expected,
+        actual,
+        millis: 0,
+    };
+    (case, federated)
 }
 
 /// A `zk_proof` task (`y = H⁶⁴(7)` with MiMC, and `require_proof`): the answer must equal the

@@ -41,6 +41,8 @@ pub struct LocalOptions {
     pub mqtt_addr: SocketAddr,
     /// Seconds between agent health reports.
     pub health_interval_sec: f64,
+    /// Data sets for federated learning, by agent (agent `i` gets entry `i`; missing: none).
+    pub datasets: Vec<Vec<ambient_agent::config::DatasetConfig>>,
 }
 
 /// A running local network.
@@ -92,14 +94,15 @@ impl LocalNetwork {
             .context("starting the coordinator")?;
 
         let mut agents = Vec::new();
-        for (node, password) in nodes {
-            let cfg = agent_config(
+        for (i, (node, password)) in nodes.into_iter().enumerate() {
+            let mut cfg = agent_config(
                 &opts.data_dir,
                 &node,
                 mqtt,
                 &password,
                 opts.health_interval_sec,
             );
+            cfg.datasets = opts.datasets.get(i).cloned().unwrap_or_default();
             agents.push(ambient_agent::start(cfg, token.clone()).await?);
         }
         Ok(LocalNetwork {

@@ -361,6 +361,15 @@ async fn demo(json: bool) -> anyhow::Result<()> {
         if let Some(id) = &report.proof_id {
             println!("\nVerified Groth16 proof of the zk_proof task: {id}");
         }
+        if let Some(f) = &report.federated {
+            println!(
+                "Federated learning: accuracy {:.1} % after {} rounds, ε spent {:.3} of {} (δ = 1e-5)",
+                100.0 * f.accuracy,
+                f.rounds,
+                f.epsilon_spent,
+                f.epsilon
+            );
+        }
         println!("\nReputations (valid and invalid include proofs):");
         print!("{}", ambient_cli::demo::reputation_table(&report.nodes));
     }
@@ -386,6 +395,7 @@ async fn up(
         http_addr,
         mqtt_addr,
         health_interval_sec: 5.0,
+        datasets: Vec::new(),
     })
     .await?;
     let path = data_dir.join("connection.json");

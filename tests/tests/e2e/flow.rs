@@ -74,7 +74,8 @@ async fn the_demo_passes() {
     let cases = &report.cases;
     let table = ambient_cli::demo::table(cases);
     assert!(cases.iter().all(|c| c.ok), "{table}");
-    assert_eq!(cases.len(), 13);
+    assert_eq!(cases.len(), 14);
+    assert!(report.federated.as_ref().is_some_and(|f| f.rounds == 10));
     // The proof is shown, and the reputations reflect the work: the replicated task alone gave
     // all three nodes a valid answer, and one node proved the zk_proof task.
     assert!(report.proof_id.is_some());
