@@ -375,6 +375,28 @@ mod tests {
         assert!(epsilon(2.0 * sigma, 10, delta, Conversion::Balle2020).unwrap() < balle);
     }
 
+    /// The accountant against a published implementation: Google's `dp-accounting` 0.6.0 (pip),
+    /// `RdpAccountant` composing `GaussianDpEvent(σ)` T times, `get_epsilon(δ)`. Reproduce with
+    /// `scripts/dp-accounting-reference.py`.
+    #[test]
+    fn accountant_matches_dp_accounting() {
+        let reference = [
+            (2.016, 10, 1e-5, 8.002332337310893),
+            (12.793, 10, 1e-5, 0.9999683420375056),
+            (5.0, 10, 1e-5, 2.8136532471298397),
+            (1.0, 1, 1e-5, 4.728507067217623),
+            (0.8, 100, 1e-6, 141.81983283486227),
+        ];
+        for (sigma, rounds, delta, want) in reference {
+            let got = epsilon(sigma, rounds, delta, Conversion::Balle2020).unwrap();
+            let rel = (got - want).abs() / want;
+            assert!(
+                rel < 0.01,
+                "σ = {sigma}, T = {rounds}, δ = {delta}: {got} vs {want}"
+            );
+        }
+    }
+
     #[test]
     fn calibration_hits_the_target() {
         for (eps, rounds) in [(8.0, 20u64), (1.0, 20), (1.0, 1)] {
