@@ -877,7 +877,26 @@ impl Worker {
                 warn!(task_id = %task_id, "Could not queue a federated message.");
             }
         });
-        self.fl.deliver(task_id, msg, &self.tracker, &self.token, reply);
+        // A paused node leaves the job (the coordinator drops it and the others go on without it).
+        if let Some(round) = msg.round()
+            && !self.lock_policy().decision.contributing
+        {
+            let end = ambient_fl::wire::ToClient::End {
+                reason: "paused".into(),
+            };
+            self.fl
+                .deliver(task_id, end, &self.tracker, &self.token, reply.clone());
+            reply(
+                task_id,
+                ambient_fl::wire::ToServer::Failed {
+                    round,
+                    reason: self.paused_reason(),
+                },
+            );
+            return;
+        }
+        self.fl
+            .deliver(task_id, msg, &self.tracker, &self.token, reply);
     }
 
     #[cfg(not(feature = "fl"))]

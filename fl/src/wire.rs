@@ -224,6 +224,19 @@ pub enum ToServer {
     },
 }
 
+impl ToClient {
+    /// The round a message belongs to (`End` belongs to none).
+    pub fn round(&self) -> Option<u32> {
+        match self {
+            ToClient::Begin { round, .. }
+            | ToClient::Roster { round, .. }
+            | ToClient::Relay { round, .. }
+            | ToClient::Unmask { round, .. } => Some(*round),
+            ToClient::End { .. } => None,
+        }
+    }
+}
+
 impl ToServer {
     /// The round a message belongs to.
     pub fn round(&self) -> u32 {

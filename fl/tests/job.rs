@@ -69,12 +69,8 @@ fn run(job: JobSpec, mut clients: Vec<Client>, faults: &mut Faults) -> JobState 
         let Outgoing { to, msg } = queue.remove(0);
         let wire = serde_json::to_string(&msg).unwrap();
         let msg: ToClient = serde_json::from_str(&wire).unwrap();
-        let round = match &msg {
-            ToClient::Begin { round, .. }
-            | ToClient::Roster { round, .. }
-            | ToClient::Relay { round, .. }
-            | ToClient::Unmask { round, .. } => *round,
-            ToClient::End { .. } => continue,
+        let Some(round) = msg.round() else {
+            continue; // End
         };
         let is_relay = matches!(msg, ToClient::Relay { .. });
         if let Some((dead, from)) = faults.dies

@@ -95,6 +95,9 @@ impl FlClients {
         {
             return;
         }
+        if matches!(msg, ToClient::End { .. }) {
+            return; // nothing to end
+        }
         let ToClient::Begin { round, dataset, .. } = &msg else {
             warn!(task_id = %task_id, "Federated message for a job this node is not in; ignored.");
             return;
@@ -125,7 +128,7 @@ impl FlClients {
                     _ = token.cancelled() => break,
                 };
                 let end = matches!(msg, ToClient::End { .. });
-                let round = round_of(&msg);
+                let round = msg.round().unwrap_or_default();
                 let c = client.clone();
                 let answer = tokio::task::spawn_blocking(move || {
                     c.lock()
@@ -154,15 +157,5 @@ impl FlClients {
             }
             me.lock().remove(&task_id);
         });
-    }
-}
-
-fn round_of(msg: &ToClient) -> u32 {
-    match msg {
-        ToClient::Begin { round, .. }
-        | ToClient::Roster { round, .. }
-        | ToClient::Relay { round, .. }
-        | ToClient::Unmask { round, .. } => *round,
-        ToClient::End { .. } => 0,
     }
 }

@@ -13,13 +13,16 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::time::Instant;
 
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System, UpdateKind};
 
 use super::Probes;
 
 /// How long a logind answer is reused: `loginctl` is a process to start.
+#[cfg(target_os = "linux")]
 const LOGIND_TTL: Duration = Duration::from_secs(1);
 
 /// The machine's probes.
@@ -27,6 +30,7 @@ pub struct SystemProbes {
     display: Option<String>,
     #[cfg(target_os = "linux")]
     x11: Option<x11::Idle>,
+    #[cfg(target_os = "linux")]
     logind: Option<(Instant, Result<Duration, String>)>,
     power_supply: PathBuf,
     sys: Option<System>,
@@ -47,6 +51,7 @@ impl SystemProbes {
             display: display.or_else(|| std::env::var("DISPLAY").ok().filter(|d| !d.is_empty())),
             #[cfg(target_os = "linux")]
             x11: None,
+            #[cfg(target_os = "linux")]
             logind: None,
             power_supply: PathBuf::from("/sys/class/power_supply"),
             sys: None,
