@@ -296,6 +296,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn running_sees_a_real_process() {
         // A real program under a unique name, found in the real process list.
         let dir = tempfile::tempdir().unwrap();
