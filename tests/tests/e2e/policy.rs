@@ -598,13 +598,13 @@ async fn idle_only_follows_real_keyboard_and_mouse_idleness_under_x11() {
 
     // Someone moves the mouse: the machine is in use.
     move_mouse(&x.display, 5);
+    let last_input = Instant::now();
     ctl.put_settings(&settings).await;
     let (s, _) = ctl
         .until(Duration::from_secs(2), |s| s["contributing"] == false)
         .await;
     let reason = s["paused_reasons"][0].as_str().unwrap();
     assert!(reason.contains("in use"), "{s}");
-    let last_input = Instant::now();
 
     // A minute without input: contributing, and not much earlier.
     let (_, _) = ctl
