@@ -148,5 +148,8 @@ pub fn agent_config(
     cfg.mqtt.port = mqtt.port();
     cfg.mqtt.password = Some(password.to_string());
     cfg.health.interval_sec = health_interval_sec;
+    // Several agents share this machine: each control API takes a free port, written to its
+    // `<data_dir>/control.json`.
+    cfg.control.listen = "127.0.0.1:0".parse().expect("a valid address");
     cfg
 }
