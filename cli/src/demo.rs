@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::json;
 
 use ambient_agent::config::DatasetConfig;
-use ambient_fl::data::{Dataset, non_iid_split, stratified_split};
+use ambient_fl::data::{breast_cancer, non_iid_split, stratified_split};
 
 use crate::client::{Client, ClientError, submit_over_mqtt};
 use crate::local::{LocalNetwork, LocalOptions};
@@ -89,9 +89,6 @@ fn outcome(r: &Result<ambient_protocol::TaskInfo, ClientError>) -> String {
         Err(e) => format!("error: {e}"),
     }
 }
-
-/// The Wisconsin breast cancer data set as scikit-learn ships it (see `fl/tests/data/README.md`).
-const BREAST_CANCER: &str = include_str!("../../fl/tests/data/breast_cancer.csv");
 
 /// The pretrained PaddleOCR text-direction classifier (Apache-2.0, from the rapidocr-onnxruntime
 /// wheel) and onnxruntime's output for a fixed input, from `tests/fixtures/onnx/`.
@@ -411,21 +408,11 @@ fn breast_cancer_split(
     dir: &std::path::Path,
     n: usize,
 ) -> anyhow::Result<(Vec<Vec<DatasetConfig>>, String)> {
-    let data = Dataset::from_csv_str(BREAST_CANCER, "target", None)?;
-    let (train, test) = stratified_split(&data, 0.2, 7)?;
-    let to_csv = |d: &Dataset| {
-        let header: Vec<String> = (0..d.num_features()).map(|i| format!("f{i}")).collect();
-        let mut out = format!("{},target\n", header.join(","));
-        for (x, y) in d.x.iter().zip(&d.y) {
-            let row: Vec<String> = x.iter().map(f32::to_string).collect();
-            out.push_str(&format!("{},{y}\n", row.join(",")));
-        }
-        out
-    };
+    let (train, test) = stratified_split(&breast_cancer(), 0.2, 7)?;
     let mut configs = Vec::new();
     for (i, part) in non_iid_split(&train, n, 0, 0.3)?.iter().enumerate() {
         let path = dir.join(format!("breast-cancer-{}.csv", i + 1));
-        std::fs::write(&path, to_csv(part))?;
+        std::fs::write(&path, part.to_csv("target"))?;
         configs.push(vec![DatasetConfig {
             name: "breast_cancer".into(),
             path,
@@ -433,7 +420,7 @@ fn breast_cancer_split(
             features: None,
         }]);
     }
-    Ok((configs, to_csv(&test)))
+    Ok((configs, test.to_csv("target")))
 }
 
 /// What the federated case measured.

@@ -73,7 +73,28 @@ fn split_fields(line: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The Wisconsin breast cancer diagnostic data set as scikit-learn ships it: 569 rows, 30
+/// features, label column `target` (1 = benign). Source and licence: `tests/data/README.md`.
+pub const BREAST_CANCER_CSV: &str = include_str!("../tests/data/breast_cancer.csv");
+
+/// [`BREAST_CANCER_CSV`], parsed.
+pub fn breast_cancer() -> Dataset {
+    Dataset::from_csv_str(BREAST_CANCER_CSV, "target", None)
+        .expect("the bundled breast cancer CSV parses")
+}
+
 impl Dataset {
+    /// CSV text with a header row: features `f0`, `f1`, … then the label column `label`.
+    pub fn to_csv(&self, label: &str) -> String {
+        let header: Vec<String> = (0..self.num_features()).map(|i| format!("f{i}")).collect();
+        let mut out = format!("{},{label}\n", header.join(","));
+        for (x, y) in self.x.iter().zip(&self.y) {
+            let row: Vec<String> = x.iter().map(f32::to_string).collect();
+            out.push_str(&format!("{},{y}\n", row.join(",")));
+        }
+        out
+    }
+
     /// Parses CSV text with a header row.
     ///
     /// `label` names the label column; `features` names the feature columns in the order wanted,

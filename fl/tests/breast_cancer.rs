@@ -24,9 +24,7 @@ const CLIENTS: usize = 5;
 const DELTA: f64 = 1e-5;
 
 fn load() -> Dataset {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/breast_cancer.csv");
-    let text = std::fs::read_to_string(path).expect("read breast_cancer.csv");
-    let d = Dataset::from_csv_str(&text, "target", None).expect("parse");
+    let d = ambient_fl::data::breast_cancer();
     assert_eq!((d.len(), d.num_features()), (569, 30));
     d
 }

@@ -7,24 +7,15 @@ use std::collections::BTreeMap;
 
 use ambient_fl::ClientId;
 use ambient_fl::client::Client;
-use ambient_fl::data::{Dataset, non_iid_split, stratified_split};
+use ambient_fl::data::{Dataset, breast_cancer, non_iid_split, stratified_split};
 use ambient_fl::server::{JobState, Outgoing, Refusal, Server};
 use ambient_fl::wire::{JobSpec, ToClient, ToServer};
 
 fn data() -> (Vec<Dataset>, String) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/breast_cancer.csv");
-    let text = std::fs::read_to_string(path).unwrap();
-    let d = Dataset::from_csv_str(&text, "target", None).unwrap();
-    let (train, test) = stratified_split(&d, 0.2, 7).unwrap();
+    let (train, test) = stratified_split(&breast_cancer(), 0.2, 7).unwrap();
     let clients = non_iid_split(&train, 5, 0, 0.3).unwrap();
     // The evaluation set goes back to CSV, as a submitter would send it.
-    let header: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
-    let mut csv = format!("{},target\n", header.join(","));
-    for (x, y) in test.x.iter().zip(&test.y) {
-        let row: Vec<String> = x.iter().map(f32::to_string).collect();
-        csv.push_str(&format!("{},{y}\n", row.join(",")));
-    }
-    (clients, csv)
+    (clients, test.to_csv("target"))
 }
 
 fn job(epsilon: Option<f64>, eval: &str) -> JobSpec {

@@ -19,8 +19,8 @@ pub mod topics;
 pub mod wire;
 
 pub use node::{
-    DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo, ReputationEventKind,
-    ReputationInfo, ReputationReport, Temperature,
+    DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo,
+    ReputationEventKind, ReputationInfo, ReputationReport, Temperature,
 };
 pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
 pub use tensor::{InferenceInputs, InferenceOutput, TensorJson};

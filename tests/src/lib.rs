@@ -255,6 +255,53 @@ impl Cluster {
         }
     }
 
+    /// Gives agent `i` the data set `parts[i]` under `name` (a CSV file in the cluster's
+    /// directory, declared in its config), restarting those agents, and waits until each
+    /// advertises it.
+    pub async fn hold_datasets(
+        &mut self,
+        name: &str,
+        parts: &[ambient_fl::data::Dataset],
+    ) -> anyhow::Result<()> {
+        for (i, d) in parts.iter().enumerate() {
+            let path = self.dir.path().join(format!("{name}-{i}.csv"));
+            std::fs::write(&path, d.to_csv("target"))?;
+            self.stop_agent(i).await;
+            self.start_agent_with(i, |cfg| {
+                cfg.datasets = vec![ambient_agent::config::DatasetConfig {
+                    name: name.into(),
+                    path,
+                    label: "target".into(),
+                    features: None,
+                }];
+            })
+            .await?;
+        }
+        let client = self.client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let holding = client
+                .nodes()
+                .await?
+                .iter()
+                .filter(|n| {
+                    n.health
+                        .as_ref()
+                        .is_some_and(|h| h.datasets.iter().any(|d| d.name == name))
+                })
+                .count();
+            if holding >= parts.len() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {holding} of {} agents advertise data set {name}",
+                parts.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Data directory of agent `i` (its journal, `settings.json`, `control.json`).
     pub fn agent_dir(&self, i: usize) -> std::path::PathBuf {
         self.dir.path().join(&self.nodes[i].0)

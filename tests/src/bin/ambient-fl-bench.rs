@@ -13,32 +13,16 @@
 
 use std::time::{Duration, Instant};
 
-use ambient_agent::config::DatasetConfig;
 use ambient_e2e::Cluster;
-use ambient_fl::data::{Dataset, FeatureStats, non_iid_split, stratified_split};
+use ambient_fl::data::{Dataset, FeatureStats, breast_cancer, non_iid_split, stratified_split};
 use ambient_fl::model::{LocalTraining, ModelSpec, train_local};
 use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TaskType};
 use serde_json::{Value, json};
 
 const CLIENTS: usize = 5;
 
-fn csv(d: &Dataset) -> String {
-    let header: Vec<String> = (0..d.num_features()).map(|i| format!("f{i}")).collect();
-    let mut out = format!("{},target\n", header.join(","));
-    for (x, y) in d.x.iter().zip(&d.y) {
-        let row: Vec<String> = x.iter().map(f32::to_string).collect();
-        out.push_str(&format!("{},{y}\n", row.join(",")));
-    }
-    out
-}
-
 fn load() -> anyhow::Result<(Vec<Dataset>, Dataset)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fl/tests/data/breast_cancer.csv"
-    );
-    let d = Dataset::from_csv_str(&std::fs::read_to_string(path)?, "target", None)?;
-    let (train, test) = stratified_split(&d, 0.2, 7)?;
+    let (train, test) = stratified_split(&breast_cancer(), 0.2, 7)?;
     Ok((non_iid_split(&train, CLIENTS, 0, 0.3)?, test))
 }
 
@@ -70,35 +54,8 @@ async fn cluster(mosquitto: bool, clients: &[Dataset]) -> anyhow::Result<Cluster
     } else {
         Cluster::embedded(CLIENTS as u32).await?
     };
-    for (i, d) in clients.iter().enumerate() {
-        let path = c.dir.path().join(format!("client-{i}.csv"));
-        std::fs::write(&path, csv(d))?;
-        c.stop_agent(i).await;
-        c.start_agent_with(i, |cfg| {
-            cfg.datasets = vec![DatasetConfig {
-                name: "breast_cancer".into(),
-                path,
-                label: "target".into(),
-                features: None,
-            }];
-        })
-        .await?;
-    }
-    // Wait until every agent advertises the data set.
-    let client = c.client();
-    for _ in 0..600 {
-        let n = client
-            .nodes()
-            .await?
-            .iter()
-            .filter(|n| n.health.as_ref().is_some_and(|h| !h.datasets.is_empty()))
-            .count();
-        if n == CLIENTS {
-            return Ok(c);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the agents never advertised their data sets")
+    c.hold_datasets("breast_cancer", clients).await?;
+    Ok(c)
 }
 
 /// Runs one job; returns (final accuracy, ε spent, wall time, rounds including round 0).
@@ -159,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let (clients, test) = load()?;
-    let eval = csv(&test);
+    let eval = test.to_csv("target");
     let central = centralised(&clients, &test)?;
 
     let c = cluster(true, &clients).await?;

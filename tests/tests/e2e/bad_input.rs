@@ -35,7 +35,10 @@ async fn bad_submissions_get_typed_errors() {
         (400, "unknown_task_type".into())
     );
     assert_eq!(
-        code(raw(br#"{"task_type":"federated_learning","inputs":{"dataset":"d","epsilon":-1}}"#).await),
+        code(
+            raw(br#"{"task_type":"federated_learning","inputs":{"dataset":"d","epsilon":-1}}"#)
+                .await
+        ),
         (400, "invalid_inputs".into())
     );
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));

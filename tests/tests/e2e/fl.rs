@@ -7,37 +7,21 @@
 
 use std::time::Duration;
 
-use ambient_agent::config::DatasetConfig;
 use ambient_e2e::Cluster;
-use ambient_fl::data::{Dataset, non_iid_split, stratified_split};
+use ambient_fl::data::{Dataset, breast_cancer, non_iid_split, stratified_split};
 use ambient_protocol::{AgentEvent, Requirements, TaskStatus, TaskSubmission, TaskType};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::util::*;
 
-const HEADER_FEATURES: usize = 30;
-
-fn csv(d: &Dataset) -> String {
-    let header: Vec<String> = (0..HEADER_FEATURES).map(|i| format!("f{i}")).collect();
-    let mut out = format!("{},target\n", header.join(","));
-    for (x, y) in d.x.iter().zip(&d.y) {
-        let row: Vec<String> = x.iter().map(f32::to_string).collect();
-        out.push_str(&format!("{},{y}\n", row.join(",")));
-    }
-    out
-}
-
 /// The five clients' data and the evaluation CSV.
 fn split() -> (Vec<Dataset>, String) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fl/tests/data/breast_cancer.csv"
-    );
-    let text = std::fs::read_to_string(path).unwrap();
-    let d = Dataset::from_csv_str(&text, "target", None).unwrap();
-    let (train, test) = stratified_split(&d, 0.2, 7).unwrap();
-    (non_iid_split(&train, 5, 0, 0.3).unwrap(), csv(&test))
+    let (train, test) = stratified_split(&breast_cancer(), 0.2, 7).unwrap();
+    (
+        non_iid_split(&train, 5, 0, 0.3).unwrap(),
+        test.to_csv("target"),
+    )
 }
 
 fn fl_task(inputs: Value, clients: u32) -> TaskSubmission {
@@ -89,39 +73,12 @@ fn numbers(v: &Value, out: &mut Vec<Vec<f64>>) {
 async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
     let mut c = Cluster::mosquitto(5).await.unwrap();
     let (clients, eval) = split();
-    for (i, d) in clients.iter().enumerate() {
-        let path = c.dir.path().join(format!("client-{i}.csv"));
-        std::fs::write(&path, csv(d)).unwrap();
-        c.stop_agent(i).await;
-        c.start_agent_with(i, |cfg| {
-            cfg.datasets = vec![DatasetConfig {
-                name: "breast_cancer".into(),
-                path,
-                label: "target".into(),
-                features: None,
-            }];
-        })
-        .await
-        .unwrap();
-    }
+    c.hold_datasets("breast_cancer", &clients).await.unwrap();
     let client = c.client();
     // Every agent advertises the data set's size, never its rows.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let nodes = client.nodes().await.unwrap();
-        let holding = nodes
-            .iter()
-            .filter(|n| n.health.as_ref().is_some_and(|h| h.datasets.len() == 1))
-            .count();
-        if holding == 5 {
-            for n in &nodes {
-                let d = &n.health.as_ref().unwrap().datasets[0];
-                assert_eq!((d.name.as_str(), d.features), ("breast_cancer", 30));
-            }
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in client.nodes().await.unwrap() {
+        let d = &n.health.as_ref().unwrap().datasets[0];
+        assert_eq!((d.name.as_str(), d.features), ("breast_cancer", 30));
     }
     let seen = tap(&c).await;
 
