@@ -47,6 +47,23 @@ pub struct Cluster {
     coordinator_cfg: ambient_coordinator::Config,
 }
 
+/// RSS (KiB) and CPU ticks (user + system) of a process, from `/proc` (Linux; for the load
+/// generators).
+pub fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("no VmRSS")?
+        .parse()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok((rss, f[11].parse::<u64>()? + f[12].parse::<u64>()?))
+}
+
 /// Spare node accounts of every cluster: credentials with no agent, for impersonation and
 /// adversary tests.
 pub const SPARE_NODES: u32 = 2;

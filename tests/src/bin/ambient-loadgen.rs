@@ -323,22 +323,6 @@ fn sandbox_vs_bare(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads (RSS KiB, utime+stime ticks) of a process.
-fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no VmRSS")?
-        .parse()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok((rss, ticks))
-}
-
 async fn idle_agent(secs: u64) -> anyhow::Result<()> {
     let bin = std::env::current_exe()?.with_file_name("ambient-agent");
     if !bin.exists() {
@@ -361,10 +345,10 @@ async fn idle_agent(secs: u64) -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .spawn()?;
     tokio::time::sleep(Duration::from_secs(3)).await; // connected and settled
-    let (_, t0) = proc_stats(child.id())?;
+    let (_, t0) = ambient_e2e::proc_stats(child.id())?;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (rss, t1) = proc_stats(child.id())?;
+    let (rss, t1) = ambient_e2e::proc_stats(child.id())?;
     let hz = 100.0; // USER_HZ on Linux
     let cpu = (t1 - t0) as f64 / hz / start.elapsed().as_secs_f64() * 100.0;
     println!(

@@ -49,21 +49,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// RSS (KiB) and CPU ticks (user + system) of a process.
-fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no VmRSS")?
-        .parse()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok((rss, f[11].parse::<u64>()? + f[12].parse::<u64>()?))
-}
-
 /// A release agent process for `node-1` on the cluster's broker.
 struct AgentProc {
     child: Child,
@@ -348,7 +333,7 @@ async fn pause_to_idle(rounds: usize) -> anyhow::Result<()> {
         // Sample the agent's CPU ticks every 5 ms for 2 s.
         let mut samples = Vec::new();
         while t0.elapsed() < Duration::from_secs(2) {
-            samples.push((t0.elapsed(), proc_stats(pid)?.1));
+            samples.push((t0.elapsed(), ambient_e2e::proc_stats(pid)?.1));
             std::thread::sleep(Duration::from_millis(5));
         }
         let health_at = w.health_until(|h| !h.accepting).await? - t0;
@@ -402,10 +387,10 @@ async fn rss() -> anyhow::Result<()> {
             .wait_for_nodes(1, Duration::from_secs(20))
             .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (_, t0) = proc_stats(agent.child.id())?;
+        let (_, t0) = ambient_e2e::proc_stats(agent.child.id())?;
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let (idle, t1) = proc_stats(agent.child.id())?;
+        let (idle, t1) = ambient_e2e::proc_stats(agent.child.id())?;
         let cpu = (t1 - t0) as f64 / 100.0 / start.elapsed().as_secs_f64() * 100.0;
         let mut after = None;
         if control {
@@ -413,7 +398,7 @@ async fn rss() -> anyhow::Result<()> {
             for _ in 0..1000 {
                 ctl.call("GET", "/v1/status", None).await?;
             }
-            after = Some(proc_stats(agent.child.id())?.0);
+            after = Some(ambient_e2e::proc_stats(agent.child.id())?.0);
         }
         line.push((control, idle, cpu, after));
         drop(agent);
