@@ -38,6 +38,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The broker.
     pub mqtt: MqttConfig,
+    /// The coordinator's REST API, e.g. `http://coordinator.example:8080`. The agent downloads
+    /// large artifacts from it (federated models too big for an MQTT message), signing each
+    /// request with its identity key. Without it, such work fails with a clear reason.
+    #[serde(default)]
+    pub coordinator_url: Option<String>,
     /// Telemetry.
     #[serde(default)]
     pub health: HealthConfig,
@@ -194,7 +199,8 @@ impl Config {
     }
 
     /// `AMBIENT_NODE_ID`, `AMBIENT_DATA_DIR`, `AMBIENT_MQTT_HOST`, `AMBIENT_MQTT_PORT`,
-    /// `AMBIENT_MQTT_PASSWORD` and `AMBIENT_CONTROL_LISTEN` override the file.
+    /// `AMBIENT_MQTT_PASSWORD`, `AMBIENT_COORDINATOR_URL` and `AMBIENT_CONTROL_LISTEN` override
+    /// the file.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = var("AMBIENT_NODE_ID") {
             self.node_id = v;
@@ -212,6 +218,9 @@ impl Config {
         }
         if let Some(v) = var("AMBIENT_MQTT_PASSWORD") {
             self.mqtt.password = Some(v);
+        }
+        if let Some(v) = var("AMBIENT_COORDINATOR_URL") {
+            self.coordinator_url = Some(v);
         }
         if let Some(v) = var("AMBIENT_CONTROL_LISTEN") {
             self.control.listen = v
@@ -251,6 +260,13 @@ impl Config {
                     d.name
                 )));
             }
+        }
+        if let Some(url) = &self.coordinator_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "coordinator_url = {url:?} must start with http:// or https://"
+            )));
         }
         if !self.control.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(

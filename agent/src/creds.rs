@@ -1,12 +1,15 @@
-//! The node's broker password: from the configuration, else the OS keyring (Secret Service on
-//! Linux, Keychain on macOS, Credential Manager on Windows), else a file readable only by its
-//! owner. The file fallback exists for headless boxes without a keyring, and the agent says so in
-//! its log whenever it uses it.
+//! The node's secrets: its broker password (from the configuration, else the OS keyring — Secret
+//! Service on Linux, Keychain on macOS, Credential Manager on Windows — else a file readable only
+//! by its owner) and its ed25519 identity key (made on first start, kept the same way). The file
+//! fallback exists for headless boxes without a keyring, and the agent says so in its log
+//! whenever it uses it.
 //!
 //! Keyring calls block (they talk D-Bus); call these functions off the async workers.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
+use ambient_protocol::NodeKey;
 
 /// Keyring service name under which node passwords are stored.
 pub const SERVICE: &str = "ambient-vcp";
@@ -55,6 +58,17 @@ pub enum CredsError {
     /// The fallback file is readable by others.
     #[error("credential file {0} is readable by group or others; run `chmod 600` on it")]
     Permissions(PathBuf),
+    /// The stored identity key is not one.
+    #[error(
+        "the identity key of node {node} stored in the {source_} is corrupt; remove it to make a \
+         new one (the node's old signatures stop verifying)"
+    )]
+    BadIdentity {
+        /// The node.
+        node: String,
+        /// Where it was read from.
+        source_: Source,
+    },
 }
 
 /// The fallback file of a node.
@@ -62,6 +76,18 @@ pub fn fallback_path(data_dir: &Path, node: &str) -> PathBuf {
     data_dir
         .join("credentials")
         .join(format!("{node}.mqtt-password"))
+}
+
+/// The fallback file of a node's identity key.
+pub fn identity_fallback_path(data_dir: &Path, node: &str) -> PathBuf {
+    data_dir
+        .join("credentials")
+        .join(format!("{node}.identity-key"))
+}
+
+/// The keyring account of a node's identity key (its password's account is the node id).
+fn identity_account(node: &str) -> String {
+    format!("{node}/identity")
 }
 
 /// Finds the node's password.
@@ -73,33 +99,68 @@ pub fn load(
     if let Some(p) = configured {
         return Ok((p.to_string(), Source::Config));
     }
-    match keyring_get(node) {
-        Ok(Some(p)) => return Ok((p, Source::Keyring)),
-        Ok(None) => {}
-        Err(why) => tracing::warn!(node, reason = %why,
-            "No usable OS keyring; looking for the credential file fallback."),
-    }
-    let path = fallback_path(data_dir, node);
-    match std::fs::read_to_string(&path) {
-        Ok(p) => {
-            check_private(&path)?;
-            Ok((p.trim_end().to_string(), Source::File(path)))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CredsError::Missing {
-            node: node.to_string(),
-        }),
-        Err(source) => Err(CredsError::File { path, source }),
-    }
+    read_secret(node, &fallback_path(data_dir, node))?.ok_or_else(|| CredsError::Missing {
+        node: node.to_string(),
+    })
 }
 
 /// Stores the node's password in the OS keyring, or in the 0600 file where there is none.
 pub fn store(node: &str, data_dir: &Path, password: &str) -> Result<Source, CredsError> {
-    match keyring_set(node, password) {
-        Ok(()) => return Ok(Source::Keyring),
-        Err(why) => tracing::warn!(node, reason = %why,
-            "No usable OS keyring; storing the password in a file readable only by this user."),
+    write_secret(node, &fallback_path(data_dir, node), password)
+}
+
+/// The node's identity key, made and stored on first use.
+pub fn identity(node: &str, data_dir: &Path) -> Result<(NodeKey, Source), CredsError> {
+    let (account, path) = (
+        identity_account(node),
+        identity_fallback_path(data_dir, node),
+    );
+    if let Some((hex, source_)) = read_secret(&account, &path)? {
+        return NodeKey::from_hex(&hex)
+            .map(|k| (k, source_.clone()))
+            .map_err(|_| CredsError::BadIdentity {
+                node: node.to_string(),
+                source_,
+            });
     }
-    let path = fallback_path(data_dir, node);
+    let key = NodeKey::generate();
+    let source = write_secret(&account, &path, &key.to_hex())?;
+    tracing::info!(node, source = %source, "Made this node's identity key.");
+    Ok((key, source))
+}
+
+/// A secret from the OS keyring, else from its 0600 fallback file; `None` when neither has it.
+fn read_secret(account: &str, path: &Path) -> Result<Option<(String, Source)>, CredsError> {
+    match keyring_get(account) {
+        Ok(Some(p)) => return Ok(Some((p, Source::Keyring))),
+        Ok(None) => {}
+        Err(why) => tracing::warn!(account, reason = %why,
+            "No usable OS keyring; looking for the credential file fallback."),
+    }
+    match std::fs::read_to_string(path) {
+        Ok(p) => {
+            check_private(path)?;
+            Ok(Some((
+                p.trim_end().to_string(),
+                Source::File(path.to_owned()),
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CredsError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Stores a secret in the OS keyring, or in a 0600 file where there is none.
+fn write_secret(account: &str, path: &Path, secret: &str) -> Result<Source, CredsError> {
+    match keyring_set(account, secret) {
+        Ok(()) => return Ok(Source::Keyring),
+        Err(why) => tracing::warn!(account, reason = %why,
+            "No usable OS keyring; storing the secret in a file readable only by this user."),
+    }
+    let path = path.to_owned();
     let io = |source| CredsError::File {
         path: path.clone(),
         source,
@@ -112,7 +173,7 @@ pub fn store(node: &str, data_dir: &Path, password: &str) -> Result<Source, Cred
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&path).map_err(io)?;
-    f.write_all(password.as_bytes()).map_err(io)?;
+    f.write_all(secret.as_bytes()).map_err(io)?;
     check_private(&path)?;
     Ok(Source::File(path))
 }
@@ -133,8 +194,8 @@ fn check_private(path: &Path) -> Result<(), CredsError> {
 }
 
 #[cfg(feature = "keyring")]
-fn keyring_get(node: &str) -> Result<Option<String>, String> {
-    let entry = keyring::Entry::new(SERVICE, node).map_err(|e| e.to_string())?;
+fn keyring_get(account: &str) -> Result<Option<String>, String> {
+    let entry = keyring::Entry::new(SERVICE, account).map_err(|e| e.to_string())?;
     match entry.get_password() {
         Ok(p) => Ok(Some(p)),
         Err(keyring::Error::NoEntry) => Ok(None),
@@ -143,9 +204,9 @@ fn keyring_get(node: &str) -> Result<Option<String>, String> {
 }
 
 #[cfg(feature = "keyring")]
-fn keyring_set(node: &str, password: &str) -> Result<(), String> {
-    keyring::Entry::new(SERVICE, node)
-        .and_then(|e| e.set_password(password))
+fn keyring_set(account: &str, secret: &str) -> Result<(), String> {
+    keyring::Entry::new(SERVICE, account)
+        .and_then(|e| e.set_password(secret))
         .map_err(|e| e.to_string())
 }
 
@@ -186,6 +247,32 @@ mod tests {
         } else {
             #[cfg(feature = "keyring")]
             let _ = keyring::Entry::new(SERVICE, &node).and_then(|e| e.delete_credential());
+        }
+    }
+
+    #[test]
+    fn identity_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (k1, src) = identity(&node, dir.path()).unwrap();
+        let (k2, again) = identity(&node, dir.path()).unwrap();
+        assert_eq!(k1.verifying_key(), k2.verifying_key());
+        assert_eq!(src, again);
+        match &src {
+            Source::File(path) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+                // A corrupt key is an error that says what to do, never a silent new identity.
+                std::fs::write(path, "not a key").unwrap();
+                let e = identity(&node, dir.path()).err().unwrap().to_string();
+                assert!(e.contains("corrupt"), "{e}");
+            }
+            _ => {
+                #[cfg(feature = "keyring")]
+                let _ = keyring::Entry::new(SERVICE, &identity_account(&node))
+                    .and_then(|e| e.delete_credential());
+            }
         }
     }
 

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: the typed, strict configuration.
-//! - [`creds`]: the broker password from config, OS keyring, or a 0600 file.
+//! - [`creds`]: the broker password and the identity key, from config, OS keyring, or 0600 files.
+//! - [`blobs`]: large artifacts by reference, downloaded from the coordinator with signed requests.
 //! - [`telemetry`]: sysinfo + NVML sampling.
 //! - [`journal`]: the SQLite journal that makes results survive crashes.
 //! - [`exec`]: executors (`exec::wasm`: wasmi with WASI preview1 stdio).
@@ -29,12 +30,20 @@
 //! | `zk` | yes | `zk_proof` tasks: Groth16 proofs with `ambient-zk` |
 //! | `gpu-cuda` | no | `inference` on NVIDIA GPUs with tract-cuda, CPU fallback |
 //! | `gpu-metal` | no | `inference` on Apple GPUs with tract-metal (macOS only), CPU fallback |
+//! | `fl` | yes | `federated_learning` clients over the data sets declared in the config |
 //! | `nvml` | yes | NVIDIA GPU discovery through NVML (loaded at run time) |
-//! | `keyring` | yes | OS keyring for the broker password |
+//! | `keyring` | yes | OS keyring for the broker password and the identity key |
+//!
+//! # Identity
+//! At first start the agent makes an ed25519 identity key (kept like the password) and at every
+//! connect publishes its public half, retained, on `nodes/{node}/identity`, a topic the broker
+//! ACL lets only this node write. It signs its secure-aggregation keys and its blob downloads
+//! with it.
 //!
 //! A lean build for a small device: `cargo build --release -p ambient-agent --no-default-features
 //! --features wasm`.
 
+pub mod blobs;
 pub mod config;
 pub mod control;
 pub mod creds;
@@ -52,8 +61,8 @@ use std::time::{Duration, Instant};
 
 use ambient_link::{AsyncClient, Incoming, LinkState, QoS};
 use ambient_protocol::{
-    AgentEvent, Assignment, Control, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
-    ReputationReport, TaskResult, TaskType, topics,
+    AgentEvent, Assignment, Control, Health, NodeIdentity, NodeKey, NodeState, NodeStatus, Outcome,
+    PROTOCOL_VERSION, ReputationReport, TaskResult, TaskType, topics,
 };
 use chrono::{DateTime, Utc};
 use policy::{Clock as _, Decision, Observations, Rules, Settings};
@@ -63,6 +72,10 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 pub use config::Config;
+
+/// Other nodes' identity keys, as they published them (retained, on their identity topics).
+pub type PeerKeys =
+    Arc<std::sync::RwLock<HashMap<String, ambient_protocol::identity::VerifyingKey>>>;
 use journal::{JobState, Journal};
 
 /// Why the agent could not start.
@@ -178,6 +191,12 @@ struct Worker {
     zk: exec::zk::ZkProver,
     #[cfg(feature = "fl")]
     fl: Arc<exec::fl::FlClients>,
+    /// This node's identity key, published retained on its identity topic at every connect.
+    identity: Arc<NodeKey>,
+    /// Other nodes' identity keys (kept only by nodes that offer data sets).
+    peers: PeerKeys,
+    /// Large artifacts by reference.
+    blobs: Arc<blobs::Blobs>,
     running: Mutex<HashMap<(Uuid, u32), Arc<RunningTask>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
     /// The latest telemetry sample, for the control API and policy-triggered health reports.
@@ -260,17 +279,43 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         }
         _ => info!(node = %cfg.node_id, source = %source, "Broker password loaded."),
     }
+    let (node, dir) = (cfg.node_id.clone(), cfg.data_dir.clone());
+    let (identity, source) = tokio::task::spawn_blocking(move || creds::identity(&node, &dir))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    match &source {
+        creds::Source::File(_) => {
+            warn!(node = %cfg.node_id, source = %source, "Identity key read from the file fallback.")
+        }
+        _ => info!(node = %cfg.node_id, source = %source, "Identity key loaded."),
+    }
+    let identity = Arc::new(identity);
+    let blobs = Arc::new(blobs::Blobs::new(
+        cfg.coordinator_url.clone(),
+        cfg.node_id.clone(),
+        identity.clone(),
+        &cfg.data_dir,
+    ));
     let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+    let peers: PeerKeys = Default::default();
     #[cfg(feature = "fl")]
     let fl = {
-        let datasets = cfg.datasets.clone();
+        let (datasets, node) = (cfg.datasets.clone(), cfg.node_id.clone());
+        let (key, peers, blobs) = (identity.clone(), peers.clone(), blobs.clone());
         Arc::new(
-            tokio::task::spawn_blocking(move || exec::fl::FlClients::load(&datasets))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .map_err(StartError::Dataset)?,
+            tokio::task::spawn_blocking(move || {
+                exec::fl::FlClients::load(&datasets, &node, &key, peers, blobs)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(StartError::Dataset)?,
         )
     };
+    // Only a node that can join federated jobs needs its peers' identities.
+    #[cfg(feature = "fl")]
+    let needs_peers = fl.any();
+    #[cfg(not(feature = "fl"))]
+    let needs_peers = false;
     let rules = load_settings(&settings_path(&cfg.data_dir))?;
     // Decide before connecting, so the first health report already tells the truth.
     let probes = Arc::new(Mutex::new(policy::probe::SystemProbes::new(
@@ -316,11 +361,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
             clean_session: false,
             keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_sec),
             last_will: Some((topics::node_status(&node), offline)),
-            subscriptions: vec![
+            subscriptions: [
                 topics::node_tasks(&node),
                 topics::node_control(&node),
                 topics::node_reputation(&node),
-            ],
+            ]
+            .into_iter()
+            .chain(needs_peers.then(|| topics::ALL_NODE_IDENTITY.to_string()))
+            .collect(),
         },
         token.clone(),
         &tracker,
@@ -334,6 +382,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         zk: exec::zk::ZkProver::new(2),
         #[cfg(feature = "fl")]
         fl,
+        identity,
+        peers,
+        blobs,
         cfg,
         client: link.client.clone(),
         journal,
@@ -570,6 +621,14 @@ impl Worker {
         while let Some(msg) = incoming.recv().await {
             match msg {
                 Incoming::Connected { .. } => {
+                    let node = &self.cfg.node_id;
+                    let identity = serde_json::to_vec(&self.identity.identity(node));
+                    let _ = self.client.try_publish(
+                        topics::node_identity(node),
+                        QoS::AtLeastOnce,
+                        true,
+                        identity.unwrap_or_default(),
+                    );
                     let online = self.status(NodeState::Online);
                     let topic = topics::node_status(&self.cfg.node_id);
                     let _ = self
@@ -601,8 +660,30 @@ impl Worker {
                         Err(e) => warn!(error = %e, "Ignored a malformed control message."),
                     }
                 }
-                Incoming::Publish { .. } => {}
+                Incoming::Publish { topic, payload } => self.on_identity(&topic, &payload),
             }
+        }
+    }
+
+    /// A peer's identity key (retained on its identity topic; an empty payload clears it).
+    fn on_identity(&self, topic: &str, payload: &[u8]) {
+        let Some(topics::Topic::NodeIdentity(node)) = topics::parse(topic) else {
+            return;
+        };
+        let mut peers = self
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if payload.is_empty() {
+            peers.remove(node);
+            return;
+        }
+        match serde_json::from_slice::<NodeIdentity>(payload).map(|id| (id.node.clone(), id.key()))
+        {
+            Ok((named, Ok(key))) if named == node => {
+                peers.insert(node.to_string(), key);
+            }
+            _ => warn!(node, "Ignored an unusable identity message."),
         }
     }
 
@@ -673,8 +754,19 @@ impl Worker {
             };
             self.publish_event(&started).await;
             info!(task_id = %a.task_id, attempt = a.attempt, "Task started.");
+            // An artifact too large to travel inline is downloaded by its hash.
+            let fetched = match (&a.artifact_base64, &a.artifact_sha256) {
+                (None, Some(sha)) => Some(
+                    self.blobs
+                        .get(sha)
+                        .await
+                        .map_err(|e| failure("transfer_error", e.to_string())),
+                ),
+                _ => None,
+            };
             let (worker, running) = (self.clone(), task.clone());
-            let run = tokio::task::spawn_blocking(move || worker.execute(&a, &running.cancel));
+            let run =
+                tokio::task::spawn_blocking(move || worker.execute(&a, fetched, &running.cancel));
             let result = match run.await {
                 Ok(r) => r,
                 Err(e) => {
@@ -719,15 +811,15 @@ impl Worker {
     }
 
     /// Runs one assignment to a result. Blocking.
-    fn execute(&self, a: &Assignment, cancel: &AtomicBool) -> TaskResult {
+    fn execute(&self, a: &Assignment, fetched: Fetched, cancel: &AtomicBool) -> TaskResult {
         let started = Instant::now();
         let (outcome, fuel) = match a.task_type {
             #[cfg(feature = "wasm")]
-            TaskType::WasmExecution => self.execute_wasm(a, cancel),
+            TaskType::WasmExecution => self.execute_wasm(a, fetched, cancel),
             #[cfg(feature = "onnx")]
-            TaskType::Inference => (self.execute_onnx(a), None),
+            TaskType::Inference => (self.execute_onnx(a, fetched), None),
             #[cfg(feature = "zk")]
-            TaskType::ZkProof => (self.execute_zk(a), None),
+            TaskType::ZkProof => (self.execute_zk(a, fetched), None),
             other => (
                 failure(
                     "unsupported_task_type",
@@ -738,6 +830,8 @@ impl Worker {
         };
         #[cfg(not(feature = "wasm"))]
         let _ = cancel;
+        #[cfg(not(any(feature = "wasm", feature = "onnx", feature = "zk")))]
+        let _ = fetched;
         TaskResult {
             task_id: a.task_id,
             attempt: a.attempt,
@@ -748,8 +842,13 @@ impl Worker {
     }
 
     #[cfg(feature = "wasm")]
-    fn execute_wasm(&self, a: &Assignment, cancel: &AtomicBool) -> (Outcome, Option<u64>) {
-        let module = match artifact(a) {
+    fn execute_wasm(
+        &self,
+        a: &Assignment,
+        fetched: Fetched,
+        cancel: &AtomicBool,
+    ) -> (Outcome, Option<u64>) {
+        let module = match artifact(a, fetched) {
             Ok(m) => m,
             Err(failed) => return (failed, None),
         };
@@ -784,8 +883,8 @@ impl Worker {
     }
 
     #[cfg(feature = "onnx")]
-    fn execute_onnx(&self, a: &Assignment) -> Outcome {
-        let model = match artifact(a) {
+    fn execute_onnx(&self, a: &Assignment, fetched: Fetched) -> Outcome {
+        let model = match artifact(a, fetched) {
             Ok(m) => m,
             Err(failed) => return failed,
         };
@@ -809,10 +908,10 @@ impl Worker {
     }
 
     #[cfg(feature = "zk")]
-    fn execute_zk(&self, a: &Assignment) -> Outcome {
+    fn execute_zk(&self, a: &Assignment, fetched: Fetched) -> Outcome {
         let sha = a.artifact_sha256.clone().unwrap_or_default();
         // Decoding a proving key takes a while; skip even the base64 when it is cached.
-        let load = || artifact(a);
+        let load = || artifact(a, fetched);
         match self.zk.run(&sha, load, a.task_id, &a.inputs) {
             Ok((output, output_sha256)) => Outcome::Success {
                 output,
@@ -847,14 +946,19 @@ impl Worker {
                     .set_state(task_id, attempt, JobState::Cancelled)
                     .await;
             }
-            Control::Fl { task_id, msg, .. } => self.on_fl(task_id, msg),
+            Control::Fl {
+                task_id,
+                msg,
+                weights_blob,
+                ..
+            } => self.on_fl(task_id, msg, weights_blob),
         }
     }
 
     /// A federated-learning message: to the job's client, whose answers go back on the results
     /// topic.
     #[cfg(feature = "fl")]
-    fn on_fl(&self, task_id: Uuid, msg: serde_json::Value) {
+    fn on_fl(&self, task_id: Uuid, msg: serde_json::Value, weights_blob: Option<String>) {
         let msg = match serde_json::from_value::<ambient_fl::wire::ToClient>(msg) {
             Ok(m) => m,
             Err(e) => {
@@ -884,8 +988,14 @@ impl Worker {
             let end = ambient_fl::wire::ToClient::End {
                 reason: "paused".into(),
             };
-            self.fl
-                .deliver(task_id, end, &self.tracker, &self.token, reply.clone());
+            self.fl.deliver(
+                task_id,
+                end,
+                None,
+                &self.tracker,
+                &self.token,
+                reply.clone(),
+            );
             reply(
                 task_id,
                 ambient_fl::wire::ToServer::Failed {
@@ -895,12 +1005,18 @@ impl Worker {
             );
             return;
         }
-        self.fl
-            .deliver(task_id, msg, &self.tracker, &self.token, reply);
+        self.fl.deliver(
+            task_id,
+            msg,
+            weights_blob,
+            &self.tracker,
+            &self.token,
+            reply,
+        );
     }
 
     #[cfg(not(feature = "fl"))]
-    fn on_fl(&self, task_id: Uuid, _msg: serde_json::Value) {
+    fn on_fl(&self, task_id: Uuid, _msg: serde_json::Value, _blob: Option<String>) {
         warn!(task_id = %task_id, "Federated message ignored: this agent is built without the fl feature.");
     }
 
@@ -1016,12 +1132,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The assignment's artifact (wasm module or ONNX model), decoded and checked against its hash.
-/// A hash mismatch is a transfer fault, not the task's answer, so it is reported as
-/// `transfer_error`, which the coordinator retries elsewhere.
+/// An artifact downloaded by reference before the run (already checked against its hash), or
+/// why it could not be.
+type Fetched = Option<Result<Vec<u8>, Outcome>>;
+
+/// The assignment's artifact (wasm module, ONNX model or proving key): the one `fetched` by
+/// reference, or the inline one decoded and checked against its hash. A missing or corrupt
+/// artifact is a transfer fault, not the task's answer, so it is reported as `transfer_error`,
+/// which the coordinator retries elsewhere.
 #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
-fn artifact(a: &Assignment) -> Result<Vec<u8>, Outcome> {
+fn artifact(a: &Assignment, fetched: Fetched) -> Result<Vec<u8>, Outcome> {
     use base64::Engine as _;
+    if let Some(r) = fetched {
+        return r;
+    }
     let Some(b64) = &a.artifact_base64 else {
         return Err(failure(
             "transfer_error",

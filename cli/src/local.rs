@@ -93,6 +93,7 @@ impl LocalNetwork {
             .await
             .context("starting the coordinator")?;
 
+        let api_url = format!("http://{}", coordinator.http_addr);
         let mut agents = Vec::new();
         for (i, (node, password)) in nodes.into_iter().enumerate() {
             let mut cfg = agent_config(
@@ -100,6 +101,7 @@ impl LocalNetwork {
                 &node,
                 mqtt,
                 &password,
+                &api_url,
                 opts.health_interval_sec,
             );
             cfg.datasets = opts.datasets.get(i).cloned().unwrap_or_default();
@@ -107,7 +109,7 @@ impl LocalNetwork {
         }
         Ok(LocalNetwork {
             connection: Connection {
-                api_url: format!("http://{}", coordinator.http_addr),
+                api_url,
                 api_key,
                 submitter: submitter.clone(),
                 mqtt_host: mqtt.ip().to_string(),
@@ -138,6 +140,7 @@ pub fn agent_config(
     node: &str,
     mqtt: SocketAddr,
     password: &str,
+    coordinator_url: &str,
     health_interval_sec: f64,
 ) -> ambient_agent::Config {
     let mut cfg: ambient_agent::Config =
@@ -147,6 +150,7 @@ pub fn agent_config(
     cfg.mqtt.host = mqtt.ip().to_string();
     cfg.mqtt.port = mqtt.port();
     cfg.mqtt.password = Some(password.to_string());
+    cfg.coordinator_url = Some(coordinator_url.to_string());
     cfg.health.interval_sec = health_interval_sec;
     // Several agents share this machine: each control API takes a free port, written to its
     // `<data_dir>/control.json`.

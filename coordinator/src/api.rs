@@ -7,6 +7,7 @@
 //! | `GET /api/v1/tasks/{id}` | key | one task |
 //! | `DELETE /api/v1/tasks/{id}` | key | cancel |
 //! | `PUT /api/v1/blobs` | key | upload an artifact (an ONNX model), get its sha256 |
+//! | `GET /api/v1/blobs/{sha256}` | node signature | download an artifact (agents fetch large artifacts and FL models) |
 //! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
 //! | `GET /api/v1/nodes/{id}/reputation` | key | a node's score, counts and recent history (`?limit=`) |
 //! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
@@ -19,7 +20,7 @@
 use std::sync::Arc;
 
 use ambient_link::LinkState;
-use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskStatus};
+use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskStatus, identity};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -51,6 +52,7 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) link: watch::Receiver<LinkState>,
     pub(crate) zk: Arc<crate::zk::Zk>,
+    pub(crate) identities: Arc<crate::identity::Identities>,
 }
 
 /// The authenticated submitter of a request.
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(authed)
+        .route("/api/v1/blobs/{sha256}", get(get_blob))
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
@@ -237,6 +240,78 @@ async fn put_blob(
     ))
 }
 
+/// Sends a blob to a node. Nodes have no API key: they sign the request with their identity key
+/// (headers [`identity::HEADER_NODE`], [`identity::HEADER_TIME`] and
+/// [`identity::HEADER_SIGNATURE`] over [`identity::blob_request_message`]), which the coordinator
+/// knows from the node's retained identity topic. Blobs are content-addressed, so the agent checks
+/// what it gets against the hash it asked for.
+async fn get_blob(
+    State(state): State<AppState>,
+    Path(sha): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Failure> {
+    let unauthorized = |error: &str, message: String| {
+        Metrics::inc(&state.metrics.blob_requests_refused);
+        Failure::new(StatusCode::UNAUTHORIZED, error, message)
+    };
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(node), Some(time), Some(sig)) = (
+        header(identity::HEADER_NODE),
+        header(identity::HEADER_TIME),
+        header(identity::HEADER_SIGNATURE),
+    ) else {
+        return Err(unauthorized(
+            "unauthorized",
+            format!(
+                "a blob download must be signed by a node: headers {}, {} and {}",
+                identity::HEADER_NODE,
+                identity::HEADER_TIME,
+                identity::HEADER_SIGNATURE
+            ),
+        ));
+    };
+    let now = chrono::Utc::now().timestamp();
+    let Some(time) = time
+        .parse::<i64>()
+        .ok()
+        .filter(|t| (t - now).abs() <= identity::MAX_CLOCK_SKEW_SECS)
+    else {
+        return Err(unauthorized(
+            "stale_request",
+            format!(
+                "{} must be the Unix time within {} s of the coordinator's clock ({now})",
+                identity::HEADER_TIME,
+                identity::MAX_CLOCK_SKEW_SECS
+            ),
+        ));
+    };
+    let sig = hex::decode(sig).unwrap_or_default();
+    let msg = identity::blob_request_message(node, &sha, time);
+    if let Err(e) = state.identities.verify(node, &msg, &sig) {
+        return Err(unauthorized("bad_signature", e.to_string()));
+    }
+    if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_sha256",
+            "a blob is named by 64 lower-case hex digits",
+        ));
+    }
+    let Some(bytes) = state
+        .store
+        .blob(sha.clone())
+        .await
+        .map_err(Failure::store)?
+    else {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no blob {sha}"),
+        ));
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
@@ -333,7 +408,11 @@ async fn list_nodes(State(state): State<AppState>) -> Result<Json<Vec<NodeInfo>>
         .send(CoreMsg::Nodes(reply))
         .await
         .map_err(|_| Failure::unavailable())?;
-    Ok(Json(rx.await.map_err(|_| Failure::unavailable())?))
+    let mut nodes = rx.await.map_err(|_| Failure::unavailable())?;
+    for n in &mut nodes {
+        n.identity = state.identities.hex(&n.node_id);
+    }
+    Ok(Json(nodes))
 }
 
 async fn get_node(
@@ -378,7 +457,8 @@ async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {
         .send(CoreMsg::Node(id.clone(), reply))
         .await
         .map_err(|_| Failure::unavailable())?;
-    rx.await
+    let mut node = rx
+        .await
         .map_err(|_| Failure::unavailable())?
         .ok_or_else(|| {
             Failure::new(
@@ -386,7 +466,9 @@ async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {
                 "node_not_found",
                 format!("no node {id:?} has reported to this coordinator"),
             )
-        })
+        })?;
+    node.identity = state.identities.hex(&id);
+    Ok(node)
 }
 
 async fn get_proof(
@@ -561,6 +643,7 @@ mod tests {
             ("/api/v1/tasks/{id}", "get"),
             ("/api/v1/tasks/{id}", "delete"),
             ("/api/v1/blobs", "put"),
+            ("/api/v1/blobs/{sha256}", "get"),
             ("/api/v1/nodes", "get"),
             ("/api/v1/nodes/{id}", "get"),
             ("/api/v1/nodes/{id}/reputation", "get"),

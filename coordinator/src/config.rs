@@ -90,9 +90,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest decoded wasm module, in bytes.
     pub max_module_bytes: usize,
-    /// Largest ONNX model, in bytes (inline or uploaded). Models travel inside MQTT
-    /// assignments, so keep it well under the 16 MiB packet limit.
+    /// Largest ONNX model, in bytes (inline or uploaded).
     pub max_model_bytes: usize,
+    /// Artifacts (modules, models, proving keys) up to this size travel inside the MQTT
+    /// assignment; larger ones by reference, downloaded by the agent from
+    /// `GET /api/v1/blobs/{sha256}` (agents then need `coordinator_url`).
+    pub inline_artifact_bytes: usize,
     /// Deepest JSON nesting accepted.
     pub max_json_depth: usize,
     /// Largest `min_nodes`.
@@ -107,6 +110,7 @@ impl Default for Limits {
             max_body_bytes: 12 << 20,
             max_module_bytes: 4 << 20,
             max_model_bytes: 8 << 20,
+            inline_artifact_bytes: 1 << 20,
             max_json_depth: 32,
             max_min_nodes: 16,
             max_execution_time_sec: 3600,

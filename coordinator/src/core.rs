@@ -67,8 +67,10 @@ pub struct Core {
     pub(crate) mqtt: AsyncClient,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tick: Duration,
-    /// Base64 of modules by sha256, so a module is read and encoded once, not per replica.
+    /// Base64 of inline artifacts by sha256, so one is read and encoded once, not per replica.
     pub(crate) modules: HashMap<String, Arc<str>>,
+    /// Larger artifacts go to agents by reference.
+    pub(crate) inline_artifact_bytes: usize,
     /// Circuits and verifying keys of `zk_proof` tasks.
     pub(crate) zk: Arc<crate::zk::Zk>,
     /// Nodes whose reputation changed since their last report was published.
@@ -370,7 +372,12 @@ impl Core {
         }
         if let Err(e) = self
             .store
-            .save(effects.tasks, effects.nodes, effects.reputation)
+            .save(
+                effects.tasks,
+                effects.nodes,
+                effects.reputation,
+                effects.fl_checkpoints,
+            )
             .await
         {
             // Nothing is published: acks stay unsent, so agents re-send and nothing is lost.
@@ -394,8 +401,9 @@ impl Core {
                 mut assignment,
             } => {
                 if let Some(sha) = assignment.artifact_sha256.clone() {
-                    match self.module(&sha).await {
-                        Ok(b64) => assignment.artifact_base64 = Some(b64.to_string()),
+                    match self.inline_artifact(&sha).await {
+                        Ok(Some(b64)) => assignment.artifact_base64 = Some(b64.to_string()),
+                        Ok(None) => {} // by reference: the agent downloads it
                         Err(e) => {
                             // The lease will expire and the task fail with a reason after retries.
                             error!(task_id = %assignment.task_id, module = %sha, error = %e,
@@ -408,6 +416,13 @@ impl Core {
                 (topics::node_tasks(&node), to_json(&assignment))
             }
             Outbound::Control { node, control } => (topics::node_control(&node), to_json(&control)),
+            Outbound::Blob { sha256, bytes } => {
+                if let Err(e) = self.store.put_blob(sha256.clone(), bytes).await {
+                    // The clients fail to fetch it and leave; the round fails with that reason.
+                    error!(blob = %sha256, error = %e, "Could not store a federated model blob.");
+                }
+                return;
+            }
             Outbound::Notify { submitter, info } => (
                 topics::submitter_task(&submitter, &info.task_id),
                 to_json(&*info),
@@ -447,9 +462,19 @@ impl Core {
         }
     }
 
-    async fn module(&mut self, sha: &str) -> Result<Arc<str>, StoreError> {
+    /// The artifact's base64 when it is small enough to travel inline, `None` when it goes by
+    /// reference.
+    async fn inline_artifact(&mut self, sha: &str) -> Result<Option<Arc<str>>, StoreError> {
         if let Some(m) = self.modules.get(sha) {
-            return Ok(m.clone());
+            return Ok(Some(m.clone()));
+        }
+        let size = self
+            .store
+            .blob_size(sha.to_string())
+            .await?
+            .ok_or_else(|| StoreError::Missing(sha.to_string()))?;
+        if size > self.inline_artifact_bytes as u64 {
+            return Ok(None);
         }
         let bytes = self
             .store
@@ -463,7 +488,7 @@ impl Core {
             self.modules.clear();
         }
         self.modules.insert(sha.to_string(), b64.clone());
-        Ok(b64)
+        Ok(Some(b64))
     }
 }
 

@@ -5,19 +5,33 @@
 //! nodes advertise its data set, runs an [`ambient_fl::server::Server`] per task, relays its
 //! messages as [`Control::Fl`] on each client's control topic, feeds it the clients'
 //! [`ambient_protocol::AgentEvent::Fl`] answers, and turns its progress and end into task
-//! updates. Jobs live in memory: a coordinator restart fails the running ones, with that reason.
+//! updates.
+//!
+//! Each time a job's round changes, its [`Checkpoint`] is written with the task record, before
+//! the round's messages go out. After a restart the driver resumes every running job from its
+//! checkpoint ([`Server::resume`] says how the interrupted round is treated) and saves the new
+//! checkpoint at once, so a second restart never reuses a session.
+//!
+//! Clients sign their secure-aggregation keys with their node identity; keys whose signature
+//! does not verify (forged, or left over from before a restart) are refused here, so the client
+//! is dropped at the deadline unless good keys follow. Models larger than
+//! [`INLINE_WEIGHTS_MAX`] parameters travel as a blob, which the clients download.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ambient_fl::ClientId;
-use ambient_fl::server::{JobState, Outgoing, Server};
-use ambient_fl::wire::{JobSpec, ToServer};
+use ambient_fl::secagg::AdvertisedKeys;
+use ambient_fl::server::{Checkpoint, JobState, Outgoing, Server};
+use ambient_fl::wire::{JobSpec, ToClient, ToServer};
+use ambient_protocol::wire::weights_to_blob;
 use ambient_protocol::{Control, NodeState, PROTOCOL_VERSION};
 use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom as _;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::identity::Identities;
 use crate::scheduler::{Outbound, Scheduler};
 
 /// One running job.
@@ -25,13 +39,21 @@ struct Job {
     server: Server,
     /// Client id → node.
     nodes: Vec<String>,
+    /// The secure-aggregation session of the round in progress, which clients sign their keys
+    /// for.
+    session: Option<u64>,
+    /// The round of the checkpoint last saved.
+    saved_round: Option<u32>,
 }
 
 /// Every running federated job.
-#[derive(Default)]
 pub struct FlDriver {
     jobs: HashMap<Uuid, Job>,
-    /// Client messages refused (late, duplicate, wrong length, strangers), for metrics.
+    identities: Arc<Identities>,
+    /// Checkpoints read at start, consumed by [`FlDriver::recover`].
+    checkpoints: HashMap<Uuid, String>,
+    /// Client messages refused (late, duplicate, wrong length, strangers, bad signatures), for
+    /// metrics.
     pub refused: u64,
 }
 
@@ -40,18 +62,56 @@ fn millis(now: DateTime<Utc>) -> u64 {
 }
 
 impl FlDriver {
-    /// Fails the jobs a previous coordinator process was running: their state was in memory.
+    /// A driver that checks clients' signed keys against `identities`, and resumes running jobs
+    /// from `checkpoints` (JSON, by task, as the store keeps them).
+    pub fn new(identities: Arc<Identities>, checkpoints: Vec<(Uuid, String)>) -> FlDriver {
+        FlDriver {
+            jobs: HashMap::new(),
+            identities,
+            checkpoints: checkpoints.into_iter().collect(),
+            refused: 0,
+        }
+    }
+
+    /// Resumes the jobs a previous coordinator process was running, from their checkpoints.
     pub fn recover(&mut self, sched: &mut Scheduler, now: DateTime<Utc>) {
+        let mut checkpoints = std::mem::take(&mut self.checkpoints);
         for id in sched.fl_running() {
-            sched.fl_finish(
-                id,
-                Err(
-                    "the coordinator restarted during the job; federated jobs do not survive a \
-                     restart yet: submit it again"
-                        .into(),
+            let nodes = sched
+                .task(&id)
+                .map(|t| t.fl_clients.clone())
+                .unwrap_or_default();
+            let resumed = checkpoints
+                .remove(&id)
+                .ok_or_else(|| "no checkpoint was saved".to_string())
+                .and_then(|cp| serde_json::from_str::<Checkpoint>(&cp).map_err(|e| e.to_string()))
+                .and_then(|cp| Server::resume(cp, millis(now)).map_err(|e| e.to_string()));
+            match resumed {
+                Ok((server, out)) => {
+                    info!(task_id = %id, clients = ?nodes, "Federated job resumed after a restart.");
+                    self.jobs.insert(
+                        id,
+                        Job {
+                            server,
+                            nodes,
+                            session: None,
+                            saved_round: None,
+                        },
+                    );
+                    self.relay(sched, id, out, now);
+                }
+                Err(why) => sched.fl_finish(
+                    id,
+                    Err(format!(
+                        "the coordinator restarted during the job and could not resume it: {why}"
+                    )),
+                    now,
                 ),
-                now,
-            );
+            }
+        }
+        // Checkpoints of jobs that ended (their deletion was not written): drop them.
+        for id in checkpoints.into_keys() {
+            sched.fl_checkpoint(id, None);
         }
     }
 
@@ -68,6 +128,7 @@ impl FlDriver {
                 if let Some(job) = self.jobs.remove(&id) {
                     let out = job.server.end_messages("the task was cancelled");
                     send(sched, id, &job.nodes, out);
+                    sched.fl_checkpoint(id, None);
                 }
                 continue;
             }
@@ -106,6 +167,15 @@ impl FlDriver {
                 return;
             }
         };
+        // Keys that peers would refuse never reach the roster, so one bad client (or keys left
+        // over from before a restart) cannot make every honest client abandon the round.
+        if let ToServer::Keys { keys, .. } = &msg
+            && let Err(why) = check_keys(&self.identities, node, job.session, keys)
+        {
+            self.refused += 1;
+            warn!(task_id = %task_id, node = %node, reason = %why, "Federated keys refused.");
+            return;
+        }
         let (out, r) = job.server.handle(client as ClientId, msg, millis(now));
         if let Err(refusal) = r {
             self.refused += 1;
@@ -178,7 +248,15 @@ impl FlDriver {
             Ok((server, out)) => {
                 info!(task_id = %id, clients = ?nodes, "Federated job started.");
                 sched.fl_started(id, nodes.clone(), rounds + 1, now);
-                self.jobs.insert(id, Job { server, nodes });
+                self.jobs.insert(
+                    id,
+                    Job {
+                        server,
+                        nodes,
+                        session: None,
+                        saved_round: None,
+                    },
+                );
                 self.relay(sched, id, out, now);
             }
             Err(e) => sched.fl_finish(id, Err(e.to_string()), now),
@@ -187,9 +265,30 @@ impl FlDriver {
 
     /// Sends a job's messages and turns its state into task updates.
     fn relay(&mut self, sched: &mut Scheduler, id: Uuid, out: Vec<Outgoing>, now: DateTime<Utc>) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        if let Some(params) = out.iter().find_map(|o| match &o.msg {
+            ToClient::Begin { secagg, .. } => secagg.as_ref(),
+            _ => None,
+        }) {
+            job.session = Some(params.session);
+        }
+        // The checkpoint of a new round is written before the round's messages go out.
+        if let JobState::Running { round, .. } = job.server.state()
+            && job.saved_round != Some(*round)
+            && let Some(cp) = job.server.checkpoint()
+        {
+            match serde_json::to_string(&cp) {
+                Ok(json) => {
+                    sched.fl_checkpoint(id, Some(json));
+                    job.saved_round = Some(*round);
+                }
+                Err(e) => {
+                    warn!(task_id = %id, error = %e, "Could not encode a federated checkpoint.")
+                }
+            }
+        }
         send(sched, id, &job.nodes, out);
         match job.server.state() {
             JobState::Running { round, .. } => sched.fl_progress(id, *round, now),
@@ -200,28 +299,78 @@ impl FlDriver {
                 });
                 info!(task_id = %id, "Federated job done.");
                 sched.fl_finish(id, Ok(value), now);
+                sched.fl_checkpoint(id, None);
                 self.jobs.remove(&id);
             }
             JobState::Failed(why) => {
                 warn!(task_id = %id, reason = %why, "Federated job failed.");
                 sched.fl_finish(id, Err(why.clone()), now);
+                sched.fl_checkpoint(id, None);
                 self.jobs.remove(&id);
             }
         }
     }
 }
 
+/// Checks that `node`'s round keys are signed by its published identity for this round.
+fn check_keys(
+    identities: &Identities,
+    node: &str,
+    session: Option<u64>,
+    keys: &AdvertisedKeys,
+) -> Result<(), String> {
+    let Some(s) = &keys.signature else {
+        return Err("its keys are not signed by its node identity".into());
+    };
+    if s.node != node {
+        return Err(format!(
+            "its keys are signed by node {}, not by itself",
+            s.node
+        ));
+    }
+    let session = session.ok_or("no secure-aggregation round is in progress")?;
+    identities
+        .verify(node, &keys.signed_message(session, node), &s.sig)
+        .map_err(|e| e.to_string())
+}
+
+/// Models with more parameters than this go to clients as a blob, not inline in the message.
+pub const INLINE_WEIGHTS_MAX: usize = 16_384;
+
 fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) {
-    for Outgoing { to, msg } in out {
+    // Every `Begin` of a round carries the same weights: store them once.
+    let mut stored: Option<(Vec<f32>, String)> = None;
+    for Outgoing { to, mut msg } in out {
         let Some(node) = nodes.get(to as usize) else {
             continue;
         };
+        let mut weights_blob = None;
+        if let ToClient::Begin { weights, .. } = &mut msg
+            && weights.len() > INLINE_WEIGHTS_MAX
+        {
+            let sha = match &stored {
+                Some((w, sha)) if w == weights => sha.clone(),
+                _ => {
+                    let bytes = weights_to_blob(weights);
+                    let sha = ambient_protocol::sha256_hex(&bytes);
+                    sched.send(Outbound::Blob {
+                        sha256: sha.clone(),
+                        bytes,
+                    });
+                    stored = Some((std::mem::take(weights), sha.clone()));
+                    sha
+                }
+            };
+            weights.clear();
+            weights_blob = Some(sha);
+        }
         sched.send(Outbound::Control {
             node: node.clone(),
             control: Control::Fl {
                 v: PROTOCOL_VERSION,
                 task_id: id,
                 msg: serde_json::to_value(&msg).unwrap_or_default(),
+                weights_blob,
             },
         });
     }

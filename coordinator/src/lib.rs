@@ -9,6 +9,7 @@
 //! - [`api`]: the REST API (axum) and OpenAPI document.
 //! - [`mqtt`]: MQTT intake: node health, presence and results, and submissions.
 //! - [`intake`]: submission checks shared by REST and MQTT.
+//! - [`identity`]: node identity keys, for checking what nodes sign.
 //! - [`core`]: the one task that owns the scheduler, persists, then publishes.
 //! - [`reduce`]: built-in reducers of sharded computations.
 //! - [`reputation`]: event-sourced node reputation and its score.
@@ -29,6 +30,7 @@ pub mod broker;
 pub mod config;
 pub mod core;
 pub mod fl;
+pub mod identity;
 pub mod intake;
 pub mod metrics;
 pub mod mqtt;
@@ -137,6 +139,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
                 topics::ALL_NODE_STATUS.into(),
                 topics::ALL_NODE_HEALTH.into(),
                 topics::ALL_NODE_RESULTS.into(),
+                topics::ALL_NODE_IDENTITY.into(),
                 submit_filter,
             ],
         },
@@ -144,6 +147,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         &tracker,
     );
     let metrics = Arc::new(metrics::Metrics::default());
+    let identities = Arc::new(identity::Identities::default());
     let (core_tx, core_rx) = mpsc::channel(1024);
     let core = core::Core {
         sched,
@@ -152,9 +156,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         metrics: metrics.clone(),
         tick: Duration::from_millis(cfg.scheduler.tick_ms),
         modules: HashMap::new(),
+        inline_artifact_bytes: cfg.limits.inline_artifact_bytes,
         zk: zk.clone(),
         reputation_changed: Default::default(),
-        fl: Default::default(),
+        fl: fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
     };
     tracker.spawn(core.run(core_rx, shutdown.clone()));
     let intake = mqtt::Intake {
@@ -164,6 +169,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         limits: cfg.limits.clone(),
         metrics: metrics.clone(),
         submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
+        identities: identities.clone(),
     };
     tracker.spawn(intake.run(link.incoming));
 
@@ -175,6 +181,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         metrics,
         link: link.state,
         zk,
+        identities,
     };
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await

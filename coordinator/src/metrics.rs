@@ -28,6 +28,8 @@ pub struct Metrics {
     pub fl_refused: AtomicU64,
     /// MQTT messages dropped as malformed or from the wrong sender.
     pub mqtt_rejected: AtomicU64,
+    /// Blob downloads refused: unsigned, stale, unknown node or bad signature.
+    pub blob_requests_refused: AtomicU64,
     /// Nodes online now.
     pub nodes_online: AtomicU64,
     /// Tasks not yet terminal.
@@ -114,6 +116,12 @@ impl Metrics {
             "counter",
             "MQTT messages dropped as malformed or misaddressed.",
             &[("", get(&self.mqtt_rejected))],
+        );
+        metric(
+            "ambient_blob_requests_refused_total",
+            "counter",
+            "Blob downloads refused: unsigned, stale, unknown node or bad signature.",
+            &[("", get(&self.blob_requests_refused))],
         );
         metric(
             "ambient_nodes_online",

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use ambient_link::{AsyncClient, Incoming, QoS};
 use ambient_protocol::{
-    AgentEvent, ApiError, Health, NodeStatus, PROTOCOL_VERSION, topics, topics::Topic,
+    AgentEvent, ApiError, Health, NodeIdentity, NodeStatus, PROTOCOL_VERSION, topics, topics::Topic,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Limits;
 use crate::core::CoreMsg;
@@ -31,6 +31,8 @@ pub struct Intake {
     /// Submitter ids with an API key. Node and submitter ids share the broker's username
     /// namespace, so only these may submit, and none of these may speak as a node.
     pub(crate) submitters: std::collections::HashSet<String>,
+    /// Node identity keys, filled from the retained identity topics.
+    pub(crate) identities: Arc<crate::identity::Identities>,
 }
 
 impl Intake {
@@ -55,7 +57,10 @@ impl Intake {
                 self.reject(s, &e, None);
                 return Ok(());
             }
-            Topic::NodeStatus(n) | Topic::NodeHealth(n) | Topic::NodeResults(n)
+            Topic::NodeStatus(n)
+            | Topic::NodeHealth(n)
+            | Topic::NodeResults(n)
+            | Topic::NodeIdentity(n)
                 if self.submitters.contains(n) =>
             {
                 Metrics::inc(&self.metrics.mqtt_rejected);
@@ -100,6 +105,10 @@ impl Intake {
                 self.submit(submitter, payload).await;
                 return Ok(());
             }
+            Topic::NodeIdentity(node) => {
+                self.identity(topic, node, &payload);
+                return Ok(());
+            }
             Topic::NodeTasks(_) | Topic::NodeControl(_) => return Ok(()),
         };
         self.core.send(msg).await.map_err(|_| ())
@@ -121,6 +130,32 @@ impl Intake {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 debug!(topic, error = %e, "Dropped malformed message.");
                 None
+            }
+        }
+    }
+
+    /// A node's identity key (retained; an empty payload clears it).
+    fn identity(&self, topic: &str, node: &str, payload: &[u8]) {
+        if payload.is_empty() {
+            self.identities.remove(node);
+            return;
+        }
+        let Some(id) = self.decode::<NodeIdentity>(topic, payload) else {
+            return;
+        };
+        if id.node != node {
+            let _ = self.misaddressed(topic, &id.node);
+            return;
+        }
+        match id.key() {
+            Ok(key) => {
+                if self.identities.set(node, key) {
+                    info!(node, key = %id.ed25519, "Node identity key recorded.");
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.mqtt_rejected);
+                warn!(node, error = %e, "Dropped an unusable node identity.");
             }
         }
     }
@@ -186,10 +221,10 @@ pub async fn store_artifact(store: &Store, accepted: &intake::Accepted) -> Resul
     }
     if let Some(sha) = &accepted.artifact_ref {
         let known = store
-            .has_blob(sha.clone())
+            .blob_size(sha.clone())
             .await
             .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
-        if !known {
+        if known.is_none() {
             return Err(SubmitError::UnknownModel(sha.clone()));
         }
     }
@@ -202,6 +237,12 @@ trait HasVersion {
 }
 
 impl HasVersion for NodeStatus {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl HasVersion for NodeIdentity {
     fn version(&self) -> u32 {
         self.v
     }

@@ -347,6 +347,14 @@ pub enum Outbound {
         /// The message.
         control: Control,
     },
+    /// Store a blob that the messages after it refer to (a federated model too large to send
+    /// inline).
+    Blob {
+        /// Its content address.
+        sha256: String,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
     /// Tell a submitter that its task changed.
     Notify {
         /// Recipient.
@@ -367,6 +375,8 @@ pub struct Effects {
     pub publish: Vec<Outbound>,
     /// Reputation events to append.
     pub reputation: Vec<reputation::Event>,
+    /// Federated jobs' checkpoints to write (JSON), or to delete (`None`).
+    pub fl_checkpoints: Vec<(Uuid, Option<String>)>,
 }
 
 /// Why a cancel was refused.
@@ -394,6 +404,7 @@ pub struct Scheduler {
     finished: Vec<TaskRecord>,
     publish: Vec<Outbound>,
     judgements: Vec<reputation::Event>,
+    fl_checkpoints: Vec<(Uuid, Option<String>)>,
 }
 
 impl Scheduler {
@@ -416,6 +427,7 @@ impl Scheduler {
             finished: Vec::new(),
             publish: Vec::new(),
             judgements: Vec::new(),
+            fl_checkpoints: Vec::new(),
         };
         for task in tasks.into_iter().filter(|t| !t.status.is_terminal()) {
             for a in task.active() {
@@ -757,6 +769,11 @@ impl Scheduler {
         self.publish.push(out);
     }
 
+    /// Saves a federated job's checkpoint (JSON) with the next writes, or deletes it (`None`).
+    pub fn fl_checkpoint(&mut self, task_id: Uuid, checkpoint: Option<String>) {
+        self.fl_checkpoints.push((task_id, checkpoint));
+    }
+
     /// `federated_learning` tasks that started and have not ended.
     pub fn fl_running(&self) -> Vec<Uuid> {
         self.tasks
@@ -945,6 +962,7 @@ impl Scheduler {
             nodes,
             publish: std::mem::take(&mut self.publish),
             reputation: std::mem::take(&mut self.judgements),
+            fl_checkpoints: std::mem::take(&mut self.fl_checkpoints),
         }
     }
 
@@ -1420,6 +1438,7 @@ fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
             streak: rep.streak,
             trusted: rep.score(now) >= reputation::TRUST_THRESHOLD,
         },
+        identity: None, // known to the API, which fills it in
     }
 }
 

@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS proofs (
     verified_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS proofs_by_task ON proofs(task_id);
+CREATE TABLE IF NOT EXISTS fl_checkpoints (
+    task_id TEXT PRIMARY KEY,
+    checkpoint TEXT NOT NULL
+);
 ";
 
 /// A verified proof of a `zk_proof` task.
@@ -142,14 +146,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Writes task and node records, and appends reputation events, in one transaction.
+    /// Writes task and node records, appends reputation events, and writes (or, for `None`,
+    /// deletes) federated jobs' checkpoints, in one transaction.
     pub async fn save(
         &self,
         tasks: Vec<TaskRecord>,
         nodes: Vec<NodeRecord>,
         events: Vec<crate::reputation::Event>,
+        checkpoints: Vec<(Uuid, Option<String>)>,
     ) -> Result<(), StoreError> {
-        if tasks.is_empty() && nodes.is_empty() && events.is_empty() {
+        if tasks.is_empty() && nodes.is_empty() && events.is_empty() && checkpoints.is_empty() {
             return Ok(());
         }
         self.call(move |conn| {
@@ -191,9 +197,40 @@ impl Store {
                         e.score
                     ])?;
                 }
+                for (id, cp) in &checkpoints {
+                    match cp {
+                        Some(cp) => tx.execute(
+                            "INSERT INTO fl_checkpoints (task_id, checkpoint) VALUES (?1, ?2)
+                             ON CONFLICT(task_id) DO UPDATE SET checkpoint = ?2",
+                            params![id.to_string(), cp],
+                        )?,
+                        None => tx.execute(
+                            "DELETE FROM fl_checkpoints WHERE task_id = ?1",
+                            params![id.to_string()],
+                        )?,
+                    };
+                }
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The checkpoints of federated jobs that were running (JSON of
+    /// `ambient_fl::server::Checkpoint`), by task.
+    pub async fn fl_checkpoints(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare("SELECT task_id, checkpoint FROM fl_checkpoints")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, cp) = row?;
+                if let Ok(id) = Uuid::parse_str(&id) {
+                    out.push((id, cp));
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -262,17 +299,16 @@ impl Store {
         .await
     }
 
-    /// True when the blob store has `sha256`.
-    pub async fn has_blob(&self, sha256: String) -> Result<bool, StoreError> {
+    /// The size of blob `sha256`, `None` when the store lacks it.
+    pub async fn blob_size(&self, sha256: String) -> Result<Option<u64>, StoreError> {
         self.call(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT 1 FROM blobs WHERE sha256 = ?1",
+                    "SELECT length(bytes) FROM blobs WHERE sha256 = ?1",
                     [sha256],
-                    |_| Ok(()),
+                    |r| r.get::<_, i64>(0).map(|n| n as u64),
                 )
-                .optional()?
-                .is_some())
+                .optional()?)
         })
         .await
     }
@@ -419,9 +455,15 @@ mod tests {
         );
         {
             let store = Store::open(&path).unwrap();
-            store.save(vec![t.clone()], vec![], vec![]).await.unwrap();
+            store
+                .save(vec![t.clone()], vec![], vec![], vec![])
+                .await
+                .unwrap();
             t.status = TaskStatus::Completed;
-            store.save(vec![t.clone()], vec![], vec![]).await.unwrap();
+            store
+                .save(vec![t.clone()], vec![], vec![], vec![])
+                .await
+                .unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
         }

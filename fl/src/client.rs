@@ -2,8 +2,16 @@
 //! data. The node's rows never leave it; it sends only statistics sums and (clipped, noised,
 //! masked) model updates. CPU-heavy steps (local training) happen inside [`Client::handle`], so
 //! callers run it off their async workers.
+//!
+//! A client with a node identity ([`Client::with_identity`]) signs the keys it advertises and
+//! refuses a roster in which any peer's keys are unsigned, signed by an unknown node, or signed
+//! by a node that appears twice: the coordinator relays the roster, and without these checks it
+//! could hand every client keys of its own and unmask each update.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 use rand::{CryptoRng, RngCore};
 
@@ -11,7 +19,7 @@ use crate::ClientId;
 use crate::data::{Dataset, FeatureStats};
 use crate::dp::{add_noise_share, clip_l2};
 use crate::model::{LocalTraining, ModelSpec, train_local};
-use crate::secagg::{ClientSetup, FixedPoint};
+use crate::secagg::{AdvertisedKeys, ClientSetup, FixedPoint, KeySignature};
 use crate::wire::{ToClient, ToServer};
 
 /// A message the client cannot act on.
@@ -30,6 +38,79 @@ pub enum ClientError {
     /// The model, data or parameters do not fit.
     #[error("{0}")]
     Invalid(String),
+    /// The roster cannot be trusted: a peer's keys are not signed by a known node identity.
+    #[error("untrusted roster: {0}")]
+    Untrusted(String),
+}
+
+/// Looks up a node's published identity key.
+pub type IdentityLookup = Arc<dyn Fn(&str) -> Option<VerifyingKey> + Send + Sync>;
+
+/// The node identity a client signs its keys with, and how it finds its peers' identity keys.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// This node's name.
+    pub node: String,
+    /// This node's identity key.
+    pub key: SigningKey,
+    /// Peers' identity keys, by node name (read from where the coordinator cannot change them).
+    pub peers: IdentityLookup,
+}
+
+impl ClientIdentity {
+    fn sign(&self, keys: &mut AdvertisedKeys, session: u64) {
+        let sig = self.key.sign(&keys.signed_message(session, &self.node));
+        keys.signature = Some(KeySignature {
+            node: self.node.clone(),
+            sig: sig.to_bytes().to_vec(),
+        });
+    }
+
+    /// Checks every peer's signature; `me` is this client's own entry, which must be what it
+    /// advertised.
+    fn check_roster(
+        &self,
+        roster: &[AdvertisedKeys],
+        mine: &AdvertisedKeys,
+        session: u64,
+    ) -> Result<(), ClientError> {
+        let untrusted = |m: String| Err(ClientError::Untrusted(m));
+        let mut nodes = BTreeSet::new();
+        for k in roster {
+            let c = k.client;
+            if c == mine.client {
+                if (k.mask_pk, k.enc_pk) != (mine.mask_pk, mine.enc_pk) {
+                    return untrusted(format!("this client's own keys (client {c}) were replaced"));
+                }
+                nodes.insert(self.node.as_str());
+                continue;
+            }
+            let Some(s) = &k.signature else {
+                return untrusted(format!("client {c} did not sign its keys"));
+            };
+            if !nodes.insert(s.node.as_str()) {
+                return untrusted(format!("node {} appears twice in the roster", s.node));
+            }
+            let Some(pk) = (self.peers)(&s.node) else {
+                return untrusted(format!(
+                    "client {c} claims node {}, which has published no identity key",
+                    s.node
+                ));
+            };
+            let sig = <[u8; 64]>::try_from(s.sig.as_slice()).map(|b| Signature::from_bytes(&b));
+            let ok = sig.is_ok_and(|sig| {
+                pk.verify_strict(&k.signed_message(session, &s.node), &sig)
+                    .is_ok()
+            });
+            if !ok {
+                return untrusted(format!(
+                    "the keys of client {c} do not carry a valid signature of node {}",
+                    s.node
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn invalid(e: impl std::fmt::Display) -> ClientError {
@@ -54,6 +135,7 @@ pub struct Client {
     data: Option<Dataset>,
     plan: Option<RoundPlan>,
     secagg: Option<ClientSetup>,
+    identity: Option<ClientIdentity>,
 }
 
 impl Client {
@@ -65,6 +147,15 @@ impl Client {
             data: None,
             plan: None,
             secagg: None,
+            identity: None,
+        }
+    }
+
+    /// A client that signs its keys with a node identity and checks its peers' signatures.
+    pub fn with_identity(data: Dataset, identity: ClientIdentity) -> Client {
+        Client {
+            identity: Some(identity),
+            ..Client::new(data)
         }
     }
 
@@ -113,8 +204,12 @@ impl Client {
                 });
                 match secagg {
                     Some(params) => {
+                        let session = params.session;
                         let setup = ClientSetup::new(client, params, rng);
-                        let keys = setup.advertise();
+                        let mut keys = setup.advertise();
+                        if let Some(id) = &self.identity {
+                            id.sign(&mut keys, session);
+                        }
                         self.secagg = Some(setup);
                         Ok(Some(ToServer::Keys { round, keys }))
                     }
@@ -127,7 +222,11 @@ impl Client {
             }
             ToClient::Roster { round, roster } => {
                 self.check_round("roster", round)?;
+                let identity = self.identity.clone();
                 let setup = self.setup("roster", round)?;
+                if let Some(id) = identity {
+                    id.check_roster(&roster, &setup.advertise(), setup.params().session)?;
+                }
                 let shares = setup.share_keys(&roster, rng).map_err(invalid)?;
                 let sealed = shares
                     .iter()

@@ -436,6 +436,35 @@ pub struct AdvertisedKeys {
     pub mask_pk: [u8; 32],
     /// X25519 public key for the encryption of key shares.
     pub enc_pk: [u8; 32],
+    /// The node's signature of these keys, when the client has a node identity: clients check
+    /// their peers' so the coordinator relaying the roster cannot substitute keys of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<KeySignature>,
+}
+
+/// A node identity's ed25519 signature of a client's keys ([`AdvertisedKeys::signed_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySignature {
+    /// The node that signed (its identity key is published where the coordinator cannot
+    /// change it).
+    pub node: String,
+    /// The 64-byte signature.
+    pub sig: Vec<u8>,
+}
+
+impl AdvertisedKeys {
+    /// What the node signs: the keys, the client id and the session (which binds job and round),
+    /// and the node's name, under a domain separator, so a signature is good for this client of
+    /// this round only.
+    pub fn signed_message(&self, session: u64, node: &str) -> Vec<u8> {
+        let mut m = b"ambient-fl/v1 round keys\0".to_vec();
+        m.extend_from_slice(&session.to_le_bytes());
+        m.extend_from_slice(&self.client.to_le_bytes());
+        m.extend_from_slice(&self.mask_pk);
+        m.extend_from_slice(&self.enc_pk);
+        m.extend_from_slice(node.as_bytes());
+        m
+    }
 }
 
 /// A [`KeyShare`] encrypted from `from` to `to` ([`ClientSetup::seal`]).
@@ -563,7 +592,13 @@ impl ClientSetup {
             client: self.id,
             mask_pk: PublicKey::from(&self.mask_sk).to_bytes(),
             enc_pk: PublicKey::from(&self.enc_sk).to_bytes(),
+            signature: None,
         }
+    }
+
+    /// The session's parameters.
+    pub fn params(&self) -> &SecAggParams {
+        &self.params
     }
 
     /// The ChaCha20-Poly1305 key between this client and `peer`.

@@ -2,6 +2,26 @@
 //! statistics round and `rounds` training rounds over the clients it was given, with deadlines
 //! (time comes in as milliseconds), dropouts, DP accounting and secure aggregation. It sees only
 //! sums. Every message it cannot use is refused with a typed [`Refusal`]; the job goes on.
+//!
+//! # Surviving a coordinator restart
+//! The coordinator saves a [`Checkpoint`] ([`Server::checkpoint`]) whenever the round changes and,
+//! after a restart, rebuilds the server with [`Server::resume`]. A checkpoint taken at any moment
+//! of round r says "round r began with these weights" (the weights change only when a round
+//! finishes, which begins the next one at once). The round's own state (secure-aggregation keys,
+//! shares, masked updates) is never saved, so that no such material is reused, and the round r
+//! that was in progress is treated as interrupted:
+//! - r = 0, the statistics round (no privacy cost): round 0 begins again.
+//! - r ≥ 1 without DP: round r begins again, from the same weights.
+//! - r ≥ 1 under DP: the clients may already have sent their noised updates, and running the
+//!   round again would release a second look at the same data. So round r is charged to the
+//!   ledger at the planned σ (the conservative choice) and the job goes on with round r + 1; it
+//!   completes at once with the checkpoint's weights if r was the last round, and stops early
+//!   (saying so in [`JobResult::stopped_early`]) if the ledger cannot pay. The job thus never
+//!   releases more than `rounds` aggregates and stays within its ε.
+//!
+//! Every interrupted round is listed in [`JobResult::interrupted`]. Each resume is counted and the
+//! count is mixed into every later round's secure-aggregation session, so no session id is used
+//! twice. Clients that died while the coordinator was away are dropped by the usual deadlines.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -120,6 +140,10 @@ pub struct JobResult {
     /// Set when the job ended before `rounds` (the budget could not cover another round).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<String>,
+    /// Rounds interrupted by a coordinator restart, in order: run again (round 0, or any round
+    /// without DP) or, under DP, charged to the ledger and skipped (see the module docs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupted: Vec<u32>,
 }
 
 /// The DP part of a result.
@@ -164,6 +188,47 @@ struct RoundState {
     aggregator: Option<ServerAggregator>,
 }
 
+/// Everything a [`Server`] needs to go on after a coordinator restart ([`Server::checkpoint`],
+/// [`Server::resume`]): the job's settings and what it has learnt so far, as of the beginning of
+/// round `round`. Neither the evaluation set (rebuilt from `job.eval_csv`) nor the round's own
+/// state (secure-aggregation material must not be reused) is in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The job as submitted.
+    pub job: JobSpec,
+    /// The model.
+    pub spec: ModelSpec,
+    /// Feature columns of the clients' data set.
+    pub features: usize,
+    /// The secure-aggregation session of the job (from the task id).
+    pub session: u64,
+    /// Whether secure aggregation is on.
+    pub secure: bool,
+    /// Clients still in the job.
+    pub alive: BTreeSet<ClientId>,
+    /// The Shamir threshold, fixed from the job's size at start.
+    pub threshold: usize,
+    /// Calibrated noise multiplier σ, under DP.
+    pub sigma: Option<f64>,
+    /// The privacy ledger, under DP.
+    pub ledger: Option<PrivacyLedger>,
+    /// The weights `round` began with.
+    pub weights: Vec<f32>,
+    /// Feature means and standard deviations, once the statistics round is done.
+    pub standardize: Option<(Vec<f32>, Vec<f32>)>,
+    /// Rows over all clients (from the statistics round).
+    pub total_rows: u64,
+    /// Per finished training round.
+    pub metrics: Vec<RoundMetrics>,
+    /// The round in progress when the checkpoint was taken (0 is the statistics round).
+    pub round: u32,
+    /// Rounds interrupted by earlier restarts.
+    #[serde(default)]
+    pub interrupted: Vec<u32>,
+    /// How many times the job was resumed before this checkpoint.
+    pub resumes: u32,
+}
+
 /// The server of one job.
 pub struct Server {
     job: JobSpec,
@@ -182,6 +247,10 @@ pub struct Server {
     metrics: Vec<RoundMetrics>,
     current: Option<RoundState>,
     state: JobState,
+    /// Rounds interrupted by a restart.
+    interrupted: Vec<u32>,
+    /// Times the job was resumed: mixed into the secure-aggregation session.
+    resumes: u32,
 }
 
 /// The smallest number of clients a job accepts.
@@ -237,6 +306,22 @@ pub fn check_job(job: &JobSpec, clients: usize) -> Result<Option<f64>, JobError>
         .map_err(|e| JobError::Invalid(format!("the privacy budget cannot be met: {e}")))
 }
 
+/// The evaluation set of `job`, if any, checked against the clients' `features` columns.
+fn eval_set(job: &JobSpec, features: usize) -> Result<Option<Dataset>, JobError> {
+    let Some(csv) = &job.eval_csv else {
+        return Ok(None);
+    };
+    let d = Dataset::from_csv_str(csv, &job.eval_label, None)
+        .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
+    if d.num_features() != features {
+        return Err(JobError::Invalid(format!(
+            "eval_csv has {} features, the clients' data set {features}",
+            d.num_features()
+        )));
+    }
+    Ok(Some(d))
+}
+
 impl Server {
     /// Starts a job over `clients` (ids 0..n), whose data sets have `features` columns. Returns
     /// the server and the statistics round's `Begin` messages. `session` is bound into every
@@ -258,20 +343,7 @@ impl Server {
             ),
             _ => None,
         };
-        let eval = match &job.eval_csv {
-            Some(csv) => {
-                let d = Dataset::from_csv_str(csv, &job.eval_label, None)
-                    .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
-                if d.num_features() != features {
-                    return Err(JobError::Invalid(format!(
-                        "eval_csv has {} features, the clients' data set {features}",
-                        d.num_features()
-                    )));
-                }
-                Some(d)
-            }
-            None => None,
-        };
+        let eval = eval_set(&job, features)?;
         let spec = job.model.spec(features);
         let secure = job.secure_aggregation.unwrap_or(clients >= 3);
         let mut s = Server {
@@ -294,8 +366,129 @@ impl Server {
                 rounds: job.rounds,
             },
             job,
+            interrupted: Vec::new(),
+            resumes: 0,
         };
         let out = s.begin(0, now);
+        Ok((s, out))
+    }
+
+    /// What a restarted coordinator needs to go on with this job (see the module docs): `None`
+    /// once the job is done or failed. Valid at any moment of a round, since it describes the
+    /// beginning of the round in progress; save it whenever the round changes.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let JobState::Running { round, .. } = self.state else {
+            return None;
+        };
+        Some(Checkpoint {
+            job: self.job.clone(),
+            spec: self.spec.clone(),
+            features: self.features,
+            session: self.session,
+            secure: self.secure,
+            alive: self.alive.clone(),
+            threshold: self.threshold,
+            sigma: self.sigma,
+            ledger: self.ledger.clone(),
+            weights: self.weights.clone(),
+            standardize: self.standardize.clone(),
+            total_rows: self.total_rows,
+            metrics: self.metrics.clone(),
+            round,
+            interrupted: self.interrupted.clone(),
+            resumes: self.resumes,
+        })
+    }
+
+    /// Rebuilds a job's server from its [`Checkpoint`] after a coordinator restart. The round r
+    /// in progress when the checkpoint was taken was interrupted and is listed in
+    /// [`JobResult::interrupted`]:
+    /// - r = 0 (statistics, no privacy cost): round 0 begins again.
+    /// - r ≥ 1 without DP: round r begins again, from the checkpoint's weights.
+    /// - r ≥ 1 under DP: the round may have released noisy updates, so it is charged to the
+    ///   ledger at the planned σ and round r + 1 begins. If r was the last round the job completes
+    ///   with the checkpoint's weights; if the ledger cannot pay it completes with `stopped_early`.
+    ///
+    /// Returns the server and the `Begin` messages of the round that starts (or the `End`
+    /// messages if the job completed). Every resume changes the secure-aggregation sessions of
+    /// the rounds that follow. Refuses a checkpoint that does not hold together.
+    ///
+    /// Save the new server's checkpoint before sending the messages: resuming the same checkpoint
+    /// twice would reuse its sessions and, under DP, charge once for rounds released twice.
+    pub fn resume(cp: Checkpoint, now: u64) -> Result<(Server, Vec<Outgoing>), JobError> {
+        let bad = |m: String| Err(JobError::Invalid(format!("checkpoint: {m}")));
+        let round = cp.round;
+        if round > cp.job.rounds {
+            return bad(format!(
+                "round {round} of a job of {} rounds",
+                cp.job.rounds
+            ));
+        }
+        if cp.features == 0 || cp.spec != cp.job.model.spec(cp.features) {
+            return bad("the model does not fit the job and its features".into());
+        }
+        if cp.weights.len() != cp.spec.num_params() {
+            return bad(format!(
+                "{} weights for a model of {}",
+                cp.weights.len(),
+                cp.spec.num_params()
+            ));
+        }
+        if round > 0 && cp.standardize.is_none() {
+            return bad(format!("round {round} without the statistics of round 0"));
+        }
+        let dp = cp.job.epsilon.is_some();
+        if cp.sigma.is_some() != dp || cp.ledger.is_some() != dp {
+            return bad("the privacy settings do not match the job".into());
+        }
+        if cp.secure && cp.threshold < 2 {
+            return bad(format!("secure-aggregation threshold {}", cp.threshold));
+        }
+        let Some(resumes) = cp.resumes.checked_add(1) else {
+            return bad("resumed too many times".into());
+        };
+        let mut eval = eval_set(&cp.job, cp.features)?;
+        if let (Some(eval), Some((mean, std))) = (eval.as_mut(), &cp.standardize) {
+            eval.standardize(mean, std)
+                .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
+        }
+        let mut s = Server {
+            state: JobState::Running {
+                round,
+                rounds: cp.job.rounds,
+            },
+            job: cp.job,
+            spec: cp.spec,
+            features: cp.features,
+            session: cp.session,
+            secure: cp.secure,
+            alive: cp.alive,
+            threshold: cp.threshold,
+            sigma: cp.sigma,
+            ledger: cp.ledger,
+            weights: cp.weights,
+            standardize: cp.standardize,
+            total_rows: cp.total_rows,
+            eval,
+            metrics: cp.metrics,
+            current: None,
+            interrupted: cp.interrupted,
+            resumes,
+        };
+        s.interrupted.push(round);
+        let out = match (s.sigma, s.ledger.as_mut()) {
+            (Some(sigma), Some(ledger)) if round > 0 => {
+                match ledger.record(u64::from(round), sigma) {
+                    Err(e) => s.complete(Some(format!(
+                        "stopped after a coordinator restart: round {round} was interrupted and \
+                         the ledger cannot charge it: {e}"
+                    ))),
+                    Ok(_) if round >= s.job.rounds => s.complete(None),
+                    Ok(_) => s.begin(round + 1, now),
+                }
+            }
+            _ => s.begin(round, now),
+        };
         Ok((s, out))
     }
 
@@ -377,7 +570,9 @@ impl Server {
     /// start, so a job that loses clients fails when it can no longer meet it.
     fn params(&self, round: u32) -> SecAggParams {
         SecAggParams {
-            session: self.session ^ u64::from(round).rotate_left(32),
+            session: self.session
+                ^ u64::from(round).rotate_left(32)
+                ^ u64::from(self.resumes).rotate_left(48),
             threshold: self.threshold,
             vector_len: self.vector_len(round),
         }
@@ -863,7 +1058,296 @@ impl Server {
             privacy,
             secure_aggregation: self.secure,
             stopped_early,
+            interrupted: self.interrupted.clone(),
         }));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+    use crate::client::Client;
+    use crate::data::{breast_cancer, non_iid_split, stratified_split};
+
+    /// The breast cancer data split non-IID over 5 clients, and the evaluation set as CSV.
+    fn data() -> (Vec<Dataset>, String) {
+        let (train, test) = stratified_split(&breast_cancer(), 0.2, 7).unwrap();
+        let clients = non_iid_split(&train, 5, 0, 0.3).unwrap();
+        (clients, test.to_csv("target"))
+    }
+
+    fn job(epsilon: Option<f64>, secure: bool, eval: &str) -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "dataset": "breast_cancer",
+            "rounds": 4,
+            "local": {"epochs": 2, "batch_size": 16, "lr": 0.2, "l2": 1e-3},
+            "epsilon": epsilon,
+            "secure_aggregation": secure,
+            "round_timeout_sec": 5,
+            "eval_csv": eval,
+        }))
+        .unwrap()
+    }
+
+    /// A job between a server and real clients, every message passed through JSON.
+    struct Run {
+        server: Server,
+        queue: Vec<Outgoing>,
+        clients: Vec<Client>,
+        rng: ChaCha20Rng,
+        now: u64,
+        /// The round of every answer the server took.
+        answered: Vec<u32>,
+    }
+
+    impl Run {
+        fn start(job: JobSpec, datasets: &[Dataset]) -> Run {
+            let (server, queue) = Server::start(job, 30, datasets.len(), 42, 0).unwrap();
+            Run {
+                server,
+                queue,
+                clients: datasets.iter().cloned().map(Client::new).collect(),
+                rng: ChaCha20Rng::seed_from_u64(3),
+                now: 0,
+                answered: Vec::new(),
+            }
+        }
+
+        fn round(&self) -> Option<u32> {
+            match self.server.state() {
+                JobState::Running { round, .. } => Some(*round),
+                _ => None,
+            }
+        }
+
+        /// Delivers one message and hands the answer to the server; when nothing is in flight,
+        /// time moves on to fire deadlines.
+        fn step(&mut self) {
+            if self.queue.is_empty() {
+                self.now += 10_000;
+                self.queue = self.server.tick(self.now);
+                return;
+            }
+            let Outgoing { to, msg } = self.queue.remove(0);
+            let msg: ToClient =
+                serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap();
+            let answer = self.clients[to as usize]
+                .handle(msg, &mut self.rng)
+                .unwrap();
+            if let Some(answer) = answer {
+                let answer: ToServer =
+                    serde_json::from_str(&serde_json::to_string(&answer).unwrap()).unwrap();
+                self.answered.push(answer.round());
+                let (out, r) = self.server.handle(to, answer, self.now);
+                r.unwrap();
+                self.queue.extend(out);
+            }
+        }
+
+        /// Runs until the server has taken `answers` answers in `round`: mid-round.
+        fn until(&mut self, round: u32, answers: usize) {
+            while self.answered.iter().filter(|&&r| r == round).count() < answers {
+                assert!(self.round().is_some(), "{:?}", self.server.state());
+                self.step();
+            }
+            assert_eq!(self.round(), Some(round));
+        }
+
+        /// The coordinator restarts from `cp` (taken through JSON, as it is stored): the
+        /// messages in flight are lost, the clients keep their state.
+        fn restart(&mut self, cp: &Checkpoint) {
+            let cp: Checkpoint = serde_json::from_str(&serde_json::to_string(cp).unwrap()).unwrap();
+            let (server, queue) = Server::resume(cp, self.now).unwrap();
+            self.server = server;
+            self.queue = queue;
+        }
+
+        fn finish(&mut self) -> JobResult {
+            while self.round().is_some() {
+                assert!(self.now < 10_000_000, "the job never ended");
+                self.step();
+            }
+            match self.server.state() {
+                JobState::Done(r) => (**r).clone(),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn begins(out: &[Outgoing]) -> Vec<(ClientId, u32)> {
+        out.iter()
+            .filter_map(|o| match &o.msg {
+                ToClient::Begin { round, .. } => Some((o.to, *round)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Secure aggregation without DP: a restart in the middle of round 2 runs round 2 again
+    /// under a new session, and the job ends as an uninterrupted one does.
+    #[test]
+    fn a_restart_reruns_the_interrupted_round_without_dp() {
+        let (datasets, eval) = data();
+        let whole = Run::start(job(None, true, &eval), &datasets).finish();
+        assert!(whole.interrupted.is_empty());
+        assert!(
+            !serde_json::to_string(&whole)
+                .unwrap()
+                .contains("interrupted")
+        );
+
+        let mut run = Run::start(job(None, true, &eval), &datasets);
+        run.until(2, 7); // the keys of round 2 and two of its shares
+        let cp = run.server.checkpoint().unwrap();
+        assert_eq!((cp.round, cp.resumes), (2, 0));
+        let before = run.server.params(2).session;
+        run.restart(&cp);
+        assert_eq!(
+            begins(&run.queue),
+            (0..5).map(|c| (c, 2)).collect::<Vec<_>>()
+        );
+        assert_ne!(run.server.params(2).session, before);
+        let r = run.finish();
+        assert_eq!(r.interrupted, vec![2]);
+        assert_eq!(r.rounds.len(), whole.rounds.len());
+        assert_eq!(
+            r.rounds.iter().map(|m| m.round).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(r.weights.len(), whole.weights.len());
+        assert_eq!(r.total_rows, whole.total_rows);
+        assert!(r.rounds.iter().all(|m| m.clients == 5));
+        let acc = r.rounds.last().unwrap().eval_accuracy.unwrap();
+        assert!(acc > 0.85, "{acc}");
+    }
+
+    /// Under DP the interrupted round is charged, not run again: the ledger has every round,
+    /// ε stays within the budget, and the result has one round of metrics less.
+    #[test]
+    fn a_restart_under_dp_charges_the_interrupted_round() {
+        let (datasets, eval) = data();
+        for secure in [false, true] {
+            let mut run = Run::start(job(Some(8.0), secure, &eval), &datasets);
+            run.until(2, 1);
+            let cp = run.server.checkpoint().unwrap();
+            let sigma = cp.sigma.unwrap();
+            run.restart(&cp);
+            assert_eq!(
+                begins(&run.queue),
+                (0..5).map(|c| (c, 3)).collect::<Vec<_>>()
+            );
+            let r = run.finish();
+            assert_eq!(r.interrupted, vec![2]);
+            assert_eq!(r.stopped_early, None);
+            let p = r.privacy.unwrap();
+            assert_eq!(
+                p.ledger.entries.iter().map(|e| e.round).collect::<Vec<_>>(),
+                vec![1, 2, 3, 4]
+            );
+            assert_eq!(p.ledger.entries[1].sigma, sigma);
+            assert!(p.epsilon_spent <= 8.0 + 1e-9, "{p:?}");
+            assert_eq!(
+                r.rounds.iter().map(|m| m.round).collect::<Vec<_>>(),
+                vec![1, 3, 4]
+            );
+        }
+    }
+
+    /// Under DP a restart in the last round completes the job at once with the weights of the
+    /// checkpoint; a ledger that cannot pay for the interrupted round stops it early.
+    #[test]
+    fn a_restart_in_the_last_dp_round_completes_the_job() {
+        let (datasets, eval) = data();
+        let mut run = Run::start(job(Some(8.0), true, &eval), &datasets);
+        run.until(4, 3);
+        let cp = run.server.checkpoint().unwrap();
+        let (server, out) = Server::resume(cp.clone(), run.now).unwrap();
+        assert!(
+            out.iter().all(|o| matches!(o.msg, ToClient::End { .. })),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 5);
+        let JobState::Done(r) = server.state() else {
+            panic!("{:?}", server.state())
+        };
+        assert_eq!(r.weights, cp.weights);
+        assert_eq!(r.interrupted, vec![4]);
+        assert_eq!(r.rounds.len(), 3);
+        assert_eq!(r.privacy.as_ref().unwrap().ledger.entries.len(), 4);
+        assert_eq!(r.stopped_early, None);
+        assert!(server.checkpoint().is_none());
+
+        let mut poor = cp;
+        let ledger = poor.ledger.as_mut().unwrap();
+        ledger.budget = ledger.spent().unwrap();
+        let (server, _) = Server::resume(poor, run.now).unwrap();
+        let JobState::Done(r) = server.state() else {
+            panic!("{:?}", server.state())
+        };
+        assert!(
+            r.stopped_early
+                .as_deref()
+                .is_some_and(|s| s.contains("round 4 was interrupted")),
+            "{r:?}"
+        );
+        assert_eq!(r.privacy.as_ref().unwrap().ledger.entries.len(), 3);
+    }
+
+    /// A checkpoint taken at any moment of a job resumes (round 0 begins again; a second resume
+    /// changes the session again); a checkpoint that does not hold together is refused; a
+    /// finished or failed job has none.
+    #[test]
+    fn every_checkpoint_resumes_and_ended_jobs_have_none() {
+        let (datasets, eval) = data();
+        let mut run = Run::start(job(Some(8.0), true, &eval), &datasets);
+        let mut seen = BTreeSet::new();
+        while let Some(round) = run.round() {
+            let cp = run.server.checkpoint().unwrap();
+            assert_eq!(cp.round, round);
+            seen.insert(round);
+            if Server::resume(cp, run.now).is_err() {
+                panic!("refused a checkpoint of round {round}");
+            }
+            run.step();
+        }
+        assert_eq!(seen, (0..=4).collect());
+        assert!(run.server.checkpoint().is_none());
+
+        // Round 0 begins again, and every resume moves the session on.
+        let mut run = Run::start(job(None, true, &eval), &datasets);
+        run.until(0, 2);
+        let first = run.server.params(0).session;
+        run.restart(&run.server.checkpoint().unwrap());
+        assert_eq!(begins(&run.queue).len(), 5);
+        let second = run.server.params(0).session;
+        run.until(0, 9);
+        run.restart(&run.server.checkpoint().unwrap());
+        assert!(run.server.params(0).session != first && run.server.params(0).session != second);
+        let r = run.finish();
+        assert_eq!(r.interrupted, vec![0, 0]);
+        assert_eq!(r.rounds.len(), 4);
+
+        // Refused: inconsistent checkpoints.
+        let run = Run::start(job(None, true, &eval), &datasets);
+        let cp = run.server.checkpoint().unwrap();
+        let mut bad = cp.clone();
+        bad.weights.pop();
+        assert!(Server::resume(bad, 0).is_err());
+        let mut bad = cp.clone();
+        bad.round = 5;
+        assert!(Server::resume(bad, 0).is_err());
+        let mut bad = cp;
+        bad.round = 1;
+        assert!(Server::resume(bad, 0).is_err(), "no statistics yet");
+
+        // Failed: nobody answers.
+        let mut run = Run::start(job(None, true, &eval), &datasets);
+        run.queue = run.server.tick(1_000_000);
+        assert!(matches!(run.server.state(), JobState::Failed(_)));
+        assert!(run.server.checkpoint().is_none());
     }
 }

@@ -10,14 +10,17 @@
 //! - [`node`]: what an agent reports ([`NodeStatus`], [`Health`]).
 //! - [`tensor`]: tensors as JSON for `inference`.
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
+//! - [`identity`]: node identity keys ([`NodeIdentity`]) and the messages nodes sign.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 
+pub mod identity;
 pub mod node;
 pub mod task;
 pub mod tensor;
 pub mod topics;
 pub mod wire;
 
+pub use identity::{NodeIdentity, NodeKey};
 pub use node::{
     DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo,
     ReputationEventKind, ReputationInfo, ReputationReport, Temperature,

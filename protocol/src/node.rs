@@ -213,4 +213,7 @@ pub struct NodeInfo {
     /// How its work has been judged.
     #[serde(default)]
     pub reputation: ReputationInfo,
+    /// Its ed25519 identity key (hex), as it published it on its identity topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }

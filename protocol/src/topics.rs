@@ -9,6 +9,7 @@
 //! | `ambient/v1/nodes/{node}/results` | agent → coordinator |
 //! | `ambient/v1/nodes/{node}/control` | coordinator → agent |
 //! | `ambient/v1/nodes/{node}/reputation` | coordinator → agent, retained |
+//! | `ambient/v1/nodes/{node}/identity` | agent → all, retained; only the node may write it |
 //! | `ambient/v1/submit/{submitter}` | submitter → coordinator |
 //! | `ambient/v1/submitters/{submitter}/tasks/{task}` | coordinator → submitter |
 //! | `ambient/v1/submitters/{submitter}/rejections` | coordinator → submitter |
@@ -22,6 +23,8 @@ pub const ALL_NODE_STATUS: &str = "ambient/v1/nodes/+/status";
 pub const ALL_NODE_HEALTH: &str = "ambient/v1/nodes/+/health";
 /// Subscription filter for every node's results.
 pub const ALL_NODE_RESULTS: &str = "ambient/v1/nodes/+/results";
+/// Subscription filter for every node's identity key.
+pub const ALL_NODE_IDENTITY: &str = "ambient/v1/nodes/+/identity";
 /// Subscription filter for every submitter's submissions.
 pub const ALL_SUBMIT: &str = "ambient/v1/submit/+";
 
@@ -48,6 +51,10 @@ pub fn node_control(node: &str) -> String {
 /// `ambient/v1/nodes/{node}/reputation`: the node's [`crate::ReputationReport`], retained.
 pub fn node_reputation(node: &str) -> String {
     format!("{PREFIX}/nodes/{node}/reputation")
+}
+/// `ambient/v1/nodes/{node}/identity`: the node's [`crate::NodeIdentity`], retained.
+pub fn node_identity(node: &str) -> String {
+    format!("{PREFIX}/nodes/{node}/identity")
 }
 /// `ambient/v1/submit/{submitter}`
 pub fn submit(submitter: &str) -> String {
@@ -79,6 +86,8 @@ pub enum Topic<'a> {
     NodeTasks(&'a str),
     /// `nodes/{node}/control`
     NodeControl(&'a str),
+    /// `nodes/{node}/identity`
+    NodeIdentity(&'a str),
     /// `submit/{submitter}`
     Submit(&'a str),
 }
@@ -94,6 +103,7 @@ pub fn parse(topic: &str) -> Option<Topic<'_>> {
         ["nodes", node, "results"] => Topic::NodeResults(node),
         ["nodes", node, "tasks"] => Topic::NodeTasks(node),
         ["nodes", node, "control"] => Topic::NodeControl(node),
+        ["nodes", node, "identity"] => Topic::NodeIdentity(node),
         ["submit", submitter] => Topic::Submit(submitter),
         _ => return None,
     };
@@ -103,6 +113,7 @@ pub fn parse(topic: &str) -> Option<Topic<'_>> {
         | Topic::NodeResults(id)
         | Topic::NodeTasks(id)
         | Topic::NodeControl(id)
+        | Topic::NodeIdentity(id)
         | Topic::Submit(id) => id,
     };
     crate::valid_id(id).then_some(topic)
@@ -119,6 +130,7 @@ mod tests {
         assert_eq!(parse(&node_results("n-2")), Some(Topic::NodeResults("n-2")));
         assert_eq!(parse(&node_tasks("n1")), Some(Topic::NodeTasks("n1")));
         assert_eq!(parse(&node_control("n1")), Some(Topic::NodeControl("n1")));
+        assert_eq!(parse(&node_identity("n1")), Some(Topic::NodeIdentity("n1")));
         assert_eq!(parse(&submit("acme")), Some(Topic::Submit("acme")));
     }
 

@@ -23,7 +23,9 @@ pub struct Assignment {
     /// What kind of work it is.
     pub task_type: TaskType,
     /// The task's artifact, base64: the wasm module of `wasm_execution` and `computation`, the
-    /// ONNX model of `inference`.
+    /// ONNX model of `inference`, the proving key of `zk_proof`. Absent while `artifact_sha256` is
+    /// set when the artifact was too large to travel inline: the agent downloads it by hash
+    /// (`GET /api/v1/blobs/{sha256}`, signed with its identity key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_base64: Option<String>,
     /// sha256 of the decoded artifact, which the agent checks and caches by.
@@ -150,7 +152,27 @@ pub enum Control {
         task_id: Uuid,
         /// The message.
         msg: serde_json::Value,
+        /// Set when the model was too large to travel inline: the `begin` message's `weights`
+        /// are empty, and these are the sha256 of a blob holding them as little-endian f32s,
+        /// which the agent downloads (`GET /api/v1/blobs/{sha256}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weights_blob: Option<String>,
     },
+}
+
+/// Encodes model weights as a blob: little-endian f32s.
+pub fn weights_to_blob(weights: &[f32]) -> Vec<u8> {
+    weights.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Decodes [`weights_to_blob`]; `None` when the length is not a multiple of 4.
+pub fn weights_from_blob(bytes: &[u8]) -> Option<Vec<f32>> {
+    (bytes.len() % 4 == 0).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -183,6 +205,13 @@ mod tests {
             }
         ));
         assert_eq!(serde_json::to_value(&ev).unwrap(), golden);
+    }
+
+    #[test]
+    fn weights_blob_round_trips() {
+        let w = [0.0f32, -1.5, f32::MAX, 1e-30];
+        assert_eq!(weights_from_blob(&weights_to_blob(&w)).unwrap(), w);
+        assert_eq!(weights_from_blob(&[0, 0, 0]), None);
     }
 
     #[test]

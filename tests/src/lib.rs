@@ -182,11 +182,13 @@ impl Cluster {
         Client::new(&self.conn.api_url, &self.conn.api_key)
     }
 
-    /// Starts (or restarts) the coordinator on the same data dir. Its HTTP port may change.
+    /// Starts (or restarts) the coordinator on the same data dir and HTTP port.
     pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let c = ambient_coordinator::start(self.coordinator_cfg.clone(), token.clone()).await?;
         self.conn.api_url = format!("http://{}", c.http_addr);
+        // A restart takes the same port, so the agents' coordinator_url stays right.
+        self.coordinator_cfg.http_addr = c.http_addr;
         self.coordinator = Some((c, token));
         Ok(())
     }
@@ -202,7 +204,14 @@ impl Cluster {
     /// Starts agent `i` (`node-{i+1}`).
     pub async fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let (node, password) = &self.nodes[i];
-        let mut cfg = agent_config(self.dir.path(), node, self.mqtt, password, 0.5);
+        let mut cfg = agent_config(
+            self.dir.path(),
+            node,
+            self.mqtt,
+            password,
+            &self.conn.api_url,
+            0.5,
+        );
         cfg.mqtt.keep_alive_sec = 2;
         cfg.execution.max_concurrent_tasks = self.slots;
         self.agents[i] = Some(ambient_agent::start(cfg, CancellationToken::new()).await?);
@@ -257,7 +266,14 @@ impl Cluster {
         tweak: impl FnOnce(&mut ambient_agent::Config),
     ) -> anyhow::Result<()> {
         let (node, password) = &self.nodes[i];
-        let mut cfg = agent_config(self.dir.path(), node, self.mqtt, password, 0.5);
+        let mut cfg = agent_config(
+            self.dir.path(),
+            node,
+            self.mqtt,
+            password,
+            &self.conn.api_url,
+            0.5,
+        );
         cfg.mqtt.keep_alive_sec = 2;
         cfg.execution.max_concurrent_tasks = self.slots;
         tweak(&mut cfg);

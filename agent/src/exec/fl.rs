@@ -4,35 +4,54 @@
 //! masked under secure aggregation).
 //!
 //! Each job has one worker task that handles its messages in order; training runs on a
-//! blocking thread.
+//! blocking thread. A model too large to travel inline arrives as a blob reference, which the
+//! worker downloads ([`crate::blobs`]) before handing the round to the client.
+//!
+//! Clients sign the keys they advertise with the node's identity key, and refuse a roster whose
+//! keys are not signed by the identities peers published on the broker ([`PeerKeys`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use ambient_fl::client::Client;
+use ambient_fl::client::{Client, ClientIdentity};
 use ambient_fl::data::Dataset;
 use ambient_fl::wire::{ToClient, ToServer};
-use ambient_protocol::DatasetInfo;
+use ambient_protocol::wire::weights_from_blob;
+use ambient_protocol::{DatasetInfo, NodeKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::PeerKeys;
+use crate::blobs::Blobs;
 use crate::config::DatasetConfig;
 
 /// Where a client's answers go: the task and the message.
 pub type Reply = Arc<dyn Fn(Uuid, ToServer) + Send + Sync>;
 
+/// A coordinator message and, for a `Begin` whose model travels by reference, the blob.
+type Delivery = (ToClient, Option<String>);
+
 /// The node's data sets and its clients of running jobs.
 pub struct FlClients {
     datasets: BTreeMap<String, Arc<Dataset>>,
-    jobs: Mutex<HashMap<Uuid, mpsc::UnboundedSender<ToClient>>>,
+    jobs: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Delivery>>>,
+    identity: ClientIdentity,
+    blobs: Arc<Blobs>,
 }
 
 impl FlClients {
-    /// Reads every declared data set (blocking: call at start, off the async workers).
-    pub fn load(cfgs: &[DatasetConfig]) -> Result<FlClients, String> {
+    /// Reads every declared data set (blocking: call at start, off the async workers). Clients
+    /// sign with `key` as node `node`, and check peers against `peers`.
+    pub fn load(
+        cfgs: &[DatasetConfig],
+        node: &str,
+        key: &NodeKey,
+        peers: PeerKeys,
+        blobs: Arc<Blobs>,
+    ) -> Result<FlClients, String> {
         let mut datasets = BTreeMap::new();
         for c in cfgs {
             let text = std::fs::read_to_string(&c.path)
@@ -54,10 +73,28 @@ impl FlClients {
                   "Data set loaded for federated learning.");
             datasets.insert(c.name.clone(), Arc::new(d));
         }
+        let identity = ClientIdentity {
+            node: node.to_string(),
+            key: key.signing_key().clone(),
+            peers: Arc::new(move |n: &str| {
+                peers
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(n)
+                    .copied()
+            }),
+        };
         Ok(FlClients {
             datasets,
             jobs: Mutex::new(HashMap::new()),
+            identity,
+            blobs,
         })
+    }
+
+    /// True when the node offers any data set (and so needs its peers' identities).
+    pub fn any(&self) -> bool {
+        !self.datasets.is_empty()
     }
 
     /// What health advertises: names and sizes, never rows.
@@ -72,26 +109,29 @@ impl FlClients {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, mpsc::UnboundedSender<ToClient>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, mpsc::UnboundedSender<Delivery>>> {
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hands a coordinator message to the job's client, starting one on `Begin` of a job this
-    /// node has not seen. Answers go to `reply`. The job's worker stops at `End`, or when
-    /// `token` is cancelled (the agent stops).
+    /// node has not seen; `weights_blob` names the model of a `Begin` that travels by reference.
+    /// Answers go to `reply`. The job's worker stops at `End`, or when `token` is cancelled (the
+    /// agent stops).
+    #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         self: &Arc<Self>,
         task_id: Uuid,
         msg: ToClient,
+        weights_blob: Option<String>,
         tracker: &TaskTracker,
         token: &CancellationToken,
         reply: Reply,
     ) {
         let mut jobs = self.lock();
         if let Some(tx) = jobs.get(&task_id)
-            && tx.send(msg.clone()).is_ok()
+            && tx.send((msg.clone(), weights_blob.clone())).is_ok()
         {
             return;
         }
@@ -113,14 +153,17 @@ impl FlClients {
             return;
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let _ = tx.send(msg);
+        let _ = tx.send((msg, weights_blob));
         jobs.insert(task_id, tx);
         drop(jobs);
         let (me, token) = (self.clone(), token.clone());
         tracker.spawn(async move {
-            let client = Arc::new(Mutex::new(Client::new((*data).clone())));
+            let client = Arc::new(Mutex::new(Client::with_identity(
+                (*data).clone(),
+                me.identity.clone(),
+            )));
             loop {
-                let msg = tokio::select! {
+                let (mut msg, blob) = tokio::select! {
                     msg = rx.recv() => match msg {
                         Some(m) => m,
                         None => break,
@@ -129,6 +172,16 @@ impl FlClients {
                 };
                 let end = matches!(msg, ToClient::End { .. });
                 let round = msg.round().unwrap_or_default();
+                if let (Some(sha), ToClient::Begin { weights, .. }) = (blob, &mut msg) {
+                    match me.fetch_weights(&sha).await {
+                        Ok(w) => *weights = w,
+                        Err(reason) => {
+                            warn!(task_id = %task_id, reason = %reason, "Could not get the model; leaving the job.");
+                            reply(task_id, ToServer::Failed { round, reason });
+                            break;
+                        }
+                    }
+                }
                 let c = client.clone();
                 let answer = tokio::task::spawn_blocking(move || {
                     c.lock()
@@ -157,5 +210,10 @@ impl FlClients {
             }
             me.lock().remove(&task_id);
         });
+    }
+
+    async fn fetch_weights(&self, sha256: &str) -> Result<Vec<f32>, String> {
+        let bytes = self.blobs.get(sha256).await.map_err(|e| e.to_string())?;
+        weights_from_blob(&bytes).ok_or_else(|| format!("blob {sha256} is not a list of f32s"))
     }
 }

@@ -335,7 +335,8 @@ async fn idle_agent(secs: u64) -> anyhow::Result<()> {
     let c = Cluster::embedded(0).await?;
     let dir = tempfile::tempdir()?;
     let (node, password) = ("node-1", "node-1-password");
-    let mut cfg = ambient_cli::local::agent_config(dir.path(), node, c.mqtt, password, 5.0);
+    let mut cfg =
+        ambient_cli::local::agent_config(dir.path(), node, c.mqtt, password, &c.conn.api_url, 5.0);
     cfg.mqtt.password = Some(password.into());
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, toml::to_string(&cfg)?)?;

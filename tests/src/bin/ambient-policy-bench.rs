@@ -65,7 +65,14 @@ impl AgentProc {
         );
         let dir = tempfile::tempdir()?;
         let (node, password) = ("node-1", "node-1-password");
-        let mut cfg = ambient_cli::local::agent_config(dir.path(), node, c.mqtt, password, 5.0);
+        let mut cfg = ambient_cli::local::agent_config(
+            dir.path(),
+            node,
+            c.mqtt,
+            password,
+            &c.conn.api_url,
+            5.0,
+        );
         cfg.mqtt.password = Some(password.into());
         cfg.control.enabled = control;
         cfg.control.listen = "127.0.0.1:0".parse()?;

@@ -1,0 +1,166 @@
+//! Blobs by reference: large artifacts (federated models, proving keys, modules) that the
+//! coordinator names by sha256 instead of sending inline. The agent downloads them from the
+//! coordinator's REST API (`GET /api/v1/blobs/{sha256}`), signing each request with its identity
+//! key ([`ambient_protocol::identity::blob_request_message`]), checks the bytes against the hash,
+//! and caches them under `<data_dir>/blobs/` by hash.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambient_protocol::{NodeKey, identity, sha256_hex};
+use tracing::debug;
+
+/// Why a blob could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The agent has no `coordinator_url`.
+    #[error(
+        "this work needs blob {0} from the coordinator, and this node has no coordinator_url \
+         configured"
+    )]
+    NoUrl(String),
+    /// Not a sha256.
+    #[error("{0:?} is not a sha256")]
+    BadName(String),
+    /// The request failed.
+    #[error("downloading blob {sha256}: {message}")]
+    Http {
+        /// The blob.
+        sha256: String,
+        /// What happened.
+        message: String,
+    },
+    /// Over the size limit.
+    #[error("blob {sha256} is larger than {max} bytes")]
+    TooLarge {
+        /// The blob.
+        sha256: String,
+        /// The limit.
+        max: u64,
+    },
+    /// The bytes are not the blob asked for.
+    #[error("downloaded bytes hash to {got}, not the requested {want}")]
+    HashMismatch {
+        /// Asked for.
+        want: String,
+        /// Received.
+        got: String,
+    },
+}
+
+/// Largest blob the agent downloads.
+pub const MAX_BLOB_BYTES: u64 = 1 << 30;
+
+/// Downloads and caches blobs.
+pub struct Blobs {
+    base: Option<String>,
+    node: String,
+    key: Arc<NodeKey>,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Blobs {
+    /// A fetcher for `node` against the coordinator at `base` (`http://host:port`).
+    pub fn new(
+        base: Option<String>,
+        node: String,
+        key: Arc<NodeKey>,
+        data_dir: &std::path::Path,
+    ) -> Blobs {
+        Blobs {
+            base: base.map(|b| b.trim_end_matches('/').to_string()),
+            node,
+            key,
+            dir: data_dir.join("blobs"),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(600))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The blob's bytes, from the cache or the coordinator.
+    pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(BlobError::BadName(sha256.to_string()));
+        }
+        let path = self.dir.join(sha256);
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            if sha256_hex(&bytes) == sha256 {
+                return Ok(bytes);
+            }
+            debug!(sha256, "Cached blob is corrupt; downloading it again.");
+        }
+        let bytes = self.download(sha256).await?;
+        // Cache by write-then-rename, so a crash never leaves a half file under the hash.
+        let tmp = self.dir.join(format!("{sha256}.part"));
+        let cached = async {
+            tokio::fs::create_dir_all(&self.dir).await?;
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, &path).await
+        }
+        .await;
+        if let Err(e) = cached {
+            debug!(sha256, error = %e, "Could not cache a blob.");
+        }
+        Ok(bytes)
+    }
+
+    async fn download(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
+        let base = self
+            .base
+            .as_ref()
+            .ok_or_else(|| BlobError::NoUrl(sha256.to_string()))?;
+        let http = |message: String| BlobError::Http {
+            sha256: sha256.to_string(),
+            message,
+        };
+        let time = chrono::Utc::now().timestamp();
+        let sig = self
+            .key
+            .sign(&identity::blob_request_message(&self.node, sha256, time));
+        let mut resp = self
+            .http
+            .get(format!("{base}/api/v1/blobs/{sha256}"))
+            .header(identity::HEADER_NODE, &self.node)
+            .header(identity::HEADER_TIME, time.to_string())
+            .header(identity::HEADER_SIGNATURE, hex::encode(sig))
+            .send()
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(http(format!("{status}: {body}")));
+        }
+        let too_large = || BlobError::TooLarge {
+            sha256: sha256.to_string(),
+            max: MAX_BLOB_BYTES,
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_BLOB_BYTES) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| http(e.to_string()))? {
+            if bytes.len() as u64 + chunk.len() as u64 > MAX_BLOB_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let got = sha256_hex(&bytes);
+        if got != sha256 {
+            return Err(BlobError::HashMismatch {
+                want: sha256.to_string(),
+                got,
+            });
+        }
+        Ok(bytes)
+    }
+}
