@@ -62,12 +62,18 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
 }
 
+/// The test-only account that may read every topic (never in `broker-config/`).
+pub const TAP_USER: &str = "test-tap";
+/// Its password.
+pub const TAP_PASSWORD: &str = "test-tap-password";
+
 impl Mosquitto {
     /// Starts a broker on a free loopback port.
     ///
     /// `users`: (username, password) pairs written with `mosquitto_passwd -b` into a fresh
     /// password file. The ACL is the repository's `broker-config/acl`, so usernames are node ids,
-    /// submitter ids or `coordinator`.
+    /// submitter ids or `coordinator`, plus one test-only account: [`TAP_USER`] may read every
+    /// topic, to check what crosses the broker.
     pub fn start(users: &[(&str, &str)]) -> Result<Mosquitto> {
         let mosquitto = find_program("mosquitto")
             .context("`mosquitto` not found on PATH (nor in /usr/sbin, /usr/local/sbin)")?;
@@ -82,8 +88,15 @@ impl Mosquitto {
 
         let acl_src = acl_source();
         let acl = root.join("acl");
-        fs::copy(&acl_src, &acl)
-            .with_context(|| format!("copying the ACL from {}", acl_src.display()))?;
+        let mut rules = fs::read_to_string(&acl_src)
+            .with_context(|| format!("reading the ACL from {}", acl_src.display()))?;
+        rules.push_str(&format!(
+            "\n# Test harness only: a wiretap that reads everything.\nuser {TAP_USER}\ntopic read #\n"
+        ));
+        fs::write(&acl, rules).context("writing the ACL")?;
+        let mut users = users.to_vec();
+        users.push((TAP_USER, TAP_PASSWORD));
+        let users = &users[..];
 
         let passwd = root.join("passwd");
         write_password_file(&mosquitto_passwd, &passwd, users)?;

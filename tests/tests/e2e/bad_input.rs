@@ -6,9 +6,9 @@ use ambient_cli::client::{Client, ClientError};
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
 use ambient_link::{Incoming, LinkOptions, QoS};
-use ambient_protocol::{Requirements, TaskStatus, topics};
+use ambient_protocol::{NodeIdentity, NodeKey, Requirements, TaskStatus, identity, topics};
 use base64::Engine as _;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::util::*;
 
@@ -290,6 +290,164 @@ async fn a_node_account_cannot_submit_over_mqtt() {
     .expect("a rejection");
     assert_eq!(rejection.error, "unknown_submitter");
     assert!(c.client().tasks().await.unwrap().is_empty());
+    token.cancel();
+    c.shutdown().await;
+}
+
+/// The first retained identity message `link` receives on `topic`.
+async fn retained_identity(link: &mut ambient_link::Link, topic: &str) -> NodeIdentity {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Incoming::Publish { topic: t, payload }) = link.incoming.recv().await
+                && t == topic
+            {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a retained identity")
+}
+
+/// Node identity keys over a real mosquitto: only the node can write its identity topic (not
+/// another node, not the coordinator's account), the coordinator knows each key, and blob
+/// downloads must be signed by a node with the key it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
+    let c = Cluster::mosquitto(1).await.unwrap();
+    let node = c.nodes[0].0.clone();
+    let topic = topics::node_identity(&node);
+    let (spare, spare_password) = c.spare_nodes[0].clone();
+
+    // Any account reads the agent's published key, and the coordinator reports the same one.
+    let (mut reader, token) = connect_as(&c, &spare, &spare_password, vec![topic.clone()]).await;
+    let published = retained_identity(&mut reader, &topic).await;
+    token.cancel();
+    assert_eq!(published.node, node);
+    let identity_of = |nodes: Vec<ambient_protocol::NodeInfo>| {
+        nodes
+            .into_iter()
+            .find(|n| n.node_id == node)
+            .and_then(|n| n.identity)
+    };
+    let known = identity_of(c.client().nodes().await.unwrap());
+    assert_eq!(known.as_deref(), Some(published.ed25519.as_str()));
+
+    // Another node and the coordinator's own account try to replace it, retained.
+    let forged = NodeKey::generate().identity(&node);
+    for (user, password) in [
+        (spare.as_str(), spare_password.as_str()),
+        ("coordinator", "coordinator-password"),
+    ] {
+        let (link, token) = connect_as(&c, user, password, vec![]).await;
+        link.client
+            .publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                serde_json::to_vec(&forged).unwrap(),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel();
+    }
+    let (spare2, spare2_password) = c.spare_nodes[1].clone();
+    let (mut reader, token) = connect_as(&c, &spare2, &spare2_password, vec![topic.clone()]).await;
+    assert_eq!(retained_identity(&mut reader, &topic).await, published);
+    token.cancel();
+    assert_eq!(
+        identity_of(c.client().nodes().await.unwrap()).as_deref(),
+        Some(published.ed25519.as_str())
+    );
+
+    // A node account publishes its own key (allowed), then downloads a blob with it.
+    let key = NodeKey::generate();
+    let (link, token) = connect_as(&c, &spare, &spare_password, vec![]).await;
+    link.client
+        .publish(
+            topics::node_identity(&spare),
+            QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&key.identity(&spare)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let blob = b"a blob only nodes may download".to_vec();
+    let put: Value = http
+        .put(format!("{}/api/v1/blobs", c.conn.api_url))
+        .bearer_auth(&c.conn.api_key)
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = put["sha256"].as_str().unwrap().to_string();
+    let get = |node: &str, signer: &NodeKey, sha: &str, time: i64| {
+        let sig = signer.sign(&identity::blob_request_message(node, sha, time));
+        http.get(format!("{}/api/v1/blobs/{sha}", c.conn.api_url))
+            .header(identity::HEADER_NODE, node)
+            .header(identity::HEADER_TIME, time.to_string())
+            .header(identity::HEADER_SIGNATURE, hex::encode(sig))
+            .send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    // The coordinator learns the key from the broker: wait for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let ok = loop {
+        let r = get(&spare, &key, &sha, now).await.unwrap();
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ok.bytes().await.unwrap().to_vec(), blob);
+    let code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        (status, body["error"].as_str().unwrap().to_string())
+    };
+    let other = NodeKey::generate();
+    let missing = "0".repeat(64);
+    for (response, expected) in [
+        // Signed with another key, or in another node's name.
+        (get(&spare, &other, &sha, now), (401, "bad_signature")),
+        (get(&node, &key, &sha, now), (401, "bad_signature")),
+        // A node that never published a key.
+        (get(&spare2, &key, &sha, now), (401, "bad_signature")),
+        // An old signature replayed.
+        (get(&spare, &key, &sha, now - 3600), (401, "stale_request")),
+        // Signed, but the blob does not exist.
+        (get(&spare, &key, &missing, now), (404, "not_found")),
+    ] {
+        let got = code(response.await.unwrap()).await;
+        assert_eq!((got.0, got.1.as_str()), expected);
+    }
+    let unsigned = http
+        .get(format!("{}/api/v1/blobs/{sha}", c.conn.api_url))
+        .bearer_auth(&c.conn.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(unsigned).await, (401, "unauthorized".to_string()));
+    let metrics = http
+        .get(format!("{}/metrics", c.conn.api_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ambient_blob_requests_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(refused >= 5, "{metrics}");
     token.cancel();
     c.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! Federated learning over a real mosquitto: five agents, each holding a non-IID fifth of the
 //! Wisconsin breast cancer data in a local CSV file, train a logistic regression with DP
 //! (ε = 8) and secure aggregation, driven by the coordinator over MQTT. A subscriber on `#`
-//! (the coordinator's account, which may read everything) records every message: no raw row
+//! (the harness's test-only wiretap account) records every message: no raw row
 //! crosses the broker, and the masked updates look uniformly random. A second job loses an agent
 //! mid-job and completes with the survivors.
 
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ambient_e2e::Cluster;
 use ambient_fl::data::{Dataset, breast_cancer, non_iid_split, stratified_split};
-use ambient_protocol::{AgentEvent, Requirements, TaskStatus, TaskSubmission, TaskType};
+use ambient_fl::wire::ToClient;
+use ambient_protocol::{AgentEvent, Control, Requirements, TaskStatus, TaskSubmission, TaskType};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -40,7 +41,10 @@ fn fl_task(inputs: Value, clients: u32) -> TaskSubmission {
 /// Records every message on the broker.
 async fn tap(c: &Cluster) -> std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> {
     let mut opts = MqttOptions::new("privacy-tap", c.mqtt.ip().to_string(), c.mqtt.port());
-    opts.set_credentials("coordinator", "coordinator-password");
+    opts.set_credentials(
+        ambient_e2e::mosquitto::TAP_USER,
+        ambient_e2e::mosquitto::TAP_PASSWORD,
+    );
     opts.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut events) = AsyncClient::new(opts, 1024);
     client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
@@ -172,6 +176,26 @@ async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
         chi2 < 37.7,
         "masked updates are not uniform: χ² = {chi2}, {buckets:?}"
     );
+    // Every roster the coordinator relayed holds keys signed by the nodes themselves, under the
+    // identity keys they published.
+    let nodes = client.nodes().await.unwrap();
+    let mut rosters = 0;
+    for (topic, payload) in &seen {
+        let Ok(Control::Fl { msg, .. }) = serde_json::from_slice(payload) else {
+            continue;
+        };
+        let Ok(ToClient::Roster { roster, .. }) = serde_json::from_value(msg) else {
+            continue;
+        };
+        rosters += 1;
+        assert!(topic.ends_with("/control"), "{topic}");
+        for k in roster {
+            let s = k.signature.expect("signed keys");
+            let id = nodes.iter().find(|n| n.node_id == s.node).unwrap();
+            assert!(id.identity.is_some(), "{} has no identity", s.node);
+        }
+    }
+    assert!(rosters >= 5 * 11, "{rosters} rosters");
 
     // A second job, without DP, loses an agent after round 2 has begun: the survivors remove its
     // masks and the job completes without it.
@@ -201,5 +225,81 @@ async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
     let last = rounds.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["clients"], 4, "{rounds}");
     assert!(last["eval_accuracy"].as_f64().unwrap() > 0.9, "{rounds}");
+    c.shutdown().await;
+}
+
+/// A model too large for an MQTT message travels as a blob, which the agents download with
+/// signed requests; and the coordinator restarts mid-job: the job resumes from its checkpoint,
+/// re-runs the interrupted round (no DP) and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_models_travel_by_blob_and_jobs_survive_a_coordinator_restart() {
+    let mut c = Cluster::mosquitto(3).await.unwrap();
+    let (train, test) = stratified_split(&breast_cancer(), 0.2, 7).unwrap();
+    let clients = non_iid_split(&train, 3, 0, 0.3).unwrap();
+    c.hold_datasets("breast_cancer", &clients).await.unwrap();
+    let client = c.client();
+    let seen = tap(&c).await;
+    // 30·600 + 600 + 600 + 1 = 19 201 parameters: more than the coordinator sends inline.
+    let job = json!({
+        "dataset": "breast_cancer",
+        "model": {"type": "mlp", "hidden": [600]},
+        "rounds": 5,
+        "local": {"epochs": 5, "batch_size": 16, "lr": 0.05, "l2": 1e-3},
+        "round_timeout_sec": 10,
+        "eval_csv": test.to_csv("target"),
+    });
+    let id = client.submit(&fl_task(job, 3)).await.unwrap().task_id;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = client.task(id).await.unwrap();
+        if info.progress.is_some_and(|p| p.done >= 2) {
+            break;
+        }
+        assert!(!info.status.is_terminal(), "{info:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop_coordinator().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.start_coordinator().await.unwrap();
+    let done = c
+        .client()
+        .wait(id, Duration::from_secs(180), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    let out = &done.result.as_ref().unwrap()["output"];
+    let interrupted = out["interrupted"].as_array().expect("interrupted rounds");
+    assert_eq!(interrupted.len(), 1, "{out}");
+    let rounds = out["rounds"].as_array().unwrap();
+    assert_eq!(
+        rounds.len(),
+        5,
+        "a re-run round still gives every round: {out}"
+    );
+    assert_eq!(out["weights"].as_array().unwrap().len(), 19_201);
+    let accuracy = rounds.last().unwrap()["eval_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.85, "{out}");
+
+    // Every training round's model went out as a blob reference, never inline.
+    let seen = seen.lock().unwrap().clone();
+    let mut by_blob = 0;
+    for (_, payload) in &seen {
+        let Ok(Control::Fl {
+            msg, weights_blob, ..
+        }) = serde_json::from_slice(payload)
+        else {
+            continue;
+        };
+        if let Ok(ToClient::Begin { round, weights, .. }) = serde_json::from_value(msg)
+            && round >= 1
+        {
+            assert!(weights.is_empty(), "round {round} sent its weights inline");
+            assert!(weights_blob.is_some(), "round {round} named no blob");
+            by_blob += 1;
+        }
+    }
+    // 3 clients × (5 rounds + the re-run one), at least.
+    assert!(by_blob >= 3 * 6, "{by_blob} blob references");
     c.shutdown().await;
 }
