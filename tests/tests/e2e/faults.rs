@@ -69,7 +69,17 @@ async fn coordinator_restart_keeps_tasks_and_results() {
     let (mut waiting, _) = sum_task(&[1]);
     waiting.requirements.min_nodes = 5;
     let pending = client.submit(&waiting).await.unwrap();
-    let pending = wait_status(&client, pending.task_id, TaskStatus::Assigned).await;
+    // Both nodes take a replica and wait for three more. (Its status flips between assigned and
+    // pending as the replicas run and end, too fast to poll for.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pending = loop {
+        let info = client.task(pending.task_id).await.unwrap();
+        if info.assigned_nodes.len() == 2 {
+            break info;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
 
     c.stop_coordinator().await;
     c.start_coordinator().await.unwrap();
