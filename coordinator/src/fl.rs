@@ -17,7 +17,7 @@
 //! is dropped at the deadline unless good keys follow. Models larger than
 //! [`INLINE_WEIGHTS_MAX`] parameters travel as a blob, which the clients download.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ambient_fl::ClientId;
@@ -44,6 +44,11 @@ struct Job {
     session: Option<u64>,
     /// The round of the checkpoint last saved.
     saved_round: Option<u32>,
+    /// After a restart that re-runs round r under secure aggregation: r, and the clients whose
+    /// fresh keys (signed for the new session) have not arrived yet. Until they have, that
+    /// client's messages for round r are left over from before the restart and are refused:
+    /// a stale masked update would not cancel against the new masks.
+    stale: Option<(u32, BTreeSet<ClientId>)>,
 }
 
 /// Every running federated job.
@@ -85,10 +90,21 @@ impl FlDriver {
                 .remove(&id)
                 .ok_or_else(|| "no checkpoint was saved".to_string())
                 .and_then(|cp| serde_json::from_str::<Checkpoint>(&cp).map_err(|e| e.to_string()))
-                .and_then(|cp| Server::resume(cp, millis(now)).map_err(|e| e.to_string()));
+                .and_then(|cp| {
+                    let interrupted = cp.round;
+                    Server::resume(cp, millis(now))
+                        .map(|(server, out)| (interrupted, server, out))
+                        .map_err(|e| e.to_string())
+                });
             match resumed {
-                Ok((server, out)) => {
-                    info!(task_id = %id, clients = ?nodes, "Federated job resumed after a restart.");
+                Ok((interrupted, server, out)) => {
+                    info!(task_id = %id, clients = ?nodes, round = interrupted,
+                          "Federated job resumed after a restart.");
+                    let rerun = matches!(server.state(), JobState::Running { round, .. } if *round == interrupted);
+                    let secure = out.iter().any(
+                        |o| matches!(&o.msg, ToClient::Begin { secagg, .. } if secagg.is_some()),
+                    );
+                    let stale = (rerun && secure).then(|| (interrupted, server.alive().clone()));
                     self.jobs.insert(
                         id,
                         Job {
@@ -96,6 +112,7 @@ impl FlDriver {
                             nodes,
                             session: None,
                             saved_round: None,
+                            stale,
                         },
                     );
                     self.relay(sched, id, out, now);
@@ -176,6 +193,18 @@ impl FlDriver {
             warn!(task_id = %task_id, node = %node, reason = %why, "Federated keys refused.");
             return;
         }
+        if let Some((round, waiting)) = job.stale.as_mut()
+            && msg.round() == *round
+            && waiting.contains(&(client as ClientId))
+        {
+            if matches!(msg, ToServer::Keys { .. }) {
+                waiting.remove(&(client as ClientId)); // signed for the new session (checked above)
+            } else {
+                self.refused += 1;
+                warn!(task_id = %task_id, node = %node, "Federated message from before the restart; refused.");
+                return;
+            }
+        }
         let (out, r) = job.server.handle(client as ClientId, msg, millis(now));
         if let Err(refusal) = r {
             self.refused += 1;
@@ -255,6 +284,7 @@ impl FlDriver {
                         nodes,
                         session: None,
                         saved_round: None,
+                        stale: None,
                     },
                 );
                 self.relay(sched, id, out, now);

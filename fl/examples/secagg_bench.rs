@@ -1,6 +1,8 @@
 //! Secure aggregation at scale: 100 clients in one process, a 1M-parameter update each, at 0 %
 //! and 30 % dropout after key sharing. Prints a Markdown table: bytes each client sends (as the
 //! JSON the network carries) against sending its plain f32 update, and client and server time.
+//! Clients sign their keys with an ed25519 node identity and check every peer's signature before
+//! sharing, as `ambient_fl::client::Client` does; the last column is that check's share.
 //!
 //! `cargo run --release --locked -p ambient-fl --example secagg_bench [-- --clients 100 --len 1000000]`
 
@@ -9,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use ambient_fl::ClientId;
 use ambient_fl::secagg::{
-    AdvertisedKeys, ClientSetup, FixedPoint, KeyShare, MaskedInput, SealedShare, SecAggParams,
-    ServerAggregator, UnmaskShares,
+    AdvertisedKeys, ClientSetup, FixedPoint, KeyShare, KeySignature, MaskedInput, SealedShare,
+    SecAggParams, ServerAggregator, UnmaskShares,
 };
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
 
 fn arg(name: &str, default: usize) -> usize {
     std::env::args()
@@ -38,9 +41,16 @@ fn main() {
     let plain_bytes = json_len(&update);
 
     println!(
-        "| Dropout | Clients | Bytes sent per client (secure aggregation) | Plain f32 update as JSON | Ratio | Client time (median) | Server time |"
+        "| Dropout | Clients | Bytes sent per client (secure aggregation) | Plain f32 update as JSON | Ratio | Client time (median) | Server time | Signing and checking the roster (median, in client time) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
+    let identities: Vec<SigningKey> = (0..n)
+        .map(|_| {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rng, &mut seed);
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
     for dropout in [0.0, 0.3] {
         let params = SecAggParams {
             session: 7,
@@ -57,9 +67,41 @@ fn main() {
                 c
             })
             .collect();
-        let roster: Vec<AdvertisedKeys> = clients.iter().map(ClientSetup::advertise).collect();
+        let mut sig_time = vec![Duration::ZERO; n];
+        let roster: Vec<AdvertisedKeys> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let t = Instant::now();
+                let mut k = c.advertise();
+                let node = format!("node-{i}");
+                let sig = identities[i].sign(&k.signed_message(params.session, &node));
+                k.signature = Some(KeySignature {
+                    node,
+                    sig: sig.to_bytes().to_vec(),
+                });
+                sig_time[i] += t.elapsed();
+                k
+            })
+            .collect();
         for (i, k) in roster.iter().enumerate() {
             sent[i] += json_len(k);
+        }
+        // Each client checks every peer's signature before it shares anything.
+        for i in 0..n {
+            let t = Instant::now();
+            for k in roster.iter().filter(|k| k.client as usize != i) {
+                let s = k.signature.as_ref().expect("signed");
+                let sig = Signature::from_bytes(&s.sig[..].try_into().expect("64 bytes"));
+                identities[k.client as usize]
+                    .verifying_key()
+                    .verify_strict(&k.signed_message(params.session, &s.node), &sig)
+                    .expect("a valid signature");
+            }
+            sig_time[i] += t.elapsed();
+        }
+        for (t, s) in client_time.iter_mut().zip(&sig_time) {
+            *t += *s;
         }
         let mut sealed: Vec<SealedShare> = Vec::new();
         for (i, c) in clients.iter_mut().enumerate() {
@@ -130,12 +172,18 @@ fn main() {
         let mut bytes: Vec<usize> = live.iter().map(|&i| sent[i]).collect();
         bytes.sort();
         let median_bytes = bytes[bytes.len() / 2];
+        let mut sigs: Vec<Duration> = live.iter().map(|&i| sig_time[i]).collect();
+        sigs.sort();
+        let median_time = times[times.len() / 2];
+        let median_sig = sigs[sigs.len() / 2];
         println!(
-            "| {:.0} % | {n} | {median_bytes} | {plain_bytes} | {:.2}× | {:.2} s | {:.2} s |",
+            "| {:.0} % | {n} | {median_bytes} | {plain_bytes} | {:.2}× | {:.2} s | {:.2} s | {:.1} ms ({:.1} %) |",
             dropout * 100.0,
             median_bytes as f64 / plain_bytes as f64,
-            times[times.len() / 2].as_secs_f64(),
+            median_time.as_secs_f64(),
             server_time.as_secs_f64(),
+            median_sig.as_secs_f64() * 1e3,
+            100.0 * median_sig.as_secs_f64() / median_time.as_secs_f64(),
         );
     }
 }

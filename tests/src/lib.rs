@@ -193,6 +193,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The coordinator's configuration, to change before a restart.
+    pub fn coordinator_config(&mut self) -> &mut ambient_coordinator::Config {
+        &mut self.coordinator_cfg
+    }
+
     /// Stops the coordinator and waits until it has drained.
     pub async fn stop_coordinator(&mut self) {
         if let Some((c, token)) = self.coordinator.take() {

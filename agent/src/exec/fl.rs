@@ -119,7 +119,6 @@ impl FlClients {
     /// node has not seen; `weights_blob` names the model of a `Begin` that travels by reference.
     /// Answers go to `reply`. The job's worker stops at `End`, or when `token` is cancelled (the
     /// agent stops).
-    #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         self: &Arc<Self>,
         task_id: Uuid,
