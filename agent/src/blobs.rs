@@ -99,8 +99,11 @@ impl Blobs {
             debug!(sha256, "Cached blob is corrupt; downloading it again.");
         }
         let bytes = self.download(sha256).await?;
-        // Cache by write-then-rename, so a crash never leaves a half file under the hash.
-        let tmp = self.dir.join(format!("{sha256}.part"));
+        // Cache by write-then-rename, so neither a crash nor a concurrent download of the same
+        // blob leaves a half file under the hash.
+        let tmp = self
+            .dir
+            .join(format!("{sha256}.{}.part", uuid::Uuid::new_v4().simple()));
         let cached = async {
             tokio::fs::create_dir_all(&self.dir).await?;
             tokio::fs::write(&tmp, &bytes).await?;

@@ -72,11 +72,11 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 pub use config::Config;
+use journal::{JobState, Journal};
 
 /// Other nodes' identity keys, as they published them (retained, on their identity topics).
 pub type PeerKeys =
     Arc<std::sync::RwLock<HashMap<String, ambient_protocol::identity::VerifyingKey>>>;
-use journal::{JobState, Journal};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +196,10 @@ struct Worker {
     /// Other nodes' identity keys (kept only by nodes that offer data sets).
     peers: PeerKeys,
     /// Large artifacts by reference.
+    #[cfg_attr(
+        not(any(feature = "wasm", feature = "onnx", feature = "zk")),
+        allow(dead_code)
+    )]
     blobs: Arc<blobs::Blobs>,
     running: Mutex<HashMap<(Uuid, u32), Arc<RunningTask>>>,
     telemetry: Arc<Mutex<telemetry::Telemetry>>,
@@ -273,22 +277,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         tokio::task::spawn_blocking(move || creds::load(&node, &dir, configured.as_deref()))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-    match &source {
-        creds::Source::File(_) => {
-            warn!(node = %cfg.node_id, source = %source, "Broker password read from the file fallback.")
-        }
-        _ => info!(node = %cfg.node_id, source = %source, "Broker password loaded."),
-    }
+    log_secret_source(&cfg.node_id, "Broker password", &source);
     let (node, dir) = (cfg.node_id.clone(), cfg.data_dir.clone());
     let (identity, source) = tokio::task::spawn_blocking(move || creds::identity(&node, &dir))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
-    match &source {
-        creds::Source::File(_) => {
-            warn!(node = %cfg.node_id, source = %source, "Identity key read from the file fallback.")
-        }
-        _ => info!(node = %cfg.node_id, source = %source, "Identity key loaded."),
-    }
+    log_secret_source(&cfg.node_id, "Identity key", &source);
     let identity = Arc::new(identity);
     let blobs = Arc::new(blobs::Blobs::new(
         cfg.coordinator_url.clone(),
@@ -446,6 +440,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         token,
         control_addr,
     })
+}
+
+/// Says where a secret came from: a warning for the file fallback, which is weaker than a keyring.
+fn log_secret_source(node: &str, what: &str, source: &creds::Source) {
+    match source {
+        creds::Source::File(_) => {
+            warn!(node, source = %source, "{what} read from the file fallback.")
+        }
+        _ => info!(node, source = %source, "{what} loaded."),
+    }
 }
 
 /// Runs the agent until `shutdown` completes, then stops cleanly.
@@ -754,19 +758,8 @@ impl Worker {
             };
             self.publish_event(&started).await;
             info!(task_id = %a.task_id, attempt = a.attempt, "Task started.");
-            // An artifact too large to travel inline is downloaded by its hash.
-            let fetched = match (&a.artifact_base64, &a.artifact_sha256) {
-                (None, Some(sha)) => Some(
-                    self.blobs
-                        .get(sha)
-                        .await
-                        .map_err(|e| failure("transfer_error", e.to_string())),
-                ),
-                _ => None,
-            };
             let (worker, running) = (self.clone(), task.clone());
-            let run =
-                tokio::task::spawn_blocking(move || worker.execute(&a, fetched, &running.cancel));
+            let run = tokio::task::spawn_blocking(move || worker.execute(&a, &running.cancel));
             let result = match run.await {
                 Ok(r) => r,
                 Err(e) => {
@@ -811,15 +804,15 @@ impl Worker {
     }
 
     /// Runs one assignment to a result. Blocking.
-    fn execute(&self, a: &Assignment, fetched: Fetched, cancel: &AtomicBool) -> TaskResult {
+    fn execute(&self, a: &Assignment, cancel: &AtomicBool) -> TaskResult {
         let started = Instant::now();
         let (outcome, fuel) = match a.task_type {
             #[cfg(feature = "wasm")]
-            TaskType::WasmExecution => self.execute_wasm(a, fetched, cancel),
+            TaskType::WasmExecution => self.execute_wasm(a, cancel),
             #[cfg(feature = "onnx")]
-            TaskType::Inference => (self.execute_onnx(a, fetched), None),
+            TaskType::Inference => (self.execute_onnx(a), None),
             #[cfg(feature = "zk")]
-            TaskType::ZkProof => (self.execute_zk(a, fetched), None),
+            TaskType::ZkProof => (self.execute_zk(a), None),
             other => (
                 failure(
                     "unsupported_task_type",
@@ -830,8 +823,6 @@ impl Worker {
         };
         #[cfg(not(feature = "wasm"))]
         let _ = cancel;
-        #[cfg(not(any(feature = "wasm", feature = "onnx", feature = "zk")))]
-        let _ = fetched;
         TaskResult {
             task_id: a.task_id,
             attempt: a.attempt,
@@ -842,13 +833,8 @@ impl Worker {
     }
 
     #[cfg(feature = "wasm")]
-    fn execute_wasm(
-        &self,
-        a: &Assignment,
-        fetched: Fetched,
-        cancel: &AtomicBool,
-    ) -> (Outcome, Option<u64>) {
-        let module = match artifact(a, fetched) {
+    fn execute_wasm(&self, a: &Assignment, cancel: &AtomicBool) -> (Outcome, Option<u64>) {
+        let module = match self.artifact(a) {
             Ok(m) => m,
             Err(failed) => return (failed, None),
         };
@@ -883,8 +869,8 @@ impl Worker {
     }
 
     #[cfg(feature = "onnx")]
-    fn execute_onnx(&self, a: &Assignment, fetched: Fetched) -> Outcome {
-        let model = match artifact(a, fetched) {
+    fn execute_onnx(&self, a: &Assignment) -> Outcome {
+        let model = match self.artifact(a) {
             Ok(m) => m,
             Err(failed) => return failed,
         };
@@ -908,10 +894,11 @@ impl Worker {
     }
 
     #[cfg(feature = "zk")]
-    fn execute_zk(&self, a: &Assignment, fetched: Fetched) -> Outcome {
+    fn execute_zk(&self, a: &Assignment) -> Outcome {
         let sha = a.artifact_sha256.clone().unwrap_or_default();
-        // Decoding a proving key takes a while; skip even the base64 when it is cached.
-        let load = || artifact(a, fetched);
+        // Decoding a proving key takes a while; skip even the base64 (or the download) when it
+        // is cached.
+        let load = || self.artifact(a);
         match self.zk.run(&sha, load, a.task_id, &a.inputs) {
             Ok((output, output_sha256)) => Outcome::Success {
                 output,
@@ -919,6 +906,38 @@ impl Worker {
             },
             Err(e) => e,
         }
+    }
+
+    /// The assignment's artifact (wasm module, ONNX model or proving key): the inline one,
+    /// decoded and checked against its hash, or the one named by hash alone, downloaded (or read
+    /// from the blob cache). Called on a blocking thread, and only when the executor has not
+    /// cached the artifact. A missing or corrupt artifact is a transfer fault, not the task's
+    /// answer, so it is reported as `transfer_error`, which the coordinator retries elsewhere.
+    #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
+    fn artifact(&self, a: &Assignment) -> Result<Vec<u8>, Outcome> {
+        use base64::Engine as _;
+        let transfer = |m: String| failure("transfer_error", m);
+        let (b64, want) = match (&a.artifact_base64, &a.artifact_sha256) {
+            (Some(b64), want) => (b64, want),
+            (None, Some(sha)) => {
+                return tokio::runtime::Handle::current()
+                    .block_on(self.blobs.get(sha))
+                    .map_err(|e| transfer(e.to_string()));
+            }
+            (None, None) => return Err(transfer("the assignment carries no artifact".into())),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| transfer(format!("bad base64: {e}")))?;
+        if let Some(want) = want {
+            let got = ambient_protocol::sha256_hex(&bytes);
+            if &got != want {
+                return Err(transfer(format!(
+                    "artifact hash {got} is not the announced {want}"
+                )));
+            }
+        }
+        Ok(bytes)
     }
 
     async fn on_control(&self, c: Control) {
@@ -1130,41 +1149,6 @@ impl Worker {
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// An artifact downloaded by reference before the run (already checked against its hash), or
-/// why it could not be.
-type Fetched = Option<Result<Vec<u8>, Outcome>>;
-
-/// The assignment's artifact (wasm module, ONNX model or proving key): the one `fetched` by
-/// reference, or the inline one decoded and checked against its hash. A missing or corrupt
-/// artifact is a transfer fault, not the task's answer, so it is reported as `transfer_error`,
-/// which the coordinator retries elsewhere.
-#[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
-fn artifact(a: &Assignment, fetched: Fetched) -> Result<Vec<u8>, Outcome> {
-    use base64::Engine as _;
-    if let Some(r) = fetched {
-        return r;
-    }
-    let Some(b64) = &a.artifact_base64 else {
-        return Err(failure(
-            "transfer_error",
-            "the assignment carries no artifact",
-        ));
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| failure("transfer_error", format!("bad base64: {e}")))?;
-    if let Some(want) = &a.artifact_sha256 {
-        let got = ambient_protocol::sha256_hex(&bytes);
-        if &got != want {
-            return Err(failure(
-                "transfer_error",
-                format!("artifact hash {got} is not the announced {want}"),
-            ));
-        }
-    }
-    Ok(bytes)
 }
 
 pub(crate) fn failure(kind: &str, message: impl Into<String>) -> Outcome {

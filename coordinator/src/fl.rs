@@ -51,6 +51,18 @@ struct Job {
     stale: Option<(u32, BTreeSet<ClientId>)>,
 }
 
+impl Job {
+    fn new(server: Server, nodes: Vec<String>) -> Job {
+        Job {
+            server,
+            nodes,
+            session: None,
+            saved_round: None,
+            stale: None,
+        }
+    }
+}
+
 /// Every running federated job.
 pub struct FlDriver {
     jobs: HashMap<Uuid, Job>,
@@ -100,21 +112,18 @@ impl FlDriver {
                 Ok((interrupted, server, out)) => {
                     info!(task_id = %id, clients = ?nodes, round = interrupted,
                           "Federated job resumed after a restart.");
-                    let rerun = matches!(server.state(), JobState::Running { round, .. } if *round == interrupted);
+                    let rerun = match server.state() {
+                        JobState::Running { round, .. } => *round == interrupted,
+                        _ => false,
+                    };
                     let secure = out.iter().any(
                         |o| matches!(&o.msg, ToClient::Begin { secagg, .. } if secagg.is_some()),
                     );
-                    let stale = (rerun && secure).then(|| (interrupted, server.alive().clone()));
-                    self.jobs.insert(
-                        id,
-                        Job {
-                            server,
-                            nodes,
-                            session: None,
-                            saved_round: None,
-                            stale,
-                        },
-                    );
+                    let mut job = Job::new(server, nodes);
+                    if rerun && secure {
+                        job.stale = Some((interrupted, job.server.alive().clone()));
+                    }
+                    self.jobs.insert(id, job);
                     self.relay(sched, id, out, now);
                 }
                 Err(why) => sched.fl_finish(
@@ -277,16 +286,7 @@ impl FlDriver {
             Ok((server, out)) => {
                 info!(task_id = %id, clients = ?nodes, "Federated job started.");
                 sched.fl_started(id, nodes.clone(), rounds + 1, now);
-                self.jobs.insert(
-                    id,
-                    Job {
-                        server,
-                        nodes,
-                        session: None,
-                        saved_round: None,
-                        stale: None,
-                    },
-                );
+                self.jobs.insert(id, Job::new(server, nodes));
                 self.relay(sched, id, out, now);
             }
             Err(e) => sched.fl_finish(id, Err(e.to_string()), now),

@@ -299,7 +299,8 @@ async fn big_models_travel_by_blob_and_jobs_survive_a_coordinator_restart() {
             by_blob += 1;
         }
     }
-    // 3 clients × (5 rounds + the re-run one), at least.
-    assert!(by_blob >= 3 * 6, "{by_blob} blob references");
+    // 3 clients × 5 rounds at least (the interrupted round's first `Begin`s may not have gone
+    // out before the coordinator stopped).
+    assert!(by_blob >= 3 * 5, "{by_blob} blob references");
     c.shutdown().await;
 }
