@@ -88,7 +88,7 @@ fn main() {
             sent[i] += json_len(k);
         }
         // Each client checks every peer's signature before it shares anything.
-        for i in 0..n {
+        for (i, spent) in sig_time.iter_mut().enumerate() {
             let t = Instant::now();
             for k in roster.iter().filter(|k| k.client as usize != i) {
                 let s = k.signature.as_ref().expect("signed");
@@ -98,7 +98,7 @@ fn main() {
                     .verify_strict(&k.signed_message(params.session, &s.node), &sig)
                     .expect("a valid signature");
             }
-            sig_time[i] += t.elapsed();
+            *spent += t.elapsed();
         }
         for (t, s) in client_time.iter_mut().zip(&sig_time) {
             *t += *s;
