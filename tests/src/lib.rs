@@ -208,19 +208,7 @@ impl Cluster {
 
     /// Starts agent `i` (`node-{i+1}`).
     pub async fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
-        let (node, password) = &self.nodes[i];
-        let mut cfg = agent_config(
-            self.dir.path(),
-            node,
-            self.mqtt,
-            password,
-            &self.conn.api_url,
-            0.5,
-        );
-        cfg.mqtt.keep_alive_sec = 2;
-        cfg.execution.max_concurrent_tasks = self.slots;
-        self.agents[i] = Some(ambient_agent::start(cfg, CancellationToken::new()).await?);
-        Ok(())
+        self.start_agent_with(i, |_| {}).await
     }
 
     /// Kills agent `i` as a crash would (no goodbye; the broker sends its Last Will).
