@@ -6,7 +6,7 @@
 //! what the change asked for (assignments, acks, cancels, submitter notifications), so nothing is
 //! acknowledged that is not on disk.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ pub struct Core {
     pub(crate) modules: HashMap<String, Arc<str>>,
     /// Larger artifacts go to agents by reference.
     pub(crate) inline_artifact_bytes: usize,
+    /// Blobs stored for federated rounds, deleted when the round is over. (A resumed job stores
+    /// its model again; a job that ends at its resume leaves its last one behind.)
+    pub(crate) temporary_blobs: HashSet<String>,
     /// Circuits and verifying keys of `zk_proof` tasks.
     pub(crate) zk: Arc<crate::zk::Zk>,
     /// Nodes whose reputation changed since their last report was published.
@@ -417,9 +420,22 @@ impl Core {
             }
             Outbound::Control { node, control } => (topics::node_control(&node), to_json(&control)),
             Outbound::Blob { sha256, bytes } => {
-                if let Err(e) = self.store.put_blob(sha256.clone(), bytes).await {
+                match self.store.put_blob(sha256.clone(), bytes).await {
+                    Ok(()) => {
+                        self.temporary_blobs.insert(sha256);
+                    }
                     // The clients fail to fetch it and leave; the round fails with that reason.
-                    error!(blob = %sha256, error = %e, "Could not store a federated model blob.");
+                    Err(e) => {
+                        error!(blob = %sha256, error = %e, "Could not store a federated model blob.")
+                    }
+                }
+                return;
+            }
+            Outbound::ForgetBlob { sha256 } => {
+                if self.temporary_blobs.remove(&sha256)
+                    && let Err(e) = self.store.delete_blob(sha256.clone()).await
+                {
+                    warn!(blob = %sha256, error = %e, "Could not delete a federated model blob.");
                 }
                 return;
             }

@@ -49,6 +49,9 @@ struct Job {
     /// client's messages for round r are left over from before the restart and are refused:
     /// a stale masked update would not cancel against the new masks.
     stale: Option<(u32, BTreeSet<ClientId>)>,
+    /// The blob holding the current round's model, when it went by reference; forgotten when
+    /// the next round's replaces it or the job ends.
+    blob: Option<String>,
 }
 
 impl Job {
@@ -59,6 +62,15 @@ impl Job {
             session: None,
             saved_round: None,
             stale: None,
+            blob: None,
+        }
+    }
+
+    /// Ends the job here: its checkpoint and model blob go.
+    fn forget(self, sched: &mut Scheduler, id: Uuid) {
+        sched.fl_checkpoint(id, None);
+        if let Some(sha256) = self.blob {
+            sched.send(Outbound::ForgetBlob { sha256 });
         }
     }
 }
@@ -154,7 +166,7 @@ impl FlDriver {
                 if let Some(job) = self.jobs.remove(&id) {
                     let out = job.server.end_messages("the task was cancelled");
                     send(sched, id, &job.nodes, out);
-                    sched.fl_checkpoint(id, None);
+                    job.forget(sched, id);
                 }
                 continue;
             }
@@ -319,25 +331,32 @@ impl FlDriver {
                 }
             }
         }
-        send(sched, id, &job.nodes, out);
-        match job.server.state() {
-            JobState::Running { round, .. } => sched.fl_progress(id, *round, now),
+        if let Some(new) = send(sched, id, &job.nodes, out)
+            && let Some(old) = job.blob.replace(new.clone())
+            && old != new
+        {
+            sched.send(Outbound::ForgetBlob { sha256: old });
+        }
+        let outcome = match job.server.state() {
+            JobState::Running { round, .. } => {
+                sched.fl_progress(id, *round, now);
+                return;
+            }
             JobState::Done(result) => {
-                let value = serde_json::json!({
+                info!(task_id = %id, "Federated job done.");
+                Ok(serde_json::json!({
                     "output": result,
                     "nodes": job.nodes,
-                });
-                info!(task_id = %id, "Federated job done.");
-                sched.fl_finish(id, Ok(value), now);
-                sched.fl_checkpoint(id, None);
-                self.jobs.remove(&id);
+                }))
             }
             JobState::Failed(why) => {
                 warn!(task_id = %id, reason = %why, "Federated job failed.");
-                sched.fl_finish(id, Err(why.clone()), now);
-                sched.fl_checkpoint(id, None);
-                self.jobs.remove(&id);
+                Err(why.clone())
             }
+        };
+        sched.fl_finish(id, outcome, now);
+        if let Some(job) = self.jobs.remove(&id) {
+            job.forget(sched, id);
         }
     }
 }
@@ -367,7 +386,8 @@ fn check_keys(
 /// Models with more parameters than this go to clients as a blob, not inline in the message.
 pub const INLINE_WEIGHTS_MAX: usize = 16_384;
 
-fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) {
+/// Sends a job's messages; returns the blob its model went in, if it went by reference.
+fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) -> Option<String> {
     // Every `Begin` of a round carries the same weights: store them once.
     let mut stored: Option<(Vec<f32>, String)> = None;
     for Outgoing { to, mut msg } in out {
@@ -404,4 +424,5 @@ fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) {
             },
         });
     }
+    stored.map(|(_, sha)| sha)
 }

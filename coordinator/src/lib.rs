@@ -157,6 +157,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         tick: Duration::from_millis(cfg.scheduler.tick_ms),
         modules: HashMap::new(),
         inline_artifact_bytes: cfg.limits.inline_artifact_bytes,
+        temporary_blobs: Default::default(),
         zk: zk.clone(),
         reputation_changed: Default::default(),
         fl: fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),

@@ -355,6 +355,11 @@ pub enum Outbound {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// A blob stored with [`Outbound::Blob`] is no longer needed: delete it.
+    ForgetBlob {
+        /// Its content address.
+        sha256: String,
+    },
     /// Tell a submitter that its task changed.
     Notify {
         /// Recipient.

@@ -299,6 +299,15 @@ impl Store {
         .await
     }
 
+    /// Deletes a blob.
+    pub async fn delete_blob(&self, sha256: String) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute("DELETE FROM blobs WHERE sha256 = ?1", [sha256])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The size of blob `sha256`, `None` when the store lacks it.
     pub async fn blob_size(&self, sha256: String) -> Result<Option<u64>, StoreError> {
         self.call(move |conn| {
@@ -466,8 +475,22 @@ mod tests {
                 .unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
             store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
+            store.put_blob("bb".into(), vec![4]).await.unwrap();
+            store.delete_blob("bb".into()).await.unwrap();
+            // A federated job's checkpoint is written, replaced, and another one deleted.
+            let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+            let cps = vec![(a, Some("1".into())), (b, Some("2".into()))];
+            store.save(vec![], vec![], vec![], cps).await.unwrap();
+            let cps = vec![(a, Some("3".into())), (b, None)];
+            store.save(vec![], vec![], vec![], cps).await.unwrap();
+            assert_eq!(
+                store.fl_checkpoints().await.unwrap(),
+                vec![(a, "3".to_string())]
+            );
         }
         let store = Store::open(&path).unwrap();
+        assert_eq!(store.blob_size("bb".into()).await.unwrap(), None);
+        assert_eq!(store.blob_size("aa".into()).await.unwrap(), Some(3));
         assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
         let (active, _) = store.load_active().await.unwrap();
         assert!(active.is_empty(), "completed tasks are not reloaded");

@@ -302,5 +302,20 @@ async fn big_models_travel_by_blob_and_jobs_survive_a_coordinator_restart() {
     // 3 clients × 5 rounds at least (the interrupted round's first `Begin`s may not have gone
     // out before the coordinator stopped).
     assert!(by_blob >= 3 * 5, "{by_blob} blob references");
+    // And the coordinator deleted each round's model blob once the round was over.
+    let models_left = || {
+        let conn = rusqlite::Connection::open(c.coordinator_db()).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM blobs WHERE length(bytes) = ?1",
+            [19_201 * 4],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while models_left() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "model blobs left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.shutdown().await;
 }
