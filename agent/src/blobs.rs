@@ -2,7 +2,8 @@
 //! coordinator names by sha256 instead of sending inline. The agent downloads them from the
 //! coordinator's REST API (`GET /api/v1/blobs/{sha256}`), signing each request with its identity
 //! key ([`ambient_protocol::identity::blob_request_message`]), checks the bytes against the hash,
-//! and caches them under `<data_dir>/blobs/` by hash.
+//! and caches them under `<data_dir>/blobs/` by hash, up to `execution.blob_cache_mib`: past it,
+//! the blobs used least recently go first.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,22 +59,26 @@ pub struct Blobs {
     node: String,
     key: Arc<NodeKey>,
     dir: PathBuf,
+    max_cache_bytes: u64,
     http: reqwest::Client,
 }
 
 impl Blobs {
-    /// A fetcher for `node` against the coordinator at `base` (`http://host:port`).
+    /// A fetcher for `node` against the coordinator at `base` (`http://host:port`), caching up
+    /// to `max_cache_bytes`.
     pub fn new(
         base: Option<String>,
         node: String,
         key: Arc<NodeKey>,
         data_dir: &std::path::Path,
+        max_cache_bytes: u64,
     ) -> Blobs {
         Blobs {
             base: base.map(|b| b.trim_end_matches('/').to_string()),
             node,
             key,
             dir: data_dir.join("blobs"),
+            max_cache_bytes,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(600))
@@ -94,6 +99,10 @@ impl Blobs {
         let path = self.dir.join(sha256);
         if let Ok(bytes) = tokio::fs::read(&path).await {
             if sha256_hex(&bytes) == sha256 {
+                // Used now: the last to be evicted.
+                if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
                 return Ok(bytes);
             }
             debug!(sha256, "Cached blob is corrupt; downloading it again.");
@@ -112,6 +121,12 @@ impl Blobs {
         .await;
         if let Err(e) = cached {
             debug!(sha256, error = %e, "Could not cache a blob.");
+        }
+        let (dir, keep, max) = (self.dir.clone(), sha256.to_string(), self.max_cache_bytes);
+        match tokio::task::spawn_blocking(move || evict(&dir, &keep, max)).await {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(freed)) => debug!(freed, "Evicted blobs from the cache."),
+            Ok(Err(e)) => debug!(error = %e, "Could not trim the blob cache."),
         }
         Ok(bytes)
     }
@@ -165,5 +180,65 @@ impl Blobs {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// Deletes the least recently used blobs in `dir` (never `keep`) until the rest fit in `max`
+/// bytes; returns the bytes freed. Blocking.
+fn evict(dir: &std::path::Path, keep: &str, max: u64) -> std::io::Result<u64> {
+    let mut files = Vec::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+            files.push((meta.modified()?, meta.len(), entry.path()));
+        }
+    }
+    files.sort();
+    let mut freed = 0;
+    for (_, len, path) in files {
+        if total - freed <= max {
+            break;
+        }
+        if path.file_name().is_some_and(|n| n == keep) {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        freed += len;
+    }
+    Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn eviction_keeps_the_newest_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        for (i, name) in ["old", "mid", "new", "keep"].iter().enumerate() {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            // "keep" is the oldest of all, and must stay anyway.
+            let age = if *name == "keep" { 0 } else { i as u64 + 1 };
+            std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(t0 + Duration::from_secs(age * 10))
+                .unwrap();
+        }
+        assert_eq!(evict(dir.path(), "keep", 250).unwrap(), 200);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["keep", "new"]);
+        assert_eq!(evict(dir.path(), "keep", 1000).unwrap(), 0);
     }
 }

@@ -168,6 +168,9 @@ pub struct ExecutionConfig {
     pub max_output_kib: u64,
     /// Compiled modules kept in memory, by sha256.
     pub module_cache: usize,
+    /// Disk space for artifacts downloaded by reference (`<data_dir>/blobs/`), in MiB; past it
+    /// the least recently used go.
+    pub blob_cache_mib: u64,
 }
 
 impl Default for ExecutionConfig {
@@ -177,6 +180,7 @@ impl Default for ExecutionConfig {
             max_memory_mib: 256,
             max_output_kib: 1024,
             module_cache: 32,
+            blob_cache_mib: 1024,
         }
     }
 }

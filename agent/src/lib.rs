@@ -289,6 +289,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         cfg.node_id.clone(),
         identity.clone(),
         &cfg.data_dir,
+        cfg.execution.blob_cache_mib << 20,
     ));
     let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
     let peers: PeerKeys = Default::default();
