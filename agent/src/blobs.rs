@@ -89,11 +89,7 @@ impl Blobs {
 
     /// The blob's bytes, from the cache or the coordinator.
     pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !ambient_protocol::is_sha256_hex(sha256) {
             return Err(BlobError::BadName(sha256.to_string()));
         }
         let path = self.dir.join(sha256);

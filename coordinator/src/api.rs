@@ -290,7 +290,7 @@ async fn get_blob(
     if let Err(e) = state.identities.verify(node, &msg, &sig) {
         return Err(unauthorized("bad_signature", e.to_string()));
     }
-    if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !ambient_protocol::is_sha256_hex(&sha) {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "invalid_sha256",

@@ -257,12 +257,12 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
                     accepted.artifact = Some((sha, bytes));
                 }
                 (None, Some(sha)) => {
-                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    let sha = sha.to_ascii_lowercase();
+                    if !ambient_protocol::is_sha256_hex(&sha) {
                         return Err(SubmitError::InvalidInputs(
                             "model_sha256 must be 64 hex digits".into(),
                         ));
                     }
-                    let sha = sha.to_ascii_lowercase();
                     inputs.model_sha256 = Some(sha.clone());
                     accepted.artifact_ref = Some(sha);
                 }

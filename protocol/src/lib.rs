@@ -62,6 +62,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// True for a content address as [`sha256_hex`] writes it: 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// True for identifiers that may appear as one topic level: node ids and submitter ids.
 ///
 /// 1–64 characters of `[A-Za-z0-9_-]`, so they can never contain MQTT wildcards or separators.
@@ -93,5 +98,8 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert!(is_sha256_hex(&sha256_hex(b"abc")));
+        assert!(!is_sha256_hex(&sha256_hex(b"abc").to_uppercase()));
+        assert!(!is_sha256_hex("abc"));
     }
 }
