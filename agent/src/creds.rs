@@ -134,7 +134,7 @@ fn read_secret(account: &str, path: &Path) -> Result<Option<(String, Source)>, C
     match keyring_get(account) {
         Ok(Some(p)) => return Ok(Some((p, Source::Keyring))),
         Ok(None) => {}
-        Err(why) => tracing::warn!(account, reason = %why,
+        Err(why) => tracing::debug!(account, reason = %why,
             "No usable OS keyring; looking for the credential file fallback."),
     }
     match std::fs::read_to_string(path) {
@@ -157,7 +157,7 @@ fn read_secret(account: &str, path: &Path) -> Result<Option<(String, Source)>, C
 fn write_secret(account: &str, path: &Path, secret: &str) -> Result<Source, CredsError> {
     match keyring_set(account, secret) {
         Ok(()) => return Ok(Source::Keyring),
-        Err(why) => tracing::warn!(account, reason = %why,
+        Err(why) => tracing::debug!(account, reason = %why,
             "No usable OS keyring; storing the secret in a file readable only by this user."),
     }
     let path = path.to_owned();

@@ -447,7 +447,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
 fn log_secret_source(node: &str, what: &str, source: &creds::Source) {
     match source {
         creds::Source::File(_) => {
-            warn!(node, source = %source, "{what} read from the file fallback.")
+            warn!(node, source = %source, "{what} kept in the file fallback, not an OS keyring.")
         }
         _ => info!(node, source = %source, "{what} loaded."),
     }
