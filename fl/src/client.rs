@@ -336,9 +336,14 @@ impl Client {
         let mut delta: Vec<f32> = w.iter().zip(&plan.weights).map(|(a, b)| a - b).collect();
         match plan.dp {
             Some((sigma, clip)) => {
+                // The loss is released with the update, so it is bounded, scaled to the clipping
+                // norm, clipped together with the update and noised with it: the pair has
+                // sensitivity C, which the accountant charges.
+                delta.push(loss.clamp(0.0, DP_LOSS_BOUND) / DP_LOSS_BOUND * clip);
                 clip_l2(&mut delta, clip);
                 add_noise_share(&mut delta, sigma, clip, plan.clients.max(1) as usize, rng)
                     .map_err(invalid)?;
+                let loss = delta.pop().unwrap_or_default();
                 delta.push(1.0);
                 delta.push(loss);
                 fp.encode(&delta).map_err(invalid)
@@ -353,6 +358,11 @@ impl Client {
         }
     }
 }
+
+/// Under DP, a client's training loss is capped at this before it is released (scaled to the
+/// clipping norm and noised with the update); the mean loss the server reports is then noisy,
+/// with standard deviation about σ·`DP_LOSS_BOUND`/clients.
+pub const DP_LOSS_BOUND: f32 = 1.0;
 
 /// Length of a round's encoded vector: statistics in round 0, an update afterwards.
 pub fn vector_len(round: u32, features: usize, params: usize, dp: bool) -> usize {
@@ -369,4 +379,54 @@ pub fn vector_len(round: u32, features: usize, params: usize, dp: bool) -> usize
 pub fn secagg_threshold(n: usize) -> usize {
     // Survive 30 % of the clients dropping after sharing keys; never fewer than a majority.
     (n - n * 3 / 10).max(n / 2 + 1).max(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::breast_cancer;
+
+    #[test]
+    fn under_dp_the_loss_is_clipped_and_released_with_the_update() {
+        let data = breast_cancer();
+        let (mean, std) = FeatureStats::from_dataset(&data).mean_std().unwrap();
+        let spec = ModelSpec::logistic(data.num_features());
+        let params = spec.num_params();
+        let clip = 0.5;
+        let mut client = Client::new(data);
+        let begin = ToClient::Begin {
+            round: 1,
+            client: 0,
+            clients: 1,
+            dataset: "d".into(),
+            weights: spec.init(0),
+            spec,
+            standardize: Some((mean, std)),
+            local: LocalTraining {
+                epochs: 1,
+                batch_size: 16,
+                lr: 0.5,
+                l2: 0.0,
+            },
+            // σ = 0: the clipping alone, without noise to hide it.
+            dp: Some((0.0, clip)),
+            secagg: None,
+            seed: 1,
+        };
+        let Ok(Some(ToServer::Update { y, .. })) = client.handle(begin, &mut rand::rng()) else {
+            panic!("no update");
+        };
+        let v = FixedPoint::default().decode(&y);
+        assert_eq!(v.len(), params + 2);
+        assert_eq!(v[params], 1.0);
+        let loss = v[params + 1];
+        assert!(loss > 0.0 && loss <= clip + 1e-4, "{loss}");
+        let norm = v[..params]
+            .iter()
+            .chain(std::iter::once(&loss))
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(norm <= f64::from(clip) + 1e-3, "{norm}");
+    }
 }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::ClientId;
-use crate::client::vector_len;
+use crate::client::{DP_LOSS_BOUND, vector_len};
 use crate::data::{Dataset, FeatureStats};
 use crate::dp::{PrivacyLedger, calibrate_sigma, effective_sigma};
 use crate::fedavg::apply_update;
@@ -983,7 +983,9 @@ impl Server {
                 .iter()
                 .map(|x| (f64::from(*x) / count) as f32)
                 .collect();
-            (avg, f64::from(v[params + 1]) / count)
+            // The loss travelled scaled to the clipping norm (`client::DP_LOSS_BOUND`).
+            let scale = f64::from(DP_LOSS_BOUND) / f64::from(self.job.clip_norm);
+            (avg, f64::from(v[params + 1]) / count * scale)
         } else {
             let v = match fp.decode_wide(&sum) {
                 Ok(v) => v,

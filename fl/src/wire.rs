@@ -7,9 +7,9 @@
 //!   secure aggregation (or in the clear without it); the server learns only the sums, from
 //!   which every client standardises its features the same way. No model is trained.
 //! - **Rounds 1..=rounds, training.** The server sends the global weights; each client trains
-//!   locally, and sends `[Δ.., 1, loss]` clipped and with its noise share under DP (averaged
-//!   unweighted, as DP-FedAvg does), or `[n·Δ.., n, n·loss]` without DP (sample-weighted
-//!   FedAvg), masked under secure aggregation.
+//!   locally, and sends `[Δ.., 1, loss·C]` under DP, Δ and the capped loss clipped together to
+//!   C and noised (averaged unweighted, as DP-FedAvg does), or `[n·Δ.., n, n·loss]` without DP
+//!   (sample-weighted FedAvg), masked under secure aggregation.
 //!
 //! # One round with secure aggregation
 //! `Begin` → `Keys` (advertise) → `Roster` → `Shares` (sealed key shares) → `Relay` (the shares
