@@ -107,7 +107,7 @@ impl Core {
     pub async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.fl.recover(&mut self.sched, Utc::now());
+        cpu_bound(|| self.fl.recover(&mut self.sched, Utc::now()));
         self.flush().await;
         loop {
             tokio::select! {
@@ -118,7 +118,7 @@ impl Core {
                 _ = tick.tick() => {
                     let now = Utc::now();
                     self.sched.tick(now);
-                    self.fl.tick(&mut self.sched, now);
+                    cpu_bound(|| self.fl.tick(&mut self.sched, now));
                     self.flush().await;
                     self.publish_reputations().await;
                 }
@@ -157,8 +157,10 @@ impl Core {
             CoreMsg::Health(h) => self.sched.on_health(h, now),
             CoreMsg::Status(node, state) => self.sched.on_status(&node, state, now),
             CoreMsg::Agent(node, AgentEvent::Fl { task_id, msg, .. }) => {
-                self.fl
-                    .on_message(&mut self.sched, &node, task_id, msg, now);
+                cpu_bound(|| {
+                    self.fl
+                        .on_message(&mut self.sched, &node, task_id, msg, now)
+                });
                 self.metrics
                     .fl_refused
                     .store(self.fl.refused, std::sync::atomic::Ordering::Relaxed);
@@ -505,6 +507,17 @@ impl Core {
         }
         self.modules.insert(sha.to_string(), b64.clone());
         Ok(Some(b64))
+    }
+}
+
+/// Runs federated work on the core: closing a round means unmasking, aggregating and scoring,
+/// seconds of CPU for a large job. The core owns the scheduler, so it waits either way; on a
+/// multi-threaded runtime `block_in_place` hands this worker's other tasks (HTTP, the MQTT link)
+/// to another thread meanwhile.
+fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
