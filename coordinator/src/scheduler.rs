@@ -1290,8 +1290,16 @@ impl Scheduler {
             } else {
                 task.waiting_since.get_or_insert(now);
             }
+            // After a failed attempt, say what failed: it is often why no node is left.
+            let last = task
+                .assignments
+                .iter()
+                .rev()
+                .find_map(failure_text)
+                .map(|f| format!("; last attempt: {f}"))
+                .unwrap_or_default();
             task.status_reason = Some(format!(
-                "waiting for {still} more eligible node(s): {why_not}"
+                "waiting for {still} more eligible node(s): {why_not}{last}"
             ));
         } else {
             task.waiting_since = None;

@@ -26,7 +26,7 @@ fn zk_task(inputs: Value) -> TaskSubmission {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_chain_is_proved_verified_and_checkable() {
     let started = std::time::Instant::now();
-    let c = Cluster::embedded(1).await.unwrap();
+    let mut c = Cluster::embedded(1).await.unwrap();
     eprintln!("cluster (with Groth16 setup) up in {:?}", started.elapsed());
     let client = c.client();
     let http = reqwest::Client::new();
@@ -224,5 +224,33 @@ async fn hash_chain_is_proved_verified_and_checkable() {
         .await
         .unwrap();
     assert_eq!(anon.status(), 401);
+
+    // The proving key travels by reference: an agent with no coordinator_url (and nothing
+    // cached) cannot get it, and the task fails saying so instead of waiting for ever.
+    c.stop_agent(0).await;
+    std::fs::remove_dir_all(c.agent_dir(0).join("blobs")).unwrap();
+    c.start_agent_with(0, |cfg| cfg.coordinator_url = None)
+        .await
+        .unwrap();
+    let id = client
+        .submit(&zk_task(
+            json!({"circuit": "hash_chain", "x": "8", "n": 64}),
+        ))
+        .await
+        .unwrap()
+        .task_id;
+    // A transfer fault is retried on another node; there is none, and the task says why.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = client.task(id).await.unwrap();
+        let reason = info.status_reason.clone().unwrap_or_default();
+        if reason.contains("last attempt: transfer_error") {
+            assert!(reason.contains("coordinator_url"), "{reason}");
+            break;
+        }
+        assert!(!info.status.is_terminal(), "{info:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     c.shutdown().await;
 }
