@@ -271,15 +271,17 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 println!(
-                    "{:<20}  {:<8}  {:>6}  {:>6}  {:>8}  gpus",
-                    "node", "state", "score", "cpu%", "mem free"
+                    "{:<20}  {:<8}  {:>6}  {:>6}  {:>8}  {:>4}  identity",
+                    "node", "state", "score", "cpu%", "mem free", "gpus"
                 );
                 for n in nodes {
                     let (cpu, mem, gpus) = n.health.as_ref().map_or((0.0, 0, 0), |h| {
                         (h.cpu_usage_pct, h.mem_available_bytes >> 20, h.gpus.len())
                     });
+                    // The start of the ed25519 key the node published, to compare by eye.
+                    let identity = n.identity.as_deref().map_or("-", |k| &k[..k.len().min(16)]);
                     println!(
-                        "{:<20}  {:<8}  {:>6.1}  {:>6.1}  {:>6}Mi  {}",
+                        "{:<20}  {:<8}  {:>6.1}  {:>6.1}  {:>6}Mi  {:>4}  {identity}",
                         n.node_id,
                         format!("{:?}", n.state).to_lowercase(),
                         n.health_score,
