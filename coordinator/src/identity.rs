@@ -28,13 +28,13 @@ pub enum IdentityCheck {
 pub struct Identities(RwLock<HashMap<String, VerifyingKey>>);
 
 impl Identities {
-    /// Records `node`'s key; true when it is new or changed.
-    pub fn set(&self, node: &str, key: VerifyingKey) -> bool {
+    /// Records `node`'s key; returns the key it had before, if any.
+    pub fn set(&self, node: &str, key: VerifyingKey) -> Option<VerifyingKey> {
         let mut map = self
             .0
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(node.to_string(), key) != Some(key)
+        map.insert(node.to_string(), key)
     }
 
     /// Forgets `node`'s key (its retained identity was cleared).
@@ -87,11 +87,11 @@ mod tests {
             ids.verify("n1", &msg, &sig),
             Err(IdentityCheck::Unknown("n1".into()))
         );
-        assert!(ids.set("n1", k.verifying_key()));
-        assert!(!ids.set("n1", k.verifying_key()));
+        assert_eq!(ids.set("n1", k.verifying_key()), None);
+        assert_eq!(ids.set("n1", k.verifying_key()), Some(k.verifying_key()));
         assert_eq!(ids.verify("n1", &msg, &sig), Ok(()));
         // A key swap (an operator re-enrolled the node) invalidates the old signatures.
-        assert!(ids.set("n1", NodeKey::generate().verifying_key()));
+        assert!(ids.set("n1", NodeKey::generate().verifying_key()).is_some());
         assert!(matches!(
             ids.verify("n1", &msg, &sig),
             Err(IdentityCheck::Bad { .. })

@@ -148,11 +148,13 @@ impl Intake {
             return;
         }
         match id.key() {
-            Ok(key) => {
-                if self.identities.set(node, key) {
-                    info!(node, key = %id.ed25519, "Node identity key recorded.");
-                }
-            }
+            Ok(key) => match self.identities.set(node, key) {
+                None => info!(node, key = %id.ed25519, "Node identity key recorded."),
+                Some(old) if old != key => warn!(node, key = %id.ed25519,
+                    "Node identity key changed (a reinstall, or a stolen account): its old \
+                     signatures no longer verify."),
+                Some(_) => {}
+            },
             Err(e) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 warn!(node, error = %e, "Dropped an unusable node identity.");
