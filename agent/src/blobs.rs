@@ -94,7 +94,8 @@ impl Blobs {
         }
         let path = self.dir.join(sha256);
         if let Ok(bytes) = tokio::fs::read(&path).await {
-            if sha256_hex(&bytes) == sha256 {
+            let (bytes, got) = hash(bytes).await;
+            if got == sha256 {
                 // Used now: the last to be evicted.
                 if let Ok(f) = std::fs::File::options().append(true).open(&path) {
                     let _ = f.set_modified(std::time::SystemTime::now());
@@ -168,7 +169,7 @@ impl Blobs {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let got = sha256_hex(&bytes);
+        let (bytes, got) = hash(bytes).await;
         if got != sha256 {
             return Err(BlobError::HashMismatch {
                 want: sha256.to_string(),
@@ -179,15 +180,27 @@ impl Blobs {
     }
 }
 
-/// Deletes the least recently used blobs in `dir` (never `keep`) until the rest fit in `max`
-/// bytes; returns the bytes freed. Blocking.
+/// The bytes and their sha256, hashed off the async workers (a blob may be a gigabyte).
+async fn hash(bytes: Vec<u8>) -> (Vec<u8>, String) {
+    tokio::task::spawn_blocking(move || {
+        let h = sha256_hex(&bytes);
+        (bytes, h)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Deletes the least recently used blobs in `dir` (never `keep`, nor downloads in progress)
+/// until the rest fit in `max` bytes; returns the bytes freed. Blocking.
 fn evict(dir: &std::path::Path, keep: &str, max: u64) -> std::io::Result<u64> {
     let mut files = Vec::new();
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_file() {
+        let Ok(meta) = entry.metadata() else {
+            continue; // gone meanwhile
+        };
+        if meta.is_file() && ambient_protocol::is_sha256_hex(&entry.file_name().to_string_lossy()) {
             total += meta.len();
             files.push((meta.modified()?, meta.len(), entry.path()));
         }
@@ -201,8 +214,11 @@ fn evict(dir: &std::path::Path, keep: &str, max: u64) -> std::io::Result<u64> {
         if path.file_name().is_some_and(|n| n == keep) {
             continue;
         }
-        std::fs::remove_file(&path)?;
-        freed += len;
+        match std::fs::remove_file(&path) {
+            Ok(()) => freed += len,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => freed += len, // another evictor
+            Err(e) => return Err(e),
+        }
     }
     Ok(freed)
 }
@@ -216,11 +232,18 @@ mod tests {
     fn eviction_keeps_the_newest_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = SystemTime::now() - Duration::from_secs(100);
-        for (i, name) in ["old", "mid", "new", "keep"].iter().enumerate() {
-            let path = dir.path().join(name);
+        let name = |s: &str| ambient_protocol::sha256_hex(s.as_bytes());
+        // A download in progress is never counted or evicted.
+        std::fs::write(
+            dir.path().join(format!("{}.x.part", name("old"))),
+            [0u8; 500],
+        )
+        .unwrap();
+        for (i, label) in ["old", "mid", "new", "keep"].iter().enumerate() {
+            let path = dir.path().join(name(label));
             std::fs::write(&path, vec![0u8; 100]).unwrap();
             // "keep" is the oldest of all, and must stay anyway.
-            let age = if *name == "keep" { 0 } else { i as u64 + 1 };
+            let age = if *label == "keep" { 0 } else { i as u64 + 1 };
             std::fs::File::options()
                 .append(true)
                 .open(&path)
@@ -228,13 +251,10 @@ mod tests {
                 .set_modified(t0 + Duration::from_secs(age * 10))
                 .unwrap();
         }
-        assert_eq!(evict(dir.path(), "keep", 250).unwrap(), 200);
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["keep", "new"]);
-        assert_eq!(evict(dir.path(), "keep", 1000).unwrap(), 0);
+        assert_eq!(evict(dir.path(), &name("keep"), 250).unwrap(), 200);
+        let left = |l: &str| dir.path().join(name(l)).exists();
+        assert!(left("keep") && left("new") && !left("mid") && !left("old"));
+        assert!(dir.path().join(format!("{}.x.part", name("old"))).exists());
+        assert_eq!(evict(dir.path(), &name("keep"), 1000).unwrap(), 0);
     }
 }

@@ -58,6 +58,20 @@ pub enum CredsError {
     /// The fallback file is readable by others.
     #[error("credential file {0} is readable by group or others; run `chmod 600` on it")]
     Permissions(PathBuf),
+    /// The node has an identity, but its secret half cannot be read now.
+    #[error(
+        "node {node} has an identity key (its public half is in {public}), but neither the OS \
+         keyring nor the fallback file gives its secret half now: unlock the keyring (run with \
+         RUST_LOG=debug to see why it failed), or delete {public} to make a new identity (other \
+         nodes and the coordinator will see a new key)",
+        public = public.display()
+    )]
+    IdentityUnavailable {
+        /// The node.
+        node: String,
+        /// The public-half file.
+        public: PathBuf,
+    },
     /// The stored identity key is not one.
     #[error(
         "the identity key of node {node} stored in the {source_} is corrupt; remove it to make a \
@@ -109,22 +123,50 @@ pub fn store(node: &str, data_dir: &Path, password: &str) -> Result<Source, Cred
     write_secret(node, &fallback_path(data_dir, node), password)
 }
 
+/// Where the public half of a node's identity key is written, beside the credentials. It is
+/// not secret: it records that the node has an identity, so that a keyring that cannot be read
+/// today (locked, its daemon not up yet) never leads to a new identity in its place.
+pub fn identity_public_path(data_dir: &Path, node: &str) -> PathBuf {
+    data_dir
+        .join("credentials")
+        .join(format!("{node}.identity-public"))
+}
+
 /// The node's identity key, made and stored on first use.
 pub fn identity(node: &str, data_dir: &Path) -> Result<(NodeKey, Source), CredsError> {
     let (account, path) = (
         identity_account(node),
         identity_fallback_path(data_dir, node),
     );
+    let public = identity_public_path(data_dir, node);
+    let io = |source| CredsError::File {
+        path: public.clone(),
+        source,
+    };
+    let write_public = |key: &NodeKey| {
+        std::fs::create_dir_all(data_dir.join("credentials"))
+            .and_then(|()| std::fs::write(&public, key.identity(node).ed25519))
+            .map_err(io)
+    };
     if let Some((hex, source_)) = read_secret(&account, &path)? {
-        return NodeKey::from_hex(&hex)
-            .map(|k| (k, source_.clone()))
-            .map_err(|_| CredsError::BadIdentity {
-                node: node.to_string(),
-                source_,
-            });
+        let key = NodeKey::from_hex(&hex).map_err(|_| CredsError::BadIdentity {
+            node: node.to_string(),
+            source_: source_.clone(),
+        })?;
+        if !public.exists() {
+            write_public(&key)?;
+        }
+        return Ok((key, source_));
+    }
+    if public.exists() {
+        return Err(CredsError::IdentityUnavailable {
+            node: node.to_string(),
+            public,
+        });
     }
     let key = NodeKey::generate();
     let source = write_secret(&account, &path, &key.to_hex())?;
+    write_public(&key)?;
     tracing::info!(node, source = %source, "Made this node's identity key.");
     Ok((key, source))
 }
@@ -267,6 +309,14 @@ mod tests {
                 std::fs::write(path, "not a key").unwrap();
                 let e = identity(&node, dir.path()).err().unwrap().to_string();
                 assert!(e.contains("corrupt"), "{e}");
+                // Nor is a missing secret while the node is known to have an identity (as with
+                // a keyring that cannot be read today).
+                std::fs::remove_file(path).unwrap();
+                let e = identity(&node, dir.path()).err().unwrap().to_string();
+                assert!(e.contains("delete"), "{e}");
+                std::fs::remove_file(identity_public_path(dir.path(), &node)).unwrap();
+                let (k3, _) = identity(&node, dir.path()).unwrap();
+                assert_ne!(k3.verifying_key(), k1.verifying_key());
             }
             _ => {
                 #[cfg(feature = "keyring")]

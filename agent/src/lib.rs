@@ -628,12 +628,14 @@ impl Worker {
                 Incoming::Connected { .. } => {
                     let node = &self.cfg.node_id;
                     let identity = serde_json::to_vec(&self.identity.identity(node));
-                    let _ = self.client.try_publish(
+                    if let Err(e) = self.client.try_publish(
                         topics::node_identity(node),
                         QoS::AtLeastOnce,
                         true,
                         identity.unwrap_or_default(),
-                    );
+                    ) {
+                        warn!(error = %e, "Could not publish this node's identity key.");
+                    }
                     let online = self.status(NodeState::Online);
                     let topic = topics::node_status(&self.cfg.node_id);
                     let _ = self
@@ -683,12 +685,11 @@ impl Worker {
             peers.remove(node);
             return;
         }
-        match serde_json::from_slice::<NodeIdentity>(payload).map(|id| (id.node.clone(), id.key()))
-        {
-            Ok((named, Ok(key))) if named == node => {
+        match NodeIdentity::key_for(node, payload) {
+            Ok(key) => {
                 peers.insert(node.to_string(), key);
             }
-            _ => warn!(node, "Ignored an unusable identity message."),
+            Err(e) => warn!(node, error = %e, "Ignored an unusable identity message."),
         }
     }
 
@@ -911,8 +912,8 @@ impl Worker {
 
     /// The assignment's artifact (wasm module, ONNX model or proving key): the inline one,
     /// decoded and checked against its hash, or the one named by hash alone, downloaded (or read
-    /// from the blob cache). Called on a blocking thread, and only when the executor has not
-    /// cached the artifact. A missing or corrupt artifact is a transfer fault, not the task's
+    /// from the blob cache). Called on a blocking thread (by the prover only when it has not
+    /// cached the key). A missing or corrupt artifact is a transfer fault, not the task's
     /// answer, so it is reported as `transfer_error`, which the coordinator retries elsewhere.
     #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
     fn artifact(&self, a: &Assignment) -> Result<Vec<u8>, Outcome> {

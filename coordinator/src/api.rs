@@ -274,7 +274,7 @@ async fn get_blob(
     let Some(time) = time
         .parse::<i64>()
         .ok()
-        .filter(|t| (t - now).abs() <= identity::MAX_CLOCK_SKEW_SECS)
+        .filter(|t| t.abs_diff(now) <= identity::MAX_CLOCK_SKEW_SECS.unsigned_abs())
     else {
         return Err(unauthorized(
             "stale_request",

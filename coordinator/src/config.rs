@@ -223,6 +223,15 @@ impl Config {
                 "limits: max_body_bytes must be at least max_module_bytes (> 0)".into(),
             );
         }
+        // Base64 grows an artifact by 4/3, and the assignment's JSON and inputs come on top:
+        // half the MQTT packet limit leaves room for both.
+        let max_inline = ambient_link::MAX_PACKET_BYTES / 2;
+        if l.inline_artifact_bytes > max_inline {
+            return invalid(format!(
+                "limits: inline_artifact_bytes must be at most {max_inline} (an assignment must \
+                 fit one MQTT packet); larger artifacts go by reference"
+            ));
+        }
         if l.max_json_depth < 4 || l.max_min_nodes == 0 || l.max_execution_time_sec == 0 {
             return invalid(
                 "limits: max_json_depth ≥ 4, max_min_nodes ≥ 1, max_execution_time_sec ≥ 1".into(),

@@ -6,7 +6,7 @@
 //! what the change asked for (assignments, acks, cancels, submitter notifications), so nothing is
 //! acknowledged that is not on disk.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,9 +71,10 @@ pub struct Core {
     pub(crate) modules: HashMap<String, Arc<str>>,
     /// Larger artifacts go to agents by reference.
     pub(crate) inline_artifact_bytes: usize,
-    /// Blobs stored for federated rounds, deleted when the round is over. (A resumed job stores
-    /// its model again; a job that ends at its resume leaves its last one behind.)
-    pub(crate) temporary_blobs: HashSet<String>,
+    /// Blobs stored for federated rounds, with how many rounds use each (jobs with the same
+    /// model and seed share their first), deleted when the last is over. A job resumed after a
+    /// restart adopts the blob of its checkpoint's model.
+    pub(crate) temporary_blobs: HashMap<String, u32>,
     /// Circuits and verifying keys of `zk_proof` tasks.
     pub(crate) zk: Arc<crate::zk::Zk>,
     /// Nodes whose reputation changed since their last report was published.
@@ -422,10 +423,14 @@ impl Core {
             }
             Outbound::Control { node, control } => (topics::node_control(&node), to_json(&control)),
             Outbound::Blob { sha256, bytes } => {
+                // The same bytes stored by someone else (an upload): use them, never delete them.
+                if !self.temporary_blobs.contains_key(&sha256)
+                    && matches!(self.store.blob_size(sha256.clone()).await, Ok(Some(_)))
+                {
+                    return;
+                }
                 match self.store.put_blob(sha256.clone(), bytes).await {
-                    Ok(()) => {
-                        self.temporary_blobs.insert(sha256);
-                    }
+                    Ok(()) => *self.temporary_blobs.entry(sha256).or_default() += 1,
                     // The clients fail to fetch it and leave; the round fails with that reason.
                     Err(e) => {
                         error!(blob = %sha256, error = %e, "Could not store a federated model blob.")
@@ -433,11 +438,22 @@ impl Core {
                 }
                 return;
             }
+            Outbound::AdoptBlob { sha256 } => {
+                if matches!(self.store.blob_size(sha256.clone()).await, Ok(Some(_))) {
+                    *self.temporary_blobs.entry(sha256).or_default() += 1;
+                }
+                return;
+            }
             Outbound::ForgetBlob { sha256 } => {
-                if self.temporary_blobs.remove(&sha256)
-                    && let Err(e) = self.store.delete_blob(sha256.clone()).await
-                {
-                    warn!(blob = %sha256, error = %e, "Could not delete a federated model blob.");
+                let Some(users) = self.temporary_blobs.get_mut(&sha256) else {
+                    return;
+                };
+                *users -= 1;
+                if *users == 0 {
+                    self.temporary_blobs.remove(&sha256);
+                    if let Err(e) = self.store.delete_blob(sha256.clone()).await {
+                        warn!(blob = %sha256, error = %e, "Could not delete a federated model blob.");
+                    }
                 }
                 return;
             }

@@ -116,12 +116,15 @@ impl FlDriver {
                 .and_then(|cp| serde_json::from_str::<Checkpoint>(&cp).map_err(|e| e.to_string()))
                 .and_then(|cp| {
                     let interrupted = cp.round;
+                    // The model the job was sending when the coordinator stopped, if by blob.
+                    let blob = (cp.weights.len() > INLINE_WEIGHTS_MAX)
+                        .then(|| ambient_protocol::sha256_hex(&weights_to_blob(&cp.weights)));
                     Server::resume(cp, millis(now))
-                        .map(|(server, out)| (interrupted, server, out))
+                        .map(|(server, out)| (interrupted, blob, server, out))
                         .map_err(|e| e.to_string())
                 });
             match resumed {
-                Ok((interrupted, server, out)) => {
+                Ok((interrupted, blob, server, out)) => {
                     info!(task_id = %id, clients = ?nodes, round = interrupted,
                           "Federated job resumed after a restart.");
                     let rerun = match server.state() {
@@ -134,6 +137,12 @@ impl FlDriver {
                     let mut job = Job::new(server, nodes);
                     if rerun && secure {
                         job.stale = Some((interrupted, job.server.alive().clone()));
+                    }
+                    if let Some(sha256) = blob {
+                        sched.send(Outbound::AdoptBlob {
+                            sha256: sha256.clone(),
+                        });
+                        job.blob = Some(sha256);
                     }
                     self.jobs.insert(id, job);
                     self.relay(sched, id, out, now);
@@ -331,9 +340,10 @@ impl FlDriver {
                 }
             }
         }
+        // Each store of a model counts once, each forget once: two jobs (or two rounds) with the
+        // same weights share the blob, which goes when the last lets it go.
         if let Some(new) = send(sched, id, &job.nodes, out)
-            && let Some(old) = job.blob.replace(new.clone())
-            && old != new
+            && let Some(old) = job.blob.replace(new)
         {
             sched.send(Outbound::ForgetBlob { sha256: old });
         }

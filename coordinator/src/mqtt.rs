@@ -140,24 +140,19 @@ impl Intake {
             self.identities.remove(node);
             return;
         }
-        let Some(id) = self.decode::<NodeIdentity>(topic, payload) else {
-            return;
-        };
-        if id.node != node {
-            let _ = self.misaddressed(topic, &id.node);
-            return;
-        }
-        match id.key() {
+        match NodeIdentity::key_for(node, payload) {
             Ok(key) => match self.identities.set(node, key) {
-                None => info!(node, key = %id.ed25519, "Node identity key recorded."),
-                Some(old) if old != key => warn!(node, key = %id.ed25519,
+                None => info!(node, "Node identity key recorded."),
+                Some(old) if old != key => warn!(
+                    node,
                     "Node identity key changed (a reinstall, or a stolen account): its old \
-                     signatures no longer verify."),
+                     signatures no longer verify."
+                ),
                 Some(_) => {}
             },
             Err(e) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
-                warn!(node, error = %e, "Dropped an unusable node identity.");
+                warn!(topic, error = %e, "Dropped an unusable node identity.");
             }
         }
     }
@@ -239,12 +234,6 @@ trait HasVersion {
 }
 
 impl HasVersion for NodeStatus {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl HasVersion for NodeIdentity {
     fn version(&self) -> u32 {
         self.v
     }

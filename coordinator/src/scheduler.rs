@@ -355,7 +355,14 @@ pub enum Outbound {
         /// The bytes.
         bytes: Vec<u8>,
     },
-    /// A blob stored with [`Outbound::Blob`] is no longer needed: delete it.
+    /// A blob a federated job stored before a restart is its again: count it, so that it goes
+    /// when the job lets it go.
+    AdoptBlob {
+        /// Its content address.
+        sha256: String,
+    },
+    /// A blob stored with [`Outbound::Blob`] is no longer needed: delete it when no other round
+    /// uses it.
     ForgetBlob {
         /// Its content address.
         sha256: String,

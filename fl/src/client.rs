@@ -136,6 +136,8 @@ pub struct Client {
     plan: Option<RoundPlan>,
     secagg: Option<ClientSetup>,
     identity: Option<ClientIdentity>,
+    /// The last training round this client released a noised update for, under DP.
+    released: Option<u32>,
 }
 
 impl Client {
@@ -148,6 +150,7 @@ impl Client {
             plan: None,
             secagg: None,
             identity: None,
+            released: None,
         }
     }
 
@@ -185,6 +188,17 @@ impl Client {
                 secagg,
                 seed,
             } => {
+                // A round is released once: a coordinator that asks again (for round r or an
+                // earlier one) would get a second noisy look at the same data.
+                if dp.is_some()
+                    && let Some(last) = self.released
+                    && round <= last
+                {
+                    return Err(invalid(format!(
+                        "round {round} comes after this client released round {last} under DP: \
+                         each round is released once"
+                    )));
+                }
                 self.id = client;
                 if let Some((mean, std)) = standardize
                     && self.data.is_none()
@@ -346,7 +360,9 @@ impl Client {
                 let loss = delta.pop().unwrap_or_default();
                 delta.push(1.0);
                 delta.push(loss);
-                fp.encode(&delta).map_err(invalid)
+                let encoded = fp.encode(&delta).map_err(invalid)?;
+                self.released = Some(plan.round);
+                Ok(encoded)
             }
             None => {
                 let n = data.len() as f64;
@@ -413,6 +429,7 @@ mod tests {
             secagg: None,
             seed: 1,
         };
+        let again = begin.clone();
         let Ok(Some(ToServer::Update { y, .. })) = client.handle(begin, &mut rand::rng()) else {
             panic!("no update");
         };
@@ -428,5 +445,10 @@ mod tests {
             .sum::<f64>()
             .sqrt();
         assert!(norm <= f64::from(clip) + 1e-3, "{norm}");
+        // Asked for the same round again, the client refuses.
+        assert!(matches!(
+            client.handle(again, &mut rand::rng()),
+            Err(ClientError::Invalid(m)) if m.contains("released once")
+        ));
     }
 }

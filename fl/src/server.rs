@@ -14,10 +14,12 @@
 //! - r ≥ 1 without DP: round r begins again, from the same weights.
 //! - r ≥ 1 under DP: the clients may already have sent their noised updates, and running the
 //!   round again would release a second look at the same data. So round r is charged to the
-//!   ledger at the planned σ (the conservative choice) and the job goes on with round r + 1; it
-//!   completes at once with the checkpoint's weights if r was the last round, and stops early
-//!   (saying so in [`JobResult::stopped_early`]) if the ledger cannot pay. The job thus never
-//!   releases more than `rounds` aggregates and stays within its ε.
+//!   ledger as the worst release it could have been (a sum over the fewest contributors a round
+//!   accepts, which carries the least noise) and the job goes on with round r + 1; it completes
+//!   at once with the checkpoint's weights if r was the last round, and stops early (saying so in
+//!   [`JobResult::stopped_early`]) when the ledger cannot pay, which with a tight budget means
+//!   the last round is not released. The job thus never releases more than `rounds` aggregates
+//!   and stays within its ε.
 //!
 //! Every interrupted round is listed in [`JobResult::interrupted`]. Each resume is counted and the
 //! count is mixed into every later round's secure-aggregation session, so no session id is used
@@ -406,7 +408,7 @@ impl Server {
     /// - r = 0 (statistics, no privacy cost): round 0 begins again.
     /// - r ≥ 1 without DP: round r begins again, from the checkpoint's weights.
     /// - r ≥ 1 under DP: the round may have released noisy updates, so it is charged to the
-    ///   ledger at the planned σ and round r + 1 begins. If r was the last round the job completes
+    ///   ledger at the σ of the fewest contributors a round accepts, and round r + 1 begins. If r was the last round the job completes
     ///   with the checkpoint's weights; if the ledger cannot pay it completes with `stopped_early`.
     ///
     /// Returns the server and the `Begin` messages of the round that starts (or the `End`
@@ -476,7 +478,12 @@ impl Server {
             resumes,
         };
         s.interrupted.push(round);
-        let out = match (s.sigma, s.ledger.as_mut()) {
+        // The worst the interrupted round may have released: a sum over the fewest contributors
+        // a round accepts, which carries the least noise.
+        let worst = s
+            .sigma
+            .map(|sigma| effective_sigma(sigma, s.alive.len(), s.needed()));
+        let out = match (worst, s.ledger.as_mut()) {
             (Some(sigma), Some(ledger)) if round > 0 => {
                 match ledger.record(u64::from(round), sigma) {
                     Err(e) => s.complete(Some(format!(
@@ -640,10 +647,14 @@ impl Server {
                 if keys.client != from {
                     return Err(Refusal::NotAClient(keys.client));
                 }
-                if cur.keys.insert(from, keys).is_some() {
-                    return Err(dup("keys"));
+                // The first keys stand: a duplicate must not replace what peers may have seen.
+                match cur.keys.entry(from) {
+                    std::collections::btree_map::Entry::Occupied(_) => Err(dup("keys")),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(keys);
+                        Ok(())
+                    }
                 }
-                Ok(())
             }
             ToServer::Shares { shares, .. } => {
                 if cur.phase != Phase::Shares || !cur.keys.contains_key(&from) {
@@ -683,10 +694,13 @@ impl Server {
                 if shares.from != from {
                     return Err(Refusal::NotAClient(shares.from));
                 }
-                if cur.unmask.insert(from, shares).is_some() {
-                    return Err(dup("unmask shares"));
+                match cur.unmask.entry(from) {
+                    std::collections::btree_map::Entry::Occupied(_) => Err(dup("unmask shares")),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(shares);
+                        Ok(())
+                    }
                 }
-                Ok(())
             }
         }
     }
@@ -1227,40 +1241,55 @@ mod tests {
         assert!(acc > 0.85, "{acc}");
     }
 
-    /// Under DP the interrupted round is charged, not run again: the ledger has every round,
-    /// ε stays within the budget, and the result has one round of metrics less.
+    /// Under DP the interrupted round is charged as the worst release it could have been, not
+    /// run again. With secure aggregation that is a sum over the threshold's 4 of 5 clients: the
+    /// job goes on with round 3, and the tight budget then cannot pay for round 4, which is not
+    /// released. Without it a single client's update could have been seen: the charge alone is
+    /// more than the budget, and the job stops at once. ε never exceeds the budget.
     #[test]
     fn a_restart_under_dp_charges_the_interrupted_round() {
         let (datasets, eval) = data();
-        for secure in [false, true] {
-            let mut run = Run::start(job(Some(8.0), secure, &eval), &datasets);
-            run.until(2, 1);
-            let cp = run.server.checkpoint().unwrap();
-            let sigma = cp.sigma.unwrap();
-            run.restart(&cp);
-            assert_eq!(
-                begins(&run.queue),
-                (0..5).map(|c| (c, 3)).collect::<Vec<_>>()
-            );
-            let r = run.finish();
-            assert_eq!(r.interrupted, vec![2]);
-            assert_eq!(r.stopped_early, None);
-            let p = r.privacy.unwrap();
-            assert_eq!(
-                p.ledger.entries.iter().map(|e| e.round).collect::<Vec<_>>(),
-                vec![1, 2, 3, 4]
-            );
-            assert_eq!(p.ledger.entries[1].sigma, sigma);
-            assert!(p.epsilon_spent <= 8.0 + 1e-9, "{p:?}");
-            assert_eq!(
-                r.rounds.iter().map(|m| m.round).collect::<Vec<_>>(),
-                vec![1, 3, 4]
-            );
-        }
+        let mut run = Run::start(job(Some(8.0), true, &eval), &datasets);
+        run.until(2, 1);
+        let cp = run.server.checkpoint().unwrap();
+        let sigma = cp.sigma.unwrap();
+        run.restart(&cp);
+        assert_eq!(
+            begins(&run.queue),
+            (0..5).map(|c| (c, 3)).collect::<Vec<_>>()
+        );
+        let r = run.finish();
+        assert_eq!(r.interrupted, vec![2]);
+        assert!(r.stopped_early.is_some(), "{r:?}");
+        let p = r.privacy.unwrap();
+        assert_eq!(
+            p.ledger.entries.iter().map(|e| e.round).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(p.ledger.entries[1].sigma, effective_sigma(sigma, 5, 4));
+        assert!(p.epsilon_spent <= 8.0 + 1e-9, "{p:?}");
+        assert_eq!(
+            r.rounds.iter().map(|m| m.round).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+
+        let mut run = Run::start(job(Some(8.0), false, &eval), &datasets);
+        run.until(2, 1);
+        let cp = run.server.checkpoint().unwrap();
+        let (server, out) = Server::resume(cp, run.now).unwrap();
+        assert!(out.iter().all(|o| matches!(o.msg, ToClient::End { .. })));
+        let JobState::Done(r) = server.state() else {
+            panic!("{:?}", server.state())
+        };
+        assert!(r.stopped_early.is_some(), "{r:?}");
+        let p = r.privacy.as_ref().unwrap();
+        assert_eq!(p.ledger.entries.len(), 1);
+        assert!(p.epsilon_spent <= 8.0 + 1e-9, "{p:?}");
     }
 
     /// Under DP a restart in the last round completes the job at once with the weights of the
-    /// checkpoint; a ledger that cannot pay for the interrupted round stops it early.
+    /// checkpoint; here the tight budget cannot pay for the interrupted round's worst case, so
+    /// it says it stopped early; a ledger with room charges it and completes plainly.
     #[test]
     fn a_restart_in_the_last_dp_round_completes_the_job() {
         let (datasets, eval) = data();
@@ -1279,9 +1308,18 @@ mod tests {
         assert_eq!(r.weights, cp.weights);
         assert_eq!(r.interrupted, vec![4]);
         assert_eq!(r.rounds.len(), 3);
+        assert_eq!(r.privacy.as_ref().unwrap().ledger.entries.len(), 3);
+        assert!(r.stopped_early.is_some());
+        assert!(server.checkpoint().is_none());
+
+        let mut rich = cp.clone();
+        rich.ledger.as_mut().unwrap().budget = 100.0;
+        let (server, _) = Server::resume(rich, run.now).unwrap();
+        let JobState::Done(r) = server.state() else {
+            panic!("{:?}", server.state())
+        };
         assert_eq!(r.privacy.as_ref().unwrap().ledger.entries.len(), 4);
         assert_eq!(r.stopped_early, None);
-        assert!(server.checkpoint().is_none());
 
         let mut poor = cp;
         let ledger = poor.ledger.as_mut().unwrap();

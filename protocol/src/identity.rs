@@ -42,9 +42,33 @@ pub enum IdentityError {
     /// The signature does not verify under the key.
     #[error("signature does not verify")]
     BadSignature,
+    /// An identity message that is not JSON of this protocol version, or names another node
+    /// than its topic.
+    #[error("unusable identity message: {0}")]
+    BadMessage(String),
 }
 
 impl NodeIdentity {
+    /// The key a message on `nodes/{node}/identity` carries, checked: JSON of this protocol
+    /// version, naming the topic's node, with a valid key.
+    pub fn key_for(node: &str, payload: &[u8]) -> Result<VerifyingKey, IdentityError> {
+        let id: NodeIdentity = serde_json::from_slice(payload)
+            .map_err(|e| IdentityError::BadMessage(e.to_string()))?;
+        if id.v != crate::PROTOCOL_VERSION {
+            return Err(IdentityError::BadMessage(format!(
+                "protocol version {}",
+                id.v
+            )));
+        }
+        if id.node != node {
+            return Err(IdentityError::BadMessage(format!(
+                "it names node {} on node {node}'s topic",
+                id.node
+            )));
+        }
+        id.key()
+    }
+
     /// The verifying key it carries.
     pub fn key(&self) -> Result<VerifyingKey, IdentityError> {
         let bytes: [u8; 32] = hex::decode(&self.ed25519)
@@ -155,7 +179,18 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused() {
-        let mut id = NodeKey::generate().identity("n1");
+        let k = NodeKey::generate();
+        let good = serde_json::to_vec(&k.identity("n1")).unwrap();
+        assert_eq!(NodeIdentity::key_for("n1", &good), Ok(k.verifying_key()));
+        assert!(matches!(
+            NodeIdentity::key_for("n2", &good),
+            Err(IdentityError::BadMessage(_))
+        ));
+        assert!(matches!(
+            NodeIdentity::key_for("n1", b"{"),
+            Err(IdentityError::BadMessage(_))
+        ));
+        let mut id = k.identity("n1");
         id.ed25519 = "zz".into();
         assert_eq!(id.key(), Err(IdentityError::BadKey));
         assert!(NodeKey::from_hex("1234").is_err());

@@ -172,7 +172,11 @@ impl FlClients {
                 let end = matches!(msg, ToClient::End { .. });
                 let round = msg.round().unwrap_or_default();
                 if let (Some(sha), ToClient::Begin { weights, .. }) = (blob, &mut msg) {
-                    match me.fetch_weights(&sha).await {
+                    let fetched = tokio::select! {
+                        w = me.fetch_weights(&sha) => w,
+                        _ = token.cancelled() => break,
+                    };
+                    match fetched {
                         Ok(w) => *weights = w,
                         Err(reason) => {
                             warn!(task_id = %task_id, reason = %reason, "Could not get the model; leaving the job.");

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|");
     for (label, inline) in [
-        ("Key inline in each MQTT assignment (peer)", 64usize << 20),
+        ("Key inline in each MQTT assignment (peer)", 8usize << 20),
         ("Key by reference (signed HTTP, cached)", 1 << 20),
     ] {
         c.stop_coordinator().await;
