@@ -375,17 +375,7 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
         .unwrap();
     let http = reqwest::Client::new();
     let blob = b"a blob only nodes may download".to_vec();
-    let put: Value = http
-        .put(format!("{}/api/v1/blobs", c.conn.api_url))
-        .bearer_auth(&c.conn.api_key)
-        .body(blob.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sha = put["sha256"].as_str().unwrap().to_string();
+    let sha = c.client().put_blob(blob.clone()).await.unwrap();
     let get = |node: &str, signer: &NodeKey, sha: &str, time: i64| {
         let sig = signer.sign(&identity::blob_request_message(node, sha, time));
         http.get(format!("{}/api/v1/blobs/{sha}", c.conn.api_url))
