@@ -10,9 +10,11 @@
 //! - [`node`]: what an agent reports ([`NodeStatus`], [`Health`]).
 //! - [`tensor`]: tensors as JSON for `inference`.
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
+//! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
 //! - [`identity`]: node identity keys ([`NodeIdentity`]) and the messages nodes sign.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 
+pub mod failure;
 pub mod identity;
 pub mod node;
 pub mod task;
@@ -20,6 +22,7 @@ pub mod tensor;
 pub mod topics;
 pub mod wire;
 
+pub use failure::FailureKind;
 pub use identity::{NodeIdentity, NodeKey};
 pub use node::{
     DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo,
