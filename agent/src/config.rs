@@ -1,5 +1,6 @@
 //! Agent configuration: a strict, documented TOML file ([`EXAMPLE`]), with `AMBIENT_*` environment
-//! overrides, validated before start.
+//! overrides, validated before start. Loading is [`ambient_service::config`]'s, shared with the
+//! coordinator.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,24 +10,8 @@ use serde::{Deserialize, Serialize};
 /// The example configuration, printed by `ambient-agent generate-config`.
 pub const EXAMPLE: &str = include_str!("../agent.example.toml");
 
-/// A configuration problem.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Bad TOML or unknown fields.
-    #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
-    /// A value is out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+/// A configuration problem, found before start (shared by both services).
+pub use ambient_service::config::ConfigError;
 
 /// Everything the agent needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,14 +177,7 @@ fn default_keep_alive() -> u64 {
 impl Config {
     /// Reads a file, applies environment overrides, validates.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg: Config = toml::from_str(&text)?;
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.validate()?;
-        Ok(cfg)
+        ambient_service::config::load(path)
     }
 
     /// `AMBIENT_NODE_ID`, `AMBIENT_DATA_DIR`, `AMBIENT_MQTT_HOST`, `AMBIENT_MQTT_PORT`,
@@ -280,6 +258,16 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+impl ambient_service::StrictConfig for Config {
+    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        Config::apply_env(self, var)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
     }
 }
 

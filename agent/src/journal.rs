@@ -3,12 +3,16 @@
 //! so after a crash the agent re-runs what was interrupted and re-sends what was not acknowledged.
 //!
 //! States: `received → running → result_pending → acknowledged`, or `cancelled`.
+//!
+//! The thread is an [`ambient_service::SqliteActor`]; the schema is versioned ([`MIGRATIONS`],
+//! applied at open), and a journal written by a newer build is refused.
 
 use std::path::Path;
 
 use ambient_protocol::{Assignment, TaskResult};
+use ambient_service::migrate::{self, Dialect, MigrateError, Migration};
+use ambient_service::sqlite::{Closed, SqliteActor};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// A journal failure.
@@ -26,7 +30,44 @@ pub enum JournalError {
     /// The thread could not start.
     #[error("cannot start journal thread: {0}")]
     Spawn(#[from] std::io::Error),
+    /// The schema could not be brought up to date, or is newer than this build.
+    #[error("journal database: {0}")]
+    Schema(#[from] MigrateError),
 }
+
+impl From<Closed> for JournalError {
+    fn from(_: Closed) -> JournalError {
+        JournalError::Closed
+    }
+}
+
+/// Connection settings, set at every open (outside the migrations: SQLite cannot switch to WAL
+/// inside a transaction).
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;";
+
+/// The journal's schema, version by version. Never edit a released entry; append.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: &[(Dialect::Sqlite, SCHEMA_V1)],
+}];
+
+/// Version 1: the schema as it was before versioning, so an unversioned journal is adopted as
+/// version 1 unchanged.
+const SCHEMA_V1: &str = "CREATE TABLE IF NOT EXISTS jobs (
+                 task_id TEXT NOT NULL,
+                 attempt INTEGER NOT NULL,
+                 state TEXT NOT NULL,
+                 assignment TEXT NOT NULL,
+                 result TEXT,
+                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 PRIMARY KEY (task_id, attempt)
+             );
+             CREATE TABLE IF NOT EXISTS artifacts (
+                 sha256 TEXT PRIMARY KEY,
+                 base64 TEXT NOT NULL
+             );";
 
 /// Where an assignment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,58 +106,29 @@ impl JobState {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
 /// Handle to the journal thread.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::UnboundedSender<Job>,
+    db: SqliteActor,
 }
 
 impl Journal {
-    /// Opens (creating) the journal at `path`.
+    /// Opens (creating) the journal at `path`, migrating its schema to [`MIGRATIONS`]' last
+    /// version; a newer journal is refused with [`JournalError::Schema`]
+    /// ([`MigrateError::TooNew`]).
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let conn = Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS jobs (
-                 task_id TEXT NOT NULL,
-                 attempt INTEGER NOT NULL,
-                 state TEXT NOT NULL,
-                 assignment TEXT NOT NULL,
-                 result TEXT,
-                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-                 PRIMARY KEY (task_id, attempt)
-             );
-             CREATE TABLE IF NOT EXISTS artifacts (
-                 sha256 TEXT PRIMARY KEY,
-                 base64 TEXT NOT NULL
-             );",
-        )?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        let mut conn = conn;
-        std::thread::Builder::new()
-            .name("agent-journal".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
-                }
-            })?;
-        Ok(Journal { tx })
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(PRAGMAS)?;
+        migrate::migrate(&mut conn, MIGRATIONS)?;
+        let db = SqliteActor::spawn("agent-journal", conn)?;
+        Ok(Journal { db })
     }
 
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, JournalError> + Send + 'static,
     ) -> Result<R, JournalError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
-            }))
-            .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.db.call(f).await
     }
 
     /// Records a new assignment. Returns `None` if it is new, or its current state and result if
@@ -327,5 +339,80 @@ mod tests {
         // An ack is final: a late state change does not reopen it.
         j.set_state(a.task_id, 1, JobState::Running).await.unwrap();
         assert_eq!(j.count(JobState::Acknowledged).await.unwrap(), 1);
+    }
+
+    /// The journal exactly as the agent wrote it before versioning (`PRAGMA user_version` 0).
+    const PRE_VERSIONING_SCHEMA: &str = "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS jobs (
+                 task_id TEXT NOT NULL,
+                 attempt INTEGER NOT NULL,
+                 state TEXT NOT NULL,
+                 assignment TEXT NOT NULL,
+                 result TEXT,
+                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 PRIMARY KEY (task_id, attempt)
+             );
+             CREATE TABLE IF NOT EXISTS artifacts (
+                 sha256 TEXT PRIMARY KEY,
+                 base64 TEXT NOT NULL
+             );";
+
+    #[tokio::test]
+    async fn a_journal_from_before_versioning_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let a = assignment();
+        let mut slim = a.clone();
+        let b64 = slim.artifact_base64.take().unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(PRE_VERSIONING_SCHEMA).unwrap();
+            conn.execute(
+                "INSERT OR IGNORE INTO artifacts (sha256, base64) VALUES (?1, ?2)",
+                params![a.artifact_sha256.clone().unwrap(), b64],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task_id, attempt, state, assignment) VALUES (?1, ?2, 'running', ?3)",
+                params![
+                    a.task_id.to_string(),
+                    a.attempt,
+                    serde_json::to_string(&slim).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.interrupted().await.unwrap(), vec![a.clone()]);
+        assert_eq!(
+            j.receive(&a).await.unwrap(),
+            Some((JobState::Running, None)),
+            "the old row is the same job"
+        );
+        drop(j);
+        let v: u32 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as u32);
+    }
+
+    #[tokio::test]
+    async fn a_journal_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        drop(Journal::open(&path).unwrap());
+        let newer = MIGRATIONS.len() as u32 + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        match Journal::open(&path) {
+            Err(JournalError::Schema(MigrateError::TooNew { found, known })) => {
+                assert_eq!((found, known), (newer, MIGRATIONS.len() as u32));
+            }
+            other => panic!("expected TooNew, got {:?}", other.err()),
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `ambient-agent`: parses the command line, starts logging, loads the configuration and runs the
-//! agent until Ctrl-C.
+//! agent until Ctrl-C or SIGTERM.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -66,24 +66,8 @@ async fn main() -> anyhow::Result<()> {
             }
             let cfg = ambient_agent::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            ambient_agent::run(cfg, shutdown_signal()).await?;
+            ambient_agent::run(cfg, ambient_service::shutdown_signal()).await?;
         }
     }
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM (what systemd sends), so both stop the service cleanly.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

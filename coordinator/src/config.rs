@@ -1,5 +1,6 @@
 //! Coordinator configuration: a strict, documented TOML file ([`EXAMPLE`] shows every field),
 //! overridable by `AMBIENT_*` environment variables, validated before anything starts.
+//! Loading is [`ambient_service::config`]'s, shared with the agent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,24 +10,8 @@ use serde::{Deserialize, Serialize};
 /// The example configuration, printed by `ambient-coordinator generate-config`.
 pub const EXAMPLE: &str = include_str!("../coordinator.example.toml");
 
-/// A configuration problem, found before start.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML did not parse or has unknown fields.
-    #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+/// A configuration problem, found before start (shared by both services).
+pub use ambient_service::config::ConfigError;
 
 /// Everything the coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,14 +147,7 @@ fn default_client_id() -> String {
 impl Config {
     /// Reads a TOML file, applies environment overrides, and validates.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg: Config = toml::from_str(&text)?;
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.validate()?;
-        Ok(cfg)
+        ambient_service::config::load(path)
     }
 
     /// Environment overrides: `AMBIENT_DATA_DIR`, `AMBIENT_HTTP_ADDR`, `AMBIENT_MQTT_HOST`,
@@ -241,6 +219,16 @@ impl Config {
             return invalid("scheduler: tick_ms and health_timeout_sec must be > 0".into());
         }
         Ok(())
+    }
+}
+
+impl ambient_service::StrictConfig for Config {
+    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        Config::apply_env(self, var)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
     }
 }
 

@@ -1,5 +1,5 @@
 //! `ambient-coordinator`: parses the command line, starts logging, loads the configuration and
-//! runs the coordinator until Ctrl-C.
+//! runs the coordinator until Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
 
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(log_json);
             let cfg = ambient_coordinator::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
-            ambient_coordinator::run(cfg, shutdown_signal()).await?;
+            ambient_coordinator::run(cfg, ambient_service::shutdown_signal()).await?;
             Ok(())
         }
     }
@@ -55,20 +55,4 @@ fn init_tracing(json: bool) {
     } else {
         builder.init();
     }
-}
-
-/// Completes on Ctrl-C or SIGTERM (what systemd sends), so both stop the service cleanly.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,5 +1,7 @@
 //! Persistence: one SQLite file (WAL), owned by one named thread that takes commands over a
-//! channel, so no rusqlite call ever runs on an async worker.
+//! channel ([`ambient_service::SqliteActor`]), so no rusqlite call ever runs on an async worker.
+//! The schema is versioned ([`MIGRATIONS`], applied at open by [`ambient_service::migrate`]);
+//! a database written by a newer build is refused.
 //!
 //! Tables:
 //! - `tasks`: one row per task, the whole [`TaskRecord`] (assignments and results included) as
@@ -13,8 +15,9 @@
 use std::path::Path;
 
 use ambient_protocol::{ReputationEventInfo, TaskStatus};
+use ambient_service::migrate::{self, Dialect, MigrateError, Migration};
+use ambient_service::sqlite::{Closed, SqliteActor};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::scheduler::{NodeRecord, TaskRecord};
@@ -37,20 +40,41 @@ pub enum StoreError {
     /// The store thread could not start.
     #[error("cannot start store thread: {0}")]
     Spawn(#[from] std::io::Error),
+    /// The schema could not be brought up to date, or is newer than this build.
+    #[error("coordinator database: {0}")]
+    Schema(#[from] MigrateError),
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+impl From<Closed> for StoreError {
+    fn from(_: Closed) -> StoreError {
+        StoreError::Closed
+    }
+}
 
 /// Handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::UnboundedSender<Job>,
+    db: SqliteActor,
 }
 
-const SCHEMA: &str = "
+/// Connection settings, set at every open (outside the migrations: SQLite cannot switch to WAL
+/// inside a transaction).
+const PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
+";
+
+/// The coordinator database's schema, version by version. Never edit a released entry; append.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: &[(Dialect::Sqlite, SCHEMA_V1)],
+}];
+
+/// Version 1: the schema as it was before versioning, so an unversioned database is adopted as
+/// version 1 unchanged.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     submitter TEXT NOT NULL,
@@ -117,19 +141,15 @@ pub struct ProofRecord {
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and starts its thread.
+    /// Migrates its schema to [`MIGRATIONS`]' last version; a newer database is refused with
+    /// [`StoreError::Schema`] ([`MigrateError::TooNew`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
-        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(PRAGMAS)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        std::thread::Builder::new()
-            .name("coordinator-store".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
-                }
-            })?;
-        Ok(Store { tx })
+        migrate::migrate(&mut conn, MIGRATIONS)?;
+        let db = SqliteActor::spawn("coordinator-store", conn)?;
+        Ok(Store { db })
     }
 
     /// Runs `f` on the store thread and returns its answer.
@@ -137,13 +157,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
-            }))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.db.call(f).await
     }
 
     /// Writes task and node records, appends reputation events, and writes (or, for `None`,
@@ -521,5 +535,129 @@ mod tests {
         store.put_proof(p.clone()).await.unwrap();
         assert_eq!(store.proof(p.id).await.unwrap(), Some(p));
         assert_eq!(store.proof(Uuid::new_v4()).await.unwrap(), None);
+    }
+
+    /// The schema exactly as the coordinator wrote it before versioning (`PRAGMA user_version`
+    /// 0), pragmas included.
+    const PRE_VERSIONING_SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    submitter TEXT NOT NULL,
+    status TEXT NOT NULL,
+    parent TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_submitter ON tasks(submitter, created_at);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reputation_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    score REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reputation_by_node ON reputation_events(node, seq);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS proofs (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    circuit TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    public_inputs TEXT NOT NULL,
+    proof BLOB NOT NULL,
+    verified_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS proofs_by_task ON proofs(task_id);
+CREATE TABLE IF NOT EXISTS fl_checkpoints (
+    task_id TEXT PRIMARY KEY,
+    checkpoint TEXT NOT NULL
+);
+";
+
+    #[tokio::test]
+    async fn a_database_from_before_versioning_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let t = TaskRecord::new(
+            Uuid::new_v4(),
+            "acme".into(),
+            TaskType::WasmExecution,
+            serde_json::json!({"a": 1}),
+            Requirements::default(),
+            None,
+            chrono::Utc::now(),
+        );
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(PRE_VERSIONING_SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO tasks (id, submitter, status, created_at, updated_at, record, parent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.id.to_string(),
+                    t.submitter,
+                    t.status.as_str(),
+                    t.created_at.to_rfc3339(),
+                    t.updated_at.to_rfc3339(),
+                    serde_json::to_string(&t).unwrap(),
+                    None::<String>,
+                ],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO blobs (sha256, bytes) VALUES ('aa', x'010203')",
+                [],
+            )
+            .unwrap();
+            let v: u32 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, 0, "the old code never set a version");
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
+        assert_eq!(store.load_active().await.unwrap().0, vec![t.clone()]);
+        assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
+        drop(store);
+        let v: u32 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as u32);
+        // Reopening a current database changes nothing.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.task(t.id).await.unwrap(), Some(t));
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(Store::open(&path).unwrap());
+        let newer = MIGRATIONS.len() as u32 + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        match Store::open(&path) {
+            Err(StoreError::Schema(MigrateError::TooNew { found, known })) => {
+                assert_eq!((found, known), (newer, MIGRATIONS.len() as u32));
+            }
+            other => panic!("expected TooNew, got {:?}", other.err()),
+        }
     }
 }

@@ -1,0 +1,11 @@
+//! Black-box tests of `ambient-service`, through its public API only.
+//!
+//! # Layout
+//! - `shutdown`: tracked tasks stop on trigger and are drained.
+//! - `migrate`: migrations on real SQLite files (adoption of an unversioned file, atomicity, the
+//!   newer-database refusal) and the actor over a migrated connection.
+//! - `config`: loading a file from disk.
+
+mod config;
+mod migrate;
+mod shutdown;
