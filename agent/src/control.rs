@@ -9,12 +9,15 @@
 //!   Errors are `ambient_protocol::ApiError` JSON.
 //! - Responses allow any origin (CORS): the token, not the origin, is the credential, so a web
 //!   frontend may call the API directly.
+//!
+//! The API sees the running agent only through [`Backend`]: status, settings, reputation.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ambient_protocol::{ApiError, TaskType};
+use ambient_protocol::{ApiError, ReputationReport, TaskType};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -29,9 +32,20 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::ControlConfig;
-use crate::journal::JobState;
 use crate::policy::{Settings, SettingsError};
-use crate::{Worker, lock};
+
+/// What the control API needs from the running agent, and nothing more.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// What `GET /v1/status` reports.
+    fn status(&self) -> impl Future<Output = Status> + Send;
+    /// The owner's settings now.
+    fn settings(&self) -> Settings;
+    /// Replaces the owner's settings; returns once they have taken effect (health published,
+    /// tasks handed back).
+    fn set_settings(&self, s: Settings) -> impl Future<Output = Result<(), SetError>> + Send;
+    /// The latest reputation report the coordinator published to this node.
+    fn reputation(&self) -> Option<ReputationReport>;
+}
 
 /// What `control.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +173,10 @@ impl Control {
         self.addr
     }
 
-    /// Serves until `shutdown`.
-    pub(crate) async fn serve(self, worker: Arc<Worker>, shutdown: CancellationToken) {
+    /// Serves `backend` until `shutdown`.
+    pub(crate) async fn serve<B: Backend>(self, backend: Arc<B>, shutdown: CancellationToken) {
         let app = router(Arc::new(Api {
-            worker,
+            backend,
             token: self.token,
         }));
         if let Err(e) = axum::serve(self.listener, app)
@@ -206,22 +220,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-struct Api {
-    worker: Arc<Worker>,
+struct Api<B> {
+    backend: Arc<B>,
     token: String,
 }
 
-type Shared = Arc<Api>;
+type Shared<B> = Arc<Api<B>>;
 
-fn router(api: Shared) -> Router {
+fn router<B: Backend>(api: Shared<B>) -> Router {
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/toggle", post(toggle))
-        .route("/v1/settings", get(get_settings).put(put_settings))
-        .route("/v1/reputation", get(reputation))
+        .route("/v1/status", get(status::<B>))
+        .route("/v1/toggle", post(toggle::<B>))
+        .route(
+            "/v1/settings",
+            get(get_settings::<B>).put(put_settings::<B>),
+        )
+        .route("/v1/reputation", get(reputation::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth::<B>))
         .with_state(api)
 }
 
@@ -241,7 +258,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Bearer-token check on every request (CORS preflights excepted), and CORS headers on every
 /// answer.
-async fn auth(State(api): State<Shared>, req: Request, next: Next) -> Response {
+async fn auth<B: Backend>(State(api): State<Shared<B>>, req: Request, next: Next) -> Response {
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
@@ -302,60 +319,8 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-impl Worker {
-    /// The status the control API reports.
-    pub(crate) async fn control_status(&self) -> Status {
-        let tasks_done = self
-            .journal
-            .count(JobState::Acknowledged)
-            .await
-            .unwrap_or(0);
-        let last = lock(&self.last_sample).clone();
-        let sample = match last {
-            Some(s) => Some(s),
-            None => self.sample().await,
-        };
-        let resources = sample.map_or(
-            Resources {
-                cpu_usage_pct: 0.0,
-                mem_used_bytes: 0,
-                mem_total_bytes: 0,
-                agent_rss_bytes: 0,
-            },
-            |s| Resources {
-                cpu_usage_pct: s.cpu_usage_pct,
-                mem_used_bytes: s.mem_total_bytes.saturating_sub(s.mem_available_bytes),
-                mem_total_bytes: s.mem_total_bytes,
-                agent_rss_bytes: s.agent_rss_bytes,
-            },
-        );
-        let mut running: Vec<RunningInfo> = self
-            .lock_running()
-            .iter()
-            .filter(|(_, t)| !t.declined.load(std::sync::atomic::Ordering::Relaxed))
-            .map(|((task_id, _), t)| RunningInfo {
-                task_id: *task_id,
-                task_type: t.task_type,
-                started_at: t.started_at,
-            })
-            .collect();
-        running.sort_by_key(|r| r.started_at);
-        let p = self.lock_policy();
-        Status {
-            node_id: self.cfg.node_id.clone(),
-            contributing: p.decision.contributing,
-            paused_reasons: p.decision.reasons.clone(),
-            connected: *self.link_state.borrow() == ambient_link::LinkState::Connected,
-            running,
-            tasks_done,
-            resources,
-            settings: p.rules.settings().clone(),
-        }
-    }
-}
-
-async fn status(State(api): State<Shared>) -> Response {
-    axum::Json(api.worker.control_status().await).into_response()
+async fn status<B: Backend>(State(api): State<Shared<B>>) -> Response {
+    axum::Json(api.backend.status().await).into_response()
 }
 
 fn set_error(e: SetError) -> Response {
@@ -369,7 +334,7 @@ fn set_error(e: SetError) -> Response {
     }
 }
 
-async fn toggle(State(api): State<Shared>, body: Bytes) -> Response {
+async fn toggle<B: Backend>(State(api): State<Shared<B>>, body: Bytes) -> Response {
     let t: Toggle = match serde_json::from_slice(&body) {
         Ok(t) => t,
         Err(e) => {
@@ -380,19 +345,19 @@ async fn toggle(State(api): State<Shared>, body: Bytes) -> Response {
             );
         }
     };
-    let mut s = api.worker.lock_policy().rules.settings().clone();
+    let mut s = api.backend.settings();
     s.enabled = t.enabled;
-    match api.worker.set_settings(s).await {
-        Ok(_) => axum::Json(api.worker.control_status().await).into_response(),
+    match api.backend.set_settings(s).await {
+        Ok(()) => axum::Json(api.backend.status().await).into_response(),
         Err(e) => set_error(e),
     }
 }
 
-async fn get_settings(State(api): State<Shared>) -> Response {
-    axum::Json(api.worker.lock_policy().rules.settings().clone()).into_response()
+async fn get_settings<B: Backend>(State(api): State<Shared<B>>) -> Response {
+    axum::Json(api.backend.settings()).into_response()
 }
 
-async fn put_settings(State(api): State<Shared>, body: Bytes) -> Response {
+async fn put_settings<B: Backend>(State(api): State<Shared<B>>, body: Bytes) -> Response {
     let s: Settings = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => {
@@ -403,14 +368,14 @@ async fn put_settings(State(api): State<Shared>, body: Bytes) -> Response {
             );
         }
     };
-    match api.worker.set_settings(s).await {
-        Ok(_) => axum::Json(api.worker.lock_policy().rules.settings().clone()).into_response(),
+    match api.backend.set_settings(s).await {
+        Ok(()) => axum::Json(api.backend.settings()).into_response(),
         Err(e) => set_error(e),
     }
 }
 
-async fn reputation(State(api): State<Shared>) -> Response {
-    match lock(&api.worker.reputation).clone() {
+async fn reputation<B: Backend>(State(api): State<Shared<B>>) -> Response {
+    match api.backend.reputation() {
         Some(r) => axum::Json(r).into_response(),
         None => error(
             StatusCode::NOT_FOUND,

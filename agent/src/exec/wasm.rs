@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, OnceLock, PoisonError,
+        Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -444,15 +444,6 @@ impl std::fmt::Debug for WasmSandbox {
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
-}
-
-/// Validates a module without running it (used by the coordinator at submission too).
-///
-/// Checks that it is a WebAssembly binary that compiles, has no `start` section, imports only
-/// what the sandbox provides (with the right signatures) and exports `_start: () -> ()`.
-pub fn validate(module: &[u8]) -> Result<(), WasmError> {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    compile(ENGINE.get_or_init(|| Engine::new(&engine_config())), module).map(drop)
 }
 
 /// Fuel metering on, eager compilation (fuel must not depend on cache state), no `start` section.
@@ -1111,10 +1102,7 @@ mod tests {
             if module == "env" && name == "foo"),
             "{err:?}"
         );
-        assert_eq!(
-            validate(&env).expect_err("env").kind(),
-            "unsupported_import"
-        );
+        assert_eq!(err.kind(), "unsupported_import");
         for import in [
             r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32) (result i32)))"#,
             r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32) (result i32)))"#,
@@ -1137,7 +1125,7 @@ mod tests {
                 "{body}"
             );
         }
-        assert!(validate(&module(UPPER)).is_ok());
+        assert!(compile(&sandbox.engine, &module(UPPER)).is_ok());
         assert_eq!(
             sandbox.cached_modules(),
             0,

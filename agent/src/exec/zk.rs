@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::failure;
+use super::failure;
 
 /// Proves `zk_proof` tasks, with a small cache of decoded proving keys.
 pub struct ZkProver {
@@ -39,6 +39,29 @@ pub fn parse_inputs(inputs: &Value) -> Result<(CircuitSpec, Inputs), String> {
     ambient_zk::parse_task_inputs(inputs)
 }
 
+/// A parsed `zk_proof` task, with its decoded proving key when the cache had it.
+pub struct ZkJob {
+    spec: CircuitSpec,
+    inputs: Inputs,
+    keys: Option<Arc<Keys>>,
+}
+
+impl ZkJob {
+    /// True when the proving key is not cached, so the artifact must be fetched.
+    pub fn needs_key(&self) -> bool {
+        self.keys.is_none()
+    }
+}
+
+impl std::fmt::Debug for ZkJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkJob")
+            .field("spec", &self.spec)
+            .field("cached_key", &self.keys.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ZkProver {
     /// A prover that keeps up to `capacity` decoded proving keys.
     pub fn new(capacity: usize) -> ZkProver {
@@ -48,22 +71,33 @@ impl ZkProver {
         }
     }
 
-    fn keys(
-        &self,
-        spec: &CircuitSpec,
-        sha: &str,
-        load: impl FnOnce() -> Result<Vec<u8>, Outcome>,
-    ) -> Result<Arc<Keys>, Outcome> {
-        let cached = self
+    /// The cheap first step of a task, safe on an async worker: parses the inputs and looks up
+    /// the decoded proving key `sha` in the cache. An `invalid_input` failure when the inputs
+    /// are wrong.
+    pub fn prepare(&self, sha: &str, inputs: &Value) -> Result<ZkJob, Outcome> {
+        let (spec, inputs) =
+            parse_inputs(inputs).map_err(|e| failure("invalid_input", format!("zk_proof: {e}")))?;
+        let keys = self
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(sha)
-            .filter(|k| k.spec == *spec)
+            .filter(|k| k.spec == spec)
             .cloned();
-        if let Some(k) = cached {
-            return Ok(k);
+        Ok(ZkJob { spec, inputs, keys })
+    }
+
+    /// The decoded proving key of `job`: the cached one, or `load`'s bytes decoded (and cached).
+    fn keys(
+        &self,
+        job: &ZkJob,
+        sha: &str,
+        load: impl FnOnce() -> Result<Vec<u8>, Outcome>,
+    ) -> Result<Arc<Keys>, Outcome> {
+        if let Some(k) = &job.keys {
+            return Ok(k.clone());
         }
+        let spec = &job.spec;
         let bytes = load()?;
         let keys = Keys::from_bytes(spec, &bytes).map(Arc::new).map_err(|e| {
             failure(
@@ -79,25 +113,26 @@ impl ZkProver {
         Ok(keys)
     }
 
-    /// Proves one task. `load` yields the proving key bytes (the artifact, checked against
-    /// `sha`) and is only called when the key is not cached. Blocking: seconds of CPU.
+    /// Proves a prepared task. `load` yields the proving key bytes (the artifact, checked
+    /// against `sha`) and is only called when [`ZkJob::needs_key`]. Blocking: seconds of CPU.
     ///
     /// Returns the output and its `output_sha256`, or the failure outcome.
-    pub fn run(
+    pub fn prove(
         &self,
+        job: ZkJob,
         sha: &str,
         load: impl FnOnce() -> Result<Vec<u8>, Outcome>,
         task_id: Uuid,
-        inputs: &Value,
     ) -> Result<(Value, String), Outcome> {
-        let (spec, parsed) =
-            parse_inputs(inputs).map_err(|e| failure("invalid_input", format!("zk_proof: {e}")))?;
-        let keys = self.keys(&spec, sha, load)?;
-        let (proof, public, output) = ambient_zk::prove(&keys, &spec, task_id.as_bytes(), &parsed)
-            .map_err(|e| match e {
-                ambient_zk::ZkError::BadInput { .. } => failure("invalid_input", e.to_string()),
-                other => failure("proof_failed", other.to_string()),
-            })?;
+        let keys = self.keys(&job, sha, load)?;
+        let spec = job.spec;
+        let (proof, public, output) =
+            ambient_zk::prove(&keys, &spec, task_id.as_bytes(), &job.inputs).map_err(
+                |e| match e {
+                    ambient_zk::ZkError::BadInput { .. } => failure("invalid_input", e.to_string()),
+                    other => failure("proof_failed", other.to_string()),
+                },
+            )?;
         let proof = ambient_zk::proof_to_bytes(&proof)
             .map_err(|e| failure("proof_failed", e.to_string()))?;
         let (key, statement) = match output {
@@ -114,6 +149,19 @@ impl ZkProver {
         });
         out[key] = Value::String(statement);
         Ok((out, output_sha256))
+    }
+
+    /// Proves one task: [`ZkProver::prepare`] then [`ZkProver::prove`]. `load` yields the
+    /// proving key bytes and is only called when the key is not cached. Blocking.
+    pub fn run(
+        &self,
+        sha: &str,
+        load: impl FnOnce() -> Result<Vec<u8>, Outcome>,
+        task_id: Uuid,
+        inputs: &Value,
+    ) -> Result<(Value, String), Outcome> {
+        let job = self.prepare(sha, inputs)?;
+        self.prove(job, sha, load, task_id)
     }
 }
 
