@@ -1,6 +1,6 @@
 use super::*;
 use crate::reputation::{EventKind, TRUST_THRESHOLD};
-use ambient_protocol::{GpuInfo, Temperature};
+use ambient_protocol::{GpuInfo, Outcome, Progress, Requirements, TaskType, Temperature};
 
 fn settings() -> SchedulerSettings {
     SchedulerSettings {
@@ -780,4 +780,41 @@ fn untrusted_nodes_cannot_form_a_quorum() {
         .map(|ev| ev.node.as_str())
         .collect();
     assert_eq!(invalid, BTreeSet::from(["liar-a", "liar-b"]));
+}
+
+/// A completed federated task reports every round done, not the last one that was running.
+#[test]
+fn completed_federated_task_reports_all_rounds_done() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let mut t = task(2);
+    t.task_type = TaskType::FederatedLearning;
+    let id = t.id;
+    s.submit(t, t0());
+    s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
+    s.fl_progress(id, 3, secs(2));
+    s.take_effects();
+    s.fl_finish(
+        id,
+        fl::FlOutcome::Done(serde_json::json!({"output": {}})),
+        secs(3),
+    );
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert_eq!(rec.info().progress, Some(Progress { done: 4, total: 4 }));
+}
+
+/// A failed federated task keeps the rounds it actually finished.
+#[test]
+fn failed_federated_task_keeps_its_progress() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let mut t = task(2);
+    t.task_type = TaskType::FederatedLearning;
+    let id = t.id;
+    s.submit(t, t0());
+    s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
+    s.fl_progress(id, 2, secs(2));
+    s.fl_finish(id, fl::FlOutcome::Failed("clients left".into()), secs(3));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Failed);
+    assert_eq!(rec.info().progress, Some(Progress { done: 2, total: 4 }));
 }
