@@ -18,7 +18,7 @@ use serde_json::{Map, Number, Value};
 use uuid::Uuid;
 
 use crate::config::Limits;
-use crate::scheduler::TaskRecord;
+use crate::scheduler::{KindState, Sharded, TaskRecord};
 use crate::submission::{Accepted, SubmitError};
 
 /// Most shards one `computation` task may have.
@@ -52,7 +52,6 @@ pub(crate) fn build(
         obj.remove("kernel_base64");
         obj.insert("kernel_sha256".into(), artifact.clone().into());
     }
-    task.reduce = Some(reduce);
     let shards: Vec<TaskRecord> = inputs
         .into_iter()
         .enumerate()
@@ -74,7 +73,12 @@ pub(crate) fn build(
             s
         })
         .collect();
-    task.shards = shards.iter().map(|s| s.id).collect();
+    task.kind = KindState::Sharded(Sharded {
+        shards: shards.iter().map(|s| s.id).collect(),
+        outputs: Default::default(),
+        nodes: Vec::new(),
+        reduce,
+    });
     (task, shards)
 }
 

@@ -149,7 +149,8 @@ impl FlDriver {
         for id in sched.fl_running() {
             let nodes = sched
                 .task(&id)
-                .map(|t| t.fl_clients.clone())
+                .and_then(|t| t.federated())
+                .map(|f| f.clients.clone())
                 .unwrap_or_default();
             let resumed = checkpoints
                 .remove(&id)

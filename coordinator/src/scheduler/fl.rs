@@ -2,11 +2,11 @@
 //! notifications and queue timeout, but never placed by it. The federated driver
 //! ([`crate::kinds::fl`]) places and runs them through these methods.
 
-use ambient_protocol::{Progress, TaskStatus, TaskType};
+use ambient_protocol::{Progress, TaskStatus};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Outbound, Scheduler};
+use super::{Federated, KindState, Outbound, Scheduler};
 
 /// How a federated job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +32,7 @@ impl Scheduler {
     pub fn fl_running(&self) -> Vec<Uuid> {
         self.tasks
             .values()
-            .filter(|t| t.task_type == TaskType::FederatedLearning && !t.fl_clients.is_empty())
+            .filter(|t| t.federated().is_some_and(|f| !f.clients.is_empty()))
             .map(|t| t.id)
             .collect()
     }
@@ -42,7 +42,7 @@ impl Scheduler {
         let mut v: Vec<(&DateTime<Utc>, Uuid)> = self
             .tasks
             .values()
-            .filter(|t| t.task_type == TaskType::FederatedLearning && t.fl_clients.is_empty())
+            .filter(|t| t.federated().is_some_and(|f| f.clients.is_empty()))
             .map(|t| (&t.created_at, t.id))
             .collect();
         v.sort();
@@ -69,8 +69,10 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) {
         if let Some(t) = self.tasks.get_mut(&task_id) {
-            t.fl_clients = nodes;
-            t.fl_progress = Some(Progress { done: 0, total });
+            if let KindState::Federated(f) = &mut t.kind {
+                f.clients = nodes;
+                f.progress = Some(Progress { done: 0, total });
+            }
             t.waiting_since = None;
             t.status_reason = None;
         }
@@ -83,7 +85,10 @@ impl Scheduler {
         let Some(t) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        let Some(p) = t.fl_progress.as_mut() else {
+        let KindState::Federated(Federated {
+            progress: Some(p), ..
+        }) = &mut t.kind
+        else {
             return;
         };
         if p.done != done {
@@ -99,6 +104,14 @@ impl Scheduler {
     pub fn fl_finish(&mut self, task_id: Uuid, outcome: FlOutcome, now: DateTime<Utc>) {
         match outcome {
             FlOutcome::Done(result) => {
+                // The driver reports a round when it starts; a job that is done has done them all.
+                if let Some(t) = self.tasks.get_mut(&task_id)
+                    && let KindState::Federated(Federated {
+                        progress: Some(p), ..
+                    }) = &mut t.kind
+                {
+                    p.done = p.total;
+                }
                 self.finish(task_id, TaskStatus::Completed, Some(result), None, now)
             }
             FlOutcome::Failed(why) => {

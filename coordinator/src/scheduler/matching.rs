@@ -11,7 +11,9 @@ use rand::seq::SliceRandom as _;
 use uuid::Uuid;
 
 use super::record::failure_text;
-use super::{AssignmentRecord, AssignmentState, NodeSlot, Outbound, Scheduler, TaskRecord, round1};
+use super::{
+    AssignmentRecord, AssignmentState, KindState, NodeSlot, Outbound, Scheduler, TaskRecord, round1,
+};
 use crate::reputation;
 
 /// How the scheduler ranks nodes, 0–100. Documented in `docs/ARCHITECTURE.md`:
@@ -100,7 +102,9 @@ impl Scheduler {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        task.adaptive |= trust;
+        if let KindState::Replicated(r) = &mut task.kind {
+            r.adaptive |= trust;
+        }
         for node in &candidates {
             let attempt = task.assignments.len() as u32 + 1;
             task.assignments.push(AssignmentRecord {

@@ -39,7 +39,10 @@ use crate::reputation::{self, EventKind, Reputation};
 use matching::node_info;
 pub use matching::{SPOT_CHECK_PERCENT, TRUSTED_STREAK, health_score};
 pub use quorum::DETERMINISTIC_FAILURES;
-pub use record::{AssignmentRecord, AssignmentState, NodeRecord, TaskRecord};
+pub use record::{
+    AssignmentRecord, AssignmentState, Federated, KindState, NodeRecord, Replicated, Sharded,
+    TaskRecord,
+};
 
 /// Tuning of the scheduler. See [`crate::config::SchedulerConfig`] for the documented file form.
 #[derive(Debug, Clone)]
@@ -593,7 +596,8 @@ impl Scheduler {
         task.waiting_since = None;
         task.updated_at = now;
         self.publish.extend(task.notification());
-        let (parent, shards) = (task.parent, task.shards.clone());
+        let parent = task.parent;
+        let shards = task.sharded().map(|s| s.shards.clone()).unwrap_or_default();
         let done = task.clone();
         self.finished.push(task);
         // A computation that ends takes its unfinished shards with it.

@@ -8,7 +8,7 @@ use ambient_protocol::{Outcome, TaskStatus, TaskType};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AssignmentRecord, Scheduler};
+use super::{AssignmentRecord, KindState, Scheduler};
 use crate::reputation::EventKind;
 
 /// Failure kinds that a re-run would repeat: they count as the run's answer (and replicas must
@@ -43,7 +43,9 @@ impl Scheduler {
     /// its notification carry the proof id.
     pub fn attach_proof(&mut self, task_id: Uuid, proof_id: String) {
         if let Some(t) = self.tasks.get_mut(&task_id) {
-            t.proof_id = Some(proof_id);
+            if let KindState::Replicated(r) = &mut t.kind {
+                r.proof_id = Some(proof_id);
+            }
             self.mark(task_id);
         }
     }
@@ -92,7 +94,9 @@ impl Scheduler {
             let budget = task.requirements.min_nodes + self.settings.max_retries;
             if (task.assignments.len() as u32) < budget {
                 if let Some(t) = self.tasks.get_mut(&task_id) {
-                    t.extra_replicas += 1;
+                    if let KindState::Replicated(r) = &mut t.kind {
+                        r.extra_replicas += 1;
+                    }
                     t.updated_at = now;
                 }
                 self.mark(task_id);

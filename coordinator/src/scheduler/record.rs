@@ -58,8 +58,10 @@ pub struct AssignmentRecord {
     pub note: Option<String>,
 }
 
-/// A task and everything that happened to it: the unit that is persisted.
+/// A task and everything that happened to it: the unit that is persisted. What only some kinds
+/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredTask", into = "StoredTask")]
 pub struct TaskRecord {
     /// The task's id.
     pub id: Uuid,
@@ -90,41 +92,216 @@ pub struct TaskRecord {
     /// Since when it has lacked nodes it needs (drives the queue timeout).
     pub waiting_since: Option<DateTime<Utc>>,
     /// For a shard of a `computation`: the computation's id.
-    #[serde(default)]
     pub parent: Option<Uuid>,
     /// For a shard: its index.
-    #[serde(default)]
     pub shard: Option<u32>,
+    /// What only this kind of task has.
+    pub kind: KindState,
+}
+
+/// The state that only some kinds of task have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KindState {
+    /// A task the scheduler places on nodes and settles by quorum: `wasm_execution`,
+    /// `inference`, `zk_proof`, and each shard of a `computation`.
+    Replicated(Replicated),
+    /// A `computation` split into shard tasks. It is never assigned itself; it completes when
+    /// every shard has, by reducing their outputs.
+    Sharded(Sharded),
+    /// A `federated_learning` task. The federated driver, not the scheduler, places and runs it.
+    Federated(Federated),
+}
+
+/// State of a replicated task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replicated {
+    /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
+    pub extra_replicas: u32,
+    /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
+    pub adaptive: bool,
+    /// For `zk_proof`: the verified proof that backs the accepted result.
+    pub proof_id: Option<String>,
+}
+
+/// State of a sharded `computation`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sharded {
+    /// Its shard tasks, in shard order.
+    pub shards: Vec<Uuid>,
+    /// The outputs of completed shards, by shard index.
+    pub outputs: BTreeMap<u32, serde_json::Value>,
+    /// Nodes that completed its shards.
+    pub nodes: Vec<String>,
+    /// How shard outputs are combined.
+    pub reduce: Reduce,
+}
+
+/// State of a `federated_learning` task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Federated {
+    /// Its clients' nodes, in client-id order; empty until it starts.
+    pub clients: Vec<String>,
+    /// Rounds done of all rounds (the statistics round included).
+    pub progress: Option<Progress>,
+}
+
+/// How a [`TaskRecord`] is stored: one flat JSON object, the per-kind fields beside the common
+/// ones, as records always were.
+#[derive(Serialize, Deserialize)]
+struct StoredTask {
+    /// The task's id.
+    id: Uuid,
+    /// Who submitted it (the API key's or MQTT username's submitter id).
+    submitter: String,
+    /// What kind of work it is.
+    task_type: TaskType,
+    /// The task's inputs.
+    inputs: serde_json::Value,
+    /// What it needs.
+    requirements: Requirements,
+    /// The artifact's content address in the blob store (wasm module or ONNX model).
+    artifact_sha256: Option<String>,
+    /// Where it is in its lifecycle.
+    status: TaskStatus,
+    /// When it was accepted.
+    created_at: DateTime<Utc>,
+    /// When it last changed.
+    updated_at: DateTime<Utc>,
+    /// Every replica, in attempt order.
+    assignments: Vec<AssignmentRecord>,
+    /// The accepted result.
+    result: Option<serde_json::Value>,
+    /// Why it failed or expired.
+    error: Option<String>,
+    /// Why it is waiting.
+    status_reason: Option<String>,
+    /// Since when it has lacked nodes it needs (drives the queue timeout).
+    waiting_since: Option<DateTime<Utc>>,
+    /// For a shard of a `computation`: the computation's id.
+    #[serde(default)]
+    parent: Option<Uuid>,
+    /// For a shard: its index.
+    #[serde(default)]
+    shard: Option<u32>,
     /// For a `computation`: its shard tasks, in shard order. A task with shards is never
     /// assigned itself; it completes when every shard has, by reducing their outputs.
     #[serde(default)]
-    pub shards: Vec<Uuid>,
+    shards: Vec<Uuid>,
     /// For a `computation`: the outputs of completed shards, by shard index.
     #[serde(default)]
-    pub shard_outputs: BTreeMap<u32, serde_json::Value>,
+    shard_outputs: BTreeMap<u32, serde_json::Value>,
     /// For a `computation`: nodes that completed its shards.
     #[serde(default)]
-    pub shard_nodes: Vec<String>,
+    shard_nodes: Vec<String>,
     /// For a `computation`: how shard outputs are combined.
     #[serde(default)]
-    pub reduce: Option<Reduce>,
+    reduce: Option<Reduce>,
     /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
     #[serde(default)]
-    pub extra_replicas: u32,
+    extra_replicas: u32,
     /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
     #[serde(default)]
-    pub adaptive: bool,
+    adaptive: bool,
     /// For `zk_proof`: the verified proof that backs the accepted result.
     #[serde(default)]
-    pub proof_id: Option<String>,
-    /// For a `federated_learning` task: its clients' nodes, in client-id order. The core's
+    proof_id: Option<String>,
+    /// For a `federated_learning` task: its clients' nodes, in client-id order. The
     /// federated driver, not the scheduler, places and runs these tasks.
     #[serde(default)]
-    pub fl_clients: Vec<String>,
+    fl_clients: Vec<String>,
     /// For a `federated_learning` task: rounds done of all rounds (the statistics round
     /// included).
     #[serde(default)]
-    pub fl_progress: Option<Progress>,
+    fl_progress: Option<Progress>,
+}
+
+impl From<StoredTask> for TaskRecord {
+    fn from(s: StoredTask) -> TaskRecord {
+        let kind = if !s.shards.is_empty() {
+            KindState::Sharded(Sharded {
+                shards: s.shards,
+                outputs: s.shard_outputs,
+                nodes: s.shard_nodes,
+                reduce: s.reduce.unwrap_or(Reduce::Concat),
+            })
+        } else if s.task_type == TaskType::FederatedLearning {
+            KindState::Federated(Federated {
+                clients: s.fl_clients,
+                progress: s.fl_progress,
+            })
+        } else {
+            KindState::Replicated(Replicated {
+                extra_replicas: s.extra_replicas,
+                adaptive: s.adaptive,
+                proof_id: s.proof_id,
+            })
+        };
+        TaskRecord {
+            id: s.id,
+            submitter: s.submitter,
+            task_type: s.task_type,
+            inputs: s.inputs,
+            requirements: s.requirements,
+            artifact_sha256: s.artifact_sha256,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            assignments: s.assignments,
+            result: s.result,
+            error: s.error,
+            status_reason: s.status_reason,
+            waiting_since: s.waiting_since,
+            parent: s.parent,
+            shard: s.shard,
+            kind,
+        }
+    }
+}
+
+impl From<TaskRecord> for StoredTask {
+    fn from(t: TaskRecord) -> StoredTask {
+        let (mut replicated, mut sharded, mut federated) = (None, None, None);
+        match t.kind {
+            KindState::Replicated(r) => replicated = Some(r),
+            KindState::Sharded(s) => sharded = Some(s),
+            KindState::Federated(f) => federated = Some(f),
+        }
+        let r = replicated.unwrap_or_default();
+        let f = federated.unwrap_or_default();
+        StoredTask {
+            id: t.id,
+            submitter: t.submitter,
+            task_type: t.task_type,
+            inputs: t.inputs,
+            requirements: t.requirements,
+            artifact_sha256: t.artifact_sha256,
+            status: t.status,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            assignments: t.assignments,
+            result: t.result,
+            error: t.error,
+            status_reason: t.status_reason,
+            waiting_since: t.waiting_since,
+            parent: t.parent,
+            shard: t.shard,
+            reduce: sharded.as_ref().map(|s| s.reduce),
+            shards: sharded
+                .as_ref()
+                .map(|s| s.shards.clone())
+                .unwrap_or_default(),
+            shard_outputs: sharded
+                .as_ref()
+                .map(|s| s.outputs.clone())
+                .unwrap_or_default(),
+            shard_nodes: sharded.map(|s| s.nodes).unwrap_or_default(),
+            extra_replicas: r.extra_replicas,
+            adaptive: r.adaptive,
+            proof_id: r.proof_id,
+            fl_clients: f.clients,
+            fl_progress: f.progress,
+        }
+    }
 }
 
 impl TaskRecord {
@@ -155,22 +332,42 @@ impl TaskRecord {
             waiting_since: Some(now),
             parent: None,
             shard: None,
-            shards: Vec::new(),
-            shard_outputs: BTreeMap::new(),
-            shard_nodes: Vec::new(),
-            reduce: None,
-            extra_replicas: 0,
-            adaptive: false,
-            proof_id: None,
-            fl_clients: Vec::new(),
-            fl_progress: None,
+            kind: if task_type == TaskType::FederatedLearning {
+                KindState::Federated(Federated::default())
+            } else {
+                KindState::Replicated(Replicated::default())
+            },
+        }
+    }
+
+    /// The state of a replicated task.
+    pub fn replicated(&self) -> Option<&Replicated> {
+        match &self.kind {
+            KindState::Replicated(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The state of a sharded computation.
+    pub fn sharded(&self) -> Option<&Sharded> {
+        match &self.kind {
+            KindState::Sharded(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The state of a federated task.
+    pub fn federated(&self) -> Option<&Federated> {
+        match &self.kind {
+            KindState::Federated(f) => Some(f),
+            _ => None,
         }
     }
 
     /// Replicas whose answers settle the task before any extra ones: `min_nodes`, or one under
     /// adaptive replication.
     pub(super) fn replicas(&self) -> u32 {
-        if self.adaptive {
+        if self.replicated().is_some_and(|r| r.adaptive) {
             1
         } else {
             self.requirements.min_nodes
@@ -179,8 +376,11 @@ impl TaskRecord {
 
     /// The submitter's view of the task.
     pub fn info(&self) -> TaskInfo {
-        let mut assigned_nodes: Vec<String> = self.shard_nodes.clone();
-        assigned_nodes.extend(self.fl_clients.iter().cloned());
+        let mut assigned_nodes: Vec<String> = match &self.kind {
+            KindState::Sharded(s) => s.nodes.clone(),
+            KindState::Federated(f) => f.clients.clone(),
+            KindState::Replicated(_) => Vec::new(),
+        };
         for a in &self.assignments {
             if !assigned_nodes.contains(&a.node_id) {
                 assigned_nodes.push(a.node_id.clone());
@@ -192,18 +392,20 @@ impl TaskRecord {
             status: self.status,
             assigned_nodes,
             result: self.result.clone(),
-            proof_id: self.proof_id.clone(),
+            proof_id: self.replicated().and_then(|r| r.proof_id.clone()),
             created_at: self.created_at,
             updated_at: self.updated_at,
             error: self.error.clone(),
             status_reason: self.status_reason.clone(),
             attempts: self.assignments.len() as u32,
-            progress: (!self.shards.is_empty())
-                .then_some(Progress {
-                    done: self.shard_outputs.len() as u32,
-                    total: self.shards.len() as u32,
-                })
-                .or(self.fl_progress),
+            progress: match &self.kind {
+                KindState::Sharded(s) => Some(Progress {
+                    done: s.outputs.len() as u32,
+                    total: s.shards.len() as u32,
+                }),
+                KindState::Federated(f) => f.progress,
+                KindState::Replicated(_) => None,
+            },
         }
     }
 
@@ -235,11 +437,11 @@ impl TaskRecord {
     }
 
     pub(super) fn needed(&self) -> u32 {
-        if !self.shards.is_empty() || self.task_type == TaskType::FederatedLearning {
-            return 0;
-        }
+        let KindState::Replicated(r) = &self.kind else {
+            return 0; // shards are placed themselves; federated tasks by their driver
+        };
         let have = (self.active().count() + self.answers().count()) as u32;
-        (self.replicas() + self.extra_replicas).saturating_sub(have)
+        (self.replicas() + r.extra_replicas).saturating_sub(have)
     }
 }
 

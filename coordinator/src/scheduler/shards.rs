@@ -5,8 +5,8 @@ use ambient_protocol::TaskStatus;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Scheduler, TaskRecord};
-use crate::kinds::computation::{self, Reduce};
+use super::{KindState, Scheduler, TaskRecord};
+use crate::kinds::computation;
 
 impl Scheduler {
     /// Accepts a sharded computation: the parent and its shard tasks (whose `parent` and `shard`
@@ -43,23 +43,25 @@ impl Scheduler {
                     .as_ref()
                     .map(|r| r["output"].clone())
                     .unwrap_or_default();
-                parent.shard_outputs.insert(index, output);
+                let KindState::Sharded(sharded) = &mut parent.kind else {
+                    return;
+                };
+                sharded.outputs.insert(index, output);
                 for n in shard.info().assigned_nodes {
-                    if !parent.shard_nodes.contains(&n) {
-                        parent.shard_nodes.push(n);
+                    if !sharded.nodes.contains(&n) {
+                        sharded.nodes.push(n);
                     }
                 }
+                let pending = sharded.outputs.len() < sharded.shards.len();
+                let outputs: Vec<serde_json::Value> = sharded.outputs.values().cloned().collect();
+                let (reducer, nodes) = (sharded.reduce, sharded.nodes.clone());
                 parent.updated_at = now;
                 self.dirty_tasks.insert(parent_id);
-                if parent.shard_outputs.len() < parent.shards.len() {
+                if pending {
                     let note = parent.notification();
                     self.publish.extend(note);
                     return;
                 }
-                let outputs: Vec<serde_json::Value> =
-                    parent.shard_outputs.values().cloned().collect();
-                let reducer = parent.reduce.unwrap_or(Reduce::Concat);
-                let nodes = parent.shard_nodes.clone();
                 match computation::apply(reducer, &outputs) {
                     Ok(value) => {
                         let result = serde_json::json!({

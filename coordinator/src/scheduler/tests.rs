@@ -609,7 +609,7 @@ fn a_long_valid_streak_earns_a_single_replica_except_on_spot_checks() {
     s.on_agent_event("veteran", success(id, 1, "ok"), secs(4));
     let rec = persisted(&s.take_effects(), id);
     assert_eq!(rec.status, TaskStatus::Completed);
-    assert!(rec.adaptive);
+    assert!(rec.replicated().unwrap().adaptive);
 
     let checked = with_id(0);
     s.submit(checked, secs(5));
@@ -782,12 +782,18 @@ fn untrusted_nodes_cannot_form_a_quorum() {
     assert_eq!(invalid, BTreeSet::from(["liar-a", "liar-b"]));
 }
 
+fn fl_task(min_nodes: u32) -> TaskRecord {
+    let mut t = task(min_nodes);
+    t.task_type = TaskType::FederatedLearning;
+    t.kind = KindState::Federated(Federated::default());
+    t
+}
+
 /// A completed federated task reports every round done, not the last one that was running.
 #[test]
 fn completed_federated_task_reports_all_rounds_done() {
     let mut s = Scheduler::new(settings(), vec![], vec![]);
-    let mut t = task(2);
-    t.task_type = TaskType::FederatedLearning;
+    let t = fl_task(2);
     let id = t.id;
     s.submit(t, t0());
     s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
@@ -807,8 +813,7 @@ fn completed_federated_task_reports_all_rounds_done() {
 #[test]
 fn failed_federated_task_keeps_its_progress() {
     let mut s = Scheduler::new(settings(), vec![], vec![]);
-    let mut t = task(2);
-    t.task_type = TaskType::FederatedLearning;
+    let t = fl_task(2);
     let id = t.id;
     s.submit(t, t0());
     s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
