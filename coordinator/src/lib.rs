@@ -5,18 +5,28 @@
 //! address, which tests and `ambient up` use.
 //!
 //! # Layout
+//! A request comes in over REST ([`api`]) or MQTT ([`mqtt`]), passes the [`submission`] checks,
+//! and goes as an [`engine::EngineMsg`] to the [`engine`], the one task that owns the
+//! [`scheduler`]. What differs between task kinds lives in one module per kind under [`kinds`];
+//! the scheduler holds only the lifecycle that all kinds share.
+//!
 //! - [`config`]: the typed, strict configuration.
-//! - [`api`]: the REST API (axum) and OpenAPI document.
-//! - [`mqtt`]: MQTT intake: node health, presence and results, and submissions.
-//! - [`intake`]: submission checks shared by REST and MQTT.
+//! - [`api`]: the REST API (axum), one module per resource, and the OpenAPI document.
+//! - [`mqtt`]: the MQTT [`mqtt::Listener`]: node health, presence, results and identities, and
+//!   submissions.
+//! - [`submission`]: checks of a submission shared by REST and MQTT, and [`submission::SubmitError`].
+//! - [`kinds`]: one module per task kind (`wasm`, `computation`, `inference`, `zk`, `fl`) with
+//!   its submission checks, task construction, result checks and API JSON; `kinds/mod.rs` is
+//!   the one place that lists the kinds.
+//! - [`engine`]: the one task that owns the scheduler: runs the loop, persists, then publishes.
+//! - [`artifacts`]: the blob store as the engine uses it: storing submitted artifacts, inlining
+//!   small ones into assignments, reference-counting temporary blobs (federated models).
+//! - [`scheduler`]: the task lifecycle and node matching as a plain state machine (no I/O, no
+//!   clock).
+//! - [`reputation`]: event-sourced node reputation, its score and its report.
 //! - [`identity`]: node identity keys, for checking what nodes sign.
-//! - [`core`]: the one task that owns the scheduler, persists, then publishes.
-//! - [`reduce`]: built-in reducers of sharded computations.
-//! - [`reputation`]: event-sourced node reputation and its score.
-//! - [`scheduler`]: the task lifecycle and node matching as a plain state machine.
 //! - [`store`]: SQLite on its own thread.
 //! - [`metrics`]: Prometheus counters.
-//! - [`zk`]: `zk_proof` circuits, their Groth16 keys, and proof verification.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
 //!
 //! # Features
@@ -25,22 +35,23 @@
 //! | `embedded-broker` | yes | rumqttd in-process, for `ambient demo` and `ambient up` |
 
 pub mod api;
+pub mod artifacts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
-pub mod core;
-pub mod fl;
+pub mod engine;
 pub mod identity;
-pub mod intake;
+pub mod kinds;
 pub mod metrics;
 pub mod mqtt;
-pub mod reduce;
 pub mod reputation;
 pub mod scheduler;
 pub mod store;
-pub mod zk;
+pub mod submission;
 
-use std::collections::HashMap;
+/// `zk_proof`'s module under its old path, which the end-to-end tests use.
+pub use kinds::zk;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,7 +76,7 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     /// The Groth16 keys of a supported circuit could not be loaded or made.
     #[error("zero-knowledge keys: {0}")]
-    Zk(String),
+    Zk(#[from] kinds::zk::KeysError),
     /// The data dir or the HTTP port could not be used.
     #[error("{what}: {source}")]
     Io {
@@ -114,11 +125,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         min_free_memory_bytes: s.min_free_memory_mib << 20,
     };
     let sched = scheduler::Scheduler::new(settings, tasks, nodes);
-    let zk = Arc::new(
-        zk::Zk::load(&cfg.data_dir, &store)
-            .await
-            .map_err(StartError::Zk)?,
-    );
+    let zk = Arc::new(kinds::zk::Zk::load(&cfg.data_dir, &store).await?);
 
     let tracker = TaskTracker::new();
     let submit_filter = if cfg.mqtt.shared_subscription {
@@ -148,23 +155,21 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
     );
     let metrics = Arc::new(metrics::Metrics::default());
     let identities = Arc::new(identity::Identities::default());
-    let (core_tx, core_rx) = mpsc::channel(1024);
-    let core = core::Core {
+    let (engine_tx, engine_rx) = mpsc::channel(1024);
+    let engine = engine::Engine {
         sched,
         store: store.clone(),
         mqtt: link.client.clone(),
         metrics: metrics.clone(),
         tick: Duration::from_millis(cfg.scheduler.tick_ms),
-        modules: HashMap::new(),
-        inline_artifact_bytes: cfg.limits.inline_artifact_bytes,
-        temporary_blobs: Default::default(),
+        artifacts: artifacts::Artifacts::new(store.clone(), cfg.limits.inline_artifact_bytes),
         zk: zk.clone(),
         reputation_changed: Default::default(),
-        fl: fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
+        fl: kinds::fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
     };
-    tracker.spawn(core.run(core_rx, shutdown.clone()));
-    let intake = mqtt::Intake {
-        core: core_tx.clone(),
+    tracker.spawn(engine.run(engine_rx, shutdown.clone()));
+    let mqtt_listener = mqtt::Listener {
+        engine: engine_tx.clone(),
         store: store.clone(),
         mqtt: link.client.clone(),
         limits: cfg.limits.clone(),
@@ -172,10 +177,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
         identities: identities.clone(),
     };
-    tracker.spawn(intake.run(link.incoming));
+    tracker.spawn(mqtt_listener.run(link.incoming));
 
     let state = api::AppState {
-        core: core_tx,
+        engine: engine_tx,
         store,
         limits: cfg.limits.clone(),
         keys: Arc::new(cfg.api_keys.clone()),

@@ -1,4 +1,4 @@
-//! MQTT intake: turns messages from the broker into [`CoreMsg`]s.
+//! The MQTT side: [`Listener`] turns messages from the broker into [`EngineMsg`]s.
 //!
 //! The topic names the sender (the broker ACL binds `nodes/{node}/…` and `submit/{submitter}` to
 //! the username), so a payload that names another node than its topic is dropped. Malformed
@@ -15,15 +15,17 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::artifacts;
 use crate::config::Limits;
-use crate::core::CoreMsg;
-use crate::intake::{self, SubmitError};
+use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::submission::{self, SubmitError};
 
-/// Shared pieces the intake needs.
-pub struct Intake {
-    pub(crate) core: mpsc::Sender<CoreMsg>,
+/// Reads what the broker delivers: node presence, health, results and identities, and
+/// submissions.
+pub struct Listener {
+    pub(crate) engine: mpsc::Sender<EngineMsg>,
     pub(crate) store: Store,
     pub(crate) mqtt: AsyncClient,
     pub(crate) limits: Limits,
@@ -35,14 +37,14 @@ pub struct Intake {
     pub(crate) identities: Arc<crate::identity::Identities>,
 }
 
-impl Intake {
+impl Listener {
     /// Consumes the link's incoming messages until the link ends.
     pub async fn run(self, mut incoming: mpsc::Receiver<Incoming>) {
         while let Some(msg) = incoming.recv().await {
             if let Incoming::Publish { topic, payload } = msg
                 && self.handle(&topic, payload).await.is_err()
             {
-                break; // the core is gone: shutting down
+                break; // the engine is gone: shutting down
             }
         }
     }
@@ -84,7 +86,7 @@ impl Intake {
                 if s.node_id != node {
                     return self.misaddressed(topic, &s.node_id);
                 }
-                CoreMsg::Status(node.to_string(), s.state)
+                EngineMsg::Status(node.to_string(), s.state)
             }
             Topic::NodeHealth(node) => {
                 let Some(h) = self.decode::<Health>(topic, &payload) else {
@@ -93,13 +95,13 @@ impl Intake {
                 if h.node_id != node {
                     return self.misaddressed(topic, &h.node_id);
                 }
-                CoreMsg::Health(h)
+                EngineMsg::Health(h)
             }
             Topic::NodeResults(node) => {
                 let Some(ev) = self.decode::<AgentEvent>(topic, &payload) else {
                     return Ok(());
                 };
-                CoreMsg::Agent(node.to_string(), ev)
+                EngineMsg::Agent(node.to_string(), ev)
             }
             Topic::Submit(submitter) => {
                 self.submit(submitter, payload).await;
@@ -111,7 +113,7 @@ impl Intake {
             }
             Topic::NodeTasks(_) | Topic::NodeControl(_) => return Ok(()),
         };
-        self.core.send(msg).await.map_err(|_| ())
+        self.engine.send(msg).await.map_err(|_| ())
     }
 
     fn decode<T: DeserializeOwned + HasVersion>(&self, topic: &str, payload: &[u8]) -> Option<T> {
@@ -169,7 +171,7 @@ impl Intake {
     async fn submit(&self, submitter: &str, payload: Vec<u8>) {
         let limits = self.limits.clone();
         // Decoding and validating a module of several MiB is CPU work: keep it off the workers.
-        let checked = tokio::task::spawn_blocking(move || intake::check(&payload, &limits))
+        let checked = tokio::task::spawn_blocking(move || submission::check(&payload, &limits))
             .await
             .unwrap_or_else(|e| Err(SubmitError::InvalidJson(format!("check panicked: {e}"))));
         let accepted = match checked {
@@ -177,16 +179,16 @@ impl Intake {
             Err(e) => return self.reject(submitter, &e, None),
         };
         let task_id = accepted.submission.task_id;
-        if let Err(e) = store_artifact(&self.store, &accepted).await {
+        if let Err(e) = artifacts::store_submitted(&self.store, &accepted).await {
             return self.reject(submitter, &e, task_id);
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let msg = CoreMsg::Submit {
+        let msg = EngineMsg::Submit {
             submitter: submitter.to_string(),
             accepted,
             reply: Some(reply),
         };
-        if self.core.send(msg).await.is_err() {
+        if self.engine.send(msg).await.is_err() {
             return;
         }
         if let Ok(Err(e)) = rx.await {
@@ -205,27 +207,6 @@ impl Intake {
             payload,
         );
     }
-}
-
-/// Puts an accepted submission's inline artifact in the blob store, or checks that the one it
-/// references is there. Shared by the REST and MQTT intakes.
-pub async fn store_artifact(store: &Store, accepted: &intake::Accepted) -> Result<(), SubmitError> {
-    if let Some((sha, bytes)) = &accepted.artifact {
-        store
-            .put_blob(sha.clone(), bytes.clone())
-            .await
-            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
-    }
-    if let Some(sha) = &accepted.artifact_ref {
-        let known = store
-            .blob_size(sha.clone())
-            .await
-            .map_err(|e| SubmitError::Unavailable(e.to_string()))?;
-        if known.is_none() {
-            return Err(SubmitError::UnknownModel(sha.clone()));
-        }
-    }
-    Ok(())
 }
 
 /// Messages that carry the protocol version.

@@ -14,9 +14,12 @@
 //! scheduler ranks by `health_score × (0.5 + score / 200)`, so reputation scales a node's
 //! health between half and all of it.
 
+use ambient_protocol::{NodeInfo, PROTOCOL_VERSION, ReputationReport};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
 
 /// Score under which a node counts as untrusted (`trusted: false` in the API). One wrong answer
 /// takes a new node to 17.
@@ -42,6 +45,75 @@ pub struct Event {
     pub score: f64,
 }
 
+/// Undecayed counts of a node's events, one per [`EventKind`]. Persisted as the array
+/// `[valid, invalid, timeout, lost, proofs_verified, proofs_rejected]`, as node records always
+/// were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "[u64; 6]", into = "[u64; 6]")]
+pub struct Totals {
+    /// Answers accepted.
+    pub valid: u64,
+    /// Answers that lost a quorum.
+    pub invalid: u64,
+    /// Leases that expired.
+    pub timeouts: u64,
+    /// Work lost by going offline.
+    pub lost: u64,
+    /// Proofs that verified.
+    pub proofs_verified: u64,
+    /// Proofs that did not.
+    pub proofs_rejected: u64,
+}
+
+impl Totals {
+    fn count(&mut self, kind: EventKind) {
+        let n = match kind {
+            EventKind::Valid => &mut self.valid,
+            EventKind::Invalid => &mut self.invalid,
+            EventKind::Timeout => &mut self.timeouts,
+            EventKind::Lost => &mut self.lost,
+            EventKind::ProofVerified => &mut self.proofs_verified,
+            EventKind::ProofRejected => &mut self.proofs_rejected,
+        };
+        *n += 1;
+    }
+}
+
+impl From<[u64; 6]> for Totals {
+    fn from(
+        [
+            valid,
+            invalid,
+            timeouts,
+            lost,
+            proofs_verified,
+            proofs_rejected,
+        ]: [u64; 6],
+    ) -> Self {
+        Totals {
+            valid,
+            invalid,
+            timeouts,
+            lost,
+            proofs_verified,
+            proofs_rejected,
+        }
+    }
+}
+
+impl From<Totals> for [u64; 6] {
+    fn from(t: Totals) -> Self {
+        [
+            t.valid,
+            t.invalid,
+            t.timeouts,
+            t.lost,
+            t.proofs_verified,
+            t.proofs_rejected,
+        ]
+    }
+}
+
 /// The fold of a node's events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reputation {
@@ -55,8 +127,8 @@ pub struct Reputation {
     pub lost: f64,
     /// Valid answers in a row, most recent last.
     pub streak: u32,
-    /// Undecayed totals: valid, invalid, timeout, lost, proof verified, proof rejected.
-    pub totals: [u64; 6],
+    /// Undecayed totals of each kind of event.
+    pub totals: Totals,
     /// When the counts were last decayed.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -83,15 +155,7 @@ impl Reputation {
         let [v, i, t, l] = self.decayed(at);
         (self.valid, self.invalid, self.timeout, self.lost) = (v, i, t, l);
         self.updated_at = Some(at);
-        let k = match kind {
-            EventKind::Valid => 0,
-            EventKind::Invalid => 1,
-            EventKind::Timeout => 2,
-            EventKind::Lost => 3,
-            EventKind::ProofVerified => 4,
-            EventKind::ProofRejected => 5,
-        };
-        self.totals[k] += 1;
+        self.totals.count(kind);
         match kind {
             EventKind::Valid | EventKind::ProofVerified => {
                 self.valid += 1.0;
@@ -114,6 +178,26 @@ impl Reputation {
         let [v, i, t, l] = self.decayed(now);
         100.0 * (v + 1.0) / (v + 4.0 * i + 2.0 * t + l + 2.0)
     }
+}
+
+/// Events in a published reputation report's history.
+pub const REPORT_HISTORY: u32 = 100;
+
+/// A node's reputation report: its standing from the scheduler, its recent events from the store.
+pub async fn report(
+    store: &Store,
+    node: NodeInfo,
+    limit: u32,
+) -> Result<ReputationReport, StoreError> {
+    Ok(ReputationReport {
+        v: PROTOCOL_VERSION,
+        history: store
+            .reputation_history(node.node_id.clone(), limit)
+            .await?,
+        node_id: node.node_id,
+        at: Utc::now(),
+        reputation: node.reputation,
+    })
 }
 
 #[cfg(test)]
@@ -149,6 +233,19 @@ mod tests {
         assert!(cheat.score(t(0)) < 10.0);
         // A month later the wrong answers count for a sixteenth: the node drifts back to 50.
         assert!(cheat.score(t(28)) > cheat.score(t(0)) + 20.0);
-        assert_eq!(cheat.totals, [0, 3, 0, 0, 0, 0]);
+        assert_eq!(<[u64; 6]>::from(cheat.totals), [0, 3, 0, 0, 0, 0]);
+        assert_eq!(cheat.totals.invalid, 3);
+    }
+
+    /// Totals are persisted in node records as the array they always were.
+    #[test]
+    fn totals_keep_their_stored_form() {
+        let mut r = Reputation::default();
+        r.apply(EventKind::Timeout, t(0));
+        r.apply(EventKind::ProofVerified, t(0));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["totals"], serde_json::json!([0, 0, 1, 0, 1, 0]));
+        let back: Reputation = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
     }
 }

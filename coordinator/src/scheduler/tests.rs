@@ -1,6 +1,6 @@
 use super::*;
 use crate::reputation::{EventKind, TRUST_THRESHOLD};
-use ambient_protocol::{GpuInfo, Temperature};
+use ambient_protocol::{GpuInfo, Outcome, Progress, Requirements, TaskType, Temperature};
 
 fn settings() -> SchedulerSettings {
     SchedulerSettings {
@@ -609,7 +609,7 @@ fn a_long_valid_streak_earns_a_single_replica_except_on_spot_checks() {
     s.on_agent_event("veteran", success(id, 1, "ok"), secs(4));
     let rec = persisted(&s.take_effects(), id);
     assert_eq!(rec.status, TaskStatus::Completed);
-    assert!(rec.adaptive);
+    assert!(rec.replicated().unwrap().adaptive);
 
     let checked = with_id(0);
     s.submit(checked, secs(5));
@@ -780,4 +780,46 @@ fn untrusted_nodes_cannot_form_a_quorum() {
         .map(|ev| ev.node.as_str())
         .collect();
     assert_eq!(invalid, BTreeSet::from(["liar-a", "liar-b"]));
+}
+
+fn fl_task(min_nodes: u32) -> TaskRecord {
+    let mut t = task(min_nodes);
+    t.task_type = TaskType::FederatedLearning;
+    t.kind = KindState::Federated(Federated::default());
+    t
+}
+
+/// A completed federated task reports every round done, not the last one that was running.
+#[test]
+fn completed_federated_task_reports_all_rounds_done() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let t = fl_task(2);
+    let id = t.id;
+    s.submit(t, t0());
+    s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
+    s.fl_progress(id, 3, secs(2));
+    s.take_effects();
+    s.fl_finish(
+        id,
+        fl::FlOutcome::Done(serde_json::json!({"output": {}})),
+        secs(3),
+    );
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    assert_eq!(rec.info().progress, Some(Progress { done: 4, total: 4 }));
+}
+
+/// A failed federated task keeps the rounds it actually finished.
+#[test]
+fn failed_federated_task_keeps_its_progress() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    let t = fl_task(2);
+    let id = t.id;
+    s.submit(t, t0());
+    s.fl_started(id, vec!["a".into(), "b".into()], 4, secs(1));
+    s.fl_progress(id, 2, secs(2));
+    s.fl_finish(id, fl::FlOutcome::Failed("clients left".into()), secs(3));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Failed);
+    assert_eq!(rec.info().progress, Some(Progress { done: 2, total: 4 }));
 }

@@ -1,4 +1,9 @@
-//! The federated driver: runs `federated_learning` tasks for the core.
+//! `federated_learning` tasks: the submission check, and the federated driver that runs them
+//! for the engine.
+//!
+//! In this crate a *job* is one federated training run: an [`ambient_fl::server::Server`] with
+//! its clients, driven here for one `federated_learning` task (as [`JobSpec`] and [`JobState`] in
+//! `ambient_fl`). Nothing else is called a job.
 //!
 //! The scheduler keeps these tasks (persistence, status, notifications, queue timeout) but never
 //! places them. The driver starts a waiting task once `min_nodes` online, accepting, trusted
@@ -15,7 +20,8 @@
 //! Clients sign their secure-aggregation keys with their node identity; keys whose signature
 //! does not verify (forged, or left over from before a restart) are refused here, so the client
 //! is dropped at the deadline unless good keys follow. Models larger than
-//! [`INLINE_WEIGHTS_MAX`] parameters travel as a blob, which the clients download.
+//! [`INLINE_WEIGHTS_MAX`] parameters travel as a blob, which the clients download: the driver
+//! queues [`BlobChange`]s, which the engine applies with [`crate::artifacts::Artifacts`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,8 +37,34 @@ use rand::seq::SliceRandom as _;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::artifacts::BlobChange;
 use crate::identity::Identities;
+use crate::scheduler::fl::FlOutcome;
 use crate::scheduler::{Outbound, Scheduler};
+use crate::submission::{Accepted, SubmitError};
+
+/// Checks a `federated_learning` submission: its job spec, privacy budget and client count.
+pub(crate) fn check(accepted: &mut Accepted) -> Result<(), SubmitError> {
+    let submission = &accepted.submission;
+    if submission.wasm_module.is_some() {
+        return Err(SubmitError::InvalidInputs(
+            "federated_learning takes no wasm_module".into(),
+        ));
+    }
+    if submission.requirements.require_gpu {
+        return Err(SubmitError::InvalidRequirements(
+            "federated_learning trains on the CPU; require_gpu is not supported".into(),
+        ));
+    }
+    let job: JobSpec = serde_json::from_value(submission.inputs.clone())
+        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning inputs: {e}")))?;
+    // A budget that cannot be met, too few clients, bad hyper-parameters: refused now.
+    ambient_fl::server::check_job(&job, submission.requirements.min_nodes as usize)
+        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))?;
+    accepted.submission.inputs =
+        serde_json::to_value(&job).map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
+    Ok(())
+}
 
 /// One running job.
 struct Job {
@@ -67,10 +99,10 @@ impl Job {
     }
 
     /// Ends the job here: its checkpoint and model blob go.
-    fn forget(self, sched: &mut Scheduler, id: Uuid) {
+    fn forget(self, sched: &mut Scheduler, blobs: &mut Vec<BlobChange>, id: Uuid) {
         sched.fl_checkpoint(id, None);
         if let Some(sha256) = self.blob {
-            sched.send(Outbound::ForgetBlob { sha256 });
+            blobs.push(BlobChange::Release { sha256 });
         }
     }
 }
@@ -84,6 +116,8 @@ pub struct FlDriver {
     /// Client messages refused (late, duplicate, wrong length, strangers, bad signatures), for
     /// metrics.
     pub refused: u64,
+    /// Model blobs to store, adopt or release, in order, before the next messages go out.
+    blobs: Vec<BlobChange>,
 }
 
 fn millis(now: DateTime<Utc>) -> u64 {
@@ -99,7 +133,14 @@ impl FlDriver {
             identities,
             checkpoints: checkpoints.into_iter().collect(),
             refused: 0,
+            blobs: Vec::new(),
         }
+    }
+
+    /// Takes the blob changes queued since the last take. The engine stores and adopts blobs
+    /// before it publishes the messages that name them, and releases blobs after.
+    pub fn take_blob_changes(&mut self) -> Vec<BlobChange> {
+        std::mem::take(&mut self.blobs)
     }
 
     /// Resumes the jobs a previous coordinator process was running, from their checkpoints.
@@ -108,7 +149,8 @@ impl FlDriver {
         for id in sched.fl_running() {
             let nodes = sched
                 .task(&id)
-                .map(|t| t.fl_clients.clone())
+                .and_then(|t| t.federated())
+                .map(|f| f.clients.clone())
                 .unwrap_or_default();
             let resumed = checkpoints
                 .remove(&id)
@@ -139,7 +181,7 @@ impl FlDriver {
                         job.stale = Some((interrupted, job.server.alive().clone()));
                     }
                     if let Some(sha256) = blob {
-                        sched.send(Outbound::AdoptBlob {
+                        self.blobs.push(BlobChange::Adopt {
                             sha256: sha256.clone(),
                         });
                         job.blob = Some(sha256);
@@ -149,7 +191,7 @@ impl FlDriver {
                 }
                 Err(why) => sched.fl_finish(
                     id,
-                    Err(format!(
+                    FlOutcome::Failed(format!(
                         "the coordinator restarted during the job and could not resume it: {why}"
                     )),
                     now,
@@ -174,8 +216,8 @@ impl FlDriver {
             if !active {
                 if let Some(job) = self.jobs.remove(&id) {
                     let out = job.server.end_messages("the task was cancelled");
-                    send(sched, id, &job.nodes, out);
-                    job.forget(sched, id);
+                    send(sched, &mut self.blobs, id, &job.nodes, out);
+                    job.forget(sched, &mut self.blobs, id);
                 }
                 continue;
             }
@@ -251,7 +293,11 @@ impl FlDriver {
         let job: JobSpec = match serde_json::from_value(task.inputs.clone()) {
             Ok(j) => j,
             Err(e) => {
-                sched.fl_finish(id, Err(format!("federated_learning inputs: {e}")), now);
+                sched.fl_finish(
+                    id,
+                    FlOutcome::Failed(format!("federated_learning inputs: {e}")),
+                    now,
+                );
                 return;
             }
         };
@@ -310,7 +356,7 @@ impl FlDriver {
                 self.jobs.insert(id, Job::new(server, nodes));
                 self.relay(sched, id, out, now);
             }
-            Err(e) => sched.fl_finish(id, Err(e.to_string()), now),
+            Err(e) => sched.fl_finish(id, FlOutcome::Failed(e.to_string()), now),
         }
     }
 
@@ -342,10 +388,10 @@ impl FlDriver {
         }
         // Each store of a model counts once, each forget once: two jobs (or two rounds) with the
         // same weights share the blob, which goes when the last lets it go.
-        if let Some(new) = send(sched, id, &job.nodes, out)
+        if let Some(new) = send(sched, &mut self.blobs, id, &job.nodes, out)
             && let Some(old) = job.blob.replace(new)
         {
-            sched.send(Outbound::ForgetBlob { sha256: old });
+            self.blobs.push(BlobChange::Release { sha256: old });
         }
         let outcome = match job.server.state() {
             JobState::Running { round, .. } => {
@@ -354,21 +400,38 @@ impl FlDriver {
             }
             JobState::Done(result) => {
                 info!(task_id = %id, "Federated job done.");
-                Ok(serde_json::json!({
+                FlOutcome::Done(serde_json::json!({
                     "output": result,
                     "nodes": job.nodes,
                 }))
             }
             JobState::Failed(why) => {
                 warn!(task_id = %id, reason = %why, "Federated job failed.");
-                Err(why.clone())
+                FlOutcome::Failed(why.clone())
             }
         };
         sched.fl_finish(id, outcome, now);
         if let Some(job) = self.jobs.remove(&id) {
-            job.forget(sched, id);
+            job.forget(sched, &mut self.blobs, id);
         }
     }
+}
+
+/// Why a client's secure-aggregation keys were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysRefused {
+    /// The keys carry no signature.
+    #[error("its keys are not signed by its node identity")]
+    Unsigned,
+    /// The keys are signed in another node's name.
+    #[error("its keys are signed by node {0}, not by itself")]
+    OtherSigner(String),
+    /// No round is collecting keys.
+    #[error("no secure-aggregation round is in progress")]
+    NoRound,
+    /// The signature does not verify against the node's identity key.
+    #[error(transparent)]
+    BadSignature(#[from] crate::identity::IdentityCheck),
 }
 
 /// Checks that `node`'s round keys are signed by its published identity for this round.
@@ -377,27 +440,28 @@ fn check_keys(
     node: &str,
     session: Option<u64>,
     keys: &AdvertisedKeys,
-) -> Result<(), String> {
+) -> Result<(), KeysRefused> {
     let Some(s) = &keys.signature else {
-        return Err("its keys are not signed by its node identity".into());
+        return Err(KeysRefused::Unsigned);
     };
     if s.node != node {
-        return Err(format!(
-            "its keys are signed by node {}, not by itself",
-            s.node
-        ));
+        return Err(KeysRefused::OtherSigner(s.node.clone()));
     }
-    let session = session.ok_or("no secure-aggregation round is in progress")?;
-    identities
-        .verify(node, &keys.signed_message(session, node), &s.sig)
-        .map_err(|e| e.to_string())
+    let session = session.ok_or(KeysRefused::NoRound)?;
+    Ok(identities.verify(node, &keys.signed_message(session, node), &s.sig)?)
 }
 
 /// Models with more parameters than this go to clients as a blob, not inline in the message.
 pub const INLINE_WEIGHTS_MAX: usize = 16_384;
 
 /// Sends a job's messages; returns the blob its model went in, if it went by reference.
-fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) -> Option<String> {
+fn send(
+    sched: &mut Scheduler,
+    blobs: &mut Vec<BlobChange>,
+    id: Uuid,
+    nodes: &[String],
+    out: Vec<Outgoing>,
+) -> Option<String> {
     // Every `Begin` of a round carries the same weights: store them once.
     let mut stored: Option<(Vec<f32>, String)> = None;
     for Outgoing { to, mut msg } in out {
@@ -413,7 +477,7 @@ fn send(sched: &mut Scheduler, id: Uuid, nodes: &[String], out: Vec<Outgoing>) -
                 _ => {
                     let bytes = weights_to_blob(weights);
                     let sha = ambient_protocol::sha256_hex(&bytes);
-                    sched.send(Outbound::Blob {
+                    blobs.push(BlobChange::Store {
                         sha256: sha.clone(),
                         bytes,
                     });

@@ -1,22 +1,13 @@
 //! Submission checks shared by the REST API and the MQTT submit topic: size, JSON depth, task
-//! type, requirements and the wasm module itself. Every refusal is a [`SubmitError`] with a stable
-//! code, an HTTP status and a sentence for the submitter.
+//! type and requirements here, then the checks of the task's kind ([`crate::kinds::check`]).
+//! Every refusal is a [`SubmitError`] with a stable code, an HTTP status and a sentence for the
+//! submitter.
 
-use ambient_protocol::{ApiError, InferenceInputs, TaskSubmission, TaskType};
+use ambient_protocol::{ApiError, TaskSubmission, TaskType};
 use base64::Engine as _;
 
 use crate::config::Limits;
-use crate::reduce::Reduce;
-
-/// Task kinds this coordinator can run end to end today. The others are part of the protocol and
-/// are refused with [`SubmitError::UnsupportedTaskType`] until they are implemented for real.
-pub const SUPPORTED_TASK_TYPES: &[TaskType] = &[
-    TaskType::WasmExecution,
-    TaskType::Computation,
-    TaskType::Inference,
-    TaskType::ZkProof,
-    TaskType::FederatedLearning,
-];
+use crate::kinds::computation::Reduce;
 
 /// Why a submission was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,16 +36,6 @@ pub enum SubmitError {
         got: String,
         /// What exists.
         known: String,
-    },
-    /// A protocol kind this coordinator does not run yet.
-    #[error(
-        "task_type {task_type} is not supported by this coordinator yet; supported: {supported}"
-    )]
-    UnsupportedTaskType {
-        /// What was sent.
-        task_type: TaskType,
-        /// What works.
-        supported: String,
     },
     /// `require_proof` was set, but no circuit covers this computation.
     #[error(
@@ -109,7 +90,6 @@ impl SubmitError {
             SubmitError::TooDeep { .. } => "json_too_deep",
             SubmitError::BodyTooLarge { .. } => "payload_too_large",
             SubmitError::UnknownTaskType { .. } => "unknown_task_type",
-            SubmitError::UnsupportedTaskType { .. } => "unsupported_task_type",
             SubmitError::ProofUnsupported(..) => "proof_unsupported",
             SubmitError::MissingModule => "missing_module",
             SubmitError::InvalidBase64(_) => "invalid_base64",
@@ -131,7 +111,7 @@ impl SubmitError {
             SubmitError::IdTaken(_) => 409,
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
-            SubmitError::UnsupportedTaskType { .. } | SubmitError::ProofUnsupported(..) => 422,
+            SubmitError::ProofUnsupported(..) => 422,
             _ => 400,
         }
     }
@@ -160,9 +140,6 @@ pub struct Accepted {
     pub shards: Option<(Vec<serde_json::Value>, Reduce)>,
 }
 
-/// Most shards one `computation` task may have.
-pub const MAX_SHARDS: usize = 4096;
-
 /// Checks a raw submission body.
 pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
     if body.len() > limits.max_body_bytes {
@@ -188,14 +165,8 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
         }
         _ => {}
     }
-    let mut submission: TaskSubmission =
+    let submission: TaskSubmission =
         serde_json::from_value(value).map_err(|e| SubmitError::InvalidJson(e.to_string()))?;
-    if !SUPPORTED_TASK_TYPES.contains(&submission.task_type) {
-        return Err(SubmitError::UnsupportedTaskType {
-            task_type: submission.task_type,
-            supported: list(SUPPORTED_TASK_TYPES),
-        });
-    }
     let r = &submission.requirements;
     if r.min_nodes == 0 || r.min_nodes > limits.max_min_nodes {
         return Err(SubmitError::InvalidRequirements(format!(
@@ -212,127 +183,22 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
     if r.require_proof && submission.task_type != TaskType::ZkProof {
         return Err(SubmitError::ProofUnsupported(
             submission.task_type,
-            crate::zk::supported_list(),
+            crate::kinds::zk::supported_list(),
         ));
     }
     let mut accepted = Accepted {
         artifact: None,
         artifact_ref: None,
         shards: None,
-        submission: submission.clone(),
+        submission,
     };
-    match submission.task_type {
-        TaskType::WasmExecution => {
-            let b64 = submission
-                .wasm_module
-                .take()
-                .ok_or(SubmitError::MissingModule)?;
-            accepted.artifact = Some(wasm(&b64, limits)?);
-        }
-        TaskType::Computation => {
-            if submission.wasm_module.is_some() {
-                return Err(SubmitError::InvalidInputs(
-                    "a computation's kernel goes in inputs.kernel_base64".into(),
-                ));
-            }
-            let (kernel, shards, reduce) = computation(&submission.inputs)?;
-            accepted.artifact = Some(wasm(&kernel, limits)?);
-            accepted.shards = Some((shards, reduce));
-        }
-        TaskType::Inference => {
-            if submission.requirements.min_nodes != 1 {
-                return Err(SubmitError::InvalidRequirements(
-                    "inference runs on one node (min_nodes = 1): float outputs differ across \
-                     devices, and replicas are compared by exact hash"
-                        .into(),
-                ));
-            }
-            let mut inputs: InferenceInputs = serde_json::from_value(submission.inputs.clone())
-                .map_err(|e| SubmitError::InvalidInputs(format!("inference inputs: {e}")))?;
-            match (inputs.model_base64.take(), inputs.model_sha256.take()) {
-                (Some(b64), None) => {
-                    let bytes = decode(&b64, limits.max_model_bytes)?;
-                    let sha = ambient_protocol::sha256_hex(&bytes);
-                    inputs.model_sha256 = Some(sha.clone());
-                    accepted.artifact = Some((sha, bytes));
-                }
-                (None, Some(sha)) => {
-                    let sha = sha.to_ascii_lowercase();
-                    if !ambient_protocol::is_sha256_hex(&sha) {
-                        return Err(SubmitError::InvalidInputs(
-                            "model_sha256 must be 64 hex digits".into(),
-                        ));
-                    }
-                    inputs.model_sha256 = Some(sha.clone());
-                    accepted.artifact_ref = Some(sha);
-                }
-                _ => {
-                    return Err(SubmitError::InvalidInputs(
-                        "give exactly one of model_sha256 and model_base64".into(),
-                    ));
-                }
-            }
-            if inputs.tensors.is_empty() {
-                return Err(SubmitError::InvalidInputs("no input tensors".into()));
-            }
-            for (name, t) in &inputs.tensors {
-                t.check_len(name).map_err(SubmitError::InvalidInputs)?;
-            }
-            accepted.submission.inputs = serde_json::to_value(&inputs)
-                .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
-        }
-        TaskType::ZkProof => {
-            if submission.requirements.min_nodes != 1 {
-                return Err(SubmitError::InvalidRequirements(
-                    "zk_proof runs on one node (min_nodes = 1): its result is checked by \
-                     verifying the proof, not by replicating the work"
-                        .into(),
-                ));
-            }
-            if submission.wasm_module.is_some() {
-                return Err(SubmitError::InvalidInputs(
-                    "zk_proof takes no wasm_module; its artifact is the circuit's proving key"
-                        .into(),
-                ));
-            }
-            let (spec, _) = crate::zk::parse_inputs(&submission.inputs).map_err(|e| {
-                SubmitError::InvalidInputs(format!(
-                    "zk_proof: {e}; supported circuits: {}",
-                    crate::zk::supported_list()
-                ))
-            })?;
-            crate::zk::check_supported(&spec)
-                .map_err(|e| SubmitError::InvalidInputs(format!("zk_proof: {e}")))?;
-            // Every result carries a proof, whether or not the submitter asked for one.
-            accepted.submission.requirements.require_proof = true;
-        }
-        TaskType::FederatedLearning => {
-            if submission.wasm_module.is_some() {
-                return Err(SubmitError::InvalidInputs(
-                    "federated_learning takes no wasm_module".into(),
-                ));
-            }
-            if submission.requirements.require_gpu {
-                return Err(SubmitError::InvalidRequirements(
-                    "federated_learning trains on the CPU; require_gpu is not supported".into(),
-                ));
-            }
-            let job: ambient_fl::wire::JobSpec = serde_json::from_value(submission.inputs.clone())
-                .map_err(|e| {
-                    SubmitError::InvalidInputs(format!("federated_learning inputs: {e}"))
-                })?;
-            // A budget that cannot be met, too few clients, bad hyper-parameters: refused now.
-            ambient_fl::server::check_job(&job, submission.requirements.min_nodes as usize)
-                .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))?;
-            accepted.submission.inputs = serde_json::to_value(&job)
-                .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
-        }
-    }
+    crate::kinds::check(&mut accepted, limits)?;
     accepted.submission.wasm_module = None;
     Ok(accepted)
 }
 
-fn decode(b64: &str, max: usize) -> Result<Vec<u8>, SubmitError> {
+/// Decodes an inline artifact, refusing one larger than `max` bytes.
+pub(crate) fn decode(b64: &str, max: usize) -> Result<Vec<u8>, SubmitError> {
     // base64 is 4/3 of the bytes: refuse early without decoding a huge string.
     if b64.len() / 4 * 3 > max + 3 {
         return Err(SubmitError::ModuleTooLarge {
@@ -350,73 +216,6 @@ fn decode(b64: &str, max: usize) -> Result<Vec<u8>, SubmitError> {
         });
     }
     Ok(bytes)
-}
-
-fn wasm(b64: &str, limits: &Limits) -> Result<(String, Vec<u8>), SubmitError> {
-    let bytes = decode(b64, limits.max_module_bytes)?;
-    let engine = wasmi::Engine::default();
-    wasmi::Module::validate(&engine, &bytes)
-        .map_err(|e| SubmitError::InvalidWasm(e.to_string()))?;
-    Ok((ambient_protocol::sha256_hex(&bytes), bytes))
-}
-
-/// `{"kernel_base64", "shards": [...] | "range": {"start", "end", "shards"}, "reduce"}`.
-fn computation(
-    inputs: &serde_json::Value,
-) -> Result<(String, Vec<serde_json::Value>, Reduce), SubmitError> {
-    let bad = |m: String| SubmitError::InvalidInputs(m);
-    let obj = inputs
-        .as_object()
-        .ok_or_else(|| bad("computation inputs must be an object".into()))?;
-    for k in obj.keys() {
-        if !["kernel_base64", "shards", "range", "reduce"].contains(&k.as_str()) {
-            return Err(bad(format!("unknown computation input {k:?}")));
-        }
-    }
-    let kernel = obj
-        .get("kernel_base64")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| bad("computation needs inputs.kernel_base64 (a wasm module)".into()))?;
-    let reduce_name = obj
-        .get("reduce")
-        .and_then(|v| v.as_str())
-        .unwrap_or("concat");
-    let reduce = Reduce::from_wire(reduce_name).ok_or_else(|| {
-        bad(format!(
-            "reduce {reduce_name:?} is not one of sum, min, max, concat (wasm reducers are not \
-             supported yet)"
-        ))
-    })?;
-    let shards = match (obj.get("shards"), obj.get("range")) {
-        (Some(serde_json::Value::Array(list)), None) => list.clone(),
-        (None, Some(range)) => {
-            let get = |k: &str| {
-                range
-                    .get(k)
-                    .and_then(|v| v.as_u64())
-                    .ok_or_else(|| bad(format!("range.{k} must be a non-negative integer")))
-            };
-            let (start, end, n) = (get("start")?, get("end")?, get("shards")?);
-            if end <= start || n == 0 || n > end - start || n as usize > MAX_SHARDS {
-                return Err(bad(format!(
-                    "range needs start < end and 1 ≤ shards ≤ min(end - start, {MAX_SHARDS})"
-                )));
-            }
-            let span = end - start;
-            (0..n)
-                .map(|k| {
-                    let s = start + span * k / n;
-                    let e = start + span * (k + 1) / n;
-                    serde_json::json!({"start": s, "end": e, "shard": k})
-                })
-                .collect()
-        }
-        _ => return Err(bad("give exactly one of shards (an array) and range".into())),
-    };
-    if shards.is_empty() || shards.len() > MAX_SHARDS {
-        return Err(bad(format!("a computation has 1 to {MAX_SHARDS} shards")));
-    }
-    Ok((kernel.to_string(), shards, reduce))
 }
 
 fn list(types: &[TaskType]) -> String {
@@ -590,31 +389,5 @@ mod tests {
     fn depth_ignores_brackets_in_strings() {
         assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#), 1);
         assert_eq!(json_depth(br#"{"a": [{"b": []}]}"#), 4);
-    }
-}
-
-#[cfg(test)]
-mod sharding_tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn ranges_split_evenly_and_exactly() {
-        let (_, shards, reduce) = computation(
-            &json!({"kernel_base64": "x", "range": {"start": 0, "end": 1000000000, "shards": 64}, "reduce": "sum"}),
-        )
-        .unwrap();
-        assert_eq!(reduce, Reduce::Sum);
-        assert_eq!(shards.len(), 64);
-        assert_eq!(shards[0]["start"], 0);
-        assert_eq!(shards[63]["end"], 1000000000u64);
-        let total: u64 = shards
-            .iter()
-            .map(|s| s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap())
-            .sum();
-        assert_eq!(total, 1000000000);
-        for w in shards.windows(2) {
-            assert_eq!(w[0]["end"], w[1]["start"]);
-        }
     }
 }

@@ -1,0 +1,49 @@
+//! Authentication of submitters: `Authorization: Bearer <api key>`, compared in constant time.
+//! (Nodes sign their blob downloads instead: see [`super::blobs`].)
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::{AppState, Failure};
+
+/// The authenticated submitter of a request.
+#[derive(Clone)]
+pub(super) struct Submitter(pub(super) String);
+
+pub(super) async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, Failure> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing 'Authorization: Bearer <api key>' header",
+        ));
+    };
+    let found = state
+        .keys
+        .iter()
+        .find(|k| constant_time_eq(k.key.as_bytes(), token.trim().as_bytes()));
+    let Some(key) = found else {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        ));
+    };
+    req.extensions_mut()
+        .insert(Submitter(key.submitter.clone()));
+    Ok(next.run(req).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

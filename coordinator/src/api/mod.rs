@@ -1,0 +1,223 @@
+//! The REST API (axum). Every error is `{error, message}` with a fitting status code.
+//!
+//! | Route | Auth | |
+//! |---|---|---|
+//! | `POST /api/v1/tasks` | key | submit |
+//! | `GET /api/v1/tasks` | key | the caller's tasks (`?status=`, `?limit=`) |
+//! | `GET /api/v1/tasks/{id}` | key | one task |
+//! | `DELETE /api/v1/tasks/{id}` | key | cancel |
+//! | `PUT /api/v1/blobs` | key | upload an artifact (an ONNX model), get its sha256 |
+//! | `GET /api/v1/blobs/{sha256}` | node signature | download an artifact (agents fetch large artifacts and FL models) |
+//! | `GET /api/v1/nodes`, `GET /api/v1/nodes/{id}` | key | nodes and their health |
+//! | `GET /api/v1/nodes/{id}/reputation` | key | a node's score, counts and recent history (`?limit=`) |
+//! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
+//! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
+//! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
+//! | `GET /api/v1/health` | none | liveness and broker link |
+//! | `GET /metrics` | none | Prometheus |
+//! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
+//!
+//! # Layout
+//! - [`auth`]: API keys.
+//! - [`tasks`]: submit, list, read, cancel.
+//! - [`blobs`]: artifact upload and signed download.
+//! - [`nodes`]: nodes, health and reputation.
+//! - [`proofs`]: proofs and circuits of `zk_proof` tasks.
+//! - this module: the router, shared state, error responses, health, metrics and the OpenAPI
+//!   document.
+
+mod auth;
+mod blobs;
+mod nodes;
+mod proofs;
+mod tasks;
+
+use std::sync::Arc;
+
+use ambient_link::LinkState;
+use ambient_protocol::ApiError;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ApiKey, Limits};
+use crate::engine::EngineMsg;
+use crate::identity::Identities;
+use crate::kinds::zk::Zk;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::submission::SubmitError;
+use auth::authenticate;
+use blobs::{get_blob, put_blob};
+use nodes::{get_node, get_node_reputation, list_nodes};
+use proofs::{get_proof, list_circuits, verify_proof};
+use tasks::{cancel_task, get_task, list_tasks, submit};
+
+/// The OpenAPI document served at `/api-docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) engine: mpsc::Sender<EngineMsg>,
+    pub(crate) store: Store,
+    pub(crate) limits: Limits,
+    pub(crate) keys: Arc<Vec<ApiKey>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) link: watch::Receiver<LinkState>,
+    pub(crate) zk: Arc<Zk>,
+    pub(crate) identities: Arc<Identities>,
+}
+
+/// An error response.
+pub(crate) struct Failure(StatusCode, ApiError);
+
+impl Failure {
+    pub(crate) fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Failure {
+        Failure(
+            status,
+            ApiError {
+                error: error.into(),
+                message: message.into(),
+                task_id: None,
+            },
+        )
+    }
+
+    pub(crate) fn unavailable() -> Failure {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the coordinator is shutting down",
+        )
+    }
+
+    pub(crate) fn store(e: crate::store::StoreError) -> Failure {
+        tracing::error!(error = %e, "Store query failed.");
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<SubmitError> for Failure {
+    fn from(e: SubmitError) -> Failure {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+        Failure(status, e.to_api_error(None))
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/tasks", get(list_tasks).post(submit))
+        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/api/v1/blobs", axum::routing::put(put_blob))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/nodes/{id}/reputation", get(get_node_reputation))
+        .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
+        .route("/api/v1/proofs/{id}", get(get_proof))
+        .route("/api/v1/circuits", get(list_circuits))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(authed)
+        .route("/api/v1/blobs/{sha256}", get(get_blob))
+        .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api-docs/openapi.json", get(openapi))
+        .fallback(not_found)
+        // The handlers apply the configured limit themselves with a clear 413. This layer only
+        // stops bodies far beyond it from being buffered at all. The 4 MiB of slack lets a body a
+        // little over the limit be read whole, so the client gets the 413 instead of a reset
+        // connection (closing a socket with unread data sends RST).
+        .layer(DefaultBodyLimit::max(
+            state.limits.max_body_bytes + (4 << 20),
+        ))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let link = state.link.borrow().clone();
+    let mqtt = match &link {
+        LinkState::Connected => "connected".to_string(),
+        LinkState::Connecting => "connecting".to_string(),
+        LinkState::Refused(e) => format!("refused: {e}"),
+        LinkState::Down(e) => format!("down: {e}"),
+    };
+    Json(serde_json::json!({
+        "status": if link == LinkState::Connected { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "mqtt": mqtt,
+        "nodes_online": state.metrics.nodes_online.load(Relaxed),
+        "tasks_active": state.metrics.tasks_active.load(Relaxed),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is documented in the OpenAPI file, with its methods.
+    #[test]
+    fn openapi_lists_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let routes = [
+            ("/api/v1/tasks", "post"),
+            ("/api/v1/tasks", "get"),
+            ("/api/v1/tasks/{id}", "get"),
+            ("/api/v1/tasks/{id}", "delete"),
+            ("/api/v1/blobs", "put"),
+            ("/api/v1/blobs/{sha256}", "get"),
+            ("/api/v1/nodes", "get"),
+            ("/api/v1/nodes/{id}", "get"),
+            ("/api/v1/nodes/{id}/reputation", "get"),
+            ("/api/v1/proofs/{id}", "get"),
+            ("/api/v1/proofs/verify", "post"),
+            ("/api/v1/circuits", "get"),
+            ("/api/v1/health", "get"),
+            ("/metrics", "get"),
+            ("/api-docs/openapi.json", "get"),
+        ];
+        for (path, method) in routes {
+            assert!(
+                spec["paths"][path][method].is_object(),
+                "{method} {path} undocumented"
+            );
+        }
+        let documented: usize = spec["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            routes.len(),
+            "the spec documents a route that does not exist"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! `/api/v1/nodes`: the nodes the engine knows, their health and their reputation.
+
+use ambient_protocol::{NodeInfo, ReputationReport};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::{AppState, Failure};
+use crate::engine::EngineMsg;
+use crate::reputation;
+
+pub(super) async fn list_nodes(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<NodeInfo>>, Failure> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .engine
+        .send(EngineMsg::Nodes(reply))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let mut nodes = rx.await.map_err(|_| Failure::unavailable())?;
+    for n in &mut nodes {
+        n.identity = state.identities.hex(&n.node_id);
+    }
+    Ok(Json(nodes))
+}
+
+pub(super) async fn get_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeInfo>, Failure> {
+    node_info(&state, id).await.map(Json)
+}
+
+/// `?limit=` of the reputation history (default 100, at most 1000).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+/// Most events one reputation request returns.
+const MAX_HISTORY: u32 = 1000;
+
+pub(super) async fn get_node_reputation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<ReputationReport>, Failure> {
+    let Query(q) =
+        query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = q
+        .limit
+        .unwrap_or(reputation::REPORT_HISTORY)
+        .clamp(1, MAX_HISTORY);
+    let node = node_info(&state, id).await?;
+    reputation::report(&state.store, node, limit)
+        .await
+        .map(Json)
+        .map_err(Failure::store)
+}
+
+async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .engine
+        .send(EngineMsg::Node(id.clone(), reply))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let mut node = rx
+        .await
+        .map_err(|_| Failure::unavailable())?
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "node_not_found",
+                format!("no node {id:?} has reported to this coordinator"),
+            )
+        })?;
+    node.identity = state.identities.hex(&id);
+    Ok(node)
+}

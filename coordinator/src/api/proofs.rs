@@ -1,0 +1,111 @@
+//! `/api/v1/proofs` and `/api/v1/circuits`: verified proofs of `zk_proof` tasks, checks of
+//! proofs against public inputs, and the supported circuits. The JSON of proofs and circuits
+//! is [`crate::kinds::zk`]'s.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::auth::Submitter;
+use super::{AppState, Failure};
+use crate::kinds::zk;
+
+pub(super) async fn get_proof(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    let not_found = |id: &str| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "proof_not_found",
+            format!("no proof {id} for this API key"),
+        )
+    };
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return Err(not_found(&id));
+    };
+    let Some(p) = state.store.proof(id).await.map_err(Failure::store)? else {
+        return Err(not_found(&id.to_string()));
+    };
+    // A proof is visible to whoever may see its task.
+    match state.store.task(p.task_id).await.map_err(Failure::store)? {
+        Some(t) if t.submitter == submitter => {}
+        _ => return Err(not_found(&id.to_string())),
+    }
+    let circuit = ambient_zk::CircuitId::parse(&p.circuit)
+        .and_then(|c| ambient_zk::CircuitSpec::new(c, p.size as usize))
+        .ok()
+        .and_then(|spec| state.zk.circuit(&spec));
+    zk::proof_json(&p, circuit)
+        .map(Json)
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyRequest {
+    circuit: String,
+    n: usize,
+    public_inputs: Vec<String>,
+    proof: String,
+}
+
+pub(super) async fn verify_proof(
+    State(state): State<AppState>,
+    body: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    use base64::Engine as _;
+    let bad = |m: String| Failure::new(StatusCode::BAD_REQUEST, "invalid_request", m);
+    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    let spec = ambient_zk::CircuitId::parse(&req.circuit)
+        .and_then(|c| ambient_zk::CircuitSpec::new(c, req.n))
+        .map_err(|e| bad(e.to_string()))?;
+    let Some(circuit) = state.zk.circuit(&spec) else {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_circuit",
+            format!(
+                "no keys for {spec}; supported circuits: {}",
+                zk::supported_list()
+            ),
+        ));
+    };
+    let fields: Vec<ambient_zk::Fr> = req
+        .public_inputs
+        .iter()
+        .map(|s| zk::parse_field(s))
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
+    let [task_binding, input_commitment, output_commitment] = fields[..] else {
+        return Err(bad(format!(
+            "public_inputs has {} elements; every circuit takes 3",
+            fields.len()
+        )));
+    };
+    let public = ambient_zk::PublicInputs {
+        task_binding,
+        input_commitment,
+        output_commitment,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(req.proof.trim())
+        .map_err(|e| bad(format!("proof is not base64: {e}")))?;
+    // A proof that does not decode to curve points is simply not valid.
+    let Ok(proof) = ambient_zk::proof_from_bytes(&bytes) else {
+        return Ok(Json(serde_json::json!({"valid": false})));
+    };
+    let verifier = circuit.verifier.clone();
+    let valid = tokio::task::spawn_blocking(move || verifier.verify(&public, &proof))
+        .await
+        .map_err(|_| Failure::unavailable())?
+        .unwrap_or(false);
+    Ok(Json(serde_json::json!({"valid": valid})))
+}
+
+pub(super) async fn list_circuits(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let list: Vec<serde_json::Value> = state.zk.circuits().iter().map(zk::circuit_json).collect();
+    Json(serde_json::Value::Array(list))
+}

@@ -1,0 +1,142 @@
+//! `/api/v1/tasks`: submit, list, read and cancel a submitter's tasks.
+
+use ambient_protocol::{TaskInfo, TaskStatus};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::auth::Submitter;
+use super::{AppState, Failure};
+use crate::artifacts;
+use crate::engine::EngineMsg;
+use crate::metrics::Metrics;
+use crate::submission::{self, SubmitError};
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<TaskInfo>), Failure> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Failure::from(SubmitError::BodyTooLarge {
+                size: state.limits.max_body_bytes + 1,
+                max: state.limits.max_body_bytes,
+            })
+        } else {
+            Failure::new(r.status(), "bad_request", r.body_text())
+        }
+    })?;
+    let limits = state.limits.clone();
+    let checked = tokio::task::spawn_blocking(move || submission::check(&body, &limits))
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let accepted = checked.inspect_err(|_| Metrics::inc(&state.metrics.submissions_rejected))?;
+    artifacts::store_submitted(&state.store, &accepted).await?;
+    let (reply, rx) = oneshot::channel();
+    state
+        .engine
+        .send(EngineMsg::Submit {
+            submitter,
+            accepted,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    let info = rx.await.map_err(|_| Failure::unavailable())??;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    status: Option<TaskStatus>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn list_tasks(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<TaskInfo>>, Failure> {
+    let Query(p) = params
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let tasks = state
+        .store
+        .tasks_of(submitter, p.status, limit)
+        .await
+        .map_err(Failure::store)?;
+    Ok(Json(tasks.iter().map(|t| t.info()).collect()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id).map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_task_id",
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })
+}
+
+fn task_not_found(id: Uuid) -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+        format!("no task {id} for this API key"),
+    )
+}
+
+pub(super) async fn get_task(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, Failure> {
+    let id = parse_id(&id)?;
+    match state.store.task(id).await.map_err(Failure::store)? {
+        Some(t) if t.submitter == submitter => Ok(Json(t.info())),
+        _ => Err(task_not_found(id)),
+    }
+}
+
+pub(super) async fn cancel_task(
+    State(state): State<AppState>,
+    Extension(Submitter(submitter)): Extension<Submitter>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, Failure> {
+    let id = parse_id(&id)?;
+    let existing = state.store.task(id).await.map_err(Failure::store)?;
+    let Some(task) = existing.filter(|t| t.submitter == submitter) else {
+        return Err(task_not_found(id));
+    };
+    if task.status.is_terminal() {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("task {id} is already {}", task.status),
+        ));
+    }
+    let (reply, rx) = oneshot::channel();
+    state
+        .engine
+        .send(EngineMsg::Cancel {
+            task_id: id,
+            submitter,
+            reply,
+        })
+        .await
+        .map_err(|_| Failure::unavailable())?;
+    rx.await
+        .map_err(|_| Failure::unavailable())?
+        .map_err(|e| Failure::new(StatusCode::CONFLICT, "task_finished", e.to_string()))?;
+    match state.store.task(id).await.map_err(Failure::store)? {
+        Some(t) => Ok(Json(t.info())),
+        None => Err(task_not_found(id)),
+    }
+}

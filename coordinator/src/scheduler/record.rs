@@ -1,0 +1,469 @@
+//! The persisted records: a task with its replicas, and a node.
+
+use std::collections::BTreeMap;
+
+use ambient_protocol::{
+    Health, NodeState, Outcome, Progress, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::Outbound;
+use crate::kinds::computation::Reduce;
+use crate::reputation::Reputation;
+
+/// Where one replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentState {
+    /// Published to the node.
+    Dispatched,
+    /// The node said it started.
+    Running,
+    /// The node returned a result (see `outcome`).
+    Finished,
+    /// The lease ran out first.
+    Expired,
+    /// The node went offline holding it.
+    Lost,
+    /// The node refused it.
+    Declined,
+    /// The task was cancelled or completed without it.
+    Cancelled,
+}
+
+impl AssignmentState {
+    pub(super) fn is_active(self) -> bool {
+        matches!(self, AssignmentState::Dispatched | AssignmentState::Running)
+    }
+}
+
+/// One replica of a task on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// 1-based, unique within the task.
+    pub attempt: u32,
+    /// The node that holds it.
+    pub node_id: String,
+    /// Where it stands.
+    pub state: AssignmentState,
+    /// When it was sent.
+    pub dispatched_at: DateTime<Utc>,
+    /// When the scheduler stops waiting for it.
+    pub lease_deadline: DateTime<Utc>,
+    /// What the node reported, once it did.
+    pub result: Option<TaskResult>,
+    /// Why it ended without a result (expired, lost, declined).
+    pub note: Option<String>,
+}
+
+/// A task and everything that happened to it: the unit that is persisted. What only some kinds
+/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredTask", into = "StoredTask")]
+pub struct TaskRecord {
+    /// The task's id.
+    pub id: Uuid,
+    /// Who submitted it (the API key's or MQTT username's submitter id).
+    pub submitter: String,
+    /// What kind of work it is.
+    pub task_type: TaskType,
+    /// The task's inputs.
+    pub inputs: serde_json::Value,
+    /// What it needs.
+    pub requirements: Requirements,
+    /// The artifact's content address in the blob store (wasm module or ONNX model).
+    pub artifact_sha256: Option<String>,
+    /// Where it is in its lifecycle.
+    pub status: TaskStatus,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Every replica, in attempt order.
+    pub assignments: Vec<AssignmentRecord>,
+    /// The accepted result.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or expired.
+    pub error: Option<String>,
+    /// Why it is waiting.
+    pub status_reason: Option<String>,
+    /// Since when it has lacked nodes it needs (drives the queue timeout).
+    pub waiting_since: Option<DateTime<Utc>>,
+    /// For a shard of a `computation`: the computation's id.
+    pub parent: Option<Uuid>,
+    /// For a shard: its index.
+    pub shard: Option<u32>,
+    /// What only this kind of task has.
+    pub kind: KindState,
+}
+
+/// The state that only some kinds of task have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KindState {
+    /// A task the scheduler places on nodes and settles by quorum: `wasm_execution`,
+    /// `inference`, `zk_proof`, and each shard of a `computation`.
+    Replicated(Replicated),
+    /// A `computation` split into shard tasks. It is never assigned itself; it completes when
+    /// every shard has, by reducing their outputs.
+    Sharded(Sharded),
+    /// A `federated_learning` task. The federated driver, not the scheduler, places and runs it.
+    Federated(Federated),
+}
+
+/// State of a replicated task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replicated {
+    /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
+    pub extra_replicas: u32,
+    /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
+    pub adaptive: bool,
+    /// For `zk_proof`: the verified proof that backs the accepted result.
+    pub proof_id: Option<String>,
+}
+
+/// State of a sharded `computation`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sharded {
+    /// Its shard tasks, in shard order.
+    pub shards: Vec<Uuid>,
+    /// The outputs of completed shards, by shard index.
+    pub outputs: BTreeMap<u32, serde_json::Value>,
+    /// Nodes that completed its shards.
+    pub nodes: Vec<String>,
+    /// How shard outputs are combined.
+    pub reduce: Reduce,
+}
+
+/// State of a `federated_learning` task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Federated {
+    /// Its clients' nodes, in client-id order; empty until it starts.
+    pub clients: Vec<String>,
+    /// Rounds done of all rounds (the statistics round included).
+    pub progress: Option<Progress>,
+}
+
+/// How a [`TaskRecord`] is stored: one flat JSON object, the per-kind fields beside the common
+/// ones, as records always were.
+#[derive(Serialize, Deserialize)]
+struct StoredTask {
+    /// The task's id.
+    id: Uuid,
+    /// Who submitted it (the API key's or MQTT username's submitter id).
+    submitter: String,
+    /// What kind of work it is.
+    task_type: TaskType,
+    /// The task's inputs.
+    inputs: serde_json::Value,
+    /// What it needs.
+    requirements: Requirements,
+    /// The artifact's content address in the blob store (wasm module or ONNX model).
+    artifact_sha256: Option<String>,
+    /// Where it is in its lifecycle.
+    status: TaskStatus,
+    /// When it was accepted.
+    created_at: DateTime<Utc>,
+    /// When it last changed.
+    updated_at: DateTime<Utc>,
+    /// Every replica, in attempt order.
+    assignments: Vec<AssignmentRecord>,
+    /// The accepted result.
+    result: Option<serde_json::Value>,
+    /// Why it failed or expired.
+    error: Option<String>,
+    /// Why it is waiting.
+    status_reason: Option<String>,
+    /// Since when it has lacked nodes it needs (drives the queue timeout).
+    waiting_since: Option<DateTime<Utc>>,
+    /// For a shard of a `computation`: the computation's id.
+    #[serde(default)]
+    parent: Option<Uuid>,
+    /// For a shard: its index.
+    #[serde(default)]
+    shard: Option<u32>,
+    /// For a `computation`: its shard tasks, in shard order. A task with shards is never
+    /// assigned itself; it completes when every shard has, by reducing their outputs.
+    #[serde(default)]
+    shards: Vec<Uuid>,
+    /// For a `computation`: the outputs of completed shards, by shard index.
+    #[serde(default)]
+    shard_outputs: BTreeMap<u32, serde_json::Value>,
+    /// For a `computation`: nodes that completed its shards.
+    #[serde(default)]
+    shard_nodes: Vec<String>,
+    /// For a `computation`: how shard outputs are combined.
+    #[serde(default)]
+    reduce: Option<Reduce>,
+    /// Replicas added beyond `min_nodes` because the answers so far reached no quorum.
+    #[serde(default)]
+    extra_replicas: u32,
+    /// Adaptive replication: the task went to a single trusted node instead of `min_nodes`.
+    #[serde(default)]
+    adaptive: bool,
+    /// For `zk_proof`: the verified proof that backs the accepted result.
+    #[serde(default)]
+    proof_id: Option<String>,
+    /// For a `federated_learning` task: its clients' nodes, in client-id order. The
+    /// federated driver, not the scheduler, places and runs these tasks.
+    #[serde(default)]
+    fl_clients: Vec<String>,
+    /// For a `federated_learning` task: rounds done of all rounds (the statistics round
+    /// included).
+    #[serde(default)]
+    fl_progress: Option<Progress>,
+}
+
+impl From<StoredTask> for TaskRecord {
+    fn from(s: StoredTask) -> TaskRecord {
+        let kind = if !s.shards.is_empty() {
+            KindState::Sharded(Sharded {
+                shards: s.shards,
+                outputs: s.shard_outputs,
+                nodes: s.shard_nodes,
+                reduce: s.reduce.unwrap_or(Reduce::Concat),
+            })
+        } else if s.task_type == TaskType::FederatedLearning {
+            KindState::Federated(Federated {
+                clients: s.fl_clients,
+                progress: s.fl_progress,
+            })
+        } else {
+            KindState::Replicated(Replicated {
+                extra_replicas: s.extra_replicas,
+                adaptive: s.adaptive,
+                proof_id: s.proof_id,
+            })
+        };
+        TaskRecord {
+            id: s.id,
+            submitter: s.submitter,
+            task_type: s.task_type,
+            inputs: s.inputs,
+            requirements: s.requirements,
+            artifact_sha256: s.artifact_sha256,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            assignments: s.assignments,
+            result: s.result,
+            error: s.error,
+            status_reason: s.status_reason,
+            waiting_since: s.waiting_since,
+            parent: s.parent,
+            shard: s.shard,
+            kind,
+        }
+    }
+}
+
+impl From<TaskRecord> for StoredTask {
+    fn from(t: TaskRecord) -> StoredTask {
+        let (mut replicated, mut sharded, mut federated) = (None, None, None);
+        match t.kind {
+            KindState::Replicated(r) => replicated = Some(r),
+            KindState::Sharded(s) => sharded = Some(s),
+            KindState::Federated(f) => federated = Some(f),
+        }
+        let r = replicated.unwrap_or_default();
+        let f = federated.unwrap_or_default();
+        StoredTask {
+            id: t.id,
+            submitter: t.submitter,
+            task_type: t.task_type,
+            inputs: t.inputs,
+            requirements: t.requirements,
+            artifact_sha256: t.artifact_sha256,
+            status: t.status,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            assignments: t.assignments,
+            result: t.result,
+            error: t.error,
+            status_reason: t.status_reason,
+            waiting_since: t.waiting_since,
+            parent: t.parent,
+            shard: t.shard,
+            reduce: sharded.as_ref().map(|s| s.reduce),
+            shards: sharded
+                .as_ref()
+                .map(|s| s.shards.clone())
+                .unwrap_or_default(),
+            shard_outputs: sharded
+                .as_ref()
+                .map(|s| s.outputs.clone())
+                .unwrap_or_default(),
+            shard_nodes: sharded.map(|s| s.nodes).unwrap_or_default(),
+            extra_replicas: r.extra_replicas,
+            adaptive: r.adaptive,
+            proof_id: r.proof_id,
+            fl_clients: f.clients,
+            fl_progress: f.progress,
+        }
+    }
+}
+
+impl TaskRecord {
+    /// A new pending task.
+    pub fn new(
+        id: Uuid,
+        submitter: String,
+        task_type: TaskType,
+        inputs: serde_json::Value,
+        requirements: Requirements,
+        artifact_sha256: Option<String>,
+        now: DateTime<Utc>,
+    ) -> TaskRecord {
+        TaskRecord {
+            id,
+            submitter,
+            task_type,
+            inputs,
+            requirements,
+            artifact_sha256,
+            status: TaskStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            assignments: Vec::new(),
+            result: None,
+            error: None,
+            status_reason: None,
+            waiting_since: Some(now),
+            parent: None,
+            shard: None,
+            kind: if task_type == TaskType::FederatedLearning {
+                KindState::Federated(Federated::default())
+            } else {
+                KindState::Replicated(Replicated::default())
+            },
+        }
+    }
+
+    /// The state of a replicated task.
+    pub fn replicated(&self) -> Option<&Replicated> {
+        match &self.kind {
+            KindState::Replicated(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The state of a sharded computation.
+    pub fn sharded(&self) -> Option<&Sharded> {
+        match &self.kind {
+            KindState::Sharded(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The state of a federated task.
+    pub fn federated(&self) -> Option<&Federated> {
+        match &self.kind {
+            KindState::Federated(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Replicas whose answers settle the task before any extra ones: `min_nodes`, or one under
+    /// adaptive replication.
+    pub(super) fn replicas(&self) -> u32 {
+        if self.replicated().is_some_and(|r| r.adaptive) {
+            1
+        } else {
+            self.requirements.min_nodes
+        }
+    }
+
+    /// The submitter's view of the task.
+    pub fn info(&self) -> TaskInfo {
+        let mut assigned_nodes: Vec<String> = match &self.kind {
+            KindState::Sharded(s) => s.nodes.clone(),
+            KindState::Federated(f) => f.clients.clone(),
+            KindState::Replicated(_) => Vec::new(),
+        };
+        for a in &self.assignments {
+            if !assigned_nodes.contains(&a.node_id) {
+                assigned_nodes.push(a.node_id.clone());
+            }
+        }
+        TaskInfo {
+            task_id: self.id,
+            task_type: self.task_type,
+            status: self.status,
+            assigned_nodes,
+            result: self.result.clone(),
+            proof_id: self.replicated().and_then(|r| r.proof_id.clone()),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            error: self.error.clone(),
+            status_reason: self.status_reason.clone(),
+            attempts: self.assignments.len() as u32,
+            progress: match &self.kind {
+                KindState::Sharded(s) => Some(Progress {
+                    done: s.outputs.len() as u32,
+                    total: s.shards.len() as u32,
+                }),
+                KindState::Federated(f) => f.progress,
+                KindState::Replicated(_) => None,
+            },
+        }
+    }
+
+    /// The notification a submitter gets about this task; none for shards, whose progress shows
+    /// on their computation.
+    pub(super) fn notification(&self) -> Option<Outbound> {
+        self.parent.is_none().then(|| Outbound::Notify {
+            submitter: self.submitter.clone(),
+            info: Box::new(self.info()),
+        })
+    }
+
+    pub(super) fn active(&self) -> impl Iterator<Item = &AssignmentRecord> {
+        self.assignments.iter().filter(|a| a.state.is_active())
+    }
+
+    /// Finished assignments whose answer counts towards the quorum.
+    pub(super) fn answers(&self) -> impl Iterator<Item = (&AssignmentRecord, String)> {
+        self.assignments.iter().filter_map(|a| {
+            let r = a.result.as_ref()?;
+            match &r.outcome {
+                Outcome::Success { output_sha256, .. } => Some((a, output_sha256.clone())),
+                Outcome::Failure { kind, message } if super::quorum::is_deterministic(kind) => {
+                    Some((a, format!("failure:{kind}:{message}")))
+                }
+                Outcome::Failure { .. } => None,
+            }
+        })
+    }
+
+    pub(super) fn needed(&self) -> u32 {
+        let KindState::Replicated(r) = &self.kind else {
+            return 0; // shards are placed themselves; federated tasks by their driver
+        };
+        let have = (self.active().count() + self.answers().count()) as u32;
+        (self.replicas() + r.extra_replicas).saturating_sub(have)
+    }
+}
+
+/// What the coordinator knows of a node: persisted so that `GET /nodes` survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's id.
+    pub id: String,
+    /// Online or offline.
+    pub state: NodeState,
+    /// When it was last heard from.
+    pub last_seen: DateTime<Utc>,
+    /// Its latest health report.
+    pub health: Option<Health>,
+    /// The fold of its reputation events.
+    #[serde(default)]
+    pub reputation: Reputation,
+}
+
+pub(super) fn failure_text(a: &AssignmentRecord) -> Option<String> {
+    match &a.result.as_ref()?.outcome {
+        Outcome::Failure { kind, message } => Some(format!("{kind} on {}: {message}", a.node_id)),
+        Outcome::Success { .. } => None,
+    }
+}
