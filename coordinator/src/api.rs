@@ -326,7 +326,7 @@ async fn list_tasks(
 ) -> Result<Json<Vec<TaskInfo>>, Failure> {
     let Query(p) = params
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = checked_limit(p.limit, 100)?;
     let tasks = state
         .store
         .tasks_of(submitter, p.status, limit)
@@ -429,8 +429,21 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
-/// Most events one reputation request returns.
-const MAX_HISTORY: u32 = 1000;
+/// Most items one list request returns (`?limit=` of tasks and of reputation history).
+const MAX_LIMIT: u32 = 1000;
+
+/// `?limit=`: `default` when absent; outside 1 to [`MAX_LIMIT`] it is refused, as the spec says.
+fn checked_limit(limit: Option<u32>, default: u32) -> Result<u32, Failure> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit is {n}; it must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
 
 async fn get_node_reputation(
     State(state): State<AppState>,
@@ -439,10 +452,7 @@ async fn get_node_reputation(
 ) -> Result<Json<ReputationReport>, Failure> {
     let Query(q) =
         query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let limit = q
-        .limit
-        .unwrap_or(crate::core::REPORT_HISTORY)
-        .clamp(1, MAX_HISTORY);
+    let limit = checked_limit(q.limit, crate::core::REPORT_HISTORY)?;
     let node = node_info(&state, id).await?;
     crate::core::reputation_report(&state.store, node, limit)
         .await
@@ -633,6 +643,19 @@ async fn not_found() -> Failure {
 
 #[cfg(test)]
 mod tests {
+    /// `?limit=` outside 1 to 1000 is refused, not clamped; absent gives the default.
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        assert_eq!(super::checked_limit(None, 100).ok(), Some(100));
+        assert_eq!(super::checked_limit(Some(1), 100).ok(), Some(1));
+        assert_eq!(super::checked_limit(Some(1000), 100).ok(), Some(1000));
+        for bad in [0, 1001, u32::MAX] {
+            let e = super::checked_limit(Some(bad), 100).err().unwrap();
+            assert_eq!(e.0, axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(e.1.error, "invalid_query");
+        }
+    }
+
     /// Every route the router serves is documented in the OpenAPI file, with its methods.
     #[test]
     fn openapi_lists_every_route() {
