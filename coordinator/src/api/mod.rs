@@ -179,8 +179,37 @@ async fn not_found() -> Failure {
     Failure::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// Most items one list request returns (`?limit=` of tasks and of reputation history).
+const MAX_LIMIT: u32 = 1000;
+
+/// `?limit=`: `default` when absent; outside 1 to [`MAX_LIMIT`] it is refused, as the spec says.
+fn checked_limit(limit: Option<u32>, default: u32) -> Result<u32, Failure> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit is {n}; it must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// `?limit=` outside 1 to 1000 is refused, not clamped; absent gives the default.
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        assert_eq!(super::checked_limit(None, 100).ok(), Some(100));
+        assert_eq!(super::checked_limit(Some(1), 100).ok(), Some(1));
+        assert_eq!(super::checked_limit(Some(1000), 100).ok(), Some(1000));
+        for bad in [0, 1001, u32::MAX] {
+            let e = super::checked_limit(Some(bad), 100).err().unwrap();
+            assert_eq!(e.0, axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(e.1.error, "invalid_query");
+        }
+    }
+
     /// Every route the router serves is documented in the OpenAPI file, with its methods.
     #[test]
     fn openapi_lists_every_route() {

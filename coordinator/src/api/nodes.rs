@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{AppState, Failure};
+use super::{AppState, Failure, checked_limit};
 use crate::engine::EngineMsg;
 use crate::reputation;
 
@@ -42,9 +42,6 @@ pub(super) struct HistoryQuery {
     limit: Option<u32>,
 }
 
-/// Most events one reputation request returns.
-const MAX_HISTORY: u32 = 1000;
-
 pub(super) async fn get_node_reputation(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -52,10 +49,7 @@ pub(super) async fn get_node_reputation(
 ) -> Result<Json<ReputationReport>, Failure> {
     let Query(q) =
         query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let limit = q
-        .limit
-        .unwrap_or(reputation::REPORT_HISTORY)
-        .clamp(1, MAX_HISTORY);
+    let limit = checked_limit(q.limit, reputation::REPORT_HISTORY)?;
     let node = node_info(&state, id).await?;
     reputation::report(&state.store, node, limit)
         .await

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::auth::Submitter;
-use super::{AppState, Failure};
+use super::{AppState, Failure, checked_limit};
 use crate::artifacts;
 use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
@@ -66,7 +66,7 @@ pub(super) async fn list_tasks(
 ) -> Result<Json<Vec<TaskInfo>>, Failure> {
     let Query(p) = params
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = checked_limit(p.limit, 100)?;
     let tasks = state
         .store
         .tasks_of(submitter, p.status, limit)
