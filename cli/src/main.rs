@@ -296,7 +296,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One status line on stderr, rewritten in place: a progress bar for sharded computations.
+/// What a task's `progress` counts: a federated job's rounds (the statistics round and the
+/// training rounds), otherwise a computation's shards.
+fn progress_unit(task_type: TaskType) -> &'static str {
+    match task_type {
+        TaskType::FederatedLearning => "rounds",
+        _ => "shards",
+    }
+}
+
+/// One status line on stderr, rewritten in place: a progress bar for sharded computations and
+/// federated jobs.
 fn progress_line(i: &TaskInfo) {
     let mut err = std::io::stderr();
     let time = chrono::Utc::now().format("%H:%M:%S");
@@ -305,13 +315,14 @@ fn progress_line(i: &TaskInfo) {
             let width = 30;
             let filled = (p.done as usize * width) / (p.total.max(1) as usize);
             format!(
-                "[{time}] {} {} [{}{}] {}/{} shards",
+                "[{time}] {} {} [{}{}] {}/{} {}",
                 i.task_id,
                 i.status,
                 "#".repeat(filled),
                 "-".repeat(width - filled),
                 p.done,
-                p.total
+                p.total,
+                progress_unit(i.task_type)
             )
         }
         None => {
@@ -417,4 +428,15 @@ async fn up(
     tokio::signal::ctrl_c().await?;
     net.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_federated_task_counts_rounds() {
+        assert_eq!(progress_unit(TaskType::FederatedLearning), "rounds");
+        assert_eq!(progress_unit(TaskType::Computation), "shards");
+    }
 }

@@ -56,4 +56,42 @@ mod tests {
         }
         assert_eq!(expected_sum(r#"{"numbers":[1,22,333]}"#), 356);
     }
+
+    /// The kernels print what the Rust references compute, under the agent's executor.
+    #[test]
+    fn kernels_print_the_reference_results() {
+        use ambient_agent::exec::wasm::{WasmLimits, WasmSandbox};
+        use std::sync::atomic::AtomicBool;
+        let sandbox = WasmSandbox::new(0);
+        let limits = WasmLimits {
+            fuel: 10_000_000_000,
+            max_memory_bytes: 1 << 20,
+            max_output_bytes: 1 << 10,
+            wall_clock: std::time::Duration::from_secs(120),
+        };
+        let run = |wat: &str, stdin: &str| {
+            let out = sandbox
+                .run(
+                    &wasm(wat),
+                    stdin.as_bytes(),
+                    &limits,
+                    &AtomicBool::new(false),
+                )
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let input = r#"{"numbers":[1,22,333,4444]}"#;
+        assert_eq!(
+            run(SUM_WAT, input),
+            format!(r#"{{"sum":{}}}"#, expected_sum(input))
+        );
+        assert_eq!(
+            run(PI_WAT, r#"{"end":12345,"shard":3,"start":100}"#),
+            format!(
+                r#"{{"hits":{},"samples":12245}}"#,
+                expected_pi_hits(100, 12345)
+            )
+        );
+        assert_eq!(run(BUSY_WAT, ""), format!(r#"{{"sum":{BUSY_OUTPUT}}}"#));
+    }
 }

@@ -187,6 +187,7 @@ impl Client {
                 dp,
                 secagg,
                 seed,
+                columns,
             } => {
                 // A round is released once: a coordinator that asks again (for round r or an
                 // earlier one) would get a second noisy look at the same data.
@@ -200,6 +201,20 @@ impl Client {
                     )));
                 }
                 self.id = client;
+                // The job's columns by name (the evaluation set's order), before round 0 sums
+                // the statistics.
+                if let Some(names) = columns
+                    && self.raw.columns != names
+                {
+                    let picked = self.raw.with_columns(&names).map_err(|e| {
+                        invalid(format!("the job's feature columns: this data set: {e}"))
+                    })?;
+                    // A data set without names stays as it is (matched by position).
+                    if picked.columns == names {
+                        self.raw = picked;
+                        self.data = None;
+                    }
+                }
                 if let Some((mean, std)) = standardize
                     && self.data.is_none()
                 {
@@ -427,6 +442,7 @@ mod tests {
             // σ = 0: the clipping alone, without noise to hide it.
             dp: Some((0.0, clip)),
             secagg: None,
+            columns: None,
             seed: 1,
         };
         let again = begin.clone();

@@ -18,6 +18,9 @@ pub enum DataError {
     /// A requested column is not in the header.
     #[error("column {0:?} is not in the CSV header")]
     MissingColumn(String),
+    /// A column name that appears twice.
+    #[error("column {0:?} appears twice")]
+    DuplicateColumn(String),
     /// A row has a different number of fields than the header.
     #[error("row {row} has {found} fields, the header has {expected}")]
     RowLength {
@@ -60,6 +63,11 @@ pub struct Dataset {
     pub x: Vec<Vec<f32>>,
     /// Labels, one per row of `x`.
     pub y: Vec<f32>,
+    /// The feature columns' names, in the order of a row of `x` (from the CSV header); empty
+    /// for a data set built in code, whose columns are known only by position. A job matches
+    /// the clients' columns to its evaluation set's by these names ([`Dataset::with_columns`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 fn split_fields(line: &str) -> Vec<&str> {
@@ -84,9 +92,14 @@ pub fn breast_cancer() -> Dataset {
 }
 
 impl Dataset {
-    /// CSV text with a header row: features `f0`, `f1`, … then the label column `label`.
+    /// CSV text with a header row: the feature columns (their [`Dataset::columns`] names, or
+    /// `f0`, `f1`, … when they have none) then the label column `label`.
     pub fn to_csv(&self, label: &str) -> String {
-        let header: Vec<String> = (0..self.num_features()).map(|i| format!("f{i}")).collect();
+        let header: Vec<String> = if self.columns.len() == self.num_features() {
+            self.columns.clone()
+        } else {
+            (0..self.num_features()).map(|i| format!("f{i}")).collect()
+        };
         let mut out = format!("{},{label}\n", header.join(","));
         for (x, y) in self.x.iter().zip(&self.y) {
             let row: Vec<String> = x.iter().map(f32::to_string).collect();
@@ -123,7 +136,10 @@ impl Dataset {
             Some(names) => names.iter().map(|n| find(n)).collect::<Result<_, _>>()?,
             None => (0..header.len()).filter(|&i| i != label_idx).collect(),
         };
-        let mut data = Dataset::default();
+        let mut data = Dataset {
+            columns: feature_idx.iter().map(|&i| header[i].to_string()).collect(),
+            ..Dataset::default()
+        };
         for (line_no, line) in lines {
             let row = line_no + 1;
             let fields = split_fields(line);
@@ -175,7 +191,47 @@ impl Dataset {
         Dataset {
             x: idx.iter().map(|&i| self.x[i].clone()).collect(),
             y: idx.iter().map(|&i| self.y[i]).collect(),
+            columns: self.columns.clone(),
         }
+    }
+
+    /// The same rows with the feature columns `names`, in that order, picked by name.
+    ///
+    /// Refuses a name this data set lacks, a name given twice, or a different number of
+    /// columns (a job trains on all of a data set's features). A data set whose columns have no
+    /// names (built in code) can only be matched by position: it is returned as it is when the
+    /// counts agree.
+    pub fn with_columns(&self, names: &[String]) -> Result<Dataset, DataError> {
+        if names.len() != self.num_features() && !self.is_empty() {
+            return Err(DataError::Dimension {
+                expected: self.num_features(),
+                found: names.len(),
+            });
+        }
+        if self.columns.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut idx = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            if names[..k].contains(name) {
+                return Err(DataError::DuplicateColumn(name.clone()));
+            }
+            let i = self
+                .columns
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| DataError::MissingColumn(name.clone()))?;
+            idx.push(i);
+        }
+        Ok(Dataset {
+            x: self
+                .x
+                .iter()
+                .map(|row| idx.iter().map(|&i| row[i]).collect())
+                .collect(),
+            y: self.y.clone(),
+            columns: names.to_vec(),
+        })
     }
 
     /// Fraction of labels equal to 1 (NaN for an empty set).
@@ -439,7 +495,34 @@ mod tests {
         Dataset {
             x: (0..n).map(|i| vec![i as f32, (n - i) as f32]).collect(),
             y: (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect(),
+            columns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn columns_are_picked_by_name() {
+        let d = Dataset::from_csv_str("a,label,b\n1,0,2\n3,1,4\n", "label", None).unwrap();
+        assert_eq!(d.columns, ["a", "b"]);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let swapped = d.with_columns(&names(&["b", "a"])).unwrap();
+        assert_eq!(swapped.x, vec![vec![2.0, 1.0], vec![4.0, 3.0]]);
+        assert_eq!(swapped.y, d.y);
+        assert_eq!(swapped.to_csv("label"), "b,a,label\n2,1,0\n4,3,1\n");
+        assert_eq!(
+            d.with_columns(&names(&["a", "c"])),
+            Err(DataError::MissingColumn("c".into()))
+        );
+        assert_eq!(
+            d.with_columns(&names(&["a", "a"])),
+            Err(DataError::DuplicateColumn("a".into()))
+        );
+        assert!(matches!(
+            d.with_columns(&names(&["a"])),
+            Err(DataError::Dimension { .. })
+        ));
+        // Without names, by position.
+        let t = toy(3);
+        assert_eq!(t.with_columns(&names(&["p", "q"])).unwrap(), t);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!   standardisation, stratified and non-IID splits.
 //! - [`model`]: logistic regression and a small MLP over flat `Vec<f32>` weights, minibatch SGD,
 //!   prediction, accuracy and AUC.
-//! - [`fedavg`]: sample-weighted FedAvg and the round state machine [`fedavg::Round`].
+//! - [`fedavg`]: sample-weighted FedAvg and the server step.
 //! - [`dp`]: L2 clipping, distributed Gaussian noise, the RDP accountant, σ calibration and the
 //!   per-round privacy ledger.
 //! - [`secagg`]: fixed-point encoding into Z_2^32, X25519 pairwise masks, self masks, t-of-n
@@ -27,7 +27,7 @@
 //!   and the coordinator over MQTT.
 //!
 //! # A round, end to end
-//! 1. The coordinator opens a [`fedavg::Round`] and sends the global weights.
+//! 1. The coordinator's [`server::Server`] begins a round and sends the global weights.
 //! 2. Each client runs [`model::train_local`], takes `delta = new − global`, clips it with
 //!    [`dp::clip_l2`], adds its noise share with [`dp::add_noise_share`], encodes it with
 //!    [`secagg::FixedPoint::encode`] and masks it with [`secagg::ClientSetup::masked_update`].

@@ -399,6 +399,7 @@ mod tests {
         let d = Dataset {
             x: vec![vec![1.0, 2.0, 3.0]],
             y: vec![1.0],
+            columns: Vec::new(),
         };
         assert!((m.predict(&w, &d).unwrap()[0] - sigmoid(2.0)).abs() < 1e-6);
         // Logistic: W row-major then b.

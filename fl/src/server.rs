@@ -290,9 +290,8 @@ pub fn check_job(job: &JobSpec, clients: usize) -> Result<Option<f64>, JobError>
     {
         return bad("model.hidden must list 1 to 4 layer widths of 1 to 1024".into());
     }
-    if let Some(csv) = &job.eval_csv {
-        Dataset::from_csv_str(csv, &job.eval_label, None)
-            .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
+    if job.eval_csv.is_some() {
+        eval_set(job)?;
     }
     let Some(epsilon) = job.epsilon else {
         return Ok(None);
@@ -308,20 +307,61 @@ pub fn check_job(job: &JobSpec, clients: usize) -> Result<Option<f64>, JobError>
         .map_err(|e| JobError::Invalid(format!("the privacy budget cannot be met: {e}")))
 }
 
-/// The evaluation set of `job`, if any, checked against the clients' `features` columns.
-fn eval_set(job: &JobSpec, features: usize) -> Result<Option<Dataset>, JobError> {
+/// The evaluation set of `job`, if any: it parses, has its label column, at least one feature
+/// column and one row, and no column name twice (columns are matched by name). All that can be
+/// known at submission, before any client is chosen.
+fn eval_set(job: &JobSpec) -> Result<Option<Dataset>, JobError> {
     let Some(csv) = &job.eval_csv else {
         return Ok(None);
     };
-    let d = Dataset::from_csv_str(csv, &job.eval_label, None)
-        .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
-    if d.num_features() != features {
-        return Err(JobError::Invalid(format!(
-            "eval_csv has {} features, the clients' data set {features}",
-            d.num_features()
-        )));
+    let bad = |m: String| JobError::Invalid(format!("eval_csv: {m}"));
+    let d = Dataset::from_csv_str(csv, &job.eval_label, None).map_err(|e| bad(e.to_string()))?;
+    if d.columns.is_empty() {
+        return Err(bad("no feature columns besides the label".into()));
+    }
+    if d.is_empty() {
+        return Err(bad("no rows".into()));
+    }
+    for (k, c) in d.columns.iter().enumerate() {
+        if d.columns[..k].contains(c) || *c == job.eval_label {
+            return Err(bad(format!("column {c:?} appears twice")));
+        }
     }
     Ok(Some(d))
+}
+
+/// The evaluation set of `job`, if any, checked against the clients' `features` columns.
+fn eval_set_for(job: &JobSpec, features: usize) -> Result<Option<Dataset>, JobError> {
+    let d = eval_set(job)?;
+    if let Some(d) = &d {
+        check_eval_features(d.num_features(), &[features as u32])?;
+    }
+    Ok(d)
+}
+
+fn check_eval_features(eval: usize, holders: &[u32]) -> Result<(), JobError> {
+    if holders.is_empty() || holders.contains(&(eval as u32)) {
+        return Ok(());
+    }
+    let list: Vec<String> = holders.iter().map(u32::to_string).collect();
+    Err(JobError::Invalid(format!(
+        "eval_csv has {eval} feature columns, the clients' data set {}",
+        list.join(" or ")
+    )))
+}
+
+/// Checks `job`'s evaluation set against the feature counts of the data set as the nodes that
+/// hold it now advertise it (`holders`, one count per node or per distinct count): the
+/// coordinator calls it at submission, after [`check_job`], so that an `eval_csv` with the
+/// wrong number of feature columns is refused then rather than when the job starts. With no
+/// holder online (`holders` empty) there is nothing to check against yet; the job's start
+/// checks again. The columns themselves are matched by name by each client
+/// ([`crate::wire::ToClient::Begin`]'s `columns`).
+pub fn check_eval_against(job: &JobSpec, holders: &[u32]) -> Result<(), JobError> {
+    match eval_set(job)? {
+        Some(d) => check_eval_features(d.num_features(), holders),
+        None => Ok(()),
+    }
 }
 
 impl Server {
@@ -345,7 +385,7 @@ impl Server {
             ),
             _ => None,
         };
-        let eval = eval_set(&job, features)?;
+        let eval = eval_set_for(&job, features)?;
         let spec = job.model.spec(features);
         let secure = job.secure_aggregation.unwrap_or(clients >= 3);
         let mut s = Server {
@@ -449,7 +489,7 @@ impl Server {
         let Some(resumes) = cp.resumes.checked_add(1) else {
             return bad("resumed too many times".into());
         };
-        let mut eval = eval_set(&cp.job, cp.features)?;
+        let mut eval = eval_set_for(&cp.job, cp.features)?;
         if let (Some(eval), Some((mean, std))) = (eval.as_mut(), &cp.standardize) {
             eval.standardize(mean, std)
                 .map_err(|e| JobError::Invalid(format!("eval_csv: {e}")))?;
@@ -546,6 +586,11 @@ impl Server {
                     dp: self.sigma.map(|s| (s, self.job.clip_norm)),
                     secagg,
                     seed: self.job.seed,
+                    columns: self
+                        .eval
+                        .as_ref()
+                        .map(|e| e.columns.clone())
+                        .filter(|c| !c.is_empty()),
                 },
             })
             .collect();

@@ -81,8 +81,9 @@ pub struct JobSpec {
     /// Seconds each phase of a round waits for answers before missing clients count as dropped.
     #[serde(default = "default_timeout")]
     pub round_timeout_sec: u64,
-    /// An evaluation set (CSV with a header, the same columns as the clients' data), scored by
-    /// the coordinator after each round.
+    /// An evaluation set (CSV with a header: the label column `eval_label` and the clients'
+    /// feature columns, by name, in any order), scored by the coordinator after each round. Its
+    /// columns are matched to each client's by name; the model takes them in this file's order.
     #[serde(default)]
     pub eval_csv: Option<String>,
     /// The label column of `eval_csv`.
@@ -96,9 +97,12 @@ pub struct JobSpec {
 fn default_rounds() -> u32 {
     10
 }
+/// 5 local epochs at lr 0.05 over 10 rounds: on the breast cancer data split non-IID over 5
+/// clients this ends at 98.2 % test accuracy, above centralised logistic regression (97.3 %);
+/// 1 epoch ended at 95.6 % (`fl/tests/it/defaults.rs` checks it).
 fn default_local() -> LocalTraining {
     LocalTraining {
-        epochs: 1,
+        epochs: 5,
         batch_size: 16,
         lr: 0.05,
         l2: 1e-3,
@@ -149,6 +153,12 @@ pub enum ToClient {
         secagg: Option<SecAggParams>,
         /// Seed of local shuffling.
         seed: u64,
+        /// The feature columns by name, in the order the model takes them: the evaluation
+        /// set's. Each client picks these columns of its data set by name
+        /// ([`crate::data::Dataset::with_columns`]) and cannot take part if one is missing.
+        /// Absent without an evaluation set: clients use their columns in file order.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        columns: Option<Vec<String>>,
     },
     /// The clients that advertised keys.
     Roster {

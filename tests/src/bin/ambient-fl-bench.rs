@@ -98,7 +98,7 @@ async fn job(c: &Cluster, inputs: Value) -> anyhow::Result<(f64, Option<f64>, Du
 
 fn inputs(eval: &str, epsilon: Option<f64>) -> Value {
     match epsilon {
-        // The in-process study's settings (fl/tests/breast_cancer.rs).
+        // The in-process study's settings (fl/tests/it/breast_cancer.rs).
         None => json!({"dataset": "breast_cancer", "rounds": 40,
                        "local": {"epochs": 1, "batch_size": 16, "lr": 0.05, "l2": 1e-3},
                        "eval_csv": eval}),

@@ -3,9 +3,11 @@
 mod adversary;
 mod bad_input;
 mod compute;
+mod docs;
 mod faults;
 mod fl;
 mod flow;
+mod kernels;
 mod policy;
 mod util;
 mod zk;

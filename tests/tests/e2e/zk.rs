@@ -94,6 +94,29 @@ async fn hash_chain_is_proved_verified_and_checkable() {
         (circuit["circuit"].as_str(), circuit["n"].as_u64()),
         (Some("hash_chain"), Some(64))
     );
+    // The README's circuit table is what the coordinator accepts.
+    let mut documented: Vec<(String, u64)> = crate::docs::table(
+        &crate::docs::workspace_file("README.md"),
+        "",
+        "#### Circuits",
+    )
+    .into_iter()
+    .map(|row| (row[0].clone(), row[1].parse().unwrap()))
+    .collect();
+    let mut served: Vec<(String, u64)> = circuits
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["circuit"].as_str().unwrap().to_string(),
+                c["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served, "README.md's circuit table");
     assert_eq!(
         circuit["verification_key"],
         doc["snarkjs"]["verification_key"]

@@ -245,3 +245,83 @@ fn an_unreachable_budget_is_refused_at_the_start() {
     let err = Server::start(job(None, &eval), 30, 1, 1, 0).err().unwrap();
     assert!(err.to_string().contains("min_nodes"), "{err}");
 }
+
+/// The evaluation set's columns are matched to each client's by name: a client whose CSV orders
+/// its columns differently trains the same model, and one that lacks a column is dropped.
+#[test]
+fn eval_columns_are_matched_by_name() {
+    use crate::defaults::run_job;
+    let (datasets, eval) = data();
+    let job = || {
+        serde_json::from_value::<JobSpec>(serde_json::json!({
+            "dataset": "breast_cancer",
+            "rounds": 3,
+            "secure_aggregation": false,
+            "eval_csv": eval,
+        }))
+        .unwrap()
+    };
+    let JobState::Done(aligned) = run_job(job(), &datasets) else {
+        panic!("the aligned job failed")
+    };
+    // Client 2's file has its columns in reverse order.
+    let mut shuffled = datasets.clone();
+    let mut reversed = shuffled[2].columns.clone();
+    reversed.reverse();
+    shuffled[2] = shuffled[2].with_columns(&reversed).unwrap();
+    assert_ne!(shuffled[2].x[0], datasets[2].x[0]);
+    let JobState::Done(by_name) = run_job(job(), &shuffled) else {
+        panic!("the shuffled job failed")
+    };
+    assert_eq!(by_name.weights, aligned.weights);
+    assert_eq!(by_name.rounds, aligned.rounds);
+    // Client 4's file names a column differently: it cannot take part.
+    let mut renamed = datasets.clone();
+    renamed[4].columns[0] = "something else".into();
+    let JobState::Done(without) = run_job(job(), &renamed) else {
+        panic!("the job without client 4 failed")
+    };
+    assert!(
+        without.rounds.iter().all(|r| r.clients == 4),
+        "{:?}",
+        without.rounds
+    );
+}
+
+#[test]
+fn a_bad_eval_csv_is_refused_at_submission() {
+    use ambient_fl::server::{JobError, check_eval_against, check_job};
+    let with_eval = |csv: &str| {
+        serde_json::from_value::<JobSpec>(serde_json::json!({
+            "dataset": "d", "eval_csv": csv,
+        }))
+        .unwrap()
+    };
+    for (csv, why) in [
+        ("a,b\n1,2\n", "not in the CSV header"),
+        ("target\n1\n", "no feature columns"),
+        ("a,target\n", "no rows"),
+        ("a,a,target\n1,2,0\n", "appears twice"),
+        ("a,target\n1,x\n", "not a finite number"),
+    ] {
+        let Err(JobError::Invalid(m)) = check_job(&with_eval(csv), 3) else {
+            panic!("{csv:?} accepted")
+        };
+        assert!(m.contains(why), "{csv:?}: {m}");
+    }
+    let two = with_eval("a,b,target\n1,2,0\n");
+    check_job(&two, 3).unwrap();
+    // Against the data set as the nodes online at submission advertise it.
+    check_eval_against(&two, &[]).unwrap();
+    check_eval_against(&two, &[2]).unwrap();
+    check_eval_against(&two, &[30, 2]).unwrap();
+    let Err(JobError::Invalid(m)) = check_eval_against(&two, &[30]) else {
+        panic!("2 columns against 30 accepted")
+    };
+    assert!(m.contains("eval_csv has 2 feature columns"), "{m}");
+    // And the start refuses it too.
+    let Err(JobError::Invalid(m)) = Server::start(two, 30, 3, 1, 0).map(|_| ()) else {
+        panic!("started")
+    };
+    assert!(m.contains("eval_csv has 2 feature columns"), "{m}");
+}

@@ -5,14 +5,14 @@
 //! (ε = 8 and ε = 1, δ = 1e-5) and secure aggregation in the loop.
 //!
 //! Run with the table printed:
-//! `CARGO_TARGET_DIR=/tmp/fl-target cargo test --release --test breast_cancer -- --nocapture`
+//! `cargo test --release --locked -p ambient-fl --test it breast_cancer -- --nocapture`
 
 use std::collections::BTreeSet;
 
 use ambient_fl::ClientId;
 use ambient_fl::data::{Dataset, FeatureStats, non_iid_split, stratified_split};
 use ambient_fl::dp::{PrivacyLedger, add_noise_share, calibrate_sigma, clip_l2};
-use ambient_fl::fedavg::{ClientUpdate, Round, RoundConfig, apply_update, fedavg};
+use ambient_fl::fedavg::{ClientUpdate, apply_update, fedavg};
 use ambient_fl::model::{LocalTraining, ModelSpec, auc, train_local};
 use ambient_fl::secagg::{
     AdvertisedKeys, ClientSetup, FixedPoint, KeyShare, SecAggParams, ServerAggregator, UnmaskShares,
@@ -137,29 +137,24 @@ fn centralised(s: &Setup, spec: &ModelSpec) -> Vec<f32> {
         .0
 }
 
-/// Plain FedAvg, sample-weighted, through the round state machine.
+/// Plain FedAvg, sample-weighted.
 fn fedavg_plain(s: &Setup, spec: &ModelSpec, rounds: u64, local: &LocalTraining) -> Vec<f32> {
     let mut global = spec.init(0);
     for r in 0..rounds {
-        let mut round: Round<ClientUpdate> = Round::new(RoundConfig {
-            round: r,
-            expected: (0..CLIENTS as ClientId).collect(),
-            deadline: 1_000,
-            min_clients: CLIENTS,
-        });
-        for (i, data) in s.clients.iter().enumerate() {
-            let (w, _) =
-                train_local(spec, &global, data, local, r * 100 + i as u64).expect("train");
-            let delta = w.iter().zip(&global).map(|(a, b)| a - b).collect();
-            let update = ClientUpdate {
-                client: i as ClientId,
-                num_samples: data.len() as u64,
-                delta,
-            };
-            round.submit(i as ClientId, update, r).expect("submit");
-        }
-        let closed = round.close(r).expect("close");
-        let updates: Vec<ClientUpdate> = closed.received.into_values().collect();
+        let updates: Vec<ClientUpdate> = s
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let (w, _) =
+                    train_local(spec, &global, data, local, r * 100 + i as u64).expect("train");
+                ClientUpdate {
+                    client: i as ClientId,
+                    num_samples: data.len() as u64,
+                    delta: w.iter().zip(&global).map(|(a, b)| a - b).collect(),
+                }
+            })
+            .collect();
         apply_update(&mut global, &fedavg(&updates).expect("fedavg"), 1.0);
     }
     global
