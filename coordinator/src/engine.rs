@@ -284,7 +284,7 @@ impl Engine {
                 to_json(&*info),
             ),
         };
-        // Never block the core on a full request queue: every message here is either re-sent by
+        // Never block the engine on a full request queue: every message here is either re-sent by
         // its peer (acks), recovered by a lease (dispatch), or advisory (notifications).
         if let Err(e) = self
             .mqtt

@@ -59,10 +59,10 @@ pub struct SchedulerSettings {
     pub min_free_memory_bytes: u64,
 }
 
-/// A message the core must publish once the state that led to it is on disk.
+/// A message the engine must publish once the state that led to it is on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
-    /// Send work to a node. The core attaches the module from the blob store.
+    /// Send work to a node. The engine attaches the module from the blob store.
     Dispatch {
         /// Recipient.
         node: String,
@@ -85,7 +85,7 @@ pub enum Outbound {
     },
 }
 
-/// What a batch of scheduler calls asks the core to do.
+/// What a batch of scheduler calls asks the engine to do.
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Task records to write.
@@ -305,7 +305,7 @@ impl Scheduler {
                 }
             }
             AgentEvent::Finished { result, .. } => self.on_result(node, result, now),
-            AgentEvent::Fl { .. } => {} // the core's federated driver takes these
+            AgentEvent::Fl { .. } => {} // the federated driver takes these
         }
     }
 
