@@ -7,6 +7,7 @@
 //! connect) until the coordinator's `ResultAck`: a publish the broker took is not a result the
 //! coordinator stored.
 
+use ambient_protocol::FailureKind;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -265,7 +266,10 @@ impl Tasks {
                     TaskResult {
                         task_id: key.0,
                         attempt: key.1,
-                        outcome: failure("executor_crashed", format!("the executor crashed: {e}")),
+                        outcome: failure(
+                            FailureKind::ExecutorCrashed,
+                            format!("the executor crashed: {e}"),
+                        ),
                         duration_ms: 0,
                         fuel_consumed: None,
                     }

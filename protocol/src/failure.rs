@@ -172,7 +172,7 @@ impl<'de> Deserialize<'de> for FailureKind {
 mod tests {
     use super::*;
 
-    /// The coordinator's `DETERMINISTIC_FAILURES` list, as it stands when this type was added.
+    /// The failure kinds that count as a run's answer (the coordinator's list before this type).
     const DETERMINISTIC: [&str; 13] = [
         "invalid_module",
         "unsupported_import",

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::TaskType;
+use crate::{FailureKind, TaskType};
 
 /// Work for one node, on `nodes/{node}/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,8 +52,9 @@ pub enum Outcome {
     },
     /// The run failed.
     Failure {
-        /// Stable code, e.g. `out_of_fuel`, `memory_limit`, `trap`, `invalid_module`.
-        kind: String,
+        /// Stable code, e.g. `out_of_fuel`, `memory_limit`, `trap`, `invalid_module`; whether a
+        /// re-run would repeat it is [`FailureKind::is_deterministic`].
+        kind: FailureKind,
         /// What happened, for a person.
         message: String,
     },

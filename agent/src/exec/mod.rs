@@ -26,6 +26,7 @@ pub mod zk;
 #[cfg(feature = "fl")]
 pub mod fl;
 
+use ambient_protocol::FailureKind;
 use std::sync::Arc;
 #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
 use std::sync::atomic::Ordering;
@@ -55,10 +56,10 @@ pub fn supported_task_types() -> Vec<TaskType> {
     v
 }
 
-/// A failure outcome of kind `kind` (e.g. `transfer_error`, `invalid_input`).
-pub(crate) fn failure(kind: &str, message: impl Into<String>) -> Outcome {
+/// A failure outcome of kind `kind` (e.g. [`FailureKind::TransferError`]).
+pub(crate) fn failure(kind: FailureKind, message: impl Into<String>) -> Outcome {
     Outcome::Failure {
-        kind: kind.to_string(),
+        kind,
         message: message.into(),
     }
 }
@@ -178,7 +179,7 @@ impl Executors {
                 Ok(Prepared::Zk(job, fetched))
             }
             other => Err(failure(
-                "unsupported_task_type",
+                FailureKind::UnsupportedTaskType,
                 format!("this agent cannot run {other}"),
             )),
         }
@@ -252,7 +253,9 @@ impl Executors {
         let inputs: ambient_protocol::InferenceInputs =
             match serde_json::from_value(a.inputs.clone()) {
                 Ok(i) => i,
-                Err(e) => return failure("invalid_input", format!("inference inputs: {e}")),
+                Err(e) => {
+                    return failure(FailureKind::InvalidInput, format!("inference inputs: {e}"));
+                }
             };
         let sha = a.artifact_sha256.clone().unwrap_or_default();
         let allow_gpu = self.knobs.gpu_enabled.load(Ordering::Relaxed);
@@ -274,7 +277,10 @@ impl Executors {
         // Called only when the key was not cached, and then `prepare` fetched it.
         let load = || match fetched {
             Some(f) => artifact(a, f),
-            None => Err(failure("transfer_error", "the proving key was not fetched")),
+            None => Err(failure(
+                FailureKind::TransferError,
+                "the proving key was not fetched",
+            )),
         };
         match self.zk.prove(job, &sha, load, a.task_id) {
             Ok((output, output_sha256)) => Outcome::Success {
@@ -298,9 +304,9 @@ impl Executors {
                 .get(sha)
                 .await
                 .map(Fetched::Downloaded)
-                .map_err(|e| failure("transfer_error", e.to_string())),
+                .map_err(|e| failure(FailureKind::TransferError, e.to_string())),
             (None, None) => Err(failure(
-                "transfer_error",
+                FailureKind::TransferError,
                 "the assignment carries no artifact",
             )),
         }
@@ -312,7 +318,7 @@ impl Executors {
 #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
 fn artifact(a: &Assignment, fetched: Fetched) -> Result<Vec<u8>, Outcome> {
     use base64::Engine as _;
-    let transfer = |m: String| failure("transfer_error", m);
+    let transfer = |m: String| failure(FailureKind::TransferError, m);
     let (b64, want) = match (fetched, &a.artifact_base64) {
         (Fetched::Downloaded(bytes), _) => return Ok(bytes),
         (Fetched::Inline, Some(b64)) => (b64, &a.artifact_sha256),

@@ -13,6 +13,7 @@
 //! Every failure is an [`OnnxError`] with a stable [`OnnxError::kind`]; tract's own errors are
 //! wrapped at this boundary with their message.
 
+use ambient_protocol::FailureKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -45,12 +46,14 @@ pub enum OnnxError {
 
 impl OnnxError {
     /// Stable code, reported as the task failure kind.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FailureKind {
         match self {
-            OnnxError::InvalidModel(_) => "invalid_model",
-            OnnxError::UnsupportedOperator(_) => "unsupported_operator",
-            OnnxError::InputNames(_) | OnnxError::Shape(_) | OnnxError::Dtype(_) => "invalid_input",
-            OnnxError::Run(_) => "inference_failed",
+            OnnxError::InvalidModel(_) => FailureKind::InvalidModel,
+            OnnxError::UnsupportedOperator(_) => FailureKind::UnsupportedOperator,
+            OnnxError::InputNames(_) | OnnxError::Shape(_) | OnnxError::Dtype(_) => {
+                FailureKind::InvalidInput
+            }
+            OnnxError::Run(_) => FailureKind::InferenceFailed,
         }
     }
 }

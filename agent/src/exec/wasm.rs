@@ -39,6 +39,7 @@
 //! stack frame and a long loop overflows the thread's stack (the process aborts), so dev/test
 //! profiles need `[profile.dev.package.wasmi] debug-assertions = false`.
 
+use ambient_protocol::FailureKind;
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
@@ -178,18 +179,18 @@ pub enum WasmError {
 
 impl WasmError {
     /// Stable snake_case code for reports and metrics.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Self::InvalidModule(_) => "invalid_module",
-            Self::UnsupportedImport { .. } => "unsupported_import",
-            Self::NoEntryPoint => "no_entry_point",
-            Self::OutOfFuel { .. } => "out_of_fuel",
-            Self::MemoryLimit { .. } => "memory_limit",
-            Self::Trap(_) => "trap",
-            Self::Exit { .. } => "exit",
-            Self::WallClock { .. } => "wall_clock",
-            Self::Cancelled => "cancelled",
-            Self::OutputTooLarge { .. } => "output_too_large",
+            Self::InvalidModule(_) => FailureKind::InvalidModule,
+            Self::UnsupportedImport { .. } => FailureKind::UnsupportedImport,
+            Self::NoEntryPoint => FailureKind::NoEntryPoint,
+            Self::OutOfFuel { .. } => FailureKind::OutOfFuel,
+            Self::MemoryLimit { .. } => FailureKind::MemoryLimit,
+            Self::Trap(_) => FailureKind::Trap,
+            Self::Exit { .. } => FailureKind::Exit,
+            Self::WallClock { .. } => FailureKind::WallClock,
+            Self::Cancelled => FailureKind::Cancelled,
+            Self::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
         }
     }
 }
@@ -282,7 +283,7 @@ impl WasmSandbox {
         let result = self.execute(&mut store, &module, limits, pace, started);
         tracing::debug!(
             module = %module_sha256,
-            outcome = result.as_ref().err().map_or("ok", WasmError::kind),
+            outcome = %result.as_ref().map_or_else(|e| e.kind().to_string(), |_| "ok".into()),
             elapsed_ms = started.elapsed().as_millis(),
             "wasm run finished"
         );
@@ -928,7 +929,7 @@ mod tests {
             matches!(err, WasmError::OutOfFuel { fuel: 10_000 }),
             "{err:?}"
         );
-        assert_eq!(err.kind(), "out_of_fuel");
+        assert_eq!(err.kind(), FailureKind::OutOfFuel);
     }
 
     #[test]
@@ -1102,7 +1103,7 @@ mod tests {
             if module == "env" && name == "foo"),
             "{err:?}"
         );
-        assert_eq!(err.kind(), "unsupported_import");
+        assert_eq!(err.kind(), FailureKind::UnsupportedImport);
         for import in [
             r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32) (result i32)))"#,
             r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32) (result i32)))"#,
@@ -1150,7 +1151,7 @@ mod tests {
             matches!(&err, WasmError::Exit { code: 3, stderr } if stderr == "boom"),
             "{err:?}"
         );
-        assert_eq!(err.kind(), "exit");
+        assert_eq!(err.kind(), FailureKind::Exit);
         let out = run(&body(0), b"", &limits()).expect("exit 0 is success");
         assert_eq!(
             (out.stdout.as_slice(), out.stderr.as_slice()),

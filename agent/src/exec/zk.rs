@@ -9,6 +9,7 @@
 //! strings], "circuit", "n"}`, and `output_sha256` is the sha256 of the decimal output string
 //! alone: proofs are randomised, so replicas compare the statement, not the proof bytes.
 
+use ambient_protocol::FailureKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -75,8 +76,8 @@ impl ZkProver {
     /// the decoded proving key `sha` in the cache. An `invalid_input` failure when the inputs
     /// are wrong.
     pub fn prepare(&self, sha: &str, inputs: &Value) -> Result<ZkJob, Outcome> {
-        let (spec, inputs) =
-            parse_inputs(inputs).map_err(|e| failure("invalid_input", format!("zk_proof: {e}")))?;
+        let (spec, inputs) = parse_inputs(inputs)
+            .map_err(|e| failure(FailureKind::InvalidInput, format!("zk_proof: {e}")))?;
         let keys = self
             .keys
             .lock()
@@ -101,7 +102,7 @@ impl ZkProver {
         let bytes = load()?;
         let keys = Keys::from_bytes(spec, &bytes).map(Arc::new).map_err(|e| {
             failure(
-                "invalid_proving_key",
+                FailureKind::InvalidProvingKey,
                 format!("the artifact is not a proving key for {spec}: {e}"),
             )
         })?;
@@ -129,12 +130,14 @@ impl ZkProver {
         let (proof, public, output) =
             ambient_zk::prove(&keys, &spec, task_id.as_bytes(), &job.inputs).map_err(
                 |e| match e {
-                    ambient_zk::ZkError::BadInput { .. } => failure("invalid_input", e.to_string()),
-                    other => failure("proof_failed", other.to_string()),
+                    ambient_zk::ZkError::BadInput { .. } => {
+                        failure(FailureKind::InvalidInput, e.to_string())
+                    }
+                    other => failure(FailureKind::ProofFailed, other.to_string()),
                 },
             )?;
         let proof = ambient_zk::proof_to_bytes(&proof)
-            .map_err(|e| failure("proof_failed", e.to_string()))?;
+            .map_err(|e| failure(FailureKind::ProofFailed, e.to_string()))?;
         let (key, statement) = match output {
             Output::HashChain { y } => ("y", y.to_string()),
             Output::Dot { sum } => ("sum", sum.to_string()),
@@ -210,11 +213,11 @@ mod tests {
                 task,
                 &json!({"circuit": "hash_chain", "x": "07", "n": 3})
             )),
-            "invalid_input"
+            FailureKind::InvalidInput
         );
         assert_eq!(
             kind(prover.run("other", || Ok(vec![1, 2, 3]), task, &inputs)),
-            "invalid_proving_key"
+            FailureKind::InvalidProvingKey
         );
     }
 }

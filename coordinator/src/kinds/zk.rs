@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ambient_protocol::{AgentEvent, Outcome};
+use ambient_protocol::{AgentEvent, FailureKind, Outcome};
 use ambient_zk::{
     Bn254, CircuitId, CircuitSpec, Keys, Output, PreparedVerifier, PublicInputs, VerifyingKey,
     ZkError,
@@ -404,7 +404,7 @@ pub(crate) async fn check_result(
             warn!(task_id = %task_id, node = %node, reason = %reason, "Proof rejected.");
             sched.judge_proof(node, task_id, false, Utc::now());
             result.outcome = Outcome::Failure {
-                kind: "proof_rejected".into(),
+                kind: FailureKind::ProofRejected,
                 message: reason.to_string(),
             };
         }

@@ -38,7 +38,6 @@ use crate::reputation::{self, EventKind, Reputation};
 
 use matching::node_info;
 pub use matching::{SPOT_CHECK_PERCENT, TRUSTED_STREAK, health_score};
-pub use quorum::DETERMINISTIC_FAILURES;
 pub use record::{
     AssignmentRecord, AssignmentState, Federated, KindState, NodeRecord, Replicated, Sharded,
     TaskRecord,

@@ -11,28 +11,6 @@ use uuid::Uuid;
 use super::{AssignmentRecord, KindState, Scheduler};
 use crate::reputation::EventKind;
 
-/// Failure kinds that a re-run would repeat: they count as the run's answer (and replicas must
-/// agree on them), rather than as a node fault to retry elsewhere.
-pub const DETERMINISTIC_FAILURES: &[&str] = &[
-    "invalid_module",
-    "unsupported_import",
-    "no_entry_point",
-    "out_of_fuel",
-    "memory_limit",
-    "trap",
-    "exit",
-    "output_too_large",
-    "invalid_input",
-    "invalid_model",
-    "unsupported_operator",
-    "inference_failed",
-    "executor_crashed",
-];
-
-pub(super) fn is_deterministic(kind: &str) -> bool {
-    DETERMINISTIC_FAILURES.contains(&kind)
-}
-
 pub(super) fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }

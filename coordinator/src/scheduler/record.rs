@@ -428,7 +428,7 @@ impl TaskRecord {
             let r = a.result.as_ref()?;
             match &r.outcome {
                 Outcome::Success { output_sha256, .. } => Some((a, output_sha256.clone())),
-                Outcome::Failure { kind, message } if super::quorum::is_deterministic(kind) => {
+                Outcome::Failure { kind, message } if kind.is_deterministic() => {
                     Some((a, format!("failure:{kind}:{message}")))
                 }
                 Outcome::Failure { .. } => None,

@@ -1,6 +1,8 @@
 use super::*;
 use crate::reputation::{EventKind, TRUST_THRESHOLD};
-use ambient_protocol::{GpuInfo, Outcome, Progress, Requirements, TaskType, Temperature};
+use ambient_protocol::{
+    FailureKind, GpuInfo, Outcome, Progress, Requirements, TaskType, Temperature,
+};
 
 fn settings() -> SchedulerSettings {
     SchedulerSettings {
@@ -83,7 +85,7 @@ fn failure(task_id: Uuid, attempt: u32, kind: &str) -> AgentEvent {
             task_id,
             attempt,
             outcome: Outcome::Failure {
-                kind: kind.into(),
+                kind: FailureKind::from_wire(kind),
                 message: format!("{kind} happened"),
             },
             duration_ms: 5,

@@ -5,25 +5,19 @@
 
 use ambient_zk::CircuitId;
 
-/// The first cells of the rows of the first table after the heading `heading`, backticks removed.
-fn first_column(markdown: &str, heading: &str) -> Vec<String> {
-    let after = markdown
-        .split_once(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("no heading {heading:?}"))
-        .1;
-    after
+/// The first cells of the body rows of the first Markdown table after the line `heading`,
+/// backticks removed. `prefix` is stripped from every line first (`"//! "` for Rust docs).
+fn first_column(text: &str, prefix: &str, heading: &str) -> Vec<String> {
+    let mut lines = text
         .lines()
+        .map(|l| l.strip_prefix(prefix).unwrap_or(l).trim_end())
+        .skip_while(|l| *l != heading);
+    assert!(lines.next().is_some(), "no line {heading:?}");
+    lines
         .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
-        .skip(2) // header and |---|
-        .map(|l| {
-            l.split('|')
-                .nth(1)
-                .unwrap()
-                .trim()
-                .trim_matches('`')
-                .to_string()
-        })
+        .skip(2) // the header and |---|
+        .map(|l| l.split('|').nth(1).unwrap().trim().to_string())
         .collect()
 }
 

@@ -106,11 +106,19 @@ fn broken_inputs_are_typed() {
     let err = engine
         .run(&mlp[..mlp.len() / 2], "trunc", &r.inputs)
         .unwrap_err();
-    assert_eq!(err.kind(), "invalid_model", "{err}");
+    assert_eq!(
+        err.kind(),
+        ambient_protocol::FailureKind::InvalidModel,
+        "{err}"
+    );
     let err = engine
         .run(&fixture("unsupported.onnx"), "unsup", &r.inputs)
         .unwrap_err();
-    assert_eq!(err.kind(), "unsupported_operator", "{err}");
+    assert_eq!(
+        err.kind(),
+        ambient_protocol::FailureKind::UnsupportedOperator,
+        "{err}"
+    );
 
     let mut wrong_shape = r.inputs.clone();
     wrong_shape.insert(
