@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_protocol::{NodeState, topics};
+use ambient_service::Shutdown;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
@@ -56,8 +56,7 @@ pub enum StartError {
 /// A running agent.
 pub struct Agent {
     node: Arc<Node>,
-    tracker: TaskTracker,
-    token: CancellationToken,
+    shutdown: Shutdown,
     control_addr: Option<std::net::SocketAddr>,
 }
 
@@ -83,9 +82,8 @@ impl Agent {
     /// Running wasm stops at its next fuel slice; what it produced is kept in the journal.
     pub async fn kill(self) {
         self.node.tasks.cancel_all();
-        self.token.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.shutdown.trigger();
+        self.shutdown.wait().await;
     }
 }
 
@@ -154,8 +152,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         None
     };
 
-    let token = shutdown.child_token();
-    let tracker = TaskTracker::new();
+    let shutdown = Shutdown::with_token(shutdown.child_token());
     let node = cfg.node_id.clone();
     let link = ambient_link::start(
         ambient_link::LinkOptions {
@@ -178,18 +175,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
             .chain(needs_peers.then(|| topics::ALL_NODE_IDENTITY.to_string()))
             .collect(),
         },
-        token.clone(),
-        &tracker,
+        shutdown.token().clone(),
+        shutdown.tracker(),
     );
     let outbox = Outbox::new(link.client.clone(), &node);
     let exec = Arc::new(Executors::new(&cfg.execution, blobs, contribution.knobs()));
-    let tasks = Arc::new(Tasks::new(
-        journal,
-        exec,
-        outbox.clone(),
-        tracker.clone(),
-        token.clone(),
-    ));
+    let tasks = Arc::new(Tasks::new(journal, exec, outbox.clone(), shutdown.clone()));
     let node = Arc::new(Node {
         #[cfg(feature = "fl")]
         fl,
@@ -199,8 +190,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         outbox,
         tasks,
         sampler: Sampler::start().await.map_err(join_error)?,
-        tracker: tracker.clone(),
-        token: token.clone(),
+        shutdown: shutdown.clone(),
         link_state: link.state.clone(),
         reputation: Mutex::new(None),
         contribution,
@@ -208,14 +198,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
 
     node.tasks.resume(&node.contribution).await?;
 
-    tracker.spawn(node.clone().route(link.incoming));
-    tracker.spawn(node.clone().health_loop());
-    tracker.spawn(node.tasks.clone().resend_loop());
-    tracker.spawn(node.clone().policy_loop());
+    shutdown.spawn(node.clone().route(link.incoming));
+    shutdown.spawn(node.clone().health_loop());
+    shutdown.spawn(node.tasks.clone().resend_loop());
+    shutdown.spawn(node.clone().policy_loop());
     let control_addr = match control {
         Some(c) => {
             let addr = c.addr();
-            tracker.spawn(c.serve(node.clone(), token.clone()));
+            shutdown.spawn(c.serve(node.clone(), shutdown.token().clone()));
             Some(addr)
         }
         None => None,
@@ -224,8 +214,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
           kinds = ?supported_task_types(), "Agent started.");
     Ok(Agent {
         node,
-        tracker,
-        token,
+        shutdown,
         control_addr,
     })
 }

@@ -223,7 +223,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = every.tick() => { self.reevaluate().await; }
-                _ = self.token.cancelled() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

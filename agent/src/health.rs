@@ -99,7 +99,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = every.tick() => self.publish_health(true).await,
-                _ = self.token.cancelled() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

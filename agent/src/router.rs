@@ -239,14 +239,8 @@ impl Node {
             let end = ambient_fl::wire::ToClient::End {
                 reason: "paused".into(),
             };
-            self.fl.deliver(
-                task_id,
-                end,
-                None,
-                &self.tracker,
-                &self.token,
-                reply.clone(),
-            );
+            self.fl
+                .deliver(task_id, end, None, &self.shutdown, reply.clone());
             reply(
                 task_id,
                 ambient_fl::wire::ToServer::Failed {
@@ -256,14 +250,8 @@ impl Node {
             );
             return;
         }
-        self.fl.deliver(
-            task_id,
-            msg,
-            weights_blob,
-            &self.tracker,
-            &self.token,
-            reply,
-        );
+        self.fl
+            .deliver(task_id, msg, weights_blob, &self.shutdown, reply);
     }
 
     #[cfg(not(feature = "fl"))]

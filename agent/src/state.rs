@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use ambient_link::LinkState;
 use ambient_protocol::{NodeKey, ReputationReport};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use ambient_service::Shutdown;
 
 use crate::config::Config;
 use crate::contribution::Contribution;
@@ -42,8 +41,7 @@ pub(crate) struct Node {
     #[cfg(feature = "fl")]
     pub(crate) fl: Arc<crate::exec::fl::FlClients>,
     pub(crate) link_state: tokio::sync::watch::Receiver<LinkState>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) token: CancellationToken,
+    pub(crate) shutdown: Shutdown,
 }
 
 impl Backend for Node {

@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_protocol::{AgentEvent, Assignment, Outcome, PROTOCOL_VERSION, TaskResult, TaskType};
+use ambient_service::Shutdown;
 use chrono::{DateTime, Utc};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 use uuid::Uuid;
 
@@ -43,27 +42,24 @@ pub(crate) struct Tasks {
     running: Mutex<HashMap<(Uuid, u32), Arc<RunningTask>>>,
     exec: Arc<Executors>,
     outbox: Outbox,
-    tracker: TaskTracker,
-    token: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl Tasks {
     /// Tasks journaled in `journal`, run on `exec`, reported through `outbox`. Executions are
-    /// spawned on `tracker`; after `token` is cancelled (a kill) no result is reported.
+    /// spawned on `shutdown`; after it is triggered (a kill) no result is reported.
     pub(crate) fn new(
         journal: Journal,
         exec: Arc<Executors>,
         outbox: Outbox,
-        tracker: TaskTracker,
-        token: CancellationToken,
+        shutdown: Shutdown,
     ) -> Tasks {
         Tasks {
             journal,
             running: Mutex::new(HashMap::new()),
             exec,
             outbox,
-            tracker,
-            token,
+            shutdown,
         }
     }
 
@@ -236,7 +232,7 @@ impl Tasks {
         self.lock_running()
             .insert((a.task_id, a.attempt), task.clone());
         let this = self.clone();
-        self.tracker.spawn(async move {
+        self.shutdown.spawn(async move {
             let key = (a.task_id, a.attempt);
             let _ = this
                 .journal
@@ -276,7 +272,7 @@ impl Tasks {
                 }
             };
             this.lock_running().remove(&key);
-            if this.token.is_cancelled() {
+            if this.shutdown.is_triggered() {
                 return; // killed: the journal keeps the task as running, to resume or expire
             }
             if task.declined.load(Ordering::Relaxed) {
@@ -327,7 +323,7 @@ impl Tasks {
         loop {
             tokio::select! {
                 _ = every.tick() => self.resend_pending().await,
-                _ = self.token.cancelled() => return,
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

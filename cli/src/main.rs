@@ -425,7 +425,7 @@ async fn up(
     );
     println!("Submitter credentials: {} (mode 0600)", path.display());
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    ambient_service::shutdown_signal().await;
     net.shutdown().await;
     Ok(())
 }

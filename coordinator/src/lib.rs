@@ -58,9 +58,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_protocol::topics;
+use ambient_service::Shutdown;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use config::Config;
@@ -91,19 +91,18 @@ pub enum StartError {
 pub struct Coordinator {
     /// Where the REST API listens.
     pub http_addr: SocketAddr,
-    tracker: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl Coordinator {
     /// Waits until every task of the coordinator has finished (after its shutdown token fired).
     pub async fn wait(self) {
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.shutdown.wait().await;
     }
 }
 
 /// Starts the coordinator; it runs until `shutdown` is cancelled.
-pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinator, StartError> {
+pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator, StartError> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::Io {
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
@@ -127,7 +126,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
     let sched = scheduler::Scheduler::new(settings, tasks, nodes);
     let zk = Arc::new(kinds::zk::Zk::load(&cfg.data_dir, &store).await?);
 
-    let tracker = TaskTracker::new();
+    let shutdown = Shutdown::with_token(token);
     let submit_filter = if cfg.mqtt.shared_subscription {
         format!("$share/coordinators/{}", topics::ALL_SUBMIT)
     } else {
@@ -150,8 +149,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
                 submit_filter,
             ],
         },
-        shutdown.clone(),
-        &tracker,
+        shutdown.token().clone(),
+        shutdown.tracker(),
     );
     let metrics = Arc::new(metrics::Metrics::default());
     let identities = Arc::new(identity::Identities::default());
@@ -167,7 +166,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         reputation_changed: Default::default(),
         fl: kinds::fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
     };
-    tracker.spawn(engine.run(engine_rx, shutdown.clone()));
+    shutdown.spawn(engine.run(engine_rx, shutdown.token().clone()));
     let mqtt_listener = mqtt::Listener {
         engine: engine_tx.clone(),
         store: store.clone(),
@@ -177,7 +176,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
         identities: identities.clone(),
     };
-    tracker.spawn(mqtt_listener.run(link.incoming));
+    shutdown.spawn(mqtt_listener.run(link.incoming));
 
     let state = api::AppState {
         engine: engine_tx,
@@ -200,8 +199,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         source,
     })?;
     let app = api::router(state);
-    let stop = shutdown.clone();
-    tracker.spawn(async move {
+    let stop = shutdown.token().clone();
+    shutdown.spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
@@ -210,16 +209,19 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Coordinat
         }
     });
     info!(http = %http_addr, mqtt = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Coordinator started.");
-    Ok(Coordinator { http_addr, tracker })
+    Ok(Coordinator {
+        http_addr,
+        shutdown,
+    })
 }
 
 /// Runs the coordinator until `shutdown` completes, then drains and returns.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let token = CancellationToken::new();
-    let coordinator = start(cfg, token.clone()).await?;
-    shutdown.await;
+pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+    let shutdown = Shutdown::new();
+    let coordinator = start(cfg, shutdown.token().clone()).await?;
+    signal.await;
     info!("Shutting down.");
-    token.cancel();
+    shutdown.trigger();
     coordinator.wait().await;
     Ok(())
 }

@@ -18,9 +18,8 @@ use ambient_fl::data::Dataset;
 use ambient_fl::wire::{ToClient, ToServer};
 use ambient_protocol::wire::weights_from_blob;
 use ambient_protocol::{DatasetInfo, NodeKey};
+use ambient_service::Shutdown;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -117,15 +116,14 @@ impl FlClients {
 
     /// Hands a coordinator message to the job's client, starting one on `Begin` of a job this
     /// node has not seen; `weights_blob` names the model of a `Begin` that travels by reference.
-    /// Answers go to `reply`. The job's worker stops at `End`, or when `token` is cancelled (the
+    /// Answers go to `reply`. The job's worker stops at `End`, or when `shutdown` is triggered (the
     /// agent stops).
     pub fn deliver(
         self: &Arc<Self>,
         task_id: Uuid,
         msg: ToClient,
         weights_blob: Option<String>,
-        tracker: &TaskTracker,
-        token: &CancellationToken,
+        shutdown: &Shutdown,
         reply: Reply,
     ) {
         let mut jobs = self.lock();
@@ -155,8 +153,8 @@ impl FlClients {
         let _ = tx.send((msg, weights_blob));
         jobs.insert(task_id, tx);
         drop(jobs);
-        let (me, token) = (self.clone(), token.clone());
-        tracker.spawn(async move {
+        let (me, token) = (self.clone(), shutdown.token().clone());
+        shutdown.spawn(async move {
             let client = Arc::new(Mutex::new(Client::with_identity(
                 (*data).clone(),
                 me.identity.clone(),
