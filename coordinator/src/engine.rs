@@ -194,6 +194,7 @@ impl Engine {
             }
         }
         let now = Utc::now();
+        kinds::check_against_nodes(&accepted, &self.sched, now)?;
         let new = kinds::build(submitter, accepted, &self.zk, now)?;
         let id = new.task().id;
         info!(task_id = %id, submitter = %new.task().submitter, task_type = %new.task().task_type, "Task accepted.");

@@ -66,6 +66,31 @@ pub(crate) fn check(accepted: &mut Accepted) -> Result<(), SubmitError> {
     Ok(())
 }
 
+/// Checks a `federated_learning` submission's `eval_csv` against the feature counts of the
+/// online nodes that hold its data set, so that a wrong number of columns is refused at
+/// submission rather than when the job starts. With no holder online there is nothing to check
+/// against yet; the job's start checks again.
+pub(crate) fn check_against_holders(
+    accepted: &Accepted,
+    sched: &Scheduler,
+    now: DateTime<Utc>,
+) -> Result<(), SubmitError> {
+    let job: JobSpec = serde_json::from_value(accepted.submission.inputs.clone())
+        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning inputs: {e}")))?;
+    let holders: BTreeSet<u32> = sched
+        .node_infos(now)
+        .into_iter()
+        .filter(|n| n.state == NodeState::Online)
+        .filter_map(|n| n.health)
+        .flat_map(|h| h.datasets)
+        .filter(|d| d.name == job.dataset)
+        .map(|d| d.features)
+        .collect();
+    let holders: Vec<u32> = holders.into_iter().collect();
+    ambient_fl::server::check_eval_against(&job, &holders)
+        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))
+}
+
 /// One running job.
 struct Job {
     server: Server,

@@ -41,6 +41,22 @@ pub(crate) fn check(accepted: &mut Accepted, limits: &Limits) -> Result<(), Subm
     }
 }
 
+/// Checks of a submission against the nodes online now, made by the engine (which owns the
+/// scheduler) before the task is built: only `federated_learning` has any.
+pub(crate) fn check_against_nodes(
+    accepted: &Accepted,
+    sched: &Scheduler,
+    now: DateTime<Utc>,
+) -> Result<(), SubmitError> {
+    match accepted.submission.task_type {
+        TaskType::FederatedLearning => fl::check_against_holders(accepted, sched, now),
+        TaskType::WasmExecution
+        | TaskType::Computation
+        | TaskType::Inference
+        | TaskType::ZkProof => Ok(()),
+    }
+}
+
 /// What an accepted submission becomes in the scheduler.
 #[derive(Debug)]
 pub enum NewTask {

@@ -86,6 +86,46 @@ async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
     }
     let seen = tap(&c).await;
 
+    // An evaluation set with a feature column fewer than the holders' data set is refused at
+    // submission, not when the job starts.
+    let short_eval: String = eval
+        .lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let drop = eval
+                .lines()
+                .next()
+                .unwrap()
+                .split(',')
+                .position(|h| h != "target")
+                .unwrap();
+            let kept: Vec<&str> = cells
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != drop)
+                .map(|(_, c)| *c)
+                .collect();
+            kept.join(",") + "\n"
+        })
+        .collect();
+    let short = json!({"dataset": "breast_cancer", "eval_csv": short_eval});
+    match client.submit(&fl_task(short, 5)).await {
+        Err(ambient_cli::client::ClientError::Api { status, body }) => {
+            assert_eq!(
+                (status, body.error.as_str()),
+                (400, "invalid_inputs"),
+                "{}",
+                body.message
+            );
+            assert!(
+                body.message.contains("29 feature columns"),
+                "{}",
+                body.message
+            );
+        }
+        other => panic!("a 29-feature eval_csv was not refused: {other:?}"),
+    }
+
     let job = json!({
         "dataset": "breast_cancer",
         "rounds": 10,
