@@ -1,6 +1,6 @@
 //! Executors, one per task kind, and the dispatch that runs an assignment on the right one.
 //!
-//! An assignment runs in two steps. On the async side, [`Executors::run`] does what waits on
+//! An assignment runs in two steps. On the async side, `Executors::run` does what waits on
 //! the network: it downloads the artifact an assignment names by hash alone (through the blob
 //! cache, [`crate::blobs`]), and for `zk_proof` it first looks whether the proving key is already
 //! decoded, so a cached key is not downloaded again. Then it hands the bytes to one blocking
@@ -29,7 +29,6 @@ pub mod fl;
 use ambient_protocol::FailureKind;
 use std::sync::Arc;
 #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
-use std::sync::atomic::Ordering;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Instant;
 
@@ -258,7 +257,10 @@ impl Executors {
                 }
             };
         let sha = a.artifact_sha256.clone().unwrap_or_default();
-        let allow_gpu = self.knobs.gpu_enabled.load(Ordering::Relaxed);
+        let allow_gpu = self
+            .knobs
+            .gpu_enabled
+            .load(std::sync::atomic::Ordering::Relaxed);
         match self.onnx.run_on(&model, &sha, &inputs.tensors, allow_gpu) {
             Ok(out) => {
                 let bytes = serde_json::to_vec(&out.outputs).unwrap_or_default();

@@ -1,11 +1,14 @@
 //! The documentation's tables agree with the code: the README's task kinds with the protocol's
 //! [`TaskType::ALL`], the agent's feature tables (`agent/src/lib.rs` `//!` and
-//! `agent/README.md`) with the `[features]` of `agent/Cargo.toml`. (The circuit table is checked
-//! by `zk/tests/it/docs.rs` and, with its sizes, by the `zk` test here.)
+//! `agent/README.md`) with the `[features]` of `agent/Cargo.toml`, and the circuit tables (the
+//! README's and `zk/src/lib.rs`'s, with each circuit's default size) with
+//! [`ambient_zk::CircuitId::all`]. (The README's circuit sizes are the coordinator's; the `zk`
+//! test here checks them against `GET /api/v1/circuits`.)
 
 use std::collections::BTreeMap;
 
 use ambient_protocol::TaskType;
+use ambient_zk::CircuitId;
 
 /// A file of the workspace, by its path from the root.
 pub fn workspace_file(path: &str) -> String {
@@ -95,4 +98,38 @@ fn the_agent_feature_tables_match_its_cargo_toml() {
         }
     }
     assert!(drift.is_empty(), "{}", drift.join("\n"));
+}
+
+#[test]
+fn the_readme_lists_every_circuit() {
+    let documented: Vec<String> = table(&workspace_file("README.md"), "", "#### Circuits")
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    let registered: Vec<&str> = CircuitId::all().iter().map(|c| c.name()).collect();
+    assert_eq!(documented, registered, "README.md, #### Circuits");
+}
+
+#[test]
+fn the_zk_crate_docs_list_every_circuit_with_its_default_size() {
+    // Cells like "hash_chain (size n, default 256)" once the backticks are gone.
+    let documented: Vec<(String, usize)> =
+        table(&workspace_file("zk/src/lib.rs"), "//! ", "Circuits:")
+            .into_iter()
+            .map(|row| {
+                let cell = row[0].replace('`', "");
+                let name = cell.split(' ').next().unwrap_or_default().to_string();
+                let default = cell
+                    .split("default ")
+                    .nth(1)
+                    .and_then(|d| d.trim_end_matches(')').parse().ok())
+                    .unwrap_or_else(|| panic!("no default size in {cell:?}"));
+                (name, default)
+            })
+            .collect();
+    let registered: Vec<(String, usize)> = CircuitId::all()
+        .iter()
+        .map(|c| (c.name().to_string(), c.default_size()))
+        .collect();
+    assert_eq!(documented, registered, "zk/src/lib.rs, Circuits:");
 }
