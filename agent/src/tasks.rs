@@ -7,13 +7,14 @@
 //! connect) until the coordinator's `ResultAck`: a publish the broker took is not a result the
 //! coordinator stored.
 
-use ambient_protocol::FailureKind;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_protocol::{AgentEvent, Assignment, Outcome, PROTOCOL_VERSION, TaskResult, TaskType};
+use ambient_protocol::{
+    AgentEvent, Assignment, FailureKind, Outcome, PROTOCOL_VERSION, TaskResult, TaskType,
+};
 use ambient_service::Shutdown;
 use chrono::{DateTime, Utc};
 use tracing::{error, info};

@@ -37,7 +37,7 @@ pub enum EngineMsg {
         submitter: String,
         /// The submission.
         accepted: Accepted,
-        /// Where to answer (MQTT intake turns an error into a rejection on the submitter's topic).
+        /// Where to answer (the MQTT listener turns an error into a rejection on the submitter's topic).
         reply: Option<oneshot::Sender<Result<TaskInfo, SubmitError>>>,
     },
     /// Cancel a task.
@@ -103,7 +103,7 @@ impl Engine {
         }
         // Drain: write whatever is still pending before exit.
         self.flush().await;
-        info!("Coordinator core stopped.");
+        info!("Coordinator engine stopped.");
     }
 
     async fn handle(&mut self, msg: EngineMsg) {
@@ -217,7 +217,6 @@ impl Engine {
     /// Persists what changed, then publishes what followed from it.
     async fn flush(&mut self) {
         let effects = self.sched.take_effects();
-        let blobs = self.fl.take_blob_changes();
         let judged: Vec<String> = effects.reputation.iter().map(|e| e.node.clone()).collect();
         for t in &effects.tasks {
             if t.status.is_terminal() {
@@ -243,8 +242,11 @@ impl Engine {
             self.sched.online_nodes() as u64,
             self.sched.active_tasks() as u64,
         );
+        // Taken only once the state is saved: after a failed save they wait for the next flush.
         // Blobs first, so that every message naming one finds it; released ones after.
-        let (release, store): (Vec<_>, Vec<_>) = blobs
+        let (release, store): (Vec<_>, Vec<_>) = self
+            .fl
+            .take_blob_changes()
             .into_iter()
             .partition(|c| matches!(c, BlobChange::Release { .. }));
         for change in store {

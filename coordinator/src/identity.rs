@@ -1,6 +1,6 @@
 //! Node identity keys, as the nodes published them (retained, on `nodes/{node}/identity`, a topic
 //! only the node may write), for checking what nodes sign: blob requests over HTTP and their
-//! secure-aggregation keys. Shared by the MQTT intake (which fills it), the core and the API.
+//! secure-aggregation keys. Shared by the MQTT listener (which fills it), the engine and the API.
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -215,6 +215,9 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
     })
 }
 
+/// How long a stopping coordinator waits for its tasks (the engine's last flush among them).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Runs the coordinator until `shutdown` completes, then drains and returns.
 pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), StartError> {
     let shutdown = Shutdown::new();
@@ -222,6 +225,8 @@ pub async fn run(cfg: Config, signal: impl Future<Output = ()>) -> Result<(), St
     signal.await;
     info!("Shutting down.");
     shutdown.trigger();
-    coordinator.wait().await;
+    if let Err(e) = coordinator.shutdown.drain(DRAIN_DEADLINE).await {
+        tracing::warn!(error = %e, "Stopping with tasks still running.");
+    }
     Ok(())
 }

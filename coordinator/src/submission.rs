@@ -138,6 +138,9 @@ pub struct Accepted {
     pub artifact_ref: Option<String>,
     /// For `computation`: the shard inputs and the reducer.
     pub shards: Option<(Vec<serde_json::Value>, Reduce)>,
+    /// For `federated_learning` with an `eval_csv`: its number of feature columns, read here on
+    /// the blocking pool so that the engine only compares it with the holders' counts.
+    pub eval_features: Option<usize>,
 }
 
 /// Checks a raw submission body.
@@ -190,6 +193,7 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
         artifact: None,
         artifact_ref: None,
         shards: None,
+        eval_features: None,
         submission,
     };
     crate::kinds::check(&mut accepted, limits)?;

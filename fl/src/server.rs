@@ -339,7 +339,9 @@ fn eval_set_for(job: &JobSpec, features: usize) -> Result<Option<Dataset>, JobEr
     Ok(d)
 }
 
-fn check_eval_features(eval: usize, holders: &[u32]) -> Result<(), JobError> {
+/// Checks an evaluation set of `eval` feature columns against the feature counts the data set's
+/// holders advertise; with no holder there is nothing to check against yet.
+pub fn check_eval_features(eval: usize, holders: &[u32]) -> Result<(), JobError> {
     if holders.is_empty() || holders.contains(&(eval as u32)) {
         return Ok(());
     }
@@ -348,6 +350,13 @@ fn check_eval_features(eval: usize, holders: &[u32]) -> Result<(), JobError> {
         "eval_csv has {eval} feature columns, the clients' data set {}",
         list.join(" or ")
     )))
+}
+
+/// The number of feature columns of `job`'s evaluation set, if it has one (checked as
+/// [`check_job`] checks it). Pair it with [`check_eval_features`] when the evaluation set is
+/// read in one place and the holders are known in another.
+pub fn eval_features(job: &JobSpec) -> Result<Option<usize>, JobError> {
+    Ok(eval_set(job)?.map(|d| d.num_features()))
 }
 
 /// Checks `job`'s evaluation set against the feature counts of the data set as the nodes that

@@ -19,8 +19,10 @@
 //! `main.rs` loads its configuration with [`config::load`] and passes [`shutdown_signal`] to the
 //! library's `run`. `run` owns one [`Shutdown`]: every long-lived task is started with
 //! [`Shutdown::spawn`] and `select!`s between its work and [`Shutdown::cancelled`]; when the
-//! signal completes, `run` calls [`Shutdown::trigger`], then [`Shutdown::drain`] with a deadline,
-//! and the stores flush as their handles drop:
+//! signal completes, `run` calls [`Shutdown::trigger`], then [`Shutdown::drain`] with a deadline
+//! (the coordinator) or [`Shutdown::wait`] (the agent, whose executors stop at their next fuel
+//! slice). The task that owns a store awaits its last write before it returns, so nothing
+//! relies on a store flushing when its handle drops:
 //!
 //! ```no_run
 //! use std::time::Duration;

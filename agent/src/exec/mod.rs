@@ -26,13 +26,12 @@ pub mod zk;
 #[cfg(feature = "fl")]
 pub mod fl;
 
-use ambient_protocol::FailureKind;
 use std::sync::Arc;
 #[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Instant;
 
-use ambient_protocol::{Assignment, Outcome, TaskResult, TaskType};
+use ambient_protocol::{Assignment, FailureKind, Outcome, TaskResult, TaskType};
 
 use crate::blobs::Blobs;
 use crate::config::ExecutionConfig;

@@ -13,11 +13,10 @@
 //! Every failure is an [`OnnxError`] with a stable [`OnnxError::kind`]; tract's own errors are
 //! wrapped at this boundary with their message.
 
-use ambient_protocol::FailureKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ambient_protocol::{InferenceOutput, TensorJson};
+use ambient_protocol::{FailureKind, InferenceOutput, TensorJson};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid as _;
 

@@ -39,7 +39,6 @@
 //! stack frame and a long loop overflows the thread's stack (the process aborts), so dev/test
 //! profiles need `[profile.dev.package.wasmi] debug-assertions = false`.
 
-use ambient_protocol::FailureKind;
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
@@ -54,6 +53,8 @@ use wasmi::{
     Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedResumableCall, ValType,
     errors::{ErrorKind, InstantiationError, MemoryError, TableError},
 };
+
+use ambient_protocol::FailureKind;
 
 /// Fuel handed to the interpreter per slice; the wall clock and cancel flag are checked between
 /// slices. wasmi burns roughly 1-4 G fuel/s in release builds, so a slice is a few milliseconds.

@@ -9,11 +9,10 @@
 //! strings], "circuit", "n"}`, and `output_sha256` is the sha256 of the decimal output string
 //! alone: proofs are randomised, so replicas compare the statement, not the proof bytes.
 
-use ambient_protocol::FailureKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ambient_protocol::Outcome;
+use ambient_protocol::{FailureKind, Outcome};
 use ambient_zk::{CircuitSpec, Fr, Inputs, Keys, Output};
 use base64::Engine as _;
 use serde_json::{Value, json};

@@ -61,33 +61,39 @@ pub(crate) fn check(accepted: &mut Accepted) -> Result<(), SubmitError> {
     // A budget that cannot be met, too few clients, bad hyper-parameters: refused now.
     ambient_fl::server::check_job(&job, submission.requirements.min_nodes as usize)
         .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))?;
+    accepted.eval_features = ambient_fl::server::eval_features(&job)
+        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))?;
     accepted.submission.inputs =
         serde_json::to_value(&job).map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
     Ok(())
 }
 
-/// Checks a `federated_learning` submission's `eval_csv` against the feature counts of the
-/// online nodes that hold its data set, so that a wrong number of columns is refused at
-/// submission rather than when the job starts. With no holder online there is nothing to check
-/// against yet; the job's start checks again.
+/// Checks a `federated_learning` submission's evaluation set (its feature count, read by
+/// [`check`]) against the feature counts of the online nodes that hold its data set, so that a
+/// wrong number of columns is refused at submission rather than when the job starts. With no
+/// holder online there is nothing to check against yet; the job's start checks again.
 pub(crate) fn check_against_holders(
     accepted: &Accepted,
     sched: &Scheduler,
     now: DateTime<Utc>,
 ) -> Result<(), SubmitError> {
-    let job: JobSpec = serde_json::from_value(accepted.submission.inputs.clone())
-        .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning inputs: {e}")))?;
+    let Some(eval) = accepted.eval_features else {
+        return Ok(());
+    };
+    let dataset = accepted.submission.inputs["dataset"]
+        .as_str()
+        .unwrap_or_default();
     let holders: BTreeSet<u32> = sched
         .node_infos(now)
         .into_iter()
         .filter(|n| n.state == NodeState::Online)
         .filter_map(|n| n.health)
         .flat_map(|h| h.datasets)
-        .filter(|d| d.name == job.dataset)
+        .filter(|d| d.name == dataset)
         .map(|d| d.features)
         .collect();
     let holders: Vec<u32> = holders.into_iter().collect();
-    ambient_fl::server::check_eval_against(&job, &holders)
+    ambient_fl::server::check_eval_features(eval, &holders)
         .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning: {e}")))
 }
 

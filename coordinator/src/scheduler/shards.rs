@@ -52,16 +52,18 @@ impl Scheduler {
                         sharded.nodes.push(n);
                     }
                 }
-                let pending = sharded.outputs.len() < sharded.shards.len();
-                let outputs: Vec<serde_json::Value> = sharded.outputs.values().cloned().collect();
-                let (reducer, nodes) = (sharded.reduce, sharded.nodes.clone());
-                parent.updated_at = now;
-                self.dirty_tasks.insert(parent_id);
-                if pending {
+                if sharded.outputs.len() < sharded.shards.len() {
+                    parent.updated_at = now;
+                    self.dirty_tasks.insert(parent_id);
                     let note = parent.notification();
                     self.publish.extend(note);
                     return;
                 }
+                // The last shard: only now are the outputs gathered (not at every shard).
+                let outputs: Vec<serde_json::Value> = sharded.outputs.values().cloned().collect();
+                let (reducer, nodes) = (sharded.reduce, sharded.nodes.clone());
+                parent.updated_at = now;
+                self.dirty_tasks.insert(parent_id);
                 match computation::apply(reducer, &outputs) {
                     Ok(value) => {
                         let result = serde_json::json!({
