@@ -4,6 +4,10 @@
 //! trusts every authenticated client not to touch other clients' topics. Production runs
 //! mosquitto with `broker-config/`, whose ACL confines each node and submitter to its own topics.
 //! rumqttd also keeps sessions and retained messages in memory only.
+//!
+//! The rumqttd built here is patched (`vendor/rumqttd/PATCHES.md`) to set TCP_NODELAY on the
+//! sockets it accepts; upstream leaves Nagle's algorithm on, and each small reply then waited
+//! about 40 ms for the peer's delayed ACK.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -43,7 +47,8 @@ pub fn start(listen: SocketAddr, users: &[(String, String)]) -> Result<SocketAdd
         name: "ambient-v4".into(),
         listen: addr,
         tls: None,
-        next_connection_delay_ms: 1,
+        // rumqttd sleeps this long after each accept: 0, so a reconnect storm is not capped.
+        next_connection_delay_ms: 0,
         connections,
     };
     let config = Config {

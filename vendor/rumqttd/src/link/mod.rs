@@ -1,0 +1,9 @@
+pub mod alerts;
+pub mod bridge;
+#[cfg(feature = "console")]
+pub mod console;
+pub mod local;
+pub mod meters;
+pub mod network;
+pub mod remote;
+pub mod timer;
