@@ -13,7 +13,7 @@
 
 use ambient_coordinator::scheduler::{Outbound, Scheduler, SchedulerSettings, TaskRecord};
 use ambient_protocol::{
-    AgentEvent, Health, Outcome, PROTOCOL_VERSION, Requirements, TaskResult, TaskStatus, TaskType,
+    AgentEvent, Health, Outcome, Requirements, TaskResult, TaskStatus, TaskType,
 };
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
@@ -31,7 +31,6 @@ enum Node {
 
 fn health(node: &str, now: DateTime<Utc>) -> Health {
     Health {
-        v: PROTOCOL_VERSION,
         node_id: node.into(),
         at: now,
         cpu_usage_pct: 10.0,
@@ -53,7 +52,6 @@ fn health(node: &str, now: DateTime<Utc>) -> Health {
 
 fn answer(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
     AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
         result: TaskResult {
             task_id,
             attempt,

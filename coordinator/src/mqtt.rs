@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use ambient_link::{AsyncClient, Incoming, QoS};
+use ambient_protocol::envelope::{self, DecodeError, Message};
 use ambient_protocol::{
-    AgentEvent, ApiError, Health, NodeIdentity, NodeStatus, PROTOCOL_VERSION, topics, topics::Topic,
+    AgentEvent, ApiError, Health, NodeIdentity, NodeStatus, topics, topics::Topic,
 };
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -116,14 +116,14 @@ impl Listener {
         self.engine.send(msg).await.map_err(|_| ())
     }
 
-    fn decode<T: DeserializeOwned + HasVersion>(&self, topic: &str, payload: &[u8]) -> Option<T> {
-        match serde_json::from_slice::<T>(payload) {
-            Ok(v) if v.version() == PROTOCOL_VERSION => Some(v),
-            Ok(v) => {
+    fn decode<T: Message>(&self, topic: &str, payload: &[u8]) -> Option<T> {
+        match envelope::decode::<T>(payload) {
+            Ok(msg) => Some(msg),
+            Err(DecodeError::Version { seen }) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 debug!(
                     topic,
-                    version = v.version(),
+                    version = seen,
                     "Dropped message of another protocol version."
                 );
                 None
@@ -206,33 +206,5 @@ impl Listener {
             false,
             payload,
         );
-    }
-}
-
-/// Messages that carry the protocol version.
-trait HasVersion {
-    fn version(&self) -> u32;
-}
-
-impl HasVersion for NodeStatus {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl HasVersion for Health {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl HasVersion for AgentEvent {
-    fn version(&self) -> u32 {
-        match self {
-            AgentEvent::Started { v, .. }
-            | AgentEvent::Finished { v, .. }
-            | AgentEvent::Declined { v, .. }
-            | AgentEvent::Fl { v, .. } => *v,
-        }
     }
 }

@@ -18,19 +18,20 @@ pub use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
-/// What a node publishes, retained, on `nodes/{node}/identity`.
+use crate::envelope::{self, DecodeError};
+
+/// What a node publishes, retained, on `nodes/{node}/identity` (in an
+/// [`envelope::Envelope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeIdentity {
-    /// Protocol version.
-    pub v: u32,
     /// The node (must match the topic).
     pub node: String,
     /// The ed25519 public key, hex.
     pub ed25519: String,
 }
 
-/// A bad key or signature.
+/// A bad key, signature or identity message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// Not 32 bytes of hex, or not a valid curve point.
@@ -42,29 +43,30 @@ pub enum IdentityError {
     /// The signature does not verify under the key.
     #[error("signature does not verify")]
     BadSignature,
-    /// An identity message that is not JSON of this protocol version, or names another node
-    /// than its topic.
+    /// An identity message that is not an envelope of this protocol version holding a
+    /// [`NodeIdentity`].
     #[error("unusable identity message: {0}")]
-    BadMessage(String),
+    BadMessage(#[from] DecodeError),
+    /// An identity message that names another node than its topic.
+    #[error("it names node {claimed} on node {topic}'s topic")]
+    WrongNode {
+        /// The node the message names.
+        claimed: String,
+        /// The node of the topic it came on.
+        topic: String,
+    },
 }
 
 impl NodeIdentity {
-    /// The key a message on `nodes/{node}/identity` carries, checked: JSON of this protocol
-    /// version, naming the topic's node, with a valid key.
+    /// The key a message on `nodes/{node}/identity` carries, checked: an envelope of this
+    /// protocol version, naming the topic's node, with a valid key.
     pub fn key_for(node: &str, payload: &[u8]) -> Result<VerifyingKey, IdentityError> {
-        let id: NodeIdentity = serde_json::from_slice(payload)
-            .map_err(|e| IdentityError::BadMessage(e.to_string()))?;
-        if id.v != crate::PROTOCOL_VERSION {
-            return Err(IdentityError::BadMessage(format!(
-                "protocol version {}",
-                id.v
-            )));
-        }
+        let id: NodeIdentity = envelope::decode(payload)?;
         if id.node != node {
-            return Err(IdentityError::BadMessage(format!(
-                "it names node {} on node {node}'s topic",
-                id.node
-            )));
+            return Err(IdentityError::WrongNode {
+                claimed: id.node,
+                topic: node.to_string(),
+            });
         }
         id.key()
     }
@@ -109,10 +111,9 @@ impl NodeKey {
         self.0.verifying_key()
     }
 
-    /// What `node` publishes on its identity topic.
+    /// What `node` publishes on its identity topic (sent with [`envelope::encode`]).
     pub fn identity(&self, node: &str) -> NodeIdentity {
         NodeIdentity {
-            v: crate::PROTOCOL_VERSION,
             node: node.to_string(),
             ed25519: hex::encode(self.0.verifying_key().to_bytes()),
         }
@@ -180,19 +181,45 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let k = NodeKey::generate();
-        let good = serde_json::to_vec(&k.identity("n1")).unwrap();
+        let good = envelope::encode(&k.identity("n1"));
         assert_eq!(NodeIdentity::key_for("n1", &good), Ok(k.verifying_key()));
-        assert!(matches!(
+        assert_eq!(
             NodeIdentity::key_for("n2", &good),
-            Err(IdentityError::BadMessage(_))
-        ));
+            Err(IdentityError::WrongNode {
+                claimed: "n1".into(),
+                topic: "n2".into()
+            })
+        );
         assert!(matches!(
             NodeIdentity::key_for("n1", b"{"),
-            Err(IdentityError::BadMessage(_))
+            Err(IdentityError::BadMessage(DecodeError::Malformed(_)))
+        ));
+        // The message without its envelope, as a version-less sender would write it.
+        let bare = serde_json::to_vec(&k.identity("n1")).unwrap();
+        assert!(matches!(
+            NodeIdentity::key_for("n1", &bare),
+            Err(IdentityError::BadMessage(DecodeError::Malformed(_)))
         ));
         let mut id = k.identity("n1");
         id.ed25519 = "zz".into();
         assert_eq!(id.key(), Err(IdentityError::BadKey));
         assert!(NodeKey::from_hex("1234").is_err());
+    }
+
+    #[test]
+    fn identity_golden() {
+        let key = NodeKey::from_hex(&"07".repeat(32)).unwrap();
+        let wire: serde_json::Value =
+            serde_json::from_slice(&envelope::encode(&key.identity("node-1"))).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({
+                "v": 1,
+                "body": {
+                    "node": "node-1",
+                    "ed25519": "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"
+                }
+            })
+        );
     }
 }

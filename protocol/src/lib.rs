@@ -11,9 +11,12 @@
 //! - [`tensor`]: tensors as JSON for `inference`.
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
 //! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
+//! - [`envelope`]: the `{"v", "body"}` envelope every agent ↔ coordinator message travels in
+//!   ([`envelope::encode`], [`envelope::decode`]).
 //! - [`identity`]: node identity keys ([`NodeIdentity`]) and the messages nodes sign.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 
+pub mod envelope;
 pub mod failure;
 pub mod identity;
 pub mod node;
@@ -22,6 +25,7 @@ pub mod tensor;
 pub mod topics;
 pub mod wire;
 
+pub use envelope::DecodeError;
 pub use failure::FailureKind;
 pub use identity::{NodeIdentity, NodeKey};
 pub use node::{
@@ -35,8 +39,9 @@ pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Version of the MQTT message formats. Every agent ↔ coordinator message carries it as `v`, and a
-/// receiver refuses a message whose version it does not speak.
+/// Version of the MQTT message formats. Every agent ↔ coordinator message travels in an
+/// [`envelope::Envelope`] that carries it as `v`, and a receiver refuses a message whose version
+/// it does not speak ([`DecodeError::Version`]).
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// wasm fuel granted per second of `max_execution_time_sec`. It is part of the protocol, not of a

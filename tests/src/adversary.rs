@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, Incoming, LinkOptions, QoS};
+use ambient_protocol::envelope::{self, Message};
 use ambient_protocol::{
-    AgentEvent, Assignment, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
-    ReputationReport, TaskResult, TaskType, topics,
+    AgentEvent, Assignment, Health, NodeState, NodeStatus, Outcome, ReputationReport, TaskResult,
+    TaskType, topics,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -84,22 +85,21 @@ impl Liar {
                         None => return,
                         Some(Incoming::Connected { .. }) => {
                             let status = NodeStatus {
-                                v: PROTOCOL_VERSION,
                                 node_id: id.clone(),
                                 state: NodeState::Online,
                                 agent_version: "liar".into(),
                             };
                             let _ = client
                                 .publish(topics::node_status(&id), QoS::AtLeastOnce, true,
-                                         serde_json::to_vec(&status).unwrap_or_default())
+                                         envelope::encode(&status))
                                 .await;
                         }
                         Some(Incoming::Publish { topic, payload }) => {
                             if topic == topics::node_reputation(&id) {
-                                if let Ok(r) = serde_json::from_slice(&payload) {
+                                if let Ok(r) = envelope::decode(&payload) {
                                     *reputation.lock().unwrap() = Some(r);
                                 }
-                            } else if let Ok(a) = serde_json::from_slice::<Assignment>(&payload) {
+                            } else if let Ok(a) = envelope::decode::<Assignment>(&payload) {
                                 answered.fetch_add(1, Ordering::Relaxed);
                                 let _ = answer(&client, &id, a.task_id, a.attempt, lie()).await;
                             }
@@ -138,13 +138,9 @@ impl Liar {
     }
 }
 
-async fn publish<T: serde::Serialize>(
-    client: &AsyncClient,
-    topic: String,
-    msg: T,
-) -> anyhow::Result<()> {
+async fn publish<T: Message>(client: &AsyncClient, topic: String, msg: T) -> anyhow::Result<()> {
     client
-        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&msg)?)
+        .publish(topic, QoS::AtLeastOnce, false, envelope::encode(&msg))
         .await?;
     Ok(())
 }
@@ -158,7 +154,6 @@ async fn answer(
 ) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(&output)?;
     let ev = AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
         result: TaskResult {
             task_id,
             attempt,
@@ -176,7 +171,6 @@ async fn answer(
 /// Health that makes a node look idle and roomy, so the scheduler likes it.
 fn health(node: &str, accepting: bool) -> Health {
     Health {
-        v: PROTOCOL_VERSION,
         node_id: node.to_string(),
         at: Utc::now(),
         cpu_usage_pct: 1.0,

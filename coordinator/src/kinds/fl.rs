@@ -31,7 +31,7 @@ use ambient_fl::secagg::AdvertisedKeys;
 use ambient_fl::server::{Checkpoint, JobState, Outgoing, Server};
 use ambient_fl::wire::{JobSpec, ToClient, ToServer};
 use ambient_protocol::wire::weights_to_blob;
-use ambient_protocol::{Control, NodeState, PROTOCOL_VERSION};
+use ambient_protocol::{Control, NodeState};
 use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom as _;
 use tracing::{info, warn};
@@ -522,7 +522,6 @@ fn send(
         sched.send(Outbound::Control {
             node: node.clone(),
             control: Control::Fl {
-                v: PROTOCOL_VERSION,
                 task_id: id,
                 msg: serde_json::to_value(&msg).unwrap_or_default(),
                 weights_blob,

@@ -26,7 +26,6 @@ fn secs(n: i64) -> DateTime<Utc> {
 
 fn health(node: &str, cpu: f32) -> Health {
     Health {
-        v: PROTOCOL_VERSION,
         node_id: node.into(),
         at: t0(),
         cpu_usage_pct: cpu,
@@ -64,7 +63,6 @@ fn task(min_nodes: u32) -> TaskRecord {
 
 fn success(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
     AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
         result: TaskResult {
             task_id,
             attempt,
@@ -80,7 +78,6 @@ fn success(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
 
 fn failure(task_id: Uuid, attempt: u32, kind: &str) -> AgentEvent {
     AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
         result: TaskResult {
             task_id,
             attempt,
@@ -180,7 +177,6 @@ fn happy_path_with_duplicate_result() {
     s.on_agent_event(
         "n1",
         AgentEvent::Started {
-            v: 1,
             task_id: id,
             attempt: 1,
         },
@@ -275,7 +271,6 @@ fn retry_cap_fails_with_reason() {
         s.on_agent_event(
             &node,
             AgentEvent::Declined {
-                v: 1,
                 task_id: id,
                 attempt,
                 reason: "paused".into(),
