@@ -13,8 +13,8 @@ use std::time::Duration;
 use ambient_link::{AsyncClient, Incoming, QoS};
 use ambient_protocol::envelope::{self, DecodeError};
 use ambient_protocol::{
-    AgentEvent, Assignment, Control, Health, NodeIdentity, NodeKey, NodeState, NodeStatus,
-    ReputationReport, topics,
+    AgentEvent, Assignment, Control, Health, NodeKey, NodeState, NodeStatus, ReputationReport,
+    topics,
 };
 use tracing::warn;
 use uuid::Uuid;
@@ -200,19 +200,8 @@ impl Node {
         let Some(topics::Topic::NodeIdentity(node)) = topics::parse(topic) else {
             return;
         };
-        let mut peers = self
-            .peers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if payload.is_empty() {
-            peers.remove(node);
-            return;
-        }
-        match NodeIdentity::key_for(node, payload) {
-            Ok(key) => {
-                peers.insert(node.to_string(), key);
-            }
-            Err(e) => warn!(node, error = %e, "Ignored an unusable identity message."),
+        if let Err(e) = self.peers.apply_retained(node, payload) {
+            warn!(node, error = %e, "Ignored an unusable identity message.");
         }
     }
 

@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use ambient_link::{AsyncClient, Incoming, QoS};
 use ambient_protocol::envelope::{self, DecodeError, Message};
-use ambient_protocol::{
-    AgentEvent, ApiError, Health, NodeIdentity, NodeStatus, topics, topics::Topic,
-};
+use ambient_protocol::identity::{KeyChange, KeyDirectory};
+use ambient_protocol::{AgentEvent, ApiError, Health, NodeStatus, topics, topics::Topic};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -34,7 +33,7 @@ pub struct Listener {
     /// namespace, so only these may submit, and none of these may speak as a node.
     pub(crate) submitters: std::collections::HashSet<String>,
     /// Node identity keys, filled from the retained identity topics.
-    pub(crate) identities: Arc<crate::identity::Identities>,
+    pub(crate) identities: Arc<KeyDirectory>,
 }
 
 impl Listener {
@@ -138,20 +137,14 @@ impl Listener {
 
     /// A node's identity key (retained; an empty payload clears it).
     fn identity(&self, topic: &str, node: &str, payload: &[u8]) {
-        if payload.is_empty() {
-            self.identities.remove(node);
-            return;
-        }
-        match NodeIdentity::key_for(node, payload) {
-            Ok(key) => match self.identities.set(node, key) {
-                None => info!(node, "Node identity key recorded."),
-                Some(old) if old != key => warn!(
-                    node,
-                    "Node identity key changed (a reinstall, or a stolen account): its old \
-                     signatures no longer verify."
-                ),
-                Some(_) => {}
-            },
+        match self.identities.apply_retained(node, payload) {
+            Ok(KeyChange::Recorded) => info!(node, "Node identity key recorded."),
+            Ok(KeyChange::Replaced { .. }) => warn!(
+                node,
+                "Node identity key changed (a reinstall, or a stolen account): its old \
+                 signatures no longer verify."
+            ),
+            Ok(KeyChange::Unchanged | KeyChange::Cleared) => {}
             Err(e) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 warn!(topic, error = %e, "Dropped an unusable node identity.");

@@ -13,6 +13,9 @@
 //! Every signature covers a domain-separated message built in this crate or in `ambient-fl`, so
 //! a signature made for one purpose is never valid for another.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
 /// The public half of a node key (re-exported so users need no ed25519 dependency of their own).
 pub use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
@@ -78,6 +81,108 @@ impl NodeIdentity {
             .and_then(|b| b.try_into().ok())
             .ok_or(IdentityError::BadKey)?;
         VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::BadKey)
+    }
+}
+
+/// Why a node's signature was not accepted by a [`KeyDirectory`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityCheck {
+    /// The node never published an identity key.
+    #[error("node {0} has published no identity key")]
+    Unknown(String),
+    /// The signature is malformed or does not verify.
+    #[error("node {node}: {error}")]
+    Bad {
+        /// The node.
+        node: String,
+        /// Why.
+        error: IdentityError,
+    },
+}
+
+/// What a retained identity message changed in a [`KeyDirectory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The node had no key; now it has one.
+    Recorded,
+    /// The node published the key it had already.
+    Unchanged,
+    /// The node's key changed (a reinstall, or a stolen account): signatures made with the old
+    /// key no longer verify.
+    Replaced {
+        /// The key it had before.
+        old: VerifyingKey,
+    },
+    /// The retained message was cleared, and with it the node's key (if it had one).
+    Cleared,
+}
+
+/// Node identity keys by node, as the nodes published them on their identity topics.
+///
+/// The coordinator keeps one to check what nodes sign (blob requests, secure-aggregation keys);
+/// an agent that joins federated jobs keeps one to check its peers' signed keys. Both fill it
+/// with [`KeyDirectory::apply_retained`], so they read the identity topic the same way. Shared
+/// behind an `Arc`; the lock is never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct KeyDirectory(RwLock<HashMap<String, VerifyingKey>>);
+
+impl KeyDirectory {
+    /// Applies a message from `node`'s retained identity topic: an empty payload (the retained
+    /// message was cleared) forgets the node's key; anything else must be a valid
+    /// [`NodeIdentity`] for `node` ([`NodeIdentity::key_for`]) and records its key. An unusable
+    /// message changes nothing.
+    pub fn apply_retained(&self, node: &str, payload: &[u8]) -> Result<KeyChange, IdentityError> {
+        if payload.is_empty() {
+            self.remove(node);
+            return Ok(KeyChange::Cleared);
+        }
+        let key = NodeIdentity::key_for(node, payload)?;
+        Ok(match self.set(node, key) {
+            None => KeyChange::Recorded,
+            Some(old) if old != key => KeyChange::Replaced { old },
+            Some(_) => KeyChange::Unchanged,
+        })
+    }
+
+    /// Records `node`'s key; returns the key it had before, if any.
+    pub fn set(&self, node: &str, key: VerifyingKey) -> Option<VerifyingKey> {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.to_string(), key)
+    }
+
+    /// Forgets `node`'s key; returns it, if it had one.
+    pub fn remove(&self, node: &str) -> Option<VerifyingKey> {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node)
+    }
+
+    /// `node`'s key.
+    pub fn get(&self, node: &str) -> Option<VerifyingKey> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+
+    /// `node`'s key, hex, as it travels in [`NodeIdentity::ed25519`].
+    pub fn hex(&self, node: &str) -> Option<String> {
+        self.get(node).map(|k| hex::encode(k.to_bytes()))
+    }
+
+    /// Checks `node`'s signature of `msg` against the key it published.
+    pub fn verify(&self, node: &str, msg: &[u8], sig: &[u8]) -> Result<(), IdentityCheck> {
+        let key = self
+            .get(node)
+            .ok_or_else(|| IdentityCheck::Unknown(node.to_string()))?;
+        verify(&key, msg, sig).map_err(|error| IdentityCheck::Bad {
+            node: node.to_string(),
+            error,
+        })
     }
 }
 
@@ -221,5 +326,50 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn the_directory_follows_the_retained_topic() {
+        let dir = KeyDirectory::default();
+        let (k1, k2) = (NodeKey::generate(), NodeKey::generate());
+        let msg = blob_request_message("n1", "ab", 1);
+        let sig = k1.sign(&msg);
+        assert_eq!(
+            dir.verify("n1", &msg, &sig),
+            Err(IdentityCheck::Unknown("n1".into()))
+        );
+        let publish = |k: &NodeKey| envelope::encode(&k.identity("n1"));
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Ok(KeyChange::Recorded)
+        );
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Ok(KeyChange::Unchanged)
+        );
+        assert_eq!(dir.verify("n1", &msg, &sig), Ok(()));
+        assert_eq!(dir.hex("n1"), Some(k1.identity("n1").ed25519));
+        // Unusable messages change nothing: another node's, or garbage.
+        assert!(dir.apply_retained("n2", &publish(&k2)).is_err());
+        assert!(dir.apply_retained("n1", b"{").is_err());
+        assert_eq!(dir.get("n1"), Some(k1.verifying_key()));
+        assert_eq!(dir.get("n2"), None);
+        // A key swap (an operator re-enrolled the node) invalidates the old signatures.
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k2)),
+            Ok(KeyChange::Replaced {
+                old: k1.verifying_key()
+            })
+        );
+        assert!(matches!(
+            dir.verify("n1", &msg, &sig),
+            Err(IdentityCheck::Bad {
+                error: IdentityError::BadSignature,
+                ..
+            })
+        ));
+        // A cleared retained message forgets the key.
+        assert_eq!(dir.apply_retained("n1", b""), Ok(KeyChange::Cleared));
+        assert!(dir.hex("n1").is_none());
     }
 }

@@ -13,7 +13,8 @@
 //! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
 //! - [`envelope`]: the `{"v", "body"}` envelope every agent ↔ coordinator message travels in
 //!   ([`envelope::encode`], [`envelope::decode`]).
-//! - [`identity`]: node identity keys ([`NodeIdentity`]) and the messages nodes sign.
+//! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
+//!   ([`KeyDirectory`]), and the messages nodes sign.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 
 pub mod envelope;
@@ -27,7 +28,7 @@ pub mod wire;
 
 pub use envelope::DecodeError;
 pub use failure::FailureKind;
-pub use identity::{NodeIdentity, NodeKey};
+pub use identity::{KeyDirectory, NodeIdentity, NodeKey};
 pub use node::{
     DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo,
     ReputationEventKind, ReputationInfo, ReputationReport, Temperature,
