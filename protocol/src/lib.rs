@@ -15,7 +15,15 @@
 //!   ([`envelope::encode`], [`envelope::decode`]).
 //! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
 //!   ([`KeyDirectory`]), and the messages nodes sign.
+//! - `testkit` (feature `test-util`, off by default): fake health reports and results for tests
+//!   and simulations.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
+//!
+//! # Features
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `test-util` | no | `testkit`: a health report builder for simulated nodes and a successful `finished` event, for tests, examples and test nodes |
 
 pub mod envelope;
 pub mod failure;
@@ -23,6 +31,8 @@ pub mod identity;
 pub mod node;
 pub mod task;
 pub mod tensor;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 pub mod topics;
 pub mod wire;
 
