@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_protocol::{Health, PROTOCOL_VERSION};
+use ambient_protocol::Health;
 use chrono::Utc;
 
 use crate::exec::supported_task_types;
@@ -63,7 +63,6 @@ impl Node {
         let policy = self.contribution.advert();
         let exec = &self.cfg.execution;
         let health = Health {
-            v: PROTOCOL_VERSION,
             node_id: self.cfg.node_id.clone(),
             at: Utc::now(),
             cpu_usage_pct: s.cpu_usage_pct,

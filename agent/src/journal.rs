@@ -283,7 +283,6 @@ mod tests {
 
     fn assignment() -> Assignment {
         Assignment {
-            v: 1,
             task_id: Uuid::new_v4(),
             attempt: 1,
             task_type: TaskType::WasmExecution,

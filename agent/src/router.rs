@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, Incoming, QoS};
+use ambient_protocol::envelope::{self, DecodeError};
 use ambient_protocol::{
-    AgentEvent, Assignment, Control, Health, NodeIdentity, NodeKey, NodeState, NodeStatus,
-    PROTOCOL_VERSION, ReputationReport, topics,
+    AgentEvent, Assignment, Control, Health, NodeKey, NodeState, NodeStatus, ReputationReport,
+    topics,
 };
 use tracing::warn;
 use uuid::Uuid;
@@ -23,13 +24,11 @@ use crate::state::Node;
 
 /// The retained status message of `node` in `state`.
 pub(crate) fn status_payload(node_id: &str, state: NodeState) -> Vec<u8> {
-    serde_json::to_vec(&NodeStatus {
-        v: PROTOCOL_VERSION,
+    envelope::encode(&NodeStatus {
         node_id: node_id.to_string(),
         state,
         agent_version: env!("CARGO_PKG_VERSION").into(),
     })
-    .unwrap_or_default()
 }
 
 /// Publishes what this node says. Cheap to clone.
@@ -51,7 +50,7 @@ impl Outbox {
     /// An event on the results topic (QoS 1). A failure is only logged: results are re-sent
     /// from the journal until the coordinator acknowledges them.
     pub(crate) async fn event(&self, ev: &AgentEvent) {
-        let payload = serde_json::to_vec(ev).unwrap_or_default();
+        let payload = envelope::encode(ev);
         let topic = topics::node_results(&self.node_id);
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
@@ -66,12 +65,12 @@ impl Outbox {
     /// At every connect: the identity key's public half and `online`, both retained.
     fn announce(&self, identity: &NodeKey) {
         let node = &*self.node_id;
-        let identity = serde_json::to_vec(&identity.identity(node));
+        let identity = envelope::encode(&identity.identity(node));
         if let Err(e) = self.client.try_publish(
             topics::node_identity(node),
             QoS::AtLeastOnce,
             true,
-            identity.unwrap_or_default(),
+            identity,
         ) {
             warn!(error = %e, "Could not publish this node's identity key.");
         }
@@ -83,7 +82,7 @@ impl Outbox {
 
     /// A health report (QoS 0: the next one replaces it).
     pub(crate) fn health(&self, health: &Health) {
-        let payload = serde_json::to_vec(health).unwrap_or_default();
+        let payload = envelope::encode(health);
         let _ = self.client.try_publish(
             topics::node_health(&self.node_id),
             QoS::AtMostOnce,
@@ -118,11 +117,10 @@ impl Outbox {
         let (client, topic) = (self.client.clone(), topics::node_results(&self.node_id));
         Arc::new(move |task_id, answer| {
             let ev = AgentEvent::Fl {
-                v: PROTOCOL_VERSION,
                 task_id,
                 msg: serde_json::to_value(answer).unwrap_or_default(),
             };
-            let payload = serde_json::to_vec(&ev).unwrap_or_default();
+            let payload = envelope::encode(&ev);
             if client
                 .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                 .is_err()
@@ -150,26 +148,24 @@ impl Node {
                     self.publish_health(false).await;
                 }
                 Incoming::Publish { topic, payload } if topic == tasks_topic => {
-                    match serde_json::from_slice::<Assignment>(&payload) {
-                        Ok(a) if a.v == PROTOCOL_VERSION => {
-                            self.tasks.on_assignment(a, &self.contribution).await
-                        }
-                        Ok(a) => warn!(
-                            version = a.v,
+                    match envelope::decode::<Assignment>(&payload) {
+                        Ok(a) => self.tasks.on_assignment(a, &self.contribution).await,
+                        Err(DecodeError::Version { seen }) => warn!(
+                            version = seen,
                             "Ignored an assignment of another protocol version."
                         ),
                         Err(e) => warn!(error = %e, "Ignored a malformed assignment."),
                     }
                 }
                 Incoming::Publish { topic, payload } if topic == reputation_topic => {
-                    match serde_json::from_slice::<ReputationReport>(&payload) {
+                    match envelope::decode::<ReputationReport>(&payload) {
                         Ok(r) if r.node_id == self.cfg.node_id => *lock(&self.reputation) = Some(r),
                         Ok(_) => warn!("Ignored a reputation report for another node."),
                         Err(e) => warn!(error = %e, "Ignored a malformed reputation report."),
                     }
                 }
                 Incoming::Publish { topic, payload } if topic == control_topic => {
-                    match serde_json::from_slice::<Control>(&payload) {
+                    match envelope::decode::<Control>(&payload) {
                         Ok(c) => self.on_control(c).await,
                         Err(e) => warn!(error = %e, "Ignored a malformed control message."),
                     }
@@ -204,19 +200,8 @@ impl Node {
         let Some(topics::Topic::NodeIdentity(node)) = topics::parse(topic) else {
             return;
         };
-        let mut peers = self
-            .peers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if payload.is_empty() {
-            peers.remove(node);
-            return;
-        }
-        match NodeIdentity::key_for(node, payload) {
-            Ok(key) => {
-                peers.insert(node.to_string(), key);
-            }
-            Err(e) => warn!(node, error = %e, "Ignored an unusable identity message."),
+        if let Err(e) = self.peers.apply_retained(node, payload) {
+            warn!(node, error = %e, "Ignored an unusable identity message.");
         }
     }
 

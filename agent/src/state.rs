@@ -4,11 +4,10 @@
 //! decisions and settings in `contribution`). The control API sees the node only through
 //! [`crate::control::Backend`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ambient_link::LinkState;
-use ambient_protocol::{NodeKey, ReputationReport};
+use ambient_protocol::{KeyDirectory, NodeKey, ReputationReport};
 use ambient_service::Shutdown;
 
 use crate::config::Config;
@@ -21,8 +20,7 @@ use crate::router::Outbox;
 use crate::tasks::Tasks;
 
 /// Other nodes' identity keys, as they published them (retained, on their identity topics).
-pub type PeerKeys =
-    Arc<std::sync::RwLock<HashMap<String, ambient_protocol::identity::VerifyingKey>>>;
+pub type PeerKeys = Arc<KeyDirectory>;
 
 /// A running agent's parts.
 pub(crate) struct Node {

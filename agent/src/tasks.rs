@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambient_protocol::{
-    AgentEvent, Assignment, FailureKind, Outcome, PROTOCOL_VERSION, TaskResult, TaskType,
-};
+use ambient_protocol::{AgentEvent, Assignment, FailureKind, Outcome, TaskResult, TaskType};
 use ambient_service::Shutdown;
 use chrono::{DateTime, Utc};
 use tracing::{error, info};
@@ -163,10 +161,7 @@ impl Tasks {
                 return;
             }
             Ok(Some((JobState::ResultPending, Some(result)))) => {
-                let ev = AgentEvent::Finished {
-                    v: PROTOCOL_VERSION,
-                    result,
-                };
+                let ev = AgentEvent::Finished { result };
                 self.outbox.event(&ev).await;
                 return;
             }
@@ -198,7 +193,6 @@ impl Tasks {
             .set_state(task_id, attempt, JobState::Cancelled)
             .await;
         let ev = AgentEvent::Declined {
-            v: PROTOCOL_VERSION,
             task_id,
             attempt,
             reason,
@@ -249,7 +243,6 @@ impl Tasks {
                 return;
             }
             let started = AgentEvent::Started {
-                v: PROTOCOL_VERSION,
                 task_id: a.task_id,
                 attempt: a.attempt,
             };
@@ -293,10 +286,7 @@ impl Tasks {
             };
             info!(task_id = %result.task_id, attempt = result.attempt, outcome = kind,
                   duration_ms = result.duration_ms, "Task finished.");
-            let ev = AgentEvent::Finished {
-                v: PROTOCOL_VERSION,
-                result,
-            };
+            let ev = AgentEvent::Finished { result };
             this.outbox.event(&ev).await;
         });
     }
@@ -306,10 +296,7 @@ impl Tasks {
         match self.journal.pending_results().await {
             Ok(results) => {
                 for result in results {
-                    let ev = AgentEvent::Finished {
-                        v: PROTOCOL_VERSION,
-                        result,
-                    };
+                    let ev = AgentEvent::Finished { result };
                     self.outbox.event(&ev).await;
                 }
             }

@@ -12,9 +12,8 @@
 //! task that went to one trusted node is accepted unless the task is spot-checked.
 
 use ambient_coordinator::scheduler::{Outbound, Scheduler, SchedulerSettings, TaskRecord};
-use ambient_protocol::{
-    AgentEvent, Health, Outcome, PROTOCOL_VERSION, Requirements, TaskResult, TaskStatus, TaskType,
-};
+use ambient_protocol::testkit::{HealthBuilder, finished_success};
+use ambient_protocol::{AgentEvent, Health, Requirements, TaskStatus, TaskType};
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
@@ -29,42 +28,14 @@ enum Node {
     Sleeper,
 }
 
+/// An idle node of 4 CPUs that runs 4 `wasm_execution` tasks at once.
 fn health(node: &str, now: DateTime<Utc>) -> Health {
-    Health {
-        v: PROTOCOL_VERSION,
-        node_id: node.into(),
-        at: now,
-        cpu_usage_pct: 10.0,
-        cpu_count: 4,
-        load_avg: [0.5; 3],
-        mem_total_bytes: 8 << 30,
-        mem_available_bytes: 4 << 30,
-        temperatures: vec![],
-        gpus: vec![],
-        supported_task_types: vec![TaskType::WasmExecution],
-        max_concurrent_tasks: 4,
-        running_tasks: 0,
-        accepting: true,
-        paused_reason: None,
-        wasm_memory_limit_bytes: 64 << 20,
-        datasets: vec![],
-    }
+    HealthBuilder::new(node, now).slots(4).build()
 }
 
+/// A node's answer: `out` as its JSON output.
 fn answer(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
-    AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
-        result: TaskResult {
-            task_id,
-            attempt,
-            outcome: Outcome::Success {
-                output: serde_json::json!(out),
-                output_sha256: ambient_protocol::sha256_hex(out.as_bytes()),
-            },
-            duration_ms: 5,
-            fuel_consumed: None,
-        },
-    }
+    finished_success(task_id, attempt, serde_json::json!(out))
 }
 
 /// Runs 1,000 tasks; returns (replicas dispatched, wrong results accepted, tasks failed).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, QoS};
-use ambient_protocol::{AgentEvent, Health, NodeInfo, NodeState, TaskInfo, topics};
+use ambient_protocol::{AgentEvent, Health, NodeInfo, NodeState, TaskInfo, envelope, topics};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -279,12 +279,15 @@ impl Engine {
                     }
                 }
                 info!(task_id = %assignment.task_id, attempt = assignment.attempt, node = %node, "Task dispatched.");
-                (topics::node_tasks(&node), to_json(&assignment))
+                (topics::node_tasks(&node), envelope::encode(&assignment))
             }
-            Outbound::Control { node, control } => (topics::node_control(&node), to_json(&control)),
+            Outbound::Control { node, control } => {
+                (topics::node_control(&node), envelope::encode(&control))
+            }
+            // Submitters get the REST API's body, bare.
             Outbound::Notify { submitter, info } => (
                 topics::submitter_task(&submitter, &info.task_id),
-                to_json(&*info),
+                serde_json::to_vec(&*info).unwrap_or_default(),
             ),
         };
         // Never block the engine on a full request queue: every message here is either re-sent by
@@ -309,10 +312,12 @@ impl Engine {
             match reputation::report(&self.store, info, reputation::REPORT_HISTORY).await {
                 Ok(report) => {
                     let topic = topics::node_reputation(&node);
-                    if let Err(e) =
-                        self.mqtt
-                            .try_publish(topic, QoS::AtLeastOnce, true, to_json(&report))
-                    {
+                    if let Err(e) = self.mqtt.try_publish(
+                        topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        envelope::encode(&report),
+                    ) {
                         warn!(node = %node, error = %e, "Reputation report not published.");
                     }
                 }
@@ -331,8 +336,4 @@ fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
 }

@@ -24,7 +24,6 @@
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine (no I/O, no
 //!   clock).
 //! - [`reputation`]: event-sourced node reputation, its score and its report.
-//! - [`identity`]: node identity keys, for checking what nodes sign.
 //! - [`store`]: SQLite on its own thread.
 //! - [`metrics`]: Prometheus counters.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
@@ -40,7 +39,6 @@ pub mod artifacts;
 pub mod broker;
 pub mod config;
 pub mod engine;
-pub mod identity;
 pub mod kinds;
 pub mod metrics;
 pub mod mqtt;
@@ -153,7 +151,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         shutdown.tracker(),
     );
     let metrics = Arc::new(metrics::Metrics::default());
-    let identities = Arc::new(identity::Identities::default());
+    let identities = Arc::new(ambient_protocol::KeyDirectory::default());
     let (engine_tx, engine_rx) = mpsc::channel(1024);
     let engine = engine::Engine {
         sched,

@@ -8,10 +8,9 @@
 use std::sync::Arc;
 
 use ambient_link::{AsyncClient, Incoming, QoS};
-use ambient_protocol::{
-    AgentEvent, ApiError, Health, NodeIdentity, NodeStatus, PROTOCOL_VERSION, topics, topics::Topic,
-};
-use serde::de::DeserializeOwned;
+use ambient_protocol::envelope::{self, DecodeError, Message};
+use ambient_protocol::identity::{KeyChange, KeyDirectory};
+use ambient_protocol::{AgentEvent, ApiError, Health, NodeStatus, topics, topics::Topic};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -34,7 +33,7 @@ pub struct Listener {
     /// namespace, so only these may submit, and none of these may speak as a node.
     pub(crate) submitters: std::collections::HashSet<String>,
     /// Node identity keys, filled from the retained identity topics.
-    pub(crate) identities: Arc<crate::identity::Identities>,
+    pub(crate) identities: Arc<KeyDirectory>,
 }
 
 impl Listener {
@@ -116,14 +115,14 @@ impl Listener {
         self.engine.send(msg).await.map_err(|_| ())
     }
 
-    fn decode<T: DeserializeOwned + HasVersion>(&self, topic: &str, payload: &[u8]) -> Option<T> {
-        match serde_json::from_slice::<T>(payload) {
-            Ok(v) if v.version() == PROTOCOL_VERSION => Some(v),
-            Ok(v) => {
+    fn decode<T: Message>(&self, topic: &str, payload: &[u8]) -> Option<T> {
+        match envelope::decode::<T>(payload) {
+            Ok(msg) => Some(msg),
+            Err(DecodeError::Version { seen }) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 debug!(
                     topic,
-                    version = v.version(),
+                    version = seen,
                     "Dropped message of another protocol version."
                 );
                 None
@@ -138,20 +137,14 @@ impl Listener {
 
     /// A node's identity key (retained; an empty payload clears it).
     fn identity(&self, topic: &str, node: &str, payload: &[u8]) {
-        if payload.is_empty() {
-            self.identities.remove(node);
-            return;
-        }
-        match NodeIdentity::key_for(node, payload) {
-            Ok(key) => match self.identities.set(node, key) {
-                None => info!(node, "Node identity key recorded."),
-                Some(old) if old != key => warn!(
-                    node,
-                    "Node identity key changed (a reinstall, or a stolen account): its old \
-                     signatures no longer verify."
-                ),
-                Some(_) => {}
-            },
+        match self.identities.apply_retained(node, payload) {
+            Ok(KeyChange::Recorded) => info!(node, "Node identity key recorded."),
+            Ok(KeyChange::Replaced { .. }) => warn!(
+                node,
+                "Node identity key changed (a reinstall, or a stolen account): its old \
+                 signatures no longer verify."
+            ),
+            Ok(KeyChange::Unchanged | KeyChange::Cleared) => {}
             Err(e) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);
                 warn!(topic, error = %e, "Dropped an unusable node identity.");
@@ -206,33 +199,5 @@ impl Listener {
             false,
             payload,
         );
-    }
-}
-
-/// Messages that carry the protocol version.
-trait HasVersion {
-    fn version(&self) -> u32;
-}
-
-impl HasVersion for NodeStatus {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl HasVersion for Health {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-impl HasVersion for AgentEvent {
-    fn version(&self) -> u32 {
-        match self {
-            AgentEvent::Started { v, .. }
-            | AgentEvent::Finished { v, .. }
-            | AgentEvent::Declined { v, .. }
-            | AgentEvent::Fl { v, .. } => *v,
-        }
     }
 }

@@ -14,7 +14,7 @@
 //! scheduler ranks by `health_score × (0.5 + score / 200)`, so reputation scales a node's
 //! health between half and all of it.
 
-use ambient_protocol::{NodeInfo, PROTOCOL_VERSION, ReputationReport};
+use ambient_protocol::{NodeInfo, ReputationReport};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -190,7 +190,6 @@ pub async fn report(
     limit: u32,
 ) -> Result<ReputationReport, StoreError> {
     Ok(ReputationReport {
-        v: PROTOCOL_VERSION,
         history: store
             .reputation_history(node.node_id.clone(), limit)
             .await?,

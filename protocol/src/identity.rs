@@ -13,24 +13,28 @@
 //! Every signature covers a domain-separated message built in this crate or in `ambient-fl`, so
 //! a signature made for one purpose is never valid for another.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
 /// The public half of a node key (re-exported so users need no ed25519 dependency of their own).
 pub use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
-/// What a node publishes, retained, on `nodes/{node}/identity`.
+use crate::envelope::{self, DecodeError};
+
+/// What a node publishes, retained, on `nodes/{node}/identity` (in an
+/// [`envelope::Envelope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeIdentity {
-    /// Protocol version.
-    pub v: u32,
     /// The node (must match the topic).
     pub node: String,
     /// The ed25519 public key, hex.
     pub ed25519: String,
 }
 
-/// A bad key or signature.
+/// A bad key, signature or identity message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// Not 32 bytes of hex, or not a valid curve point.
@@ -42,29 +46,30 @@ pub enum IdentityError {
     /// The signature does not verify under the key.
     #[error("signature does not verify")]
     BadSignature,
-    /// An identity message that is not JSON of this protocol version, or names another node
-    /// than its topic.
+    /// An identity message that is not an envelope of this protocol version holding a
+    /// [`NodeIdentity`].
     #[error("unusable identity message: {0}")]
-    BadMessage(String),
+    BadMessage(#[from] DecodeError),
+    /// An identity message that names another node than its topic.
+    #[error("it names node {claimed} on node {topic}'s topic")]
+    WrongNode {
+        /// The node the message names.
+        claimed: String,
+        /// The node of the topic it came on.
+        topic: String,
+    },
 }
 
 impl NodeIdentity {
-    /// The key a message on `nodes/{node}/identity` carries, checked: JSON of this protocol
-    /// version, naming the topic's node, with a valid key.
+    /// The key a message on `nodes/{node}/identity` carries, checked: an envelope of this
+    /// protocol version, naming the topic's node, with a valid key.
     pub fn key_for(node: &str, payload: &[u8]) -> Result<VerifyingKey, IdentityError> {
-        let id: NodeIdentity = serde_json::from_slice(payload)
-            .map_err(|e| IdentityError::BadMessage(e.to_string()))?;
-        if id.v != crate::PROTOCOL_VERSION {
-            return Err(IdentityError::BadMessage(format!(
-                "protocol version {}",
-                id.v
-            )));
-        }
+        let id: NodeIdentity = envelope::decode(payload)?;
         if id.node != node {
-            return Err(IdentityError::BadMessage(format!(
-                "it names node {} on node {node}'s topic",
-                id.node
-            )));
+            return Err(IdentityError::WrongNode {
+                claimed: id.node,
+                topic: node.to_string(),
+            });
         }
         id.key()
     }
@@ -76,6 +81,108 @@ impl NodeIdentity {
             .and_then(|b| b.try_into().ok())
             .ok_or(IdentityError::BadKey)?;
         VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::BadKey)
+    }
+}
+
+/// Why a node's signature was not accepted by a [`KeyDirectory`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityCheck {
+    /// The node never published an identity key.
+    #[error("node {0} has published no identity key")]
+    Unknown(String),
+    /// The signature is malformed or does not verify.
+    #[error("node {node}: {error}")]
+    Bad {
+        /// The node.
+        node: String,
+        /// Why.
+        error: IdentityError,
+    },
+}
+
+/// What a retained identity message changed in a [`KeyDirectory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The node had no key; now it has one.
+    Recorded,
+    /// The node published the key it had already.
+    Unchanged,
+    /// The node's key changed (a reinstall, or a stolen account): signatures made with the old
+    /// key no longer verify.
+    Replaced {
+        /// The key it had before.
+        old: VerifyingKey,
+    },
+    /// The retained message was cleared, and with it the node's key (if it had one).
+    Cleared,
+}
+
+/// Node identity keys by node, as the nodes published them on their identity topics.
+///
+/// The coordinator keeps one to check what nodes sign (blob requests, secure-aggregation keys);
+/// an agent that joins federated jobs keeps one to check its peers' signed keys. Both fill it
+/// with [`KeyDirectory::apply_retained`], so they read the identity topic the same way. Shared
+/// behind an `Arc`; the lock is never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct KeyDirectory(RwLock<HashMap<String, VerifyingKey>>);
+
+impl KeyDirectory {
+    /// Applies a message from `node`'s retained identity topic: an empty payload (the retained
+    /// message was cleared) forgets the node's key; anything else must be a valid
+    /// [`NodeIdentity`] for `node` ([`NodeIdentity::key_for`]) and records its key. An unusable
+    /// message changes nothing.
+    pub fn apply_retained(&self, node: &str, payload: &[u8]) -> Result<KeyChange, IdentityError> {
+        if payload.is_empty() {
+            self.remove(node);
+            return Ok(KeyChange::Cleared);
+        }
+        let key = NodeIdentity::key_for(node, payload)?;
+        Ok(match self.set(node, key) {
+            None => KeyChange::Recorded,
+            Some(old) if old != key => KeyChange::Replaced { old },
+            Some(_) => KeyChange::Unchanged,
+        })
+    }
+
+    /// Records `node`'s key; returns the key it had before, if any.
+    pub fn set(&self, node: &str, key: VerifyingKey) -> Option<VerifyingKey> {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.to_string(), key)
+    }
+
+    /// Forgets `node`'s key; returns it, if it had one.
+    pub fn remove(&self, node: &str) -> Option<VerifyingKey> {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node)
+    }
+
+    /// `node`'s key.
+    pub fn get(&self, node: &str) -> Option<VerifyingKey> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+
+    /// `node`'s key, hex, as it travels in [`NodeIdentity::ed25519`].
+    pub fn hex(&self, node: &str) -> Option<String> {
+        self.get(node).map(|k| hex::encode(k.to_bytes()))
+    }
+
+    /// Checks `node`'s signature of `msg` against the key it published.
+    pub fn verify(&self, node: &str, msg: &[u8], sig: &[u8]) -> Result<(), IdentityCheck> {
+        let key = self
+            .get(node)
+            .ok_or_else(|| IdentityCheck::Unknown(node.to_string()))?;
+        verify(&key, msg, sig).map_err(|error| IdentityCheck::Bad {
+            node: node.to_string(),
+            error,
+        })
     }
 }
 
@@ -109,10 +216,9 @@ impl NodeKey {
         self.0.verifying_key()
     }
 
-    /// What `node` publishes on its identity topic.
+    /// What `node` publishes on its identity topic (sent with [`envelope::encode`]).
     pub fn identity(&self, node: &str) -> NodeIdentity {
         NodeIdentity {
-            v: crate::PROTOCOL_VERSION,
             node: node.to_string(),
             ed25519: hex::encode(self.0.verifying_key().to_bytes()),
         }
@@ -180,19 +286,90 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let k = NodeKey::generate();
-        let good = serde_json::to_vec(&k.identity("n1")).unwrap();
+        let good = envelope::encode(&k.identity("n1"));
         assert_eq!(NodeIdentity::key_for("n1", &good), Ok(k.verifying_key()));
-        assert!(matches!(
+        assert_eq!(
             NodeIdentity::key_for("n2", &good),
-            Err(IdentityError::BadMessage(_))
-        ));
+            Err(IdentityError::WrongNode {
+                claimed: "n1".into(),
+                topic: "n2".into()
+            })
+        );
         assert!(matches!(
             NodeIdentity::key_for("n1", b"{"),
-            Err(IdentityError::BadMessage(_))
+            Err(IdentityError::BadMessage(DecodeError::Malformed(_)))
+        ));
+        // The message without its envelope, as a version-less sender would write it.
+        let bare = serde_json::to_vec(&k.identity("n1")).unwrap();
+        assert!(matches!(
+            NodeIdentity::key_for("n1", &bare),
+            Err(IdentityError::BadMessage(DecodeError::Malformed(_)))
         ));
         let mut id = k.identity("n1");
         id.ed25519 = "zz".into();
         assert_eq!(id.key(), Err(IdentityError::BadKey));
         assert!(NodeKey::from_hex("1234").is_err());
+    }
+
+    #[test]
+    fn identity_golden() {
+        let key = NodeKey::from_hex(&"07".repeat(32)).unwrap();
+        let wire: serde_json::Value =
+            serde_json::from_slice(&envelope::encode(&key.identity("node-1"))).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({
+                "v": 1,
+                "body": {
+                    "node": "node-1",
+                    "ed25519": "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn the_directory_follows_the_retained_topic() {
+        let dir = KeyDirectory::default();
+        let (k1, k2) = (NodeKey::generate(), NodeKey::generate());
+        let msg = blob_request_message("n1", "ab", 1);
+        let sig = k1.sign(&msg);
+        assert_eq!(
+            dir.verify("n1", &msg, &sig),
+            Err(IdentityCheck::Unknown("n1".into()))
+        );
+        let publish = |k: &NodeKey| envelope::encode(&k.identity("n1"));
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Ok(KeyChange::Recorded)
+        );
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Ok(KeyChange::Unchanged)
+        );
+        assert_eq!(dir.verify("n1", &msg, &sig), Ok(()));
+        assert_eq!(dir.hex("n1"), Some(k1.identity("n1").ed25519));
+        // Unusable messages change nothing: another node's, or garbage.
+        assert!(dir.apply_retained("n2", &publish(&k2)).is_err());
+        assert!(dir.apply_retained("n1", b"{").is_err());
+        assert_eq!(dir.get("n1"), Some(k1.verifying_key()));
+        assert_eq!(dir.get("n2"), None);
+        // A key swap (an operator re-enrolled the node) invalidates the old signatures.
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k2)),
+            Ok(KeyChange::Replaced {
+                old: k1.verifying_key()
+            })
+        );
+        assert!(matches!(
+            dir.verify("n1", &msg, &sig),
+            Err(IdentityCheck::Bad {
+                error: IdentityError::BadSignature,
+                ..
+            })
+        ));
+        // A cleared retained message forgets the key.
+        assert_eq!(dir.apply_retained("n1", b""), Ok(KeyChange::Cleared));
+        assert!(dir.hex("n1").is_none());
     }
 }

@@ -11,19 +11,34 @@
 //! - [`tensor`]: tensors as JSON for `inference`.
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
 //! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
-//! - [`identity`]: node identity keys ([`NodeIdentity`]) and the messages nodes sign.
+//! - [`envelope`]: the `{"v", "body"}` envelope every agent ↔ coordinator message travels in
+//!   ([`envelope::encode`], [`envelope::decode`]).
+//! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
+//!   ([`KeyDirectory`]), and the messages nodes sign.
+//! - `testkit` (feature `test-util`, off by default): fake health reports and results for tests
+//!   and simulations.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
+//!
+//! # Features
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `test-util` | no | `testkit`: a health report builder for simulated nodes and a successful `finished` event, for tests, examples and test nodes |
 
+pub mod envelope;
 pub mod failure;
 pub mod identity;
 pub mod node;
 pub mod task;
 pub mod tensor;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 pub mod topics;
 pub mod wire;
 
+pub use envelope::DecodeError;
 pub use failure::FailureKind;
-pub use identity::{NodeIdentity, NodeKey};
+pub use identity::{KeyDirectory, NodeIdentity, NodeKey};
 pub use node::{
     DatasetInfo, GpuInfo, Health, NodeInfo, NodeState, NodeStatus, ReputationEventInfo,
     ReputationEventKind, ReputationInfo, ReputationReport, Temperature,
@@ -35,8 +50,9 @@ pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Version of the MQTT message formats. Every agent ↔ coordinator message carries it as `v`, and a
-/// receiver refuses a message whose version it does not speak.
+/// Version of the MQTT message formats. Every agent ↔ coordinator message travels in an
+/// [`envelope::Envelope`] that carries it as `v`, and a receiver refuses a message whose version
+/// it does not speak ([`DecodeError::Version`]).
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// wasm fuel granted per second of `max_execution_time_sec`. It is part of the protocol, not of a

@@ -1,5 +1,6 @@
 //! What an agent says about itself: its presence ([`NodeStatus`]) and its live telemetry
-//! ([`Health`]), and what the coordinator reports about a node ([`NodeInfo`]).
+//! ([`Health`]), and what the coordinator reports about a node ([`NodeInfo`],
+//! [`ReputationReport`]). On MQTT they travel in an [`crate::envelope`]; over REST, bare.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,6 @@ pub enum NodeState {
 /// broker announces a node that vanishes without saying goodbye.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// Protocol version.
-    pub v: u32,
     /// The node's id (its broker username).
     pub node_id: String,
     /// Online or offline.
@@ -56,8 +55,6 @@ pub struct GpuInfo {
 /// nodes by a score computed from it and treats a node that stops sending it as offline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
-    /// Protocol version.
-    pub v: u32,
     /// The node's id.
     pub node_id: String,
     /// When the sample was taken.
@@ -183,8 +180,6 @@ pub struct ReputationEventInfo {
 /// tells the node itself (and so its tray app) how its work is judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReputationReport {
-    /// Protocol version.
-    pub v: u32,
     /// The node's id.
     pub node_id: String,
     /// When the report was made.

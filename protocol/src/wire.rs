@@ -1,4 +1,5 @@
-//! Messages between the coordinator and agents.
+//! Messages between the coordinator and agents. Each travels in an [`crate::envelope`], which
+//! carries the protocol version.
 //!
 //! Delivery is QoS1, so every message may arrive twice. Each carries the ids that make it
 //! idempotent: an assignment is `(task_id, attempt)`, and an attempt number belongs to exactly one
@@ -14,8 +15,6 @@ use crate::{FailureKind, TaskType};
 /// Work for one node, on `nodes/{node}/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
-    /// Protocol version.
-    pub v: u32,
     /// The task.
     pub task_id: Uuid,
     /// Which assignment of the task this is (1-based; replicas and reassignments count up).
@@ -82,8 +81,6 @@ pub struct TaskResult {
 pub enum AgentEvent {
     /// The agent began executing an assignment.
     Started {
-        /// Protocol version.
-        v: u32,
         /// The task.
         task_id: Uuid,
         /// The assignment.
@@ -91,16 +88,12 @@ pub enum AgentEvent {
     },
     /// The agent finished an assignment.
     Finished {
-        /// Protocol version.
-        v: u32,
         /// The result.
         result: TaskResult,
     },
     /// The agent will not run an assignment it was sent (it is paused, full, or cannot run the
     /// kind), so the coordinator can reassign it at once instead of waiting for the lease.
     Declined {
-        /// Protocol version.
-        v: u32,
         /// The task.
         task_id: Uuid,
         /// The assignment.
@@ -111,8 +104,6 @@ pub enum AgentEvent {
     /// A federated-learning message from this node's client of a job (an
     /// `ambient_fl::wire::ToServer` as JSON).
     Fl {
-        /// Protocol version.
-        v: u32,
         /// The `federated_learning` task.
         task_id: Uuid,
         /// The message.
@@ -126,8 +117,6 @@ pub enum AgentEvent {
 pub enum Control {
     /// The result of `(task_id, attempt)` is persisted; the agent may forget it.
     ResultAck {
-        /// Protocol version.
-        v: u32,
         /// The task.
         task_id: Uuid,
         /// The assignment.
@@ -135,8 +124,6 @@ pub enum Control {
     },
     /// Stop working on `(task_id, attempt)`: the task was cancelled or reassigned.
     Cancel {
-        /// Protocol version.
-        v: u32,
         /// The task.
         task_id: Uuid,
         /// The assignment.
@@ -147,8 +134,6 @@ pub enum Control {
     /// A federated-learning message for this node's client of a job (an
     /// `ambient_fl::wire::ToClient` as JSON).
     Fl {
-        /// Protocol version.
-        v: u32,
         /// The `federated_learning` task.
         task_id: Uuid,
         /// The message.
@@ -179,21 +164,24 @@ pub fn weights_from_blob(bytes: &[u8]) -> Option<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope;
     use serde_json::json;
 
     #[test]
     fn agent_event_golden() {
         let golden = json!({
-            "type": "finished",
             "v": 1,
-            "result": {
-                "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab",
-                "attempt": 2,
-                "outcome": {"status": "failure", "kind": "out_of_fuel", "message": "ran out of fuel"},
-                "duration_ms": 12
+            "body": {
+                "type": "finished",
+                "result": {
+                    "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab",
+                    "attempt": 2,
+                    "outcome": {"status": "failure", "kind": "out_of_fuel", "message": "ran out of fuel"},
+                    "duration_ms": 12
+                }
             }
         });
-        let ev: AgentEvent = serde_json::from_value(golden.clone()).unwrap();
+        let ev: AgentEvent = envelope::decode(golden.to_string().as_bytes()).unwrap();
         assert!(matches!(
             &ev,
             AgentEvent::Finished {
@@ -202,10 +190,28 @@ mod tests {
                     outcome: Outcome::Failure { .. },
                     ..
                 },
-                ..
             }
         ));
-        assert_eq!(serde_json::to_value(&ev).unwrap(), golden);
+        assert_eq!(wire(&ev), golden);
+    }
+
+    #[test]
+    fn assignment_golden() {
+        let golden = json!({
+            "v": 1,
+            "body": {
+                "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab",
+                "attempt": 1,
+                "task_type": "wasm_execution",
+                "artifact_sha256": "ab",
+                "inputs": {"x": 1},
+                "max_execution_time_sec": 30,
+                "lease_deadline": "2026-11-25T10:00:45Z"
+            }
+        });
+        let a: Assignment = envelope::decode(golden.to_string().as_bytes()).unwrap();
+        assert_eq!(a.artifact_base64, None);
+        assert_eq!(wire(&a), golden);
     }
 
     #[test]
@@ -217,8 +223,16 @@ mod tests {
 
     #[test]
     fn control_golden() {
-        let golden = json!({"type": "result_ack", "v": 1, "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab", "attempt": 1});
-        let c: Control = serde_json::from_value(golden.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&c).unwrap(), golden);
+        let golden = json!({
+            "v": 1,
+            "body": {"type": "result_ack", "task_id": "6f1c2a4e-9b7d-4c1e-8f00-0123456789ab", "attempt": 1}
+        });
+        let c: Control = envelope::decode(golden.to_string().as_bytes()).unwrap();
+        assert_eq!(wire(&c), golden);
+    }
+
+    /// `msg` as it goes on the wire, as JSON.
+    fn wire<T: envelope::Message>(msg: &T) -> serde_json::Value {
+        serde_json::from_slice(&envelope::encode(msg)).unwrap()
     }
 }

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, Incoming, LinkOptions, QoS};
+use ambient_protocol::envelope::{self, Message};
+use ambient_protocol::testkit::{HealthBuilder, finished_success};
 use ambient_protocol::{
-    AgentEvent, Assignment, Health, NodeState, NodeStatus, Outcome, PROTOCOL_VERSION,
-    ReputationReport, TaskResult, TaskType, topics,
+    Assignment, Health, NodeState, NodeStatus, ReputationReport, TaskType, topics,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -84,22 +85,21 @@ impl Liar {
                         None => return,
                         Some(Incoming::Connected { .. }) => {
                             let status = NodeStatus {
-                                v: PROTOCOL_VERSION,
                                 node_id: id.clone(),
                                 state: NodeState::Online,
                                 agent_version: "liar".into(),
                             };
                             let _ = client
                                 .publish(topics::node_status(&id), QoS::AtLeastOnce, true,
-                                         serde_json::to_vec(&status).unwrap_or_default())
+                                         envelope::encode(&status))
                                 .await;
                         }
                         Some(Incoming::Publish { topic, payload }) => {
                             if topic == topics::node_reputation(&id) {
-                                if let Ok(r) = serde_json::from_slice(&payload) {
+                                if let Ok(r) = envelope::decode(&payload) {
                                     *reputation.lock().unwrap() = Some(r);
                                 }
-                            } else if let Ok(a) = serde_json::from_slice::<Assignment>(&payload) {
+                            } else if let Ok(a) = envelope::decode::<Assignment>(&payload) {
                                 answered.fetch_add(1, Ordering::Relaxed);
                                 let _ = answer(&client, &id, a.task_id, a.attempt, lie()).await;
                             }
@@ -138,13 +138,9 @@ impl Liar {
     }
 }
 
-async fn publish<T: serde::Serialize>(
-    client: &AsyncClient,
-    topic: String,
-    msg: T,
-) -> anyhow::Result<()> {
+async fn publish<T: Message>(client: &AsyncClient, topic: String, msg: T) -> anyhow::Result<()> {
     client
-        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&msg)?)
+        .publish(topic, QoS::AtLeastOnce, false, envelope::encode(&msg))
         .await?;
     Ok(())
 }
@@ -156,42 +152,17 @@ async fn answer(
     attempt: u32,
     output: Value,
 ) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec(&output)?;
-    let ev = AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
-        result: TaskResult {
-            task_id,
-            attempt,
-            outcome: Outcome::Success {
-                output_sha256: ambient_protocol::sha256_hex(&bytes),
-                output,
-            },
-            duration_ms: 1,
-            fuel_consumed: None,
-        },
-    };
+    let ev = finished_success(task_id, attempt, output);
     publish(client, topics::node_results(node), ev).await
 }
 
 /// Health that makes a node look idle and roomy, so the scheduler likes it.
 fn health(node: &str, accepting: bool) -> Health {
-    Health {
-        v: PROTOCOL_VERSION,
-        node_id: node.to_string(),
-        at: Utc::now(),
-        cpu_usage_pct: 1.0,
-        cpu_count: 64,
-        load_avg: [0.0; 3],
-        mem_total_bytes: 256 << 30,
-        mem_available_bytes: 250 << 30,
-        temperatures: vec![],
-        gpus: vec![],
-        supported_task_types: vec![TaskType::WasmExecution, TaskType::Computation],
-        max_concurrent_tasks: 2,
-        running_tasks: 0,
-        accepting,
-        paused_reason: (!accepting).then(|| "paused".to_string()),
-        wasm_memory_limit_bytes: 64 << 20,
-        datasets: vec![],
-    }
+    HealthBuilder::new(node, Utc::now())
+        .cpu(1.0, 64)
+        .load([0.0; 3])
+        .memory(256 << 30, 250 << 30)
+        .kinds(&[TaskType::WasmExecution, TaskType::Computation])
+        .accepting(accepting)
+        .build()
 }

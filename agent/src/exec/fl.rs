@@ -75,13 +75,7 @@ impl FlClients {
         let identity = ClientIdentity {
             node: node.to_string(),
             key: key.signing_key().clone(),
-            peers: Arc::new(move |n: &str| {
-                peers
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(n)
-                    .copied()
-            }),
+            peers: Arc::new(move |n: &str| peers.get(n)),
         };
         Ok(FlClients {
             datasets,

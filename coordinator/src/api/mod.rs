@@ -46,11 +46,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{ApiKey, Limits};
 use crate::engine::EngineMsg;
-use crate::identity::Identities;
 use crate::kinds::zk::Zk;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::submission::SubmitError;
+use ambient_protocol::KeyDirectory;
 use auth::authenticate;
 use blobs::{get_blob, put_blob};
 use nodes::{get_node, get_node_reputation, list_nodes};
@@ -70,7 +70,7 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) link: watch::Receiver<LinkState>,
     pub(crate) zk: Arc<Zk>,
-    pub(crate) identities: Arc<Identities>,
+    pub(crate) identities: Arc<KeyDirectory>,
 }
 
 /// An error response.

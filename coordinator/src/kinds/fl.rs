@@ -30,15 +30,15 @@ use ambient_fl::ClientId;
 use ambient_fl::secagg::AdvertisedKeys;
 use ambient_fl::server::{Checkpoint, JobState, Outgoing, Server};
 use ambient_fl::wire::{JobSpec, ToClient, ToServer};
+use ambient_protocol::identity::{IdentityCheck, KeyDirectory};
 use ambient_protocol::wire::weights_to_blob;
-use ambient_protocol::{Control, NodeState, PROTOCOL_VERSION};
+use ambient_protocol::{Control, NodeState};
 use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom as _;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::artifacts::BlobChange;
-use crate::identity::Identities;
 use crate::scheduler::fl::FlOutcome;
 use crate::scheduler::{Outbound, Scheduler};
 use crate::submission::{Accepted, SubmitError};
@@ -141,7 +141,7 @@ impl Job {
 /// Every running federated job.
 pub struct FlDriver {
     jobs: HashMap<Uuid, Job>,
-    identities: Arc<Identities>,
+    identities: Arc<KeyDirectory>,
     /// Checkpoints read at start, consumed by [`FlDriver::recover`].
     checkpoints: HashMap<Uuid, String>,
     /// Client messages refused (late, duplicate, wrong length, strangers, bad signatures), for
@@ -158,7 +158,7 @@ fn millis(now: DateTime<Utc>) -> u64 {
 impl FlDriver {
     /// A driver that checks clients' signed keys against `identities`, and resumes running jobs
     /// from `checkpoints` (JSON, by task, as the store keeps them).
-    pub fn new(identities: Arc<Identities>, checkpoints: Vec<(Uuid, String)>) -> FlDriver {
+    pub fn new(identities: Arc<KeyDirectory>, checkpoints: Vec<(Uuid, String)>) -> FlDriver {
         FlDriver {
             jobs: HashMap::new(),
             identities,
@@ -462,12 +462,12 @@ pub enum KeysRefused {
     NoRound,
     /// The signature does not verify against the node's identity key.
     #[error(transparent)]
-    BadSignature(#[from] crate::identity::IdentityCheck),
+    BadSignature(#[from] IdentityCheck),
 }
 
 /// Checks that `node`'s round keys are signed by its published identity for this round.
 fn check_keys(
-    identities: &Identities,
+    identities: &KeyDirectory,
     node: &str,
     session: Option<u64>,
     keys: &AdvertisedKeys,
@@ -522,7 +522,6 @@ fn send(
         sched.send(Outbound::Control {
             node: node.clone(),
             control: Control::Fl {
-                v: PROTOCOL_VERSION,
                 task_id: id,
                 msg: serde_json::to_value(&msg).unwrap_or_default(),
                 weights_blob,

@@ -347,16 +347,16 @@ pub(crate) async fn check_result(
     node: &str,
     ev: AgentEvent,
 ) -> Option<AgentEvent> {
-    let AgentEvent::Finished { v, mut result } = ev else {
+    let AgentEvent::Finished { mut result } = ev else {
         return Some(ev);
     };
     let task_id = result.task_id;
     // Only a result the scheduler would record is checked (a duplicate is just acknowledged).
     if !sched.awaits_result(&task_id, node, result.attempt) {
-        return Some(AgentEvent::Finished { v, result });
+        return Some(AgentEvent::Finished { result });
     }
     let Outcome::Success { output, .. } = &result.outcome else {
-        return Some(AgentEvent::Finished { v, result });
+        return Some(AgentEvent::Finished { result });
     };
     let inputs = sched.task(&task_id).map(|t| t.inputs.clone())?;
     let (zk, output) = (zk.clone(), output.clone());
@@ -409,7 +409,7 @@ pub(crate) async fn check_result(
             };
         }
     }
-    Some(AgentEvent::Finished { v, result })
+    Some(AgentEvent::Finished { result })
 }
 
 /// The API's view of a stored proof, with the snarkjs JSON to check it elsewhere. The

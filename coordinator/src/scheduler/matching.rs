@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ambient_protocol::{
-    Assignment, Health, NodeInfo, NodeState, PROTOCOL_VERSION, ReputationInfo, TaskStatus, TaskType,
+    Assignment, Health, NodeInfo, NodeState, ReputationInfo, TaskStatus, TaskType,
 };
 use chrono::{DateTime, Duration, Utc};
 use rand::seq::SliceRandom as _;
@@ -119,7 +119,6 @@ impl Scheduler {
             self.publish.push(Outbound::Dispatch {
                 node: node.clone(),
                 assignment: Assignment {
-                    v: PROTOCOL_VERSION,
                     task_id,
                     attempt,
                     task_type: task.task_type,

@@ -28,8 +28,7 @@ pub mod shards;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ambient_protocol::{
-    AgentEvent, Assignment, Control, Health, NodeInfo, NodeState, PROTOCOL_VERSION, TaskInfo,
-    TaskResult, TaskStatus,
+    AgentEvent, Assignment, Control, Health, NodeInfo, NodeState, TaskInfo, TaskResult, TaskStatus,
 };
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
@@ -314,11 +313,7 @@ impl Scheduler {
         // (and persisted before this ack goes out), or it is one the scheduler will never use.
         self.publish.push(Outbound::Control {
             node: node.to_string(),
-            control: Control::ResultAck {
-                v: PROTOCOL_VERSION,
-                task_id,
-                attempt,
-            },
+            control: Control::ResultAck { task_id, attempt },
         });
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
@@ -403,7 +398,6 @@ impl Scheduler {
                 self.publish.push(Outbound::Control {
                     node: node.clone(),
                     control: Control::Cancel {
-                        v: PROTOCOL_VERSION,
                         task_id,
                         attempt,
                         reason: "lease expired".into(),
@@ -581,7 +575,6 @@ impl Scheduler {
             self.publish.push(Outbound::Control {
                 node: a.node_id.clone(),
                 control: Control::Cancel {
-                    v: PROTOCOL_VERSION,
                     task_id,
                     attempt: a.attempt,
                     reason: format!("task {status}"),

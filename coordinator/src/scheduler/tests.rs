@@ -1,5 +1,6 @@
 use super::*;
 use crate::reputation::{EventKind, TRUST_THRESHOLD};
+use ambient_protocol::testkit::{HealthBuilder, finished_success};
 use ambient_protocol::{
     FailureKind, GpuInfo, Outcome, Progress, Requirements, TaskType, Temperature,
 };
@@ -25,25 +26,7 @@ fn secs(n: i64) -> DateTime<Utc> {
 }
 
 fn health(node: &str, cpu: f32) -> Health {
-    Health {
-        v: PROTOCOL_VERSION,
-        node_id: node.into(),
-        at: t0(),
-        cpu_usage_pct: cpu,
-        cpu_count: 4,
-        load_avg: [0.5, 0.5, 0.5],
-        mem_total_bytes: 8 << 30,
-        mem_available_bytes: 4 << 30,
-        temperatures: vec![],
-        gpus: vec![],
-        supported_task_types: vec![TaskType::WasmExecution],
-        max_concurrent_tasks: 2,
-        running_tasks: 0,
-        accepting: true,
-        paused_reason: None,
-        wasm_memory_limit_bytes: 64 << 20,
-        datasets: vec![],
-    }
+    HealthBuilder::new(node, t0()).cpu(cpu, 4).build()
 }
 
 fn task(min_nodes: u32) -> TaskRecord {
@@ -63,24 +46,11 @@ fn task(min_nodes: u32) -> TaskRecord {
 }
 
 fn success(task_id: Uuid, attempt: u32, out: &str) -> AgentEvent {
-    AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
-        result: TaskResult {
-            task_id,
-            attempt,
-            outcome: Outcome::Success {
-                output: serde_json::json!(out),
-                output_sha256: ambient_protocol::sha256_hex(out.as_bytes()),
-            },
-            duration_ms: 5,
-            fuel_consumed: Some(100),
-        },
-    }
+    finished_success(task_id, attempt, serde_json::json!(out))
 }
 
 fn failure(task_id: Uuid, attempt: u32, kind: &str) -> AgentEvent {
     AgentEvent::Finished {
-        v: PROTOCOL_VERSION,
         result: TaskResult {
             task_id,
             attempt,
@@ -180,7 +150,6 @@ fn happy_path_with_duplicate_result() {
     s.on_agent_event(
         "n1",
         AgentEvent::Started {
-            v: 1,
             task_id: id,
             attempt: 1,
         },
@@ -275,7 +244,6 @@ fn retry_cap_fails_with_reason() {
         s.on_agent_event(
             &node,
             AgentEvent::Declined {
-                v: 1,
                 task_id: id,
                 attempt,
                 reason: "paused".into(),

@@ -194,7 +194,7 @@ async fn watcher(c: &Cluster) -> anyhow::Result<Watcher> {
             if let Incoming::Publish { topic, payload } = m {
                 if topic == rtt_topic {
                     let _ = rtx.send(()).await;
-                } else if let Ok(h) = serde_json::from_slice::<Health>(&payload) {
+                } else if let Ok(h) = ambient_protocol::envelope::decode::<Health>(&payload) {
                     let _ = htx.send((Instant::now(), h)).await;
                 }
             }

@@ -6,7 +6,9 @@ use ambient_cli::client::{Client, ClientError};
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
 use ambient_link::{Incoming, LinkOptions, QoS};
-use ambient_protocol::{NodeIdentity, NodeKey, Requirements, TaskStatus, identity, topics};
+use ambient_protocol::{
+    NodeIdentity, NodeKey, Requirements, TaskStatus, envelope, identity, topics,
+};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
@@ -168,12 +170,12 @@ async fn mosquitto_acl_confines_a_node_to_its_own_topics() {
         connect_as(&c, &me, &my_password, vec![topics::node_tasks(victim)]).await;
 
     // Forge a health report for the victim, and a garbage one on our own topic.
-    let forged = json!({
-        "v": 1, "node_id": victim, "at": chrono::Utc::now(), "cpu_usage_pct": 1.0, "cpu_count": 64,
+    let forged = json!({"v": 1, "body": {
+        "node_id": victim, "at": chrono::Utc::now(), "cpu_usage_pct": 1.0, "cpu_count": 64,
         "load_avg": [0.0, 0.0, 0.0], "mem_total_bytes": 1u64 << 40, "mem_available_bytes": 1u64 << 40,
         "supported_task_types": ["wasm_execution"], "max_concurrent_tasks": 64, "running_tasks": 0,
         "accepting": true, "wasm_memory_limit_bytes": 1u64 << 30
-    });
+    }});
     for _ in 0..3 {
         intruder
             .client
@@ -301,7 +303,7 @@ async fn retained_identity(link: &mut ambient_link::Link, topic: &str) -> NodeId
             if let Some(Incoming::Publish { topic: t, payload }) = link.incoming.recv().await
                 && t == topic
             {
-                return serde_json::from_slice(&payload).unwrap();
+                return envelope::decode(&payload).unwrap();
             }
         }
     })
@@ -345,7 +347,7 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
                 topic.clone(),
                 QoS::AtLeastOnce,
                 true,
-                serde_json::to_vec(&forged).unwrap(),
+                envelope::encode(&forged),
             )
             .await
             .unwrap();
@@ -369,7 +371,7 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
             topics::node_identity(&spare),
             QoS::AtLeastOnce,
             true,
-            serde_json::to_vec(&key.identity(&spare)).unwrap(),
+            envelope::encode(&key.identity(&spare)),
         )
         .await
         .unwrap();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use ambient_e2e::Cluster;
 use ambient_fl::data::{Dataset, breast_cancer, non_iid_split, stratified_split};
 use ambient_fl::wire::ToClient;
-use ambient_protocol::{AgentEvent, Control, Requirements, TaskStatus, TaskSubmission, TaskType};
+use ambient_protocol::{
+    AgentEvent, Control, Requirements, TaskStatus, TaskSubmission, TaskType, envelope,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
@@ -191,7 +193,7 @@ async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
         if !topic.ends_with("/results") {
             continue;
         }
-        if let Ok(AgentEvent::Fl { msg, .. }) = serde_json::from_slice(payload)
+        if let Ok(AgentEvent::Fl { msg, .. }) = envelope::decode(payload)
             && let Ok(ambient_fl::wire::ToServer::Update { round, y }) = serde_json::from_value(msg)
             && round >= 1
         {
@@ -221,7 +223,7 @@ async fn federated_learning_with_dp_and_secure_aggregation_over_mqtt() {
     let nodes = client.nodes().await.unwrap();
     let mut rosters = 0;
     for (topic, payload) in &seen {
-        let Ok(Control::Fl { msg, .. }) = serde_json::from_slice(payload) else {
+        let Ok(Control::Fl { msg, .. }) = envelope::decode(payload) else {
             continue;
         };
         let Ok(ToClient::Roster { roster, .. }) = serde_json::from_value(msg) else {
@@ -327,7 +329,7 @@ async fn big_models_travel_by_blob_and_jobs_survive_a_coordinator_restart() {
     for (_, payload) in &seen {
         let Ok(Control::Fl {
             msg, weights_blob, ..
-        }) = serde_json::from_slice(payload)
+        }) = envelope::decode(payload)
         else {
             continue;
         };

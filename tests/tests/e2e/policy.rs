@@ -129,7 +129,7 @@ async fn watch_health(
     tokio::spawn(async move {
         while let Some(m) = link.incoming.recv().await {
             if let Incoming::Publish { payload, .. } = m
-                && let Ok(h) = serde_json::from_slice::<Health>(&payload)
+                && let Ok(h) = ambient_protocol::envelope::decode::<Health>(&payload)
                 && tx.send(h).await.is_err()
             {
                 return;
