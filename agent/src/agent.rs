@@ -120,7 +120,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         &cfg.data_dir,
         cfg.execution.blob_cache_mib << 20,
     ));
-    let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+    let journal = Journal::open(&cfg.data_dir.join("agent.db")).await?;
     let peers: PeerKeys = Default::default();
     #[cfg(feature = "fl")]
     let fl = {

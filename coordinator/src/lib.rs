@@ -108,7 +108,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
         source,
     })?;
-    let store = store::Store::open(&cfg.data_dir.join("coordinator.db"))?;
+    let store = store::Store::open(&cfg.data_dir.join("coordinator.db")).await?;
     let (tasks, nodes) = store.load_active().await?;
     info!(
         active_tasks = tasks.len(),
