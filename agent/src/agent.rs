@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_protocol::{NodeState, topics};
-use ambient_service::Shutdown;
+use ambient_service::{Shutdown, StrictConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

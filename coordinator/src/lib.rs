@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_protocol::topics;
-use ambient_service::Shutdown;
+use ambient_service::{Shutdown, StrictConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
