@@ -455,6 +455,28 @@ mod tests {
         );
     }
 
+    /// `server_lr` past f32's range parses as infinity; it is refused at submission like any
+    /// other bad hyper-parameter.
+    #[test]
+    fn non_finite_learning_rates_are_refused() {
+        let l = Limits::default();
+        let fl = |server_lr: serde_json::Value| {
+            check(
+                &body(json!({"task_type": "federated_learning",
+                             "inputs": {"dataset": "d", "server_lr": server_lr},
+                             "requirements": {"min_nodes": 3}})),
+                &l,
+            )
+        };
+        assert!(fl(json!(0.5)).is_ok());
+        for bad in [json!(1e39), json!(-1e39), json!(0.0), json!(-0.5)] {
+            let err = fl(bad.clone()).unwrap_err();
+            assert_eq!(err.code(), "invalid_inputs", "server_lr = {bad}");
+            assert_eq!(err.http_status(), 400);
+            assert!(err.to_string().contains("server_lr"), "{err}");
+        }
+    }
+
     #[test]
     fn depth_ignores_brackets_in_strings() {
         assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#), 1);
