@@ -1,5 +1,6 @@
 //! The persisted records: a task with its replicas, and a node.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ambient_protocol::{
@@ -59,9 +60,10 @@ pub struct AssignmentRecord {
 }
 
 /// A task and everything that happened to it: the unit that is persisted. What only some kinds
-/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "StoredTask", into = "StoredTask")]
+/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was
+/// (see `StoredTask`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "StoredTask<'static>")]
 pub struct TaskRecord {
     /// The task's id.
     pub id: Uuid,
@@ -146,21 +148,22 @@ pub struct Federated {
 }
 
 /// How a [`TaskRecord`] is stored: one flat JSON object, the per-kind fields beside the common
-/// ones, as records always were.
+/// ones, as records always were. Writing borrows the record ([`Cow::Borrowed`], so a row is
+/// written without cloning the task); reading owns what it parsed.
 #[derive(Serialize, Deserialize)]
-struct StoredTask {
+struct StoredTask<'a> {
     /// The task's id.
     id: Uuid,
     /// Who submitted it (the API key's or MQTT username's submitter id).
-    submitter: String,
+    submitter: Cow<'a, str>,
     /// What kind of work it is.
     task_type: TaskType,
     /// The task's inputs.
-    inputs: serde_json::Value,
+    inputs: Cow<'a, serde_json::Value>,
     /// What it needs.
-    requirements: Requirements,
+    requirements: Cow<'a, Requirements>,
     /// The artifact's content address in the blob store (wasm module or ONNX model).
-    artifact_sha256: Option<String>,
+    artifact_sha256: Option<Cow<'a, str>>,
     /// Where it is in its lifecycle.
     status: TaskStatus,
     /// When it was accepted.
@@ -168,13 +171,13 @@ struct StoredTask {
     /// When it last changed.
     updated_at: DateTime<Utc>,
     /// Every replica, in attempt order.
-    assignments: Vec<AssignmentRecord>,
+    assignments: Cow<'a, [AssignmentRecord]>,
     /// The accepted result.
-    result: Option<serde_json::Value>,
+    result: Option<Cow<'a, serde_json::Value>>,
     /// Why it failed or expired.
-    error: Option<String>,
+    error: Option<Cow<'a, str>>,
     /// Why it is waiting.
-    status_reason: Option<String>,
+    status_reason: Option<Cow<'a, str>>,
     /// Since when it has lacked nodes it needs (drives the queue timeout).
     waiting_since: Option<DateTime<Utc>>,
     /// For a shard of a `computation`: the computation's id.
@@ -186,13 +189,13 @@ struct StoredTask {
     /// For a `computation`: its shard tasks, in shard order. A task with shards is never
     /// assigned itself; it completes when every shard has, by reducing their outputs.
     #[serde(default)]
-    shards: Vec<Uuid>,
+    shards: Cow<'a, [Uuid]>,
     /// For a `computation`: the outputs of completed shards, by shard index.
     #[serde(default)]
-    shard_outputs: BTreeMap<u32, serde_json::Value>,
+    shard_outputs: Cow<'a, BTreeMap<u32, serde_json::Value>>,
     /// For a `computation`: nodes that completed its shards.
     #[serde(default)]
-    shard_nodes: Vec<String>,
+    shard_nodes: Cow<'a, [String]>,
     /// For a `computation`: how shard outputs are combined.
     #[serde(default)]
     reduce: Option<Reduce>,
@@ -204,52 +207,52 @@ struct StoredTask {
     adaptive: bool,
     /// For `zk_proof`: the verified proof that backs the accepted result.
     #[serde(default)]
-    proof_id: Option<String>,
+    proof_id: Option<Cow<'a, str>>,
     /// For a `federated_learning` task: its clients' nodes, in client-id order. The
     /// federated driver, not the scheduler, places and runs these tasks.
     #[serde(default)]
-    fl_clients: Vec<String>,
+    fl_clients: Cow<'a, [String]>,
     /// For a `federated_learning` task: rounds done of all rounds (the statistics round
     /// included).
     #[serde(default)]
     fl_progress: Option<Progress>,
 }
 
-impl From<StoredTask> for TaskRecord {
-    fn from(s: StoredTask) -> TaskRecord {
+impl From<StoredTask<'_>> for TaskRecord {
+    fn from(s: StoredTask<'_>) -> TaskRecord {
         let kind = if !s.shards.is_empty() {
             KindState::Sharded(Sharded {
-                shards: s.shards,
-                outputs: s.shard_outputs,
-                nodes: s.shard_nodes,
+                shards: s.shards.into_owned(),
+                outputs: s.shard_outputs.into_owned(),
+                nodes: s.shard_nodes.into_owned(),
                 reduce: s.reduce.unwrap_or(Reduce::Concat),
             })
         } else if s.task_type == TaskType::FederatedLearning {
             KindState::Federated(Federated {
-                clients: s.fl_clients,
+                clients: s.fl_clients.into_owned(),
                 progress: s.fl_progress,
             })
         } else {
             KindState::Replicated(Replicated {
                 extra_replicas: s.extra_replicas,
                 adaptive: s.adaptive,
-                proof_id: s.proof_id,
+                proof_id: s.proof_id.map(Cow::into_owned),
             })
         };
         TaskRecord {
             id: s.id,
-            submitter: s.submitter,
+            submitter: s.submitter.into_owned(),
             task_type: s.task_type,
-            inputs: s.inputs,
-            requirements: s.requirements,
-            artifact_sha256: s.artifact_sha256,
+            inputs: s.inputs.into_owned(),
+            requirements: s.requirements.into_owned(),
+            artifact_sha256: s.artifact_sha256.map(Cow::into_owned),
             status: s.status,
             created_at: s.created_at,
             updated_at: s.updated_at,
-            assignments: s.assignments,
-            result: s.result,
-            error: s.error,
-            status_reason: s.status_reason,
+            assignments: s.assignments.into_owned(),
+            result: s.result.map(Cow::into_owned),
+            error: s.error.map(Cow::into_owned),
+            status_reason: s.status_reason.map(Cow::into_owned),
             waiting_since: s.waiting_since,
             parent: s.parent,
             shard: s.shard,
@@ -258,49 +261,50 @@ impl From<StoredTask> for TaskRecord {
     }
 }
 
-impl From<TaskRecord> for StoredTask {
-    fn from(t: TaskRecord) -> StoredTask {
+impl<'a> From<&'a TaskRecord> for StoredTask<'a> {
+    fn from(t: &'a TaskRecord) -> StoredTask<'a> {
         let (mut replicated, mut sharded, mut federated) = (None, None, None);
-        match t.kind {
+        match &t.kind {
             KindState::Replicated(r) => replicated = Some(r),
             KindState::Sharded(s) => sharded = Some(s),
             KindState::Federated(f) => federated = Some(f),
         }
-        let r = replicated.unwrap_or_default();
-        let f = federated.unwrap_or_default();
+        let borrowed = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
         StoredTask {
             id: t.id,
-            submitter: t.submitter,
+            submitter: Cow::Borrowed(&t.submitter),
             task_type: t.task_type,
-            inputs: t.inputs,
-            requirements: t.requirements,
-            artifact_sha256: t.artifact_sha256,
+            inputs: Cow::Borrowed(&t.inputs),
+            requirements: Cow::Borrowed(&t.requirements),
+            artifact_sha256: borrowed(&t.artifact_sha256),
             status: t.status,
             created_at: t.created_at,
             updated_at: t.updated_at,
-            assignments: t.assignments,
-            result: t.result,
-            error: t.error,
-            status_reason: t.status_reason,
+            assignments: Cow::Borrowed(&t.assignments),
+            result: t.result.as_ref().map(Cow::Borrowed),
+            error: borrowed(&t.error),
+            status_reason: borrowed(&t.status_reason),
             waiting_since: t.waiting_since,
             parent: t.parent,
             shard: t.shard,
-            reduce: sharded.as_ref().map(|s| s.reduce),
-            shards: sharded
-                .as_ref()
-                .map(|s| s.shards.clone())
-                .unwrap_or_default(),
-            shard_outputs: sharded
-                .as_ref()
-                .map(|s| s.outputs.clone())
-                .unwrap_or_default(),
-            shard_nodes: sharded.map(|s| s.nodes).unwrap_or_default(),
-            extra_replicas: r.extra_replicas,
-            adaptive: r.adaptive,
-            proof_id: r.proof_id,
-            fl_clients: f.clients,
-            fl_progress: f.progress,
+            reduce: sharded.map(|s| s.reduce),
+            shards: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.shards[..])),
+            shard_outputs: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.outputs)),
+            shard_nodes: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.nodes[..])),
+            extra_replicas: replicated.map_or(0, |r| r.extra_replicas),
+            adaptive: replicated.is_some_and(|r| r.adaptive),
+            proof_id: replicated.and_then(|r| borrowed(&r.proof_id)),
+            fl_clients: federated.map_or_else(Cow::default, |f| Cow::Borrowed(&f.clients[..])),
+            fl_progress: federated.and_then(|f| f.progress),
         }
+    }
+}
+
+/// Written as a `StoredTask` that borrows the record: a row is written without cloning the
+/// task (its inputs, assignments and results can be large).
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredTask::from(self).serialize(serializer)
     }
 }
 
