@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambient_protocol::{NodeState, topics};
-use ambient_service::Shutdown;
+use ambient_service::{Shutdown, StrictConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -120,7 +120,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         &cfg.data_dir,
         cfg.execution.blob_cache_mib << 20,
     ));
-    let journal = Journal::open(&cfg.data_dir.join("agent.db"))?;
+    let journal = Journal::open(&cfg.data_dir.join("agent.db")).await?;
     let peers: PeerKeys = Default::default();
     #[cfg(feature = "fl")]
     let fl = {

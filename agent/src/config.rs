@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ambient_service::StrictConfig;
 use serde::{Deserialize, Serialize};
 
 /// The example configuration, printed by `ambient-agent generate-config`.
@@ -179,11 +180,13 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         ambient_service::config::load(path)
     }
+}
 
+impl StrictConfig for Config {
     /// `AMBIENT_NODE_ID`, `AMBIENT_DATA_DIR`, `AMBIENT_MQTT_HOST`, `AMBIENT_MQTT_PORT`,
     /// `AMBIENT_MQTT_PASSWORD`, `AMBIENT_COORDINATOR_URL` and `AMBIENT_CONTROL_LISTEN` override
     /// the file.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = var("AMBIENT_NODE_ID") {
             self.node_id = v;
         }
@@ -213,7 +216,7 @@ impl Config {
     }
 
     /// Checks ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if !ambient_protocol::valid_id(&self.node_id) {
             return bad("node_id must be 1-64 characters of [A-Za-z0-9_-]");
@@ -261,16 +264,6 @@ impl Config {
     }
 }
 
-impl ambient_service::StrictConfig for Config {
-    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        Config::apply_env(self, var)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        Config::validate(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,7 +297,7 @@ mod tests {
             assert!(e.contains("not a loopback address"), "{e}");
         }
         let env = |k: &str| (k == "AMBIENT_CONTROL_LISTEN").then(|| "10.0.0.1:1".to_string());
-        cfg.apply_env(env).unwrap();
+        cfg.apply_env(&env).unwrap();
         assert!(cfg.validate().is_err());
         // Sections may be left out entirely.
         let lean = EXAMPLE

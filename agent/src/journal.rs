@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use ambient_protocol::{Assignment, TaskResult};
-use ambient_service::migrate::{self, Dialect, MigrateError, Migration};
-use ambient_service::sqlite::{Closed, SqliteActor};
+use ambient_service::migrate::{Dialect, Migration};
+use ambient_service::sqlite::{Closed, OpenError, SqliteActor};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -27,12 +27,10 @@ pub enum JournalError {
     /// The journal thread is gone.
     #[error("journal closed")]
     Closed,
-    /// The thread could not start.
-    #[error("cannot start journal thread: {0}")]
-    Spawn(#[from] std::io::Error),
-    /// The schema could not be brought up to date, or is newer than this build.
+    /// The journal could not be opened: SQLite refused the file, its thread could not start,
+    /// or its schema could not be brought up to date or is newer than this build.
     #[error("journal database: {0}")]
-    Schema(#[from] MigrateError),
+    Open(#[from] OpenError),
 }
 
 impl From<Closed> for JournalError {
@@ -40,11 +38,6 @@ impl From<Closed> for JournalError {
         JournalError::Closed
     }
 }
-
-/// Connection settings, set at every open (outside the migrations: SQLite cannot switch to WAL
-/// inside a transaction).
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;";
 
 /// The journal's schema, version by version. Never edit a released entry; append.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -113,14 +106,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating) the journal at `path`, migrating its schema to [`MIGRATIONS`]' last
-    /// version; a newer journal is refused with [`JournalError::Schema`]
-    /// ([`MigrateError::TooNew`]).
-    pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let mut conn = Connection::open(path)?;
-        conn.execute_batch(PRAGMAS)?;
-        migrate::migrate(&mut conn, MIGRATIONS)?;
-        let db = SqliteActor::spawn("agent-journal", conn)?;
+    /// Opens (creating) the journal at `path` on its thread, with the settings of every
+    /// service database ([`ambient_service::sqlite::configure`]), and migrates its schema to
+    /// [`MIGRATIONS`]' last version there; a newer journal is refused with
+    /// [`JournalError::Open`] ([`OpenError::Schema`],
+    /// [`ambient_service::MigrateError::TooNew`]).
+    pub async fn open(path: &Path) -> Result<Journal, JournalError> {
+        let db = SqliteActor::open("agent-journal", path, MIGRATIONS).await?;
         Ok(Journal { db })
     }
 
@@ -280,6 +272,7 @@ fn json_rows<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
     use ambient_protocol::{Outcome, TaskType};
+    use ambient_service::MigrateError;
 
     fn assignment() -> Assignment {
         Assignment {
@@ -310,7 +303,7 @@ mod tests {
             fuel_consumed: Some(1),
         };
         {
-            let j = Journal::open(&path).unwrap();
+            let j = Journal::open(&path).await.unwrap();
             assert!(j.receive(&a).await.unwrap().is_none());
             assert_eq!(
                 j.receive(&a).await.unwrap(),
@@ -328,7 +321,7 @@ mod tests {
                 .unwrap();
             j.finish(&result).await.unwrap();
         }
-        let j = Journal::open(&path).unwrap();
+        let j = Journal::open(&path).await.unwrap();
         assert!(j.interrupted().await.unwrap().is_empty());
         assert_eq!(j.pending_results().await.unwrap(), vec![result.clone()]);
         j.set_state(a.task_id, 1, JobState::Acknowledged)
@@ -382,7 +375,7 @@ mod tests {
             )
             .unwrap();
         }
-        let j = Journal::open(&path).unwrap();
+        let j = Journal::open(&path).await.unwrap();
         assert_eq!(j.interrupted().await.unwrap(), vec![a.clone()]);
         assert_eq!(
             j.receive(&a).await.unwrap(),
@@ -401,14 +394,14 @@ mod tests {
     async fn a_journal_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
-        drop(Journal::open(&path).unwrap());
+        drop(Journal::open(&path).await.unwrap());
         let newer = MIGRATIONS.len() as u32 + 1;
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", newer)
             .unwrap();
-        match Journal::open(&path) {
-            Err(JournalError::Schema(MigrateError::TooNew { found, known })) => {
+        match Journal::open(&path).await {
+            Err(JournalError::Open(OpenError::Schema(MigrateError::TooNew { found, known }))) => {
                 assert_eq!((found, known), (newer, MIGRATIONS.len() as u32));
             }
             other => panic!("expected TooNew, got {:?}", other.err()),

@@ -12,7 +12,8 @@ use crate::store::{Store, StoreError};
 use crate::submission::{Accepted, SubmitError};
 
 /// Puts an accepted submission's inline artifact in the blob store, or checks that the one it
-/// references is there. Shared by the REST and MQTT submission paths.
+/// references is there. Part of [`crate::submission::submit`], which both the REST and the MQTT
+/// intake call.
 pub async fn store_submitted(store: &Store, accepted: &Accepted) -> Result<(), SubmitError> {
     if let Some((sha, bytes)) = &accepted.artifact {
         store

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ambient_service::StrictConfig;
 use serde::{Deserialize, Serialize};
 
 /// The example configuration, printed by `ambient-coordinator generate-config`.
@@ -149,10 +150,12 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         ambient_service::config::load(path)
     }
+}
 
+impl StrictConfig for Config {
     /// Environment overrides: `AMBIENT_DATA_DIR`, `AMBIENT_HTTP_ADDR`, `AMBIENT_MQTT_HOST`,
     /// `AMBIENT_MQTT_PORT`, `AMBIENT_MQTT_USERNAME`, `AMBIENT_MQTT_PASSWORD`.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let bad = |k: &str, v: &str| ConfigError::Invalid(format!("{k}={v:?} does not parse"));
         if let Some(v) = var("AMBIENT_DATA_DIR") {
             self.data_dir = v.into();
@@ -176,7 +179,7 @@ impl Config {
     }
 
     /// Checks ranges and consistency.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.api_keys.is_empty() {
             return invalid("at least one [[api_keys]] entry is required".into());
@@ -222,16 +225,6 @@ impl Config {
     }
 }
 
-impl ambient_service::StrictConfig for Config {
-    fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        Config::apply_env(self, var)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        Config::validate(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,11 +247,11 @@ mod tests {
     #[test]
     fn env_overrides() {
         let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
-        cfg.apply_env(|k| (k == "AMBIENT_MQTT_PORT").then(|| "1999".to_string()))
+        cfg.apply_env(&|k| (k == "AMBIENT_MQTT_PORT").then(|| "1999".to_string()))
             .unwrap();
         assert_eq!(cfg.mqtt.port, 1999);
         assert!(
-            cfg.apply_env(|k| (k == "AMBIENT_MQTT_PORT").then(|| "x".to_string()))
+            cfg.apply_env(&|k| (k == "AMBIENT_MQTT_PORT").then(|| "x".to_string()))
                 .is_err()
         );
     }

@@ -309,8 +309,13 @@ impl Engine {
             let Some(info) = self.sched.node_info(&node, now) else {
                 continue;
             };
-            match reputation::report(&self.store, info, reputation::REPORT_HISTORY).await {
-                Ok(report) => {
+            let history = self
+                .store
+                .reputation_history(node.clone(), reputation::REPORT_HISTORY)
+                .await;
+            match history {
+                Ok(history) => {
+                    let report = reputation::report(info, history, now);
                     let topic = topics::node_reputation(&node);
                     if let Err(e) = self.mqtt.try_publish(
                         topic,

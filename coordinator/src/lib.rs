@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_protocol::topics;
-use ambient_service::Shutdown;
+use ambient_service::{Shutdown, StrictConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -106,7 +106,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
         source,
     })?;
-    let store = store::Store::open(&cfg.data_dir.join("coordinator.db"))?;
+    let store = store::Store::open(&cfg.data_dir.join("coordinator.db")).await?;
     let (tasks, nodes) = store.load_active().await?;
     info!(
         active_tasks = tasks.len(),

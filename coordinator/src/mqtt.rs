@@ -14,12 +14,11 @@ use ambient_protocol::{AgentEvent, ApiError, Health, NodeStatus, topics, topics:
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::artifacts;
 use crate::config::Limits;
 use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::submission::{self, SubmitError};
+use crate::submission::{self, SubmitError, SubmitFailure};
 
 /// Reads what the broker delivers: node presence, health, results and identities, and
 /// submissions.
@@ -162,30 +161,20 @@ impl Listener {
     }
 
     async fn submit(&self, submitter: &str, payload: Vec<u8>) {
-        let limits = self.limits.clone();
-        // Decoding and validating a module of several MiB is CPU work: keep it off the workers.
-        let checked = tokio::task::spawn_blocking(move || submission::check(&payload, &limits))
-            .await
-            .unwrap_or_else(|e| Err(SubmitError::InvalidJson(format!("check panicked: {e}"))));
-        let accepted = match checked {
-            Ok(a) => a,
-            Err(e) => return self.reject(submitter, &e, None),
-        };
-        let task_id = accepted.submission.task_id;
-        if let Err(e) = artifacts::store_submitted(&self.store, &accepted).await {
-            return self.reject(submitter, &e, task_id);
-        }
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let msg = EngineMsg::Submit {
-            submitter: submitter.to_string(),
-            accepted,
-            reply: Some(reply),
-        };
-        if self.engine.send(msg).await.is_err() {
-            return;
-        }
-        if let Ok(Err(e)) = rx.await {
-            self.reject(submitter, &e, task_id);
+        let submitted = submission::submit(
+            &self.engine,
+            &self.store,
+            &self.limits,
+            submitter.to_string(),
+            payload,
+        )
+        .await;
+        match submitted {
+            Ok(_) | Err(SubmitFailure::ShuttingDown) => {}
+            Err(SubmitFailure::Invalid(e)) => self.reject(submitter, &e, None),
+            Err(SubmitFailure::Refused { error, task_id }) => {
+                self.reject(submitter, &error, task_id)
+            }
         }
     }
 

@@ -13,13 +13,15 @@
 //! A new node scores 50; a wrong answer weighs four valid ones, a timeout two, a loss one. The
 //! scheduler ranks by `health_score × (0.5 + score / 200)`, so reputation scales a node's
 //! health between half and all of it.
+//!
+//! Everything here is pure, like the scheduler: the scheduler folds events in and queues them,
+//! the engine writes them, and whoever builds a [`report`] reads the history from the store
+//! first.
 
-use ambient_protocol::{NodeInfo, ReputationReport};
+use ambient_protocol::{NodeInfo, ReputationEventInfo, ReputationReport};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::store::{Store, StoreError};
 
 /// Score under which a node counts as untrusted (`trusted: false` in the API). One wrong answer
 /// takes a new node to 17.
@@ -183,20 +185,20 @@ impl Reputation {
 /// Events in a published reputation report's history.
 pub const REPORT_HISTORY: u32 = 100;
 
-/// A node's reputation report: its standing from the scheduler, its recent events from the store.
-pub async fn report(
-    store: &Store,
+/// A node's reputation report at `at`: its standing from the scheduler (`node`) and its recent
+/// events, oldest first, which the caller reads from the store
+/// ([`crate::store::Store::reputation_history`]). Pure, like the scheduler: no I/O here.
+pub fn report(
     node: NodeInfo,
-    limit: u32,
-) -> Result<ReputationReport, StoreError> {
-    Ok(ReputationReport {
-        history: store
-            .reputation_history(node.node_id.clone(), limit)
-            .await?,
+    history: Vec<ReputationEventInfo>,
+    at: DateTime<Utc>,
+) -> ReputationReport {
+    ReputationReport {
+        history,
         node_id: node.node_id,
-        at: Utc::now(),
+        at,
         reputation: node.reputation,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -246,5 +248,36 @@ mod tests {
         assert_eq!(json["totals"], serde_json::json!([0, 0, 1, 0, 1, 0]));
         let back: Reputation = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
+    }
+
+    /// A report is the node's standing as the scheduler gives it and the history as read.
+    #[test]
+    fn a_report_carries_the_standing_and_history_given() {
+        use ambient_protocol::{NodeState, ReputationEventKind, ReputationInfo};
+        let node = NodeInfo {
+            node_id: "n1".into(),
+            state: NodeState::Online,
+            health_score: 80.0,
+            last_seen: Some(t(0)),
+            health: None,
+            active_assignments: 1,
+            reputation: ReputationInfo {
+                score: 42.0,
+                invalid: 1,
+                ..ReputationInfo::default()
+            },
+            identity: None,
+        };
+        let history = vec![ReputationEventInfo {
+            kind: ReputationEventKind::Invalid,
+            task_id: Uuid::from_u128(7),
+            at: t(0),
+            score: 42.0,
+        }];
+        let r = report(node.clone(), history.clone(), t(1));
+        assert_eq!(r.node_id, "n1");
+        assert_eq!(r.at, t(1));
+        assert_eq!(r.reputation, node.reputation);
+        assert_eq!(r.history, history);
     }
 }

@@ -15,8 +15,8 @@
 use std::path::Path;
 
 use ambient_protocol::{ReputationEventInfo, TaskStatus};
-use ambient_service::migrate::{self, Dialect, MigrateError, Migration};
-use ambient_service::sqlite::{Closed, SqliteActor};
+use ambient_service::migrate::{Dialect, Migration};
+use ambient_service::sqlite::{Closed, OpenError, SqliteActor};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
@@ -37,12 +37,10 @@ pub enum StoreError {
     /// A blob that should be there is not.
     #[error("blob {0} is missing")]
     Missing(String),
-    /// The store thread could not start.
-    #[error("cannot start store thread: {0}")]
-    Spawn(#[from] std::io::Error),
-    /// The schema could not be brought up to date, or is newer than this build.
+    /// The database could not be opened: SQLite refused the file, its thread could not start,
+    /// or its schema could not be brought up to date or is newer than this build.
     #[error("coordinator database: {0}")]
-    Schema(#[from] MigrateError),
+    Open(#[from] OpenError),
 }
 
 impl From<Closed> for StoreError {
@@ -56,14 +54,6 @@ impl From<Closed> for StoreError {
 pub struct Store {
     db: SqliteActor,
 }
-
-/// Connection settings, set at every open (outside the migrations: SQLite cannot switch to WAL
-/// inside a transaction).
-const PRAGMAS: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-PRAGMA foreign_keys = ON;
-";
 
 /// The coordinator database's schema, version by version. Never edit a released entry; append.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -140,15 +130,13 @@ pub struct ProofRecord {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and starts its thread.
-    /// Migrates its schema to [`MIGRATIONS`]' last version; a newer database is refused with
-    /// [`StoreError::Schema`] ([`MigrateError::TooNew`]).
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.execute_batch(PRAGMAS)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate::migrate(&mut conn, MIGRATIONS)?;
-        let db = SqliteActor::spawn("coordinator-store", conn)?;
+    /// Opens (creating if needed) the database at `path` on its thread, with the settings of
+    /// every service database ([`ambient_service::sqlite::configure`]), and migrates its schema
+    /// to [`MIGRATIONS`]' last version there; a newer database is refused with
+    /// [`StoreError::Open`] ([`OpenError::Schema`],
+    /// [`ambient_service::MigrateError::TooNew`]).
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = SqliteActor::open("coordinator-store", path, MIGRATIONS).await?;
         Ok(Store { db })
     }
 
@@ -461,6 +449,7 @@ fn decode_rows<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
     use ambient_protocol::{Requirements, TaskType};
+    use ambient_service::MigrateError;
 
     #[tokio::test]
     async fn records_survive_reopen() {
@@ -477,7 +466,7 @@ mod tests {
             now,
         );
         {
-            let store = Store::open(&path).unwrap();
+            let store = Store::open(&path).await.unwrap();
             store
                 .save(vec![t.clone()], vec![], vec![], vec![])
                 .await
@@ -502,7 +491,7 @@ mod tests {
                 vec![(a, "3".to_string())]
             );
         }
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path).await.unwrap();
         assert_eq!(store.blob_size("bb".into()).await.unwrap(), None);
         assert_eq!(store.blob_size("aa".into()).await.unwrap(), Some(3));
         assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
@@ -628,7 +617,7 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
                 .unwrap();
             assert_eq!(v, 0, "the old code never set a version");
         }
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path).await.unwrap();
         assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
         assert_eq!(store.load_active().await.unwrap().0, vec![t.clone()]);
         assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
@@ -639,7 +628,7 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as u32);
         // Reopening a current database changes nothing.
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path).await.unwrap();
         assert_eq!(store.task(t.id).await.unwrap(), Some(t));
     }
 
@@ -647,14 +636,14 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
     async fn a_database_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        drop(Store::open(&path).unwrap());
+        drop(Store::open(&path).await.unwrap());
         let newer = MIGRATIONS.len() as u32 + 1;
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", newer)
             .unwrap();
-        match Store::open(&path) {
-            Err(StoreError::Schema(MigrateError::TooNew { found, known })) => {
+        match Store::open(&path).await {
+            Err(StoreError::Open(OpenError::Schema(MigrateError::TooNew { found, known }))) => {
                 assert_eq!((found, known), (newer, MIGRATIONS.len() as u32));
             }
             other => panic!("expected TooNew, got {:?}", other.err()),

@@ -1,13 +1,20 @@
-//! Submission checks shared by the REST API and the MQTT submit topic: size, JSON depth, task
-//! type and requirements here, then the checks of the task's kind ([`crate::kinds::check`]).
-//! Every refusal is a [`SubmitError`] with a stable code, an HTTP status and a sentence for the
-//! submitter.
+//! Submission, shared by the REST API and the MQTT submit topic: [`submit`] runs the checks,
+//! stores the artifact and hands the task to the engine; each transport only turns the outcome
+//! into its own answer (an HTTP status and JSON, or a rejection on the submitter's topic).
+//!
+//! The checks ([`check`]) are size, JSON depth, task type and requirements here, then the checks
+//! of the task's kind ([`crate::kinds::check`]). Every refusal is a [`SubmitError`] with a stable
+//! code, an HTTP status and a sentence for the submitter.
 
-use ambient_protocol::{ApiError, TaskSubmission, TaskType};
+use ambient_protocol::{ApiError, TaskInfo, TaskSubmission, TaskType};
 use base64::Engine as _;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::artifacts;
 use crate::config::Limits;
+use crate::engine::EngineMsg;
 use crate::kinds::computation::Reduce;
+use crate::store::Store;
 
 /// Why a submission was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +148,65 @@ pub struct Accepted {
     /// For `federated_learning` with an `eval_csv`: its number of feature columns, read here on
     /// the blocking pool so that the engine only compares it with the holders' counts.
     pub eval_features: Option<usize>,
+}
+
+/// Why [`submit`] made no task.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitFailure {
+    /// The checks refused the body; nothing was stored.
+    #[error(transparent)]
+    Invalid(SubmitError),
+    /// A submission that passed the checks was refused afterwards: its artifact could not be
+    /// stored or is unknown, or the engine refused it (its task id is taken, say).
+    #[error("{error}")]
+    Refused {
+        /// Why.
+        error: SubmitError,
+        /// The submitter-chosen task id, if it gave one.
+        task_id: Option<uuid::Uuid>,
+    },
+    /// The engine is gone: the coordinator is shutting down.
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+/// Submits a raw body as `submitter`'s task: checks it on the blocking pool (decoding and
+/// validating a module of several MiB is CPU work), stores its artifact, and hands it to the
+/// engine, which answers with the new task (or the existing one, for a repeated task id).
+pub async fn submit(
+    engine: &mpsc::Sender<EngineMsg>,
+    store: &Store,
+    limits: &Limits,
+    submitter: String,
+    body: impl AsRef<[u8]> + Send + 'static,
+) -> Result<TaskInfo, SubmitFailure> {
+    let limits = limits.clone();
+    let accepted = tokio::task::spawn_blocking(move || check(body.as_ref(), &limits))
+        .await
+        .map_err(|e| {
+            SubmitFailure::Invalid(SubmitError::Unavailable(format!(
+                "the submission check failed: {e}"
+            )))
+        })?
+        .map_err(SubmitFailure::Invalid)?;
+    let task_id = accepted.submission.task_id;
+    let refused = |error| SubmitFailure::Refused { error, task_id };
+    artifacts::store_submitted(store, &accepted)
+        .await
+        .map_err(refused)?;
+    let (reply, rx) = oneshot::channel();
+    let msg = EngineMsg::Submit {
+        submitter,
+        accepted,
+        reply: Some(reply),
+    };
+    engine
+        .send(msg)
+        .await
+        .map_err(|_| SubmitFailure::ShuttingDown)?;
+    rx.await
+        .map_err(|_| SubmitFailure::ShuttingDown)?
+        .map_err(refused)
 }
 
 /// Checks a raw submission body.
@@ -387,6 +453,28 @@ mod tests {
             check(deep.as_bytes(), &l).unwrap_err().code(),
             "json_too_deep"
         );
+    }
+
+    /// `server_lr` past f32's range parses as infinity; it is refused at submission like any
+    /// other bad hyper-parameter.
+    #[test]
+    fn non_finite_learning_rates_are_refused() {
+        let l = Limits::default();
+        let fl = |server_lr: serde_json::Value| {
+            check(
+                &body(json!({"task_type": "federated_learning",
+                             "inputs": {"dataset": "d", "server_lr": server_lr},
+                             "requirements": {"min_nodes": 3}})),
+                &l,
+            )
+        };
+        assert!(fl(json!(0.5)).is_ok());
+        for bad in [json!(1e39), json!(-1e39), json!(0.0), json!(-0.5)] {
+            let err = fl(bad.clone()).unwrap_err();
+            assert_eq!(err.code(), "invalid_inputs", "server_lr = {bad}");
+            assert_eq!(err.http_status(), 400);
+            assert!(err.to_string().contains("server_lr"), "{err}");
+        }
     }
 
     #[test]

@@ -276,8 +276,12 @@ pub fn check_job(job: &JobSpec, clients: usize) -> Result<Option<f64>, JobError>
     if job.local.epochs == 0 || job.local.epochs > 1000 || job.local.batch_size == 0 {
         return bad("local.epochs must be 1 to 1000 and local.batch_size at least 1".into());
     }
-    if !(job.local.lr > 0.0 && job.local.lr.is_finite() && job.server_lr > 0.0) {
-        return bad("local.lr and server_lr must be positive".into());
+    // NaN fails every comparison, so `> 0.0` refuses it; infinity (`1e39` in JSON overflows
+    // an f32) needs its own check.
+    for (name, lr) in [("local.lr", job.local.lr), ("server_lr", job.server_lr)] {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad(format!("{name} must be positive and finite, not {lr}"));
+        }
     }
     if job.round_timeout_sec == 0 || job.round_timeout_sec > 3600 {
         return bad("round_timeout_sec must be 1 to 3600".into());
@@ -1161,6 +1165,35 @@ mod tests {
             "eval_csv": eval,
         }))
         .unwrap()
+    }
+
+    /// A learning rate must be a positive, finite number: NaN, ±∞, 0 and negatives are refused,
+    /// naming the field.
+    #[test]
+    fn learning_rates_must_be_positive_and_finite() {
+        let spec = |server_lr: f32, lr: f32| {
+            let mut j: JobSpec =
+                serde_json::from_value(serde_json::json!({"dataset": "d"})).unwrap();
+            j.server_lr = server_lr;
+            j.local.lr = lr;
+            j
+        };
+        assert!(check_job(&spec(1.0, 0.05), 3).is_ok());
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -1.0] {
+            for (job, name) in [(spec(bad, 0.05), "server_lr"), (spec(1.0, bad), "local.lr")] {
+                match check_job(&job, 3) {
+                    Err(JobError::Invalid(m)) => {
+                        assert!(m.starts_with(name) && m.contains("finite"), "{m}")
+                    }
+                    other => panic!("{name} = {bad}: expected a refusal, got {other:?}"),
+                }
+            }
+        }
+        // JSON has no infinity, but a number beyond f32's range becomes one.
+        let big: JobSpec =
+            serde_json::from_value(serde_json::json!({"dataset": "d", "server_lr": 1e39})).unwrap();
+        assert!(big.server_lr.is_infinite());
+        assert!(matches!(check_job(&big, 3), Err(JobError::Invalid(_))));
     }
 
     /// A job between a server and real clients, every message passed through JSON.

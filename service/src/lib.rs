@@ -8,7 +8,8 @@
 //! - [`shutdown`]: [`Shutdown`], one cancellation token and one task tracker per service: spawn
 //!   tracked tasks, trigger, wait for cancellation, drain with a deadline.
 //! - [`signal`]: [`shutdown_signal`], which completes on Ctrl-C or SIGTERM.
-//! - [`sqlite`]: [`SqliteActor`], one named thread that owns a rusqlite `Connection` and runs
+//! - [`sqlite`]: [`SqliteActor`], one named thread that opens a rusqlite `Connection` (with the
+//!   settings every service database shares, [`sqlite::configure`]), migrates it, and runs
 //!   closures sent over a channel, answering over a oneshot.
 //! - [`migrate`]: versioned schema migrations ([`Migration`] lists, applied in one transaction at
 //!   open, a database newer than the code refused with [`MigrateError::TooNew`]).
@@ -47,10 +48,11 @@
 //! }
 //! ```
 //!
-//! A store is a thin typed wrapper around a [`SqliteActor`] opened over a migrated connection:
+//! A store is a thin typed wrapper around a [`SqliteActor`], which opens, sets up and migrates
+//! the database on its own thread:
 //!
 //! ```no_run
-//! use ambient_service::{Dialect, Migration, SqliteActor, migrate};
+//! use ambient_service::{Dialect, Migration, OpenError, SqliteActor};
 //!
 //! const MIGRATIONS: &[Migration] = &[Migration {
 //!     version: 1,
@@ -58,11 +60,8 @@
 //!     sql: &[(Dialect::Sqlite, "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT);")],
 //! }];
 //!
-//! # fn open(path: &std::path::Path) -> Result<SqliteActor, Box<dyn std::error::Error>> {
-//! let mut conn = rusqlite::Connection::open(path)?;
-//! conn.execute_batch("PRAGMA journal_mode = WAL;")?;
-//! migrate::migrate(&mut conn, MIGRATIONS)?;
-//! Ok(SqliteActor::spawn("example-store", conn)?)
+//! # async fn open(path: &std::path::Path) -> Result<SqliteActor, OpenError> {
+//! SqliteActor::open("example-store", path, MIGRATIONS).await
 //! # }
 //! ```
 
@@ -76,4 +75,4 @@ pub use config::{ConfigError, StrictConfig};
 pub use migrate::{Dialect, MigrateError, Migration};
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use signal::shutdown_signal;
-pub use sqlite::{Closed, SqliteActor};
+pub use sqlite::{Closed, OpenError, SqliteActor};

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use chrono::Utc;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -51,10 +52,12 @@ pub(super) async fn get_node_reputation(
         query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = checked_limit(q.limit, reputation::REPORT_HISTORY)?;
     let node = node_info(&state, id).await?;
-    reputation::report(&state.store, node, limit)
+    let history = state
+        .store
+        .reputation_history(node.node_id.clone(), limit)
         .await
-        .map(Json)
-        .map_err(Failure::store)
+        .map_err(Failure::store)?;
+    Ok(Json(reputation::report(node, history, Utc::now())))
 }
 
 async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {

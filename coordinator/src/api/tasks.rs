@@ -12,10 +12,9 @@ use uuid::Uuid;
 
 use super::auth::Submitter;
 use super::{AppState, Failure, checked_limit};
-use crate::artifacts;
 use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
-use crate::submission::{self, SubmitError};
+use crate::submission::{self, SubmitError, SubmitFailure};
 
 pub(super) async fn submit(
     State(state): State<AppState>,
@@ -32,23 +31,16 @@ pub(super) async fn submit(
             Failure::new(r.status(), "bad_request", r.body_text())
         }
     })?;
-    let limits = state.limits.clone();
-    let checked = tokio::task::spawn_blocking(move || submission::check(&body, &limits))
+    let info = submission::submit(&state.engine, &state.store, &state.limits, submitter, body)
         .await
-        .map_err(|_| Failure::unavailable())?;
-    let accepted = checked.inspect_err(|_| Metrics::inc(&state.metrics.submissions_rejected))?;
-    artifacts::store_submitted(&state.store, &accepted).await?;
-    let (reply, rx) = oneshot::channel();
-    state
-        .engine
-        .send(EngineMsg::Submit {
-            submitter,
-            accepted,
-            reply: Some(reply),
-        })
-        .await
-        .map_err(|_| Failure::unavailable())?;
-    let info = rx.await.map_err(|_| Failure::unavailable())??;
+        .map_err(|e| match e {
+            SubmitFailure::Invalid(e) => {
+                Metrics::inc(&state.metrics.submissions_rejected);
+                Failure::from(e)
+            }
+            SubmitFailure::Refused { error, .. } => Failure::from(error),
+            SubmitFailure::ShuttingDown => Failure::unavailable(),
+        })?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

@@ -265,16 +265,10 @@ impl Scheduler {
             AgentEvent::Started {
                 task_id, attempt, ..
             } => {
-                let Some(task) = self.tasks.get_mut(&task_id) else {
+                let Some((task, i)) = self.assignment_mut(task_id, attempt, node) else {
                     return;
                 };
-                let Some(a) = task
-                    .assignments
-                    .iter_mut()
-                    .find(|a| a.attempt == attempt && a.node_id == node)
-                else {
-                    return;
-                };
+                let a = &mut task.assignments[i];
                 if a.state == AssignmentState::Dispatched {
                     a.state = AssignmentState::Running;
                     task.updated_at = now;
@@ -315,16 +309,10 @@ impl Scheduler {
             node: node.to_string(),
             control: Control::ResultAck { task_id, attempt },
         });
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some((task, i)) = self.assignment_mut(task_id, attempt, node) else {
             return;
         };
-        let Some(a) = task
-            .assignments
-            .iter_mut()
-            .find(|a| a.attempt == attempt && a.node_id == node)
-        else {
-            return;
-        };
+        let a = &mut task.assignments[i];
         if a.result.is_some() || a.state == AssignmentState::Cancelled {
             return; // a QoS1 duplicate, or a replica no longer wanted
         }
@@ -512,6 +500,22 @@ impl Scheduler {
         self.schedule(now);
     }
 
+    /// The task `task_id` and the index of its assignment `attempt`, if the scheduler holds the
+    /// task and `node` holds that assignment (attempts are unique within a task).
+    fn assignment_mut(
+        &mut self,
+        task_id: Uuid,
+        attempt: u32,
+        node: &str,
+    ) -> Option<(&mut TaskRecord, usize)> {
+        let task = self.tasks.get_mut(&task_id)?;
+        let i = task
+            .assignments
+            .iter()
+            .position(|a| a.attempt == attempt && a.node_id == node)?;
+        Some((task, i))
+    }
+
     /// Ends an active assignment without a result. Returns false when it was not active.
     fn end_assignment(
         &mut self,
@@ -522,16 +526,13 @@ impl Scheduler {
         note: String,
         now: DateTime<Utc>,
     ) -> bool {
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return false;
-        };
-        let Some(a) = task
-            .assignments
-            .iter_mut()
-            .find(|a| a.attempt == attempt && a.node_id == node && a.state.is_active())
+        let Some((task, i)) = self
+            .assignment_mut(task_id, attempt, node)
+            .filter(|(task, i)| task.assignments[*i].state.is_active())
         else {
             return false;
         };
+        let a = &mut task.assignments[i];
         a.state = state;
         a.note = Some(note);
         task.updated_at = now;

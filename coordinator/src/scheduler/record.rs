@@ -1,5 +1,6 @@
 //! The persisted records: a task with its replicas, and a node.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use ambient_protocol::{
@@ -59,9 +60,10 @@ pub struct AssignmentRecord {
 }
 
 /// A task and everything that happened to it: the unit that is persisted. What only some kinds
-/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "StoredTask", into = "StoredTask")]
+/// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was
+/// (see `StoredTask`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "StoredTask<'static>")]
 pub struct TaskRecord {
     /// The task's id.
     pub id: Uuid,
@@ -146,21 +148,22 @@ pub struct Federated {
 }
 
 /// How a [`TaskRecord`] is stored: one flat JSON object, the per-kind fields beside the common
-/// ones, as records always were.
+/// ones, as records always were. Writing borrows the record ([`Cow::Borrowed`], so a row is
+/// written without cloning the task); reading owns what it parsed.
 #[derive(Serialize, Deserialize)]
-struct StoredTask {
+struct StoredTask<'a> {
     /// The task's id.
     id: Uuid,
     /// Who submitted it (the API key's or MQTT username's submitter id).
-    submitter: String,
+    submitter: Cow<'a, str>,
     /// What kind of work it is.
     task_type: TaskType,
     /// The task's inputs.
-    inputs: serde_json::Value,
+    inputs: Cow<'a, serde_json::Value>,
     /// What it needs.
-    requirements: Requirements,
+    requirements: Cow<'a, Requirements>,
     /// The artifact's content address in the blob store (wasm module or ONNX model).
-    artifact_sha256: Option<String>,
+    artifact_sha256: Option<Cow<'a, str>>,
     /// Where it is in its lifecycle.
     status: TaskStatus,
     /// When it was accepted.
@@ -168,13 +171,13 @@ struct StoredTask {
     /// When it last changed.
     updated_at: DateTime<Utc>,
     /// Every replica, in attempt order.
-    assignments: Vec<AssignmentRecord>,
+    assignments: Cow<'a, [AssignmentRecord]>,
     /// The accepted result.
-    result: Option<serde_json::Value>,
+    result: Option<Cow<'a, serde_json::Value>>,
     /// Why it failed or expired.
-    error: Option<String>,
+    error: Option<Cow<'a, str>>,
     /// Why it is waiting.
-    status_reason: Option<String>,
+    status_reason: Option<Cow<'a, str>>,
     /// Since when it has lacked nodes it needs (drives the queue timeout).
     waiting_since: Option<DateTime<Utc>>,
     /// For a shard of a `computation`: the computation's id.
@@ -186,13 +189,13 @@ struct StoredTask {
     /// For a `computation`: its shard tasks, in shard order. A task with shards is never
     /// assigned itself; it completes when every shard has, by reducing their outputs.
     #[serde(default)]
-    shards: Vec<Uuid>,
+    shards: Cow<'a, [Uuid]>,
     /// For a `computation`: the outputs of completed shards, by shard index.
     #[serde(default)]
-    shard_outputs: BTreeMap<u32, serde_json::Value>,
+    shard_outputs: Cow<'a, BTreeMap<u32, serde_json::Value>>,
     /// For a `computation`: nodes that completed its shards.
     #[serde(default)]
-    shard_nodes: Vec<String>,
+    shard_nodes: Cow<'a, [String]>,
     /// For a `computation`: how shard outputs are combined.
     #[serde(default)]
     reduce: Option<Reduce>,
@@ -204,52 +207,52 @@ struct StoredTask {
     adaptive: bool,
     /// For `zk_proof`: the verified proof that backs the accepted result.
     #[serde(default)]
-    proof_id: Option<String>,
+    proof_id: Option<Cow<'a, str>>,
     /// For a `federated_learning` task: its clients' nodes, in client-id order. The
     /// federated driver, not the scheduler, places and runs these tasks.
     #[serde(default)]
-    fl_clients: Vec<String>,
+    fl_clients: Cow<'a, [String]>,
     /// For a `federated_learning` task: rounds done of all rounds (the statistics round
     /// included).
     #[serde(default)]
     fl_progress: Option<Progress>,
 }
 
-impl From<StoredTask> for TaskRecord {
-    fn from(s: StoredTask) -> TaskRecord {
+impl From<StoredTask<'_>> for TaskRecord {
+    fn from(s: StoredTask<'_>) -> TaskRecord {
         let kind = if !s.shards.is_empty() {
             KindState::Sharded(Sharded {
-                shards: s.shards,
-                outputs: s.shard_outputs,
-                nodes: s.shard_nodes,
+                shards: s.shards.into_owned(),
+                outputs: s.shard_outputs.into_owned(),
+                nodes: s.shard_nodes.into_owned(),
                 reduce: s.reduce.unwrap_or(Reduce::Concat),
             })
         } else if s.task_type == TaskType::FederatedLearning {
             KindState::Federated(Federated {
-                clients: s.fl_clients,
+                clients: s.fl_clients.into_owned(),
                 progress: s.fl_progress,
             })
         } else {
             KindState::Replicated(Replicated {
                 extra_replicas: s.extra_replicas,
                 adaptive: s.adaptive,
-                proof_id: s.proof_id,
+                proof_id: s.proof_id.map(Cow::into_owned),
             })
         };
         TaskRecord {
             id: s.id,
-            submitter: s.submitter,
+            submitter: s.submitter.into_owned(),
             task_type: s.task_type,
-            inputs: s.inputs,
-            requirements: s.requirements,
-            artifact_sha256: s.artifact_sha256,
+            inputs: s.inputs.into_owned(),
+            requirements: s.requirements.into_owned(),
+            artifact_sha256: s.artifact_sha256.map(Cow::into_owned),
             status: s.status,
             created_at: s.created_at,
             updated_at: s.updated_at,
-            assignments: s.assignments,
-            result: s.result,
-            error: s.error,
-            status_reason: s.status_reason,
+            assignments: s.assignments.into_owned(),
+            result: s.result.map(Cow::into_owned),
+            error: s.error.map(Cow::into_owned),
+            status_reason: s.status_reason.map(Cow::into_owned),
             waiting_since: s.waiting_since,
             parent: s.parent,
             shard: s.shard,
@@ -258,49 +261,50 @@ impl From<StoredTask> for TaskRecord {
     }
 }
 
-impl From<TaskRecord> for StoredTask {
-    fn from(t: TaskRecord) -> StoredTask {
+impl<'a> From<&'a TaskRecord> for StoredTask<'a> {
+    fn from(t: &'a TaskRecord) -> StoredTask<'a> {
         let (mut replicated, mut sharded, mut federated) = (None, None, None);
-        match t.kind {
+        match &t.kind {
             KindState::Replicated(r) => replicated = Some(r),
             KindState::Sharded(s) => sharded = Some(s),
             KindState::Federated(f) => federated = Some(f),
         }
-        let r = replicated.unwrap_or_default();
-        let f = federated.unwrap_or_default();
+        let borrowed = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
         StoredTask {
             id: t.id,
-            submitter: t.submitter,
+            submitter: Cow::Borrowed(&t.submitter),
             task_type: t.task_type,
-            inputs: t.inputs,
-            requirements: t.requirements,
-            artifact_sha256: t.artifact_sha256,
+            inputs: Cow::Borrowed(&t.inputs),
+            requirements: Cow::Borrowed(&t.requirements),
+            artifact_sha256: borrowed(&t.artifact_sha256),
             status: t.status,
             created_at: t.created_at,
             updated_at: t.updated_at,
-            assignments: t.assignments,
-            result: t.result,
-            error: t.error,
-            status_reason: t.status_reason,
+            assignments: Cow::Borrowed(&t.assignments),
+            result: t.result.as_ref().map(Cow::Borrowed),
+            error: borrowed(&t.error),
+            status_reason: borrowed(&t.status_reason),
             waiting_since: t.waiting_since,
             parent: t.parent,
             shard: t.shard,
-            reduce: sharded.as_ref().map(|s| s.reduce),
-            shards: sharded
-                .as_ref()
-                .map(|s| s.shards.clone())
-                .unwrap_or_default(),
-            shard_outputs: sharded
-                .as_ref()
-                .map(|s| s.outputs.clone())
-                .unwrap_or_default(),
-            shard_nodes: sharded.map(|s| s.nodes).unwrap_or_default(),
-            extra_replicas: r.extra_replicas,
-            adaptive: r.adaptive,
-            proof_id: r.proof_id,
-            fl_clients: f.clients,
-            fl_progress: f.progress,
+            reduce: sharded.map(|s| s.reduce),
+            shards: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.shards[..])),
+            shard_outputs: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.outputs)),
+            shard_nodes: sharded.map_or_else(Cow::default, |s| Cow::Borrowed(&s.nodes[..])),
+            extra_replicas: replicated.map_or(0, |r| r.extra_replicas),
+            adaptive: replicated.is_some_and(|r| r.adaptive),
+            proof_id: replicated.and_then(|r| borrowed(&r.proof_id)),
+            fl_clients: federated.map_or_else(Cow::default, |f| Cow::Borrowed(&f.clients[..])),
+            fl_progress: federated.and_then(|f| f.progress),
         }
+    }
+}
+
+/// Written as a `StoredTask` that borrows the record: a row is written without cloning the
+/// task (its inputs, assignments and results can be large).
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredTask::from(self).serialize(serializer)
     }
 }
 
@@ -465,5 +469,215 @@ pub(super) fn failure_text(a: &AssignmentRecord) -> Option<String> {
     match &a.result.as_ref()?.outcome {
         Outcome::Failure { kind, message } => Some(format!("{kind} on {}: {message}", a.node_id)),
         Outcome::Success { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ambient_protocol::FailureKind;
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    /// A replicated wasm task with a finished replica and a lost one.
+    fn replicated() -> TaskRecord {
+        let mut t = TaskRecord::new(
+            id(1),
+            "alice".into(),
+            TaskType::WasmExecution,
+            json!({"n": 3}),
+            Requirements {
+                min_nodes: 2,
+                ..Requirements::default()
+            },
+            Some("ab12".into()),
+            at("2026-11-30T10:00:00Z"),
+        );
+        t.status = TaskStatus::Verifying;
+        t.updated_at = at("2026-11-30T10:00:05Z");
+        t.status_reason = Some("waiting for 1 more eligible node(s): 1 busy".into());
+        t.waiting_since = None;
+        t.assignments = vec![
+            AssignmentRecord {
+                attempt: 1,
+                node_id: "node-a".into(),
+                state: AssignmentState::Finished,
+                dispatched_at: at("2026-11-30T10:00:01Z"),
+                lease_deadline: at("2026-11-30T10:00:46Z"),
+                result: Some(TaskResult {
+                    task_id: id(1),
+                    attempt: 1,
+                    outcome: Outcome::Success {
+                        output: json!("6\n"),
+                        output_sha256: "cd34".into(),
+                    },
+                    duration_ms: 12,
+                    fuel_consumed: Some(3400),
+                }),
+                note: None,
+            },
+            AssignmentRecord {
+                attempt: 2,
+                node_id: "node-b".into(),
+                state: AssignmentState::Lost,
+                dispatched_at: at("2026-11-30T10:00:01Z"),
+                lease_deadline: at("2026-11-30T10:00:46Z"),
+                result: None,
+                note: Some("node-b went offline".into()),
+            },
+        ];
+        t.kind = KindState::Replicated(Replicated {
+            extra_replicas: 1,
+            adaptive: false,
+            proof_id: Some("proof-1".into()),
+        });
+        t
+    }
+
+    /// A sharded computation with one shard done, and a failed shard of it.
+    fn sharded() -> (TaskRecord, TaskRecord) {
+        let mut parent = TaskRecord::new(
+            id(2),
+            "bob".into(),
+            TaskType::Computation,
+            json!({"range": {"start": 0, "end": 10, "shards": 2}, "reduce": "sum"}),
+            Requirements::default(),
+            Some("ef56".into()),
+            at("2026-11-30T11:00:00Z"),
+        );
+        parent.status = TaskStatus::Running;
+        parent.kind = KindState::Sharded(Sharded {
+            shards: vec![id(3), id(4)],
+            outputs: BTreeMap::from([(0, json!(10))]),
+            nodes: vec!["node-a".into()],
+            reduce: Reduce::Sum,
+        });
+        let mut shard = TaskRecord::new(
+            id(4),
+            "bob".into(),
+            TaskType::Computation,
+            json!({"start": 5, "end": 10}),
+            Requirements::default(),
+            Some("ef56".into()),
+            at("2026-11-30T11:00:00Z"),
+        );
+        shard.parent = Some(id(2));
+        shard.shard = Some(1);
+        shard.status = TaskStatus::Failed;
+        shard.error = Some("trap on node-c: unreachable".into());
+        shard.assignments = vec![AssignmentRecord {
+            attempt: 1,
+            node_id: "node-c".into(),
+            state: AssignmentState::Finished,
+            dispatched_at: at("2026-11-30T11:00:01Z"),
+            lease_deadline: at("2026-11-30T11:00:46Z"),
+            result: Some(TaskResult {
+                task_id: id(4),
+                attempt: 1,
+                outcome: Outcome::Failure {
+                    kind: FailureKind::Trap,
+                    message: "unreachable".into(),
+                },
+                duration_ms: 3,
+                fuel_consumed: None,
+            }),
+            note: None,
+        }];
+        (parent, shard)
+    }
+
+    /// A federated task under way.
+    fn federated() -> TaskRecord {
+        let mut t = TaskRecord::new(
+            id(5),
+            "carol".into(),
+            TaskType::FederatedLearning,
+            json!({"dataset": "d", "rounds": 2}),
+            Requirements {
+                min_nodes: 3,
+                ..Requirements::default()
+            },
+            None,
+            at("2026-11-30T12:00:00Z"),
+        );
+        t.status = TaskStatus::Running;
+        t.result = Some(json!({"round": 1}));
+        t.kind = KindState::Federated(Federated {
+            clients: vec!["node-a".into(), "node-b".into(), "node-c".into()],
+            progress: Some(Progress { done: 1, total: 3 }),
+        });
+        t
+    }
+
+    /// A replicated wasm task, as `store.save` wrote it before `StoredTask` borrowed the record.
+    const REPLICATED_ROW: &str = r#"{"id":"00000000-0000-0000-0000-000000000001","submitter":"alice","task_type":"wasm_execution","inputs":{"n":3},"requirements":{"min_nodes":2,"max_execution_time_sec":30,"require_gpu":false,"require_proof":false},"artifact_sha256":"ab12","status":"verifying","created_at":"2026-11-30T10:00:00Z","updated_at":"2026-11-30T10:00:05Z","assignments":[{"attempt":1,"node_id":"node-a","state":"finished","dispatched_at":"2026-11-30T10:00:01Z","lease_deadline":"2026-11-30T10:00:46Z","result":{"task_id":"00000000-0000-0000-0000-000000000001","attempt":1,"outcome":{"status":"success","output":"6\n","output_sha256":"cd34"},"duration_ms":12,"fuel_consumed":3400},"note":null},{"attempt":2,"node_id":"node-b","state":"lost","dispatched_at":"2026-11-30T10:00:01Z","lease_deadline":"2026-11-30T10:00:46Z","result":null,"note":"node-b went offline"}],"result":null,"error":null,"status_reason":"waiting for 1 more eligible node(s): 1 busy","waiting_since":null,"parent":null,"shard":null,"shards":[],"shard_outputs":{},"shard_nodes":[],"reduce":null,"extra_replicas":1,"adaptive":false,"proof_id":"proof-1","fl_clients":[],"fl_progress":null}"#;
+
+    /// A sharded computation, as `store.save` wrote it before `StoredTask` borrowed the record.
+    const SHARDED_ROW: &str = r#"{"id":"00000000-0000-0000-0000-000000000002","submitter":"bob","task_type":"computation","inputs":{"range":{"end":10,"shards":2,"start":0},"reduce":"sum"},"requirements":{"min_nodes":1,"max_execution_time_sec":30,"require_gpu":false,"require_proof":false},"artifact_sha256":"ef56","status":"running","created_at":"2026-11-30T11:00:00Z","updated_at":"2026-11-30T11:00:00Z","assignments":[],"result":null,"error":null,"status_reason":null,"waiting_since":"2026-11-30T11:00:00Z","parent":null,"shard":null,"shards":["00000000-0000-0000-0000-000000000003","00000000-0000-0000-0000-000000000004"],"shard_outputs":{"0":10},"shard_nodes":["node-a"],"reduce":"sum","extra_replicas":0,"adaptive":false,"proof_id":null,"fl_clients":[],"fl_progress":null}"#;
+
+    /// A failed shard of it, as `store.save` wrote it before `StoredTask` borrowed the record.
+    const SHARD_ROW: &str = r#"{"id":"00000000-0000-0000-0000-000000000004","submitter":"bob","task_type":"computation","inputs":{"end":10,"start":5},"requirements":{"min_nodes":1,"max_execution_time_sec":30,"require_gpu":false,"require_proof":false},"artifact_sha256":"ef56","status":"failed","created_at":"2026-11-30T11:00:00Z","updated_at":"2026-11-30T11:00:00Z","assignments":[{"attempt":1,"node_id":"node-c","state":"finished","dispatched_at":"2026-11-30T11:00:01Z","lease_deadline":"2026-11-30T11:00:46Z","result":{"task_id":"00000000-0000-0000-0000-000000000004","attempt":1,"outcome":{"status":"failure","kind":"trap","message":"unreachable"},"duration_ms":3},"note":null}],"result":null,"error":"trap on node-c: unreachable","status_reason":null,"waiting_since":"2026-11-30T11:00:00Z","parent":"00000000-0000-0000-0000-000000000002","shard":1,"shards":[],"shard_outputs":{},"shard_nodes":[],"reduce":null,"extra_replicas":0,"adaptive":false,"proof_id":null,"fl_clients":[],"fl_progress":null}"#;
+
+    /// A federated task, as `store.save` wrote it before `StoredTask` borrowed the record.
+    const FEDERATED_ROW: &str = r#"{"id":"00000000-0000-0000-0000-000000000005","submitter":"carol","task_type":"federated_learning","inputs":{"dataset":"d","rounds":2},"requirements":{"min_nodes":3,"max_execution_time_sec":30,"require_gpu":false,"require_proof":false},"artifact_sha256":null,"status":"running","created_at":"2026-11-30T12:00:00Z","updated_at":"2026-11-30T12:00:00Z","assignments":[],"result":{"round":1},"error":null,"status_reason":null,"waiting_since":"2026-11-30T12:00:00Z","parent":null,"shard":null,"shards":[],"shard_outputs":{},"shard_nodes":[],"reduce":null,"extra_replicas":0,"adaptive":false,"proof_id":null,"fl_clients":["node-a","node-b","node-c"],"fl_progress":{"done":1,"total":3}}"#;
+
+    /// Rows written by the previous version read back field for field, and are written again
+    /// byte for byte: the stored form has not changed.
+    #[test]
+    fn rows_of_the_previous_version_read_and_write_unchanged() {
+        let (parent, shard) = sharded();
+        let cases = [
+            (REPLICATED_ROW, replicated()),
+            (SHARDED_ROW, parent),
+            (SHARD_ROW, shard),
+            (FEDERATED_ROW, federated()),
+        ];
+        for (row, want) in cases {
+            let got: TaskRecord = serde_json::from_str(row).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(serde_json::to_string(&got).unwrap(), row);
+        }
+        let t: TaskRecord = serde_json::from_str(REPLICATED_ROW).unwrap();
+        assert_eq!((t.id, t.submitter.as_str()), (id(1), "alice"));
+        assert_eq!(t.status, TaskStatus::Verifying);
+        assert_eq!(t.requirements.min_nodes, 2);
+        assert_eq!(t.artifact_sha256.as_deref(), Some("ab12"));
+        assert_eq!(t.assignments.len(), 2);
+        assert_eq!(
+            t.assignments[0].result.as_ref().unwrap().fuel_consumed,
+            Some(3400)
+        );
+        assert_eq!(
+            t.assignments[1].note.as_deref(),
+            Some("node-b went offline")
+        );
+        let r = t.replicated().unwrap();
+        assert_eq!((r.extra_replicas, r.adaptive), (1, false));
+        assert_eq!(r.proof_id.as_deref(), Some("proof-1"));
+        let t: TaskRecord = serde_json::from_str(SHARDED_ROW).unwrap();
+        let s = t.sharded().unwrap();
+        assert_eq!(s.shards, [id(3), id(4)]);
+        assert_eq!(s.outputs.get(&0), Some(&json!(10)));
+        assert_eq!(
+            (s.nodes.as_slice(), s.reduce),
+            (&["node-a".to_string()][..], Reduce::Sum)
+        );
+        let t: TaskRecord = serde_json::from_str(SHARD_ROW).unwrap();
+        assert_eq!((t.parent, t.shard), (Some(id(2)), Some(1)));
+        assert_eq!(t.error.as_deref(), Some("trap on node-c: unreachable"));
+        assert!(t.replicated().is_some());
+        let t: TaskRecord = serde_json::from_str(FEDERATED_ROW).unwrap();
+        let f = t.federated().unwrap();
+        assert_eq!(f.clients, ["node-a", "node-b", "node-c"]);
+        assert_eq!(f.progress, Some(Progress { done: 1, total: 3 }));
+        assert_eq!(t.result, Some(json!({"round": 1})));
     }
 }
