@@ -168,22 +168,37 @@ async fn run_tasks(
 
 /// The peer: bare MQTT round trips of the same payload size on the same broker.
 async fn mqtt_rtt(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
-    // The coordinator's account may use any topic under ambient/v1 (a submitter's may not write
-    // to its own answer topic under the mosquitto ACL).
-    let topic = format!("{}/bench/rtt", topics::PREFIX);
-    let user = ("coordinator", "coordinator-password");
-    let mut m = connect(c, user, vec![topic.clone()], "loadgen-rtt").await?;
+    // On topics the mosquitto ACL allows: the coordinator's account writes a spare node's control
+    // topic, which that node's account reads (no agent runs under it, and the coordinator does
+    // not subscribe to control topics). Two clients, so a round trip is publisher → broker →
+    // subscriber, as a task's messages travel.
+    let (node, password) = c
+        .spare_nodes
+        .first()
+        .context("no spare node account")?
+        .clone();
+    let topic = topics::node_control(&node);
+    let mut rx = connect(c, (&node, &password), vec![topic.clone()], "loadgen-rtt-rx").await?;
+    let tx = connect(
+        c,
+        ("coordinator", "coordinator-password"),
+        vec![],
+        "loadgen-rtt-tx",
+    )
+    .await?;
     let payload = vec![b'x'; 1200];
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
-        m.link
+        tx.link
             .client
             .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
             .await?;
         loop {
-            if let Some(Incoming::Publish { .. }) = m.link.incoming.recv().await {
-                break;
+            match tokio::time::timeout(Duration::from_secs(10), rx.link.incoming.recv()).await? {
+                Some(Incoming::Publish { .. }) => break,
+                Some(_) => {}
+                None => anyhow::bail!("link closed"),
             }
         }
         out.push(t0.elapsed());
