@@ -185,6 +185,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         link: link.state,
         zk,
         identities,
+        nonces: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
