@@ -95,7 +95,7 @@ fn join_error(e: tokio::task::JoinError) -> std::io::Error {
 /// Starts the agent; it runs until `shutdown` is cancelled (or [`Agent::shutdown`]).
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, StartError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    ambient_service::private::create_dir(&cfg.data_dir)?;
     let (node, dir, configured) = (
         cfg.node_id.clone(),
         cfg.data_dir.clone(),

@@ -137,15 +137,16 @@ impl Blobs {
             sha256: sha256.to_string(),
             message,
         };
-        let time = chrono::Utc::now().timestamp();
-        let sig = self
-            .key
-            .sign(&identity::blob_request_message(&self.node, sha256, time));
+        let (time, nonce) = (chrono::Utc::now().timestamp(), identity::nonce());
+        let sig = self.key.sign(&identity::blob_request_message(
+            &self.node, sha256, time, &nonce,
+        ));
         let mut resp = self
             .http
             .get(format!("{base}/api/v1/blobs/{sha256}"))
             .header(identity::HEADER_NODE, &self.node)
             .header(identity::HEADER_TIME, time.to_string())
+            .header(identity::HEADER_NONCE, nonce)
             .header(identity::HEADER_SIGNATURE, hex::encode(sig))
             .send()
             .await

@@ -138,7 +138,7 @@ pub fn pi_task(samples: u64, shards: u64) -> TaskSubmission {
 /// Runs the demo on a fresh local network; it passed when every case is ok.
 /// `pi_samples` sizes the sharded π job (the CLI uses 10⁹).
 pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<Report> {
-    std::fs::create_dir_all(data_dir)?;
+    ambient_service::private::create_dir(data_dir)?;
     let (datasets, eval_csv) = breast_cancer_split(data_dir, 3)?;
     let net = LocalNetwork::start(LocalOptions {
         data_dir: data_dir.to_path_buf(),

@@ -401,7 +401,7 @@ async fn up(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&data_dir)?;
+    ambient_service::private::create_dir(&data_dir)?;
     let net = LocalNetwork::start(LocalOptions {
         data_dir: data_dir.clone(),
         agents,

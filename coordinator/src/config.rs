@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// The example configuration, printed by `ambient-coordinator generate-config`.
 pub const EXAMPLE: &str = include_str!("../coordinator.example.toml");
 
+/// How the secrets in [`EXAMPLE`] begin. They are published, so a configuration that still holds
+/// one (an unedited `generate-config`) is refused rather than run with a password and an API key
+/// anyone can read.
+pub const PLACEHOLDER: &str = "change-me";
+
 /// A configuration problem, found before start (shared by both services).
 pub use ambient_service::config::ConfigError;
 
@@ -184,10 +189,23 @@ impl StrictConfig for Config {
         if self.api_keys.is_empty() {
             return invalid("at least one [[api_keys]] entry is required".into());
         }
+        if self.mqtt.password.starts_with(PLACEHOLDER) {
+            return invalid(format!(
+                "mqtt.password is the example's published placeholder ({PLACEHOLDER}…): set the \
+                 coordinator's broker password (or AMBIENT_MQTT_PASSWORD)"
+            ));
+        }
         for k in &self.api_keys {
             if !ambient_protocol::valid_id(&k.submitter) {
                 return invalid(format!(
                     "api_keys: submitter {:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    k.submitter
+                ));
+            }
+            if k.key.starts_with(PLACEHOLDER) {
+                return invalid(format!(
+                    "api_keys: the key of {:?} is the example's published placeholder \
+                     ({PLACEHOLDER}…): make a secret one, e.g. `openssl rand -hex 24`",
                     k.submitter
                 ));
             }
@@ -229,9 +247,19 @@ impl StrictConfig for Config {
 mod tests {
     use super::*;
 
+    /// `generate-config`'s output parses, but runs only once its published secrets are replaced.
     #[test]
-    fn example_parses_and_validates() {
-        let cfg: Config = toml::from_str(EXAMPLE).unwrap();
+    fn example_parses_and_its_placeholder_secrets_are_refused() {
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.password") && err.contains("placeholder"),
+            "{err}"
+        );
+        cfg.mqtt.password = "a-real-broker-password".into();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("acme") && err.contains("placeholder"), "{err}");
+        cfg.api_keys[0].key = "0123456789abcdef0123".into();
         cfg.validate().unwrap();
     }
 
@@ -240,8 +268,9 @@ mod tests {
         let err = toml::from_str::<Config>(&format!("{EXAMPLE}\nsurprise = 1\n")).unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
         let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.mqtt.password = "a-real-broker-password".into();
         cfg.api_keys[0].key = "short".into();
-        assert!(cfg.validate().is_err());
+        assert!(cfg.validate().unwrap_err().to_string().contains("shorter"));
     }
 
     #[test]

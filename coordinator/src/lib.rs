@@ -102,7 +102,7 @@ impl Coordinator {
 /// Starts the coordinator; it runs until `shutdown` is cancelled.
 pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator, StartError> {
     cfg.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::Io {
+    ambient_service::private::create_dir(&cfg.data_dir).map_err(|source| StartError::Io {
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
         source,
     })?;
@@ -185,6 +185,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         link: link.state,
         zk,
         identities,
+        nonces: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await

@@ -251,9 +251,25 @@ pub const HEADER_SIGNATURE: &str = "x-ambient-signature";
 /// How far a signed request's time may be from the server's clock, in seconds.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
-/// What a node signs to download blob `sha256` over HTTP at `unix_time`.
-pub fn blob_request_message(node: &str, sha256: &str, unix_time: i64) -> Vec<u8> {
-    format!("ambient/v1 blob-get\n{node}\n{sha256}\n{unix_time}").into_bytes()
+/// HTTP header with the request's nonce ([`nonce`]): the coordinator accepts each signed request
+/// once, so a request someone captured cannot be replayed within the clock-skew window.
+pub const HEADER_NONCE: &str = "x-ambient-nonce";
+
+/// A fresh nonce for a signed request: 32 hex digits from the OS random source.
+pub fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// True for a nonce as [`nonce`] makes it: 32 lower-case hex digits.
+pub fn is_nonce(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What a node signs to download blob `sha256` over HTTP at `unix_time`, once (`nonce`).
+pub fn blob_request_message(node: &str, sha256: &str, unix_time: i64, nonce: &str) -> Vec<u8> {
+    format!("ambient/v1 blob-get\n{node}\n{sha256}\n{unix_time}\n{nonce}").into_bytes()
 }
 
 #[cfg(test)]
@@ -267,12 +283,12 @@ mod tests {
         let back: NodeIdentity =
             serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
         let pk = back.key().unwrap();
-        let msg = blob_request_message("n1", "ab", 7);
+        let msg = blob_request_message("n1", "ab", 7, "00");
         let sig = k.sign(&msg);
         assert_eq!(verify(&pk, &msg, &sig), Ok(()));
         // Another message, another key, a truncated signature: all refused.
         assert_eq!(
-            verify(&pk, &blob_request_message("n2", "ab", 7), &sig),
+            verify(&pk, &blob_request_message("n2", "ab", 7, "00"), &sig),
             Err(IdentityError::BadSignature)
         );
         let other = NodeKey::generate().verifying_key();
@@ -332,7 +348,7 @@ mod tests {
     fn the_directory_follows_the_retained_topic() {
         let dir = KeyDirectory::default();
         let (k1, k2) = (NodeKey::generate(), NodeKey::generate());
-        let msg = blob_request_message("n1", "ab", 1);
+        let msg = blob_request_message("n1", "ab", 1, "00");
         let sig = k1.sign(&msg);
         assert_eq!(
             dir.verify("n1", &msg, &sig),

@@ -1,6 +1,7 @@
 //! Service plumbing shared by the coordinator and the agent, so that each concern exists once:
 //! how a service stops, which signals stop it, how SQLite is kept off the async workers, how a
-//! database schema evolves, and how a configuration file is loaded.
+//! database schema evolves, how a configuration file is loaded, and how user data stays private
+//! to its owner.
 //!
 //! Nothing here knows about tasks, nodes or MQTT; the services' own crates hold that.
 //!
@@ -13,6 +14,8 @@
 //!   closures sent over a channel, answering over a oneshot.
 //! - [`migrate`]: versioned schema migrations ([`Migration`] lists, applied in one transaction at
 //!   open, a database newer than the code refused with [`MigrateError::TooNew`]).
+//! - [`private`]: data directories (`0700`) and database files (`0600`) readable by their owner
+//!   only.
 //! - [`config`]: the strict TOML loader (read → parse → environment overrides → validate) behind
 //!   [`StrictConfig`].
 //!
@@ -67,6 +70,7 @@
 
 pub mod config;
 pub mod migrate;
+pub mod private;
 pub mod shutdown;
 pub mod signal;
 pub mod sqlite;

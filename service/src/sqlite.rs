@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::migrate::{self, MigrateError, Migration};
+use crate::private;
 
 /// The settings of every service database, set at each open: write-ahead logging (readers do
 /// not block the writer), `synchronous = NORMAL` (safe under WAL: a power loss may undo the last
@@ -46,6 +47,17 @@ pub enum OpenError {
     /// The schema could not be brought up to date, or is newer than this build.
     #[error("{0}")]
     Schema(#[from] MigrateError),
+    /// The file could not be created or made private to its owner ([`crate::private`]).
+    #[error(
+        "cannot create {} or make it readable by its owner only: {source}",
+        path.display()
+    )]
+    Private {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The thread could not start.
     #[error("cannot start the SQLite thread: {0}")]
     Spawn(#[from] std::io::Error),
@@ -68,8 +80,8 @@ pub struct SqliteActor {
 }
 
 impl SqliteActor {
-    /// Starts a thread named `thread_name` that opens (creating if needed) the database at
-    /// `path`, sets it up with [`configure`], brings its schema to the end of `migrations`
+    /// Starts a thread named `thread_name` that opens (creating if needed, readable by its owner
+    /// only: [`private::restrict_database`]) the database at `path`, sets it up with [`configure`], brings its schema to the end of `migrations`
     /// ([`migrate::migrate`]) and then serves [`SqliteActor::call`]s. Answers once the database
     /// is open and migrated, so no file I/O or migration runs on the caller's async worker.
     pub async fn open(
@@ -80,8 +92,12 @@ impl SqliteActor {
         let path = path.to_owned();
         let (opened, rx_opened) = oneshot::channel();
         let actor = SqliteActor::start(thread_name, move || {
-            let conn = Connection::open(&path)
-                .map_err(OpenError::from)
+            let conn = private::restrict_database(&path)
+                .map_err(|source| OpenError::Private {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|()| Ok(Connection::open(&path)?))
                 .and_then(|mut conn| {
                     configure(&conn)?;
                     migrate::migrate(&mut conn, migrations)?;
@@ -267,7 +283,7 @@ mod tests {
             "{r:?}"
         );
         let r = SqliteActor::open("sqlite-open", &dir.path().join("no/such/dir.db"), NOTES).await;
-        assert!(matches!(r, Err(OpenError::Sqlite(_))), "{r:?}");
+        assert!(matches!(r, Err(OpenError::Private { .. })), "{r:?}");
     }
 
     #[tokio::test]

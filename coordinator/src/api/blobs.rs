@@ -1,6 +1,9 @@
 //! `/api/v1/blobs`: submitters upload artifacts (ONNX models) by content address; nodes
 //! download artifacts and federated models with a request signed by their identity key.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use ambient_protocol::identity;
 use axum::Json;
 use axum::body::Bytes;
@@ -51,10 +54,11 @@ pub(super) async fn put_blob(
 }
 
 /// Sends a blob to a node. Nodes have no API key: they sign the request with their identity key
-/// (headers [`identity::HEADER_NODE`], [`identity::HEADER_TIME`] and
+/// (headers [`identity::HEADER_NODE`], [`identity::HEADER_TIME`], [`identity::HEADER_NONCE`] and
 /// [`identity::HEADER_SIGNATURE`] over [`identity::blob_request_message`]), which the coordinator
-/// knows from the node's retained identity topic. Blobs are content-addressed, so the agent checks
-/// what it gets against the hash it asked for.
+/// knows from the node's retained identity topic, and each signed request is served once
+/// ([`Nonces`]). Blobs are content-addressed, so the agent checks what it gets against the hash it
+/// asked for.
 pub(super) async fn get_blob(
     State(state): State<AppState>,
     Path(sha): Path<String>,
@@ -65,17 +69,20 @@ pub(super) async fn get_blob(
         Failure::new(StatusCode::UNAUTHORIZED, error, message)
     };
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(node), Some(time), Some(sig)) = (
+    let (Some(node), Some(time), Some(nonce), Some(sig)) = (
         header(identity::HEADER_NODE),
         header(identity::HEADER_TIME),
+        header(identity::HEADER_NONCE).filter(|n| identity::is_nonce(n)),
         header(identity::HEADER_SIGNATURE),
     ) else {
         return Err(unauthorized(
             "unauthorized",
             format!(
-                "a blob download must be signed by a node: headers {}, {} and {}",
+                "a blob download must be signed by a node: headers {}, {}, {} (32 hex digits) \
+                 and {}",
                 identity::HEADER_NODE,
                 identity::HEADER_TIME,
+                identity::HEADER_NONCE,
                 identity::HEADER_SIGNATURE
             ),
         ));
@@ -96,9 +103,12 @@ pub(super) async fn get_blob(
         ));
     };
     let sig = hex::decode(sig).unwrap_or_default();
-    let msg = identity::blob_request_message(node, &sha, time);
+    let msg = identity::blob_request_message(node, &sha, time, nonce);
     if let Err(e) = state.identities.verify(node, &msg, &sig) {
         return Err(unauthorized("bad_signature", e.to_string()));
+    }
+    if let Err(e) = state.nonces.first_use(node, nonce, now) {
+        return Err(unauthorized("replayed_request", e.to_string()));
     }
     if !ambient_protocol::is_sha256_hex(&sha) {
         return Err(Failure::new(
@@ -120,4 +130,70 @@ pub(super) async fn get_blob(
         ));
     };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// The nonces of signed blob requests served within the clock-skew window, so each signed request
+/// is served once: one captured on the way (a proxy's log, a shared network) cannot be replayed.
+/// Kept in memory: a coordinator that restarts forgets them, so a request captured in the
+/// [`identity::MAX_CLOCK_SKEW_SECS`] before a restart could be replayed once after it.
+#[derive(Default)]
+pub(crate) struct Nonces(Mutex<HashMap<(String, String), i64>>);
+
+/// Why a signed request's nonce was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NonceRefused {
+    /// The same node already sent this nonce: a replay.
+    #[error("this signed request was already served; sign each request with a fresh nonce")]
+    Replayed,
+    /// So many nonces are live that the coordinator takes no more until some expire.
+    #[error(
+        "too many signed requests in the last {} s; retry later",
+        identity::MAX_CLOCK_SKEW_SECS
+    )]
+    Full,
+}
+
+impl Nonces {
+    /// Live nonces kept at most (about 100 bytes each).
+    const MAX: usize = 1_000_000;
+
+    /// Records `node`'s `nonce`, seen at `now` (Unix seconds), refusing a second use. A nonce is
+    /// kept for twice the clock-skew window: a request signed at `t` is accepted until
+    /// `t + MAX_CLOCK_SKEW_SECS`, and `t` may be as late as `now + MAX_CLOCK_SKEW_SECS`.
+    pub(crate) fn first_use(&self, node: &str, nonce: &str, now: i64) -> Result<(), NonceRefused> {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (node.to_string(), nonce.to_string());
+        if seen.get(&key).is_some_and(|&until| until >= now) {
+            return Err(NonceRefused::Replayed);
+        }
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, until| *until >= now);
+            if seen.len() >= Self::MAX {
+                return Err(NonceRefused::Full);
+            }
+        }
+        seen.insert(key, now + 2 * identity::MAX_CLOCK_SKEW_SECS);
+        if seen.len() % 1024 == 0 {
+            seen.retain(|_, until| *until >= now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_served_once_per_node_until_it_expires() {
+        let nonces = Nonces::default();
+        let n = identity::nonce();
+        assert_eq!(nonces.first_use("a", &n, 100), Ok(()));
+        assert_eq!(nonces.first_use("a", &n, 101), Err(NonceRefused::Replayed));
+        assert_eq!(nonces.first_use("b", &n, 101), Ok(()));
+        let later = 100 + 2 * identity::MAX_CLOCK_SKEW_SECS + 1;
+        assert_eq!(nonces.first_use("a", &n, later), Ok(()));
+        assert_ne!(identity::nonce(), n);
+        assert!(identity::is_nonce(&n));
+    }
 }

@@ -71,6 +71,7 @@ pub struct AppState {
     pub(crate) link: watch::Receiver<LinkState>,
     pub(crate) zk: Arc<Zk>,
     pub(crate) identities: Arc<KeyDirectory>,
+    pub(crate) nonces: Arc<blobs::Nonces>,
 }
 
 /// An error response.

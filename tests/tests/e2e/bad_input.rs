@@ -378,26 +378,31 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
     let http = reqwest::Client::new();
     let blob = b"a blob only nodes may download".to_vec();
     let sha = c.client().put_blob(blob.clone()).await.unwrap();
-    let get = |node: &str, signer: &NodeKey, sha: &str, time: i64| {
-        let sig = signer.sign(&identity::blob_request_message(node, sha, time));
+    let get_once = |node: &str, signer: &NodeKey, sha: &str, time: i64, nonce: &str| {
+        let sig = signer.sign(&identity::blob_request_message(node, sha, time, nonce));
         http.get(format!("{}/api/v1/blobs/{sha}", c.conn.api_url))
             .header(identity::HEADER_NODE, node)
             .header(identity::HEADER_TIME, time.to_string())
+            .header(identity::HEADER_NONCE, nonce)
             .header(identity::HEADER_SIGNATURE, hex::encode(sig))
             .send()
+    };
+    let get = |node: &str, signer: &NodeKey, sha: &str, time: i64| {
+        get_once(node, signer, sha, time, &identity::nonce())
     };
     let now = chrono::Utc::now().timestamp();
     // The coordinator learns the key from the broker: wait for it.
     let deadline = tokio::time::Instant::now() + WAIT;
-    let ok = loop {
-        let r = get(&spare, &key, &sha, now).await.unwrap();
+    let nonce = loop {
+        let nonce = identity::nonce();
+        let r = get_once(&spare, &key, &sha, now, &nonce).await.unwrap();
         if r.status() == 200 {
-            break r;
+            assert_eq!(r.bytes().await.unwrap().to_vec(), blob);
+            break nonce;
         }
         assert!(tokio::time::Instant::now() < deadline, "{}", r.status());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(ok.bytes().await.unwrap().to_vec(), blob);
     let code = |r: reqwest::Response| async move {
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
@@ -413,6 +418,16 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
         (get(&spare2, &key, &sha, now), (401, "bad_signature")),
         // An old signature replayed.
         (get(&spare, &key, &sha, now - 3600), (401, "stale_request")),
+        // The request just served, sent again as it was (captured on the way): served once.
+        (
+            get_once(&spare, &key, &sha, now, &nonce),
+            (401, "replayed_request"),
+        ),
+        // Without a well-formed nonce.
+        (
+            get_once(&spare, &key, &sha, now, "0"),
+            (401, "unauthorized"),
+        ),
         // Signed, but the blob does not exist.
         (get(&spare, &key, &missing, now), (404, "not_found")),
     ] {
@@ -439,7 +454,7 @@ async fn identity_keys_belong_to_their_nodes_and_sign_blob_downloads() {
         .find_map(|l| l.strip_prefix("ambient_blob_requests_refused_total "))
         .and_then(|v| v.parse().ok())
         .unwrap();
-    assert!(refused >= 5, "{metrics}");
+    assert!(refused >= 7, "{metrics}");
     token.cancel();
     c.shutdown().await;
 }
