@@ -178,7 +178,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         shutdown.token().clone(),
         shutdown.tracker(),
     );
-    let outbox = Outbox::new(link.client.clone(), &node);
+    let outbox = Outbox::new(link.client.clone(), &node, identity.clone());
     let exec = Arc::new(Executors::new(&cfg.execution, blobs, contribution.knobs()));
     let tasks = Arc::new(Tasks::new(journal, exec, outbox.clone(), shutdown.clone()));
     let node = Arc::new(Node {

@@ -9,7 +9,7 @@
 //!   the agent.
 //! - `state`: `Node`, what the parts of a running agent share.
 //! - `router`: MQTT both ways: incoming messages routed to the part that owns them, and the
-//!   `Outbox` that publishes events, status, identity and health.
+//!   `Outbox` that publishes events (signed), status, identity and health.
 //! - `tasks`: the assignment lifecycle: take or decline, journal, execute, report, re-send each
 //!   result until the coordinator acknowledges it, resume after a crash.
 //! - `contribution`: the contribution policy at run time (rules, observations, decision), the
@@ -51,8 +51,9 @@
 //! # Identity
 //! At first start the agent makes an ed25519 identity key (kept like the password) and at every
 //! connect publishes its public half, retained, on `nodes/{node}/identity`, a topic the broker
-//! ACL lets only this node write. It signs its secure-aggregation keys and its blob downloads
-//! with it.
+//! ACL lets only this node write. It signs with it every event it publishes on its results topic
+//! (`ambient_protocol::envelope::encode_signed`), its secure-aggregation keys and its blob
+//! downloads.
 //!
 //! A lean build for a small device: `cargo build --release -p ambient-agent --no-default-features
 //! --features wasm`.

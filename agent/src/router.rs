@@ -1,6 +1,6 @@
 //! MQTT both ways: [`Node::route`] takes every message the link delivers and hands it to the
 //! part that owns it; [`Outbox`] publishes what this node says (events on its results topic,
-//! status, identity, health).
+//! signed with its identity key; status, identity, health).
 //!
 //! Inbound topics: `nodes/{node}/tasks` (assignments, to [`crate::tasks`]), `nodes/{node}/control`
 //! (acknowledgements and cancels to [`crate::tasks`], federated-learning messages to the job's
@@ -36,21 +36,25 @@ pub(crate) fn status_payload(node_id: &str, state: NodeState) -> Vec<u8> {
 pub(crate) struct Outbox {
     client: AsyncClient,
     node_id: Arc<str>,
+    /// Signs every event on the results topic: the coordinator counts no unsigned event.
+    key: Arc<NodeKey>,
 }
 
 impl Outbox {
-    /// Publishes through `client` as `node_id`.
-    pub(crate) fn new(client: AsyncClient, node_id: &str) -> Outbox {
+    /// Publishes through `client` as `node_id`, signing events with `key`.
+    pub(crate) fn new(client: AsyncClient, node_id: &str, key: Arc<NodeKey>) -> Outbox {
         Outbox {
             client,
             node_id: node_id.into(),
+            key,
         }
     }
 
-    /// An event on the results topic (QoS 1). A failure is only logged: results are re-sent
-    /// from the journal until the coordinator acknowledges them.
+    /// An event on the results topic (QoS 1), signed. A failure is only logged: results are
+    /// re-sent from the journal until the coordinator acknowledges them (and so is a result the
+    /// coordinator dropped because it did not know this node's key yet).
     pub(crate) async fn event(&self, ev: &AgentEvent) {
-        let payload = envelope::encode(ev);
+        let payload = envelope::encode_signed(ev, &self.node_id, &self.key);
         let topic = topics::node_results(&self.node_id);
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
@@ -111,16 +115,17 @@ impl Outbox {
         .await;
     }
 
-    /// Where a federated client's answers go: `Fl` events on the results topic.
+    /// Where a federated client's answers go: `Fl` events on the results topic, signed.
     #[cfg(feature = "fl")]
     fn fl_reply(&self) -> crate::exec::fl::Reply {
         let (client, topic) = (self.client.clone(), topics::node_results(&self.node_id));
+        let (node, key) = (self.node_id.clone(), self.key.clone());
         Arc::new(move |task_id, answer| {
             let ev = AgentEvent::Fl {
                 task_id,
                 msg: serde_json::to_value(answer).unwrap_or_default(),
             };
-            let payload = envelope::encode(&ev);
+            let payload = envelope::encode_signed(&ev, &node, &key);
             if client
                 .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                 .is_err()

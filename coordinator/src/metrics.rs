@@ -26,7 +26,8 @@ pub struct Metrics {
     pub results_refused: AtomicU64,
     /// Federated-learning client messages refused (late, duplicate, wrong length, strangers).
     pub fl_refused: AtomicU64,
-    /// MQTT messages dropped as malformed or from the wrong sender.
+    /// MQTT messages dropped as malformed, from the wrong sender, or node events not signed by
+    /// their node.
     pub mqtt_rejected: AtomicU64,
     /// Blob downloads refused: unsigned, stale, unknown node or bad signature.
     pub blob_requests_refused: AtomicU64,
@@ -114,7 +115,7 @@ impl Metrics {
         metric(
             "ambient_mqtt_rejected_total",
             "counter",
-            "MQTT messages dropped as malformed or misaddressed.",
+            "MQTT messages dropped as malformed, misaddressed or not signed by their node.",
             &[("", get(&self.mqtt_rejected))],
         );
         metric(

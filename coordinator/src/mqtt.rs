@@ -1,9 +1,12 @@
 //! The MQTT side: [`Listener`] turns messages from the broker into [`EngineMsg`]s.
 //!
 //! The topic names the sender (the broker ACL binds `nodes/{node}/…` and `submit/{submitter}` to
-//! the username), so a payload that names another node than its topic is dropped. Malformed
-//! messages are counted and dropped; a malformed submission is answered on the submitter's
-//! `rejections` topic.
+//! the username), so a payload that names another node than its topic is dropped. Events on a
+//! node's results topic must also be signed with the key the node published on its identity
+//! topic ([`envelope::decode_signed`]): the embedded broker has no ACL, and an event that counts
+//! should not rest on one. Malformed, unsigned and wrongly signed messages are counted and
+//! dropped (never acknowledged, so a genuine agent re-sends its result); a malformed submission
+//! is answered on the submitter's `rejections` topic.
 
 use std::sync::Arc;
 
@@ -31,7 +34,8 @@ pub struct Listener {
     /// Submitter ids with an API key. Node and submitter ids share the broker's username
     /// namespace, so only these may submit, and none of these may speak as a node.
     pub(crate) submitters: std::collections::HashSet<String>,
-    /// Node identity keys, filled from the retained identity topics.
+    /// Node identity keys, filled from the retained identity topics; every event on a node's
+    /// results topic must be signed with its key.
     pub(crate) identities: Arc<KeyDirectory>,
 }
 
@@ -96,7 +100,7 @@ impl Listener {
                 EngineMsg::Health(h)
             }
             Topic::NodeResults(node) => {
-                let Some(ev) = self.decode::<AgentEvent>(topic, &payload) else {
+                let Some(ev) = self.decode_signed(topic, node, &payload) else {
                     return Ok(());
                 };
                 EngineMsg::Agent(node.to_string(), ev)
@@ -115,7 +119,24 @@ impl Listener {
     }
 
     fn decode<T: Message>(&self, topic: &str, payload: &[u8]) -> Option<T> {
-        match envelope::decode::<T>(payload) {
+        self.accept(topic, envelope::decode::<T>(payload))
+    }
+
+    /// An event `node` signed; anything else is dropped, with a warning when the signature is
+    /// missing or not the node's (a forgery, or a genuine event that came before the node's key).
+    fn decode_signed(&self, topic: &str, node: &str, payload: &[u8]) -> Option<AgentEvent> {
+        let decoded = envelope::decode_signed::<AgentEvent>(payload, node, &self.identities);
+        if let Err(e @ (DecodeError::Unsigned | DecodeError::Signature(_))) = &decoded {
+            Metrics::inc(&self.metrics.mqtt_rejected);
+            warn!(topic, node, error = %e, "Dropped a node event not signed by the node.");
+            return None;
+        }
+        self.accept(topic, decoded)
+    }
+
+    /// The message, or `None` once a decoding error is counted and logged.
+    fn accept<T>(&self, topic: &str, decoded: Result<T, DecodeError>) -> Option<T> {
+        match decoded {
             Ok(msg) => Some(msg),
             Err(DecodeError::Version { seen }) => {
                 Metrics::inc(&self.metrics.mqtt_rejected);

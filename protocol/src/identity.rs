@@ -6,7 +6,9 @@
 //! nodes, and not the coordinator — so a key read from it was put there by the node. Peers that
 //! must not trust the coordinator (secure-aggregation clients, which check the signed key
 //! roster the coordinator relays) read identities straight from the broker. The coordinator
-//! reads them too, to authenticate nodes on HTTP (blob downloads, [`blob_request_message`]).
+//! reads them too, to check what nodes sign: every event on their results topic
+//! ([`node_event_message`], [`envelope::decode_signed`]) and their HTTP blob downloads
+//! ([`blob_request_message`]).
 //! The trust anchor is the broker operator who issues passwords and ACLs; the embedded broker
 //! has no ACLs, so there it only guards against mistakes, not against a hostile coordinator.
 //!
@@ -119,7 +121,8 @@ pub enum KeyChange {
 
 /// Node identity keys by node, as the nodes published them on their identity topics.
 ///
-/// The coordinator keeps one to check what nodes sign (blob requests, secure-aggregation keys);
+/// The coordinator keeps one to check what nodes sign (results-topic events, blob requests,
+/// secure-aggregation keys);
 /// an agent that joins federated jobs keeps one to check its peers' signed keys. Both fill it
 /// with [`KeyDirectory::apply_retained`], so they read the identity topic the same way. Shared
 /// behind an `Arc`; the lock is never held across an `.await`.
@@ -250,6 +253,17 @@ pub const HEADER_TIME: &str = "x-ambient-time";
 pub const HEADER_SIGNATURE: &str = "x-ambient-signature";
 /// How far a signed request's time may be from the server's clock, in seconds.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// What a node signs to say `body` on its results topic: the exact bytes of the envelope's
+/// `body` JSON as sent, after the node's id (see [`envelope::encode_signed`]).
+///
+/// Node ids hold no newline ([`crate::valid_id`]), so the node and the body cannot be
+/// confused with each other.
+pub fn node_event_message(node: &str, body: &[u8]) -> Vec<u8> {
+    let mut msg = format!("ambient/v1 node-event\n{node}\n").into_bytes();
+    msg.extend_from_slice(body);
+    msg
+}
 
 /// HTTP header with the request's nonce ([`nonce`]): the coordinator accepts each signed request
 /// once, so a request someone captured cannot be replayed within the clock-skew window.

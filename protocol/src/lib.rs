@@ -12,7 +12,8 @@
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
 //! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
 //! - [`envelope`]: the `{"v", "body"}` envelope every agent ↔ coordinator message travels in
-//!   ([`envelope::encode`], [`envelope::decode`]).
+//!   ([`envelope::encode`], [`envelope::decode`]), and its signed form for what a node says on
+//!   its results topic ([`envelope::encode_signed`], [`envelope::decode_signed`]).
 //! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
 //!   ([`KeyDirectory`]), and the messages nodes sign.
 //! - `testkit` (feature `test-util`, off by default): fake health reports and results for tests
@@ -31,7 +32,7 @@ pub mod identity;
 pub mod node;
 pub mod task;
 pub mod tensor;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testkit;
 pub mod topics;
 pub mod wire;

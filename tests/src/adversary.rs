@@ -1,6 +1,8 @@
 //! Malicious nodes for the adversary tests: MQTT clients built on the protocol crate that look
-//! like agents (status, attractive health, results) but answer every task with the same wrong
-//! output, as colluding cheaters would. Test code only.
+//! like agents (status, identity key, attractive health, signed results) but answer every task
+//! with the same wrong output, as colluding cheaters would. They are legitimate nodes that lie:
+//! each publishes its own key and signs what it says, so what stops them is the quorum, not the
+//! signature check. Test code only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +13,7 @@ use ambient_link::{AsyncClient, Incoming, LinkOptions, QoS};
 use ambient_protocol::envelope::{self, Message};
 use ambient_protocol::testkit::{HealthBuilder, finished_success};
 use ambient_protocol::{
-    Assignment, Health, NodeState, NodeStatus, ReputationReport, TaskType, topics,
+    Assignment, Health, NodeKey, NodeState, NodeStatus, ReputationReport, TaskType, topics,
 };
 use chrono::Utc;
 use serde_json::Value;
@@ -33,6 +35,8 @@ pub struct Liar {
     /// The latest reputation report the coordinator published to it.
     pub reputation: Arc<Mutex<Option<ReputationReport>>>,
     accepting: Arc<AtomicBool>,
+    /// Its identity key, published at every connect; it signs its results.
+    key: Arc<NodeKey>,
     client: AsyncClient,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -65,13 +69,14 @@ impl Liar {
             answered: Arc::default(),
             reputation: Arc::default(),
             accepting: Arc::new(AtomicBool::new(true)),
+            key: Arc::new(NodeKey::generate()),
             client: link.client.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };
         let (client, id) = (link.client.clone(), node.to_string());
         let (answered, reputation) = (liar.answered.clone(), liar.reputation.clone());
-        let accepting = liar.accepting.clone();
+        let (accepting, key) = (liar.accepting.clone(), liar.key.clone());
         tracker.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -84,6 +89,11 @@ impl Liar {
                     msg = link.incoming.recv() => match msg {
                         None => return,
                         Some(Incoming::Connected { .. }) => {
+                            // Its key first, as an agent does, so its results verify.
+                            let _ = client
+                                .publish(topics::node_identity(&id), QoS::AtLeastOnce, true,
+                                         envelope::encode(&key.identity(&id)))
+                                .await;
                             let status = NodeStatus {
                                 node_id: id.clone(),
                                 state: NodeState::Online,
@@ -101,7 +111,8 @@ impl Liar {
                                 }
                             } else if let Ok(a) = envelope::decode::<Assignment>(&payload) {
                                 answered.fetch_add(1, Ordering::Relaxed);
-                                let _ = answer(&client, &id, a.task_id, a.attempt, lie()).await;
+                                let (task, attempt) = (a.task_id, a.attempt);
+                                let _ = answer(&client, &id, &key, task, attempt, lie()).await;
                             }
                         }
                     }
@@ -125,9 +136,17 @@ impl Liar {
         .await
     }
 
-    /// Publishes a result for a task it may never have been given.
+    /// Publishes a result (signed with its own key) for a task it may never have been given.
     pub async fn forge(&self, task_id: Uuid, attempt: u32, output: Value) -> anyhow::Result<()> {
-        answer(&self.client, &self.node, task_id, attempt, output).await
+        answer(
+            &self.client,
+            &self.node,
+            &self.key,
+            task_id,
+            attempt,
+            output,
+        )
+        .await
     }
 
     /// Disconnects.
@@ -145,15 +164,21 @@ async fn publish<T: Message>(client: &AsyncClient, topic: String, msg: T) -> any
     Ok(())
 }
 
+/// A `finished` event with `output`, signed by `node` with `key`, on its results topic.
 async fn answer(
     client: &AsyncClient,
     node: &str,
+    key: &NodeKey,
     task_id: Uuid,
     attempt: u32,
     output: Value,
 ) -> anyhow::Result<()> {
     let ev = finished_success(task_id, attempt, output);
-    publish(client, topics::node_results(node), ev).await
+    let payload = envelope::encode_signed(&ev, node, key);
+    client
+        .publish(topics::node_results(node), QoS::AtLeastOnce, false, payload)
+        .await?;
+    Ok(())
 }
 
 /// Health that makes a node look idle and roomy, so the scheduler likes it.

@@ -14,18 +14,6 @@ use crate::util::*;
 /// The trust threshold of `coordinator/src/reputation.rs`.
 const TRUST_THRESHOLD: f64 = ambient_coordinator::reputation::TRUST_THRESHOLD;
 
-async fn metric(c: &Cluster, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", c.conn.api_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn colluding_liars_never_win_and_lose_their_reputation() {
     let c = Cluster::mosquitto(8).await.unwrap();

@@ -5,7 +5,9 @@ use std::time::Duration;
 use ambient_cli::client::{Client, ClientError};
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
+use ambient_e2e::adversary::lie;
 use ambient_link::{Incoming, LinkOptions, QoS};
+use ambient_protocol::testkit::finished_success;
 use ambient_protocol::{
     NodeIdentity, NodeKey, Requirements, TaskStatus, envelope, identity, topics,
 };
@@ -292,6 +294,67 @@ async fn a_node_account_cannot_submit_over_mqtt() {
     .expect("a rejection");
     assert_eq!(rejection.error, "unknown_submitter");
     assert!(c.client().tasks().await.unwrap().is_empty());
+    token.cancel();
+    c.shutdown().await;
+}
+
+/// A third client forges the result of a node that holds a task, on that node's results topic:
+/// once unsigned, once signed with a key that is not the one the node published. The embedded
+/// broker (no topic ACLs) delivers both; the coordinator drops both before they count, counts
+/// them as rejected, and the task completes with the node's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_results_for_a_node_do_not_count() {
+    let c = Cluster::embedded(1).await.unwrap();
+    let client = c.client();
+    let victim = c.nodes[0].0.clone();
+    // The coordinator knows the node's key before the node runs anything.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !client
+        .nodes()
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n.node_id == victim && n.identity.is_some())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no identity key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (forger, forger_password) = c.spare_nodes[0].clone();
+    let (link, token) = connect_as(&c, &forger, &forger_password, vec![]).await;
+
+    let busy = wasm_task(modules::BUSY_WAT, json!({}), Requirements::default());
+    let id = client.submit(&busy).await.unwrap().task_id;
+    let running = wait_status(&client, id, TaskStatus::Running).await;
+    assert_eq!(running.assigned_nodes, vec![victim.clone()]);
+    let rejected_before = metric(&c, "ambient_mqtt_rejected_total").await;
+    let forged = finished_success(id, 1, lie());
+    for payload in [
+        envelope::encode(&forged),
+        envelope::encode_signed(&forged, &victim, &NodeKey::generate()),
+    ] {
+        link.client
+            .publish(
+                topics::node_results(&victim),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    let done = client.wait(id, WAIT, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(output_sum(&done), modules::BUSY_OUTPUT, "{done:?}");
+    // Both forgeries were seen and dropped (and nothing the node itself said was).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rejected = loop {
+        let now = metric(&c, "ambient_mqtt_rejected_total").await;
+        if now >= rejected_before + 2 || tokio::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rejected, rejected_before + 2);
     token.cancel();
     c.shutdown().await;
 }

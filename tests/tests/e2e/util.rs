@@ -40,6 +40,19 @@ pub async fn submit_and_wait(client: &Client, sub: &TaskSubmission) -> TaskInfo 
     client.wait(info.task_id, WAIT, |_| {}).await.expect("wait")
 }
 
+/// The value of the coordinator's metric `name` (a counter or gauge without labels).
+pub async fn metric(c: &ambient_e2e::Cluster, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", c.conn.api_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
 /// Waits until the task has the given status.
 pub async fn wait_status(client: &Client, id: uuid::Uuid, status: TaskStatus) -> TaskInfo {
     let deadline = tokio::time::Instant::now() + WAIT;
