@@ -173,7 +173,7 @@ impl Nonces {
             }
         }
         seen.insert(key, now + 2 * identity::MAX_CLOCK_SKEW_SECS);
-        if seen.len() % 1024 == 0 {
+        if seen.len().is_multiple_of(1024) {
             seen.retain(|_, until| *until >= now);
         }
         Ok(())
