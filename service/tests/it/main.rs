@@ -11,3 +11,20 @@ mod config;
 mod migrate;
 mod private;
 mod shutdown;
+
+use ambient_service::sqlite::Closed;
+
+/// The error type of the tests' small stores: what [`ambient_service::SqliteActor::call`] needs.
+#[derive(Debug, thiserror::Error)]
+enum StoreError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error("closed")]
+    Closed,
+}
+
+impl From<Closed> for StoreError {
+    fn from(_: Closed) -> StoreError {
+        StoreError::Closed
+    }
+}

@@ -1,6 +1,8 @@
 use ambient_service::migrate::{self, Dialect, MigrateError, Migration};
-use ambient_service::sqlite::{Closed, SqliteActor};
+use ambient_service::sqlite::SqliteActor;
 use rusqlite::Connection;
+
+use crate::StoreError;
 
 const V1: &str = "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);";
 const V2: &str = "ALTER TABLE notes ADD COLUMN tag TEXT NOT NULL DEFAULT 'none';";
@@ -103,20 +105,6 @@ fn a_database_from_a_newer_build_is_refused_untouched() {
     );
     assert!(err.to_string().contains("newer"), "{err}");
     assert_eq!(version(&conn), 2);
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
-    #[error("closed")]
-    Closed,
-}
-
-impl From<Closed> for StoreError {
-    fn from(_: Closed) -> StoreError {
-        StoreError::Closed
-    }
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use ambient_service::migrate::{Dialect, Migration};
 use ambient_service::private;
-use ambient_service::sqlite::{Closed, SqliteActor};
+use ambient_service::sqlite::SqliteActor;
+
+use crate::StoreError;
 
 const NOTES: &[Migration] = &[Migration {
     version: 1,
@@ -17,20 +19,6 @@ const NOTES: &[Migration] = &[Migration {
         "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
     )],
 }];
-
-#[derive(Debug, thiserror::Error)]
-enum StoreError {
-    #[error(transparent)]
-    Sql(#[from] rusqlite::Error),
-    #[error("closed")]
-    Closed,
-}
-
-impl From<Closed> for StoreError {
-    fn from(_: Closed) -> StoreError {
-        StoreError::Closed
-    }
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
