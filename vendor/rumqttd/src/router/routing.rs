@@ -980,22 +980,6 @@ impl Router {
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
-        } else if forward_retained {
-            // A SUBSCRIBE repeating a filter the session has (a client back on its persistent
-            // session) replaces the subscription, and the retained messages matching it must be
-            // sent again [MQTT-3.8.4-3].
-            let mut found = false;
-            for request in self.scheduler.trackers[id]
-                .data_requests
-                .iter_mut()
-                .filter(|r| &r.filter == filter_path)
-            {
-                request.forward_retained = true;
-                found = true;
-            }
-            if found {
-                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
-            }
         }
 
         // TODO: figure out how we can update existing DataRequest
