@@ -143,9 +143,26 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
                 topics::ALL_NODE_STATUS.into(),
                 topics::ALL_NODE_HEALTH.into(),
                 topics::ALL_NODE_RESULTS.into(),
-                topics::ALL_NODE_IDENTITY.into(),
                 submit_filter,
             ],
+        },
+        shutdown.token().clone(),
+        shutdown.tracker(),
+    );
+    // Node identities are retained messages, read on a second link with a clean session: a
+    // broker that keeps the main link's session (rumqttd) does not send retained messages again
+    // for a subscription the session already has, so a restarted coordinator would never learn
+    // the keys that every event on a results topic must be signed with.
+    let identity_link = ambient_link::start(
+        ambient_link::LinkOptions {
+            host: cfg.mqtt.host.clone(),
+            port: cfg.mqtt.port,
+            client_id: format!("{}-identities", cfg.mqtt.client_id),
+            credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(10),
+            last_will: None,
+            subscriptions: vec![topics::ALL_NODE_IDENTITY.into()],
         },
         shutdown.token().clone(),
         shutdown.tracker(),
@@ -165,7 +182,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         fl: kinds::fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
     };
     shutdown.spawn(engine.run(engine_rx, shutdown.token().clone()));
-    let mqtt_listener = mqtt::Listener {
+    let mqtt_listener = || mqtt::Listener {
         engine: engine_tx.clone(),
         store: store.clone(),
         mqtt: link.client.clone(),
@@ -174,7 +191,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
         identities: identities.clone(),
     };
-    shutdown.spawn(mqtt_listener.run(link.incoming));
+    shutdown.spawn(mqtt_listener().run(identity_link.incoming));
+    shutdown.spawn(mqtt_listener().run(link.incoming));
 
     let state = api::AppState {
         engine: engine_tx,
