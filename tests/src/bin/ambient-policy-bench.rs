@@ -152,51 +152,78 @@ impl Ctl {
     }
 }
 
-/// A third MQTT client: health reports of node-1, and a topic of its own for the RTT peer.
+/// A third MQTT client, with the coordinator's account: health reports of node-1, and the
+/// publishing end of the RTT peer. Its other end is a spare node's account reading that node's
+/// control topic, a round trip the mosquitto ACL allows (the coordinator may write control
+/// topics, not read them).
 struct Watcher {
     link: ambient_link::Link,
     /// Health reports with their arrival time.
     health: mpsc::Receiver<(Instant, Health)>,
+    /// Where the RTT peer publishes, and its arrivals at the other end.
+    rtt_topic: String,
     rtt: mpsc::Receiver<()>,
     _token: tokio_util::sync::DropGuard,
+}
+
+/// An MQTT client of `c`'s broker, once connected.
+async fn connect(
+    c: &Cluster,
+    user: (&str, &str),
+    client_id: &str,
+    subscriptions: Vec<String>,
+    token: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> anyhow::Result<ambient_link::Link> {
+    let mut link = ambient_link::start(
+        LinkOptions {
+            host: c.conn.mqtt_host.clone(),
+            port: c.conn.mqtt_port,
+            client_id: client_id.into(),
+            credentials: Some((user.0.into(), user.1.into())),
+            clean_session: true,
+            keep_alive: Duration::from_secs(30),
+            last_will: None,
+            subscriptions,
+        },
+        token.clone(),
+        tracker,
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await? {
+            Some(Incoming::Connected { .. }) => return Ok(link),
+            Some(_) => {}
+            None => anyhow::bail!("link closed"),
+        }
+    }
 }
 
 async fn watcher(c: &Cluster) -> anyhow::Result<Watcher> {
     let token = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
-    let rtt_topic = format!("{}/bench/policy-rtt", topics::PREFIX);
-    let mut link = ambient_link::start(
-        LinkOptions {
-            host: c.conn.mqtt_host.clone(),
-            port: c.conn.mqtt_port,
-            client_id: "policy-bench-watch".into(),
-            credentials: Some((WATCHER.0.into(), WATCHER.1.into())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(30),
-            last_will: None,
-            subscriptions: vec![topics::node_health("node-1"), rtt_topic.clone()],
-        },
-        token.clone(),
-        &tracker,
-    );
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await? {
-            Some(Incoming::Connected { .. }) => break,
-            Some(_) => {}
-            None => anyhow::bail!("link closed"),
-        }
-    }
+    let subs = vec![topics::node_health("node-1")];
+    let mut link = connect(c, WATCHER, "policy-bench-watch", subs, &token, &tracker).await?;
+    let (node, password) = c.spare_nodes.first().context("no spare node account")?;
+    let rtt_topic = topics::node_control(node);
+    let subs = vec![rtt_topic.clone()];
+    let user = (node.as_str(), password.as_str());
+    let mut echo = connect(c, user, "policy-bench-rtt", subs, &token, &tracker).await?;
     let (htx, health) = mpsc::channel(1024);
     let (rtx, rtt) = mpsc::channel(1024);
     let mut incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
     tokio::spawn(async move {
         while let Some(m) = incoming.recv().await {
-            if let Incoming::Publish { topic, payload } = m {
-                if topic == rtt_topic {
-                    let _ = rtx.send(()).await;
-                } else if let Ok(h) = ambient_protocol::envelope::decode::<Health>(&payload) {
-                    let _ = htx.send((Instant::now(), h)).await;
-                }
+            if let Incoming::Publish { payload, .. } = m
+                && let Ok(h) = ambient_protocol::envelope::decode::<Health>(&payload)
+            {
+                let _ = htx.send((Instant::now(), h)).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(m) = echo.incoming.recv().await {
+            if let Incoming::Publish { .. } = m {
+                let _ = rtx.send(()).await;
             }
         }
     });
@@ -204,6 +231,7 @@ async fn watcher(c: &Cluster) -> anyhow::Result<Watcher> {
     Ok(Watcher {
         link,
         health,
+        rtt_topic,
         rtt,
         _token: token.drop_guard(),
     })
@@ -251,13 +279,17 @@ async fn toggle_latency(rounds: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Peers, same broker, same run.
-    let topic = format!("{}/bench/policy-rtt", topics::PREFIX);
     let mut rtt = Vec::new();
     for _ in 0..rounds {
         let t0 = Instant::now();
         w.link
             .client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 700])
+            .publish(
+                w.rtt_topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                vec![b'x'; 700],
+            )
             .await?;
         w.rtt.recv().await.context("rtt")?;
         rtt.push(t0.elapsed());
