@@ -182,6 +182,40 @@ impl Cluster {
         Client::new(&self.conn.api_url, &self.conn.api_key)
     }
 
+    /// An MQTT client of this cluster's broker as `user` (name, password), with a clean session
+    /// and `subscriptions`, returned once the broker has accepted it (its ConnAck seen): for tests
+    /// and benches that speak MQTT themselves. It runs until `token` is cancelled.
+    pub async fn mqtt_client(
+        &self,
+        user: (&str, &str),
+        client_id: &str,
+        subscriptions: Vec<String>,
+        token: &CancellationToken,
+    ) -> anyhow::Result<ambient_link::Link> {
+        let mut link = ambient_link::start(
+            ambient_link::LinkOptions {
+                host: self.conn.mqtt_host.clone(),
+                port: self.conn.mqtt_port,
+                client_id: client_id.into(),
+                credentials: Some((user.0.into(), user.1.into())),
+                clean_session: true,
+                keep_alive: Duration::from_secs(30),
+                last_will: None,
+                subscriptions,
+            },
+            token.clone(),
+            &tokio_util::task::TaskTracker::new(),
+        );
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await {
+                Ok(Some(ambient_link::Incoming::Connected { .. })) => return Ok(link),
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("{} could not connect: the link closed", user.0),
+                Err(_) => anyhow::bail!("{} could not connect within 10 s", user.0),
+            }
+        }
+    }
+
     /// Starts (or restarts) the coordinator on the same data dir and HTTP port.
     pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let token = CancellationToken::new();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
-use ambient_link::{Incoming, LinkOptions, QoS};
+use ambient_link::{Incoming, QoS};
 use ambient_protocol::{Requirements, TaskInfo, TaskSubmission, TaskType, topics};
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -82,28 +82,7 @@ async fn connect(
     id: &str,
 ) -> anyhow::Result<Mqtt> {
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
-    let mut link = ambient_link::start(
-        LinkOptions {
-            host: c.conn.mqtt_host.clone(),
-            port: c.conn.mqtt_port,
-            client_id: id.into(),
-            credentials: Some((user.0.into(), user.1.into())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(30),
-            last_will: None,
-            subscriptions,
-        },
-        token.clone(),
-        &tracker,
-    );
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await? {
-            Some(Incoming::Connected { .. }) => break,
-            Some(_) => {}
-            None => anyhow::bail!("link closed"),
-        }
-    }
+    let link = c.mqtt_client(user, id, subscriptions, &token).await?;
     // Let the SUBACK land before measuring.
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(Mqtt {

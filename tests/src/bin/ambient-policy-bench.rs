@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
-use ambient_link::{Incoming, LinkOptions, QoS};
+use ambient_link::{Incoming, QoS};
 use ambient_protocol::{Health, Requirements, TaskStatus, TaskSubmission, TaskType, topics};
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -166,48 +166,19 @@ struct Watcher {
     _token: tokio_util::sync::DropGuard,
 }
 
-/// An MQTT client of `c`'s broker, once connected.
-async fn connect(
-    c: &Cluster,
-    user: (&str, &str),
-    client_id: &str,
-    subscriptions: Vec<String>,
-    token: &tokio_util::sync::CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
-) -> anyhow::Result<ambient_link::Link> {
-    let mut link = ambient_link::start(
-        LinkOptions {
-            host: c.conn.mqtt_host.clone(),
-            port: c.conn.mqtt_port,
-            client_id: client_id.into(),
-            credentials: Some((user.0.into(), user.1.into())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(30),
-            last_will: None,
-            subscriptions,
-        },
-        token.clone(),
-        tracker,
-    );
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await? {
-            Some(Incoming::Connected { .. }) => return Ok(link),
-            Some(_) => {}
-            None => anyhow::bail!("link closed"),
-        }
-    }
-}
-
 async fn watcher(c: &Cluster) -> anyhow::Result<Watcher> {
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
     let subs = vec![topics::node_health("node-1")];
-    let mut link = connect(c, WATCHER, "policy-bench-watch", subs, &token, &tracker).await?;
+    let mut link = c
+        .mqtt_client(WATCHER, "policy-bench-watch", subs, &token)
+        .await?;
     let (node, password) = c.spare_nodes.first().context("no spare node account")?;
     let rtt_topic = topics::node_control(node);
     let subs = vec![rtt_topic.clone()];
     let user = (node.as_str(), password.as_str());
-    let mut echo = connect(c, user, "policy-bench-rtt", subs, &token, &tracker).await?;
+    let mut echo = c
+        .mqtt_client(user, "policy-bench-rtt", subs, &token)
+        .await?;
     let (htx, health) = mpsc::channel(1024);
     let (rtx, rtt) = mpsc::channel(1024);
     let mut incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);

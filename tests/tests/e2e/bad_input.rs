@@ -135,29 +135,15 @@ async fn connect_as(
     subscriptions: Vec<String>,
 ) -> (ambient_link::Link, tokio_util::sync::CancellationToken) {
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
-    let mut link = ambient_link::start(
-        LinkOptions {
-            host: c.mqtt.ip().to_string(),
-            port: c.mqtt.port(),
-            client_id: format!("{user}-probe"),
-            credentials: Some((user.into(), password.into())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(5),
-            last_will: None,
+    let link = c
+        .mqtt_client(
+            (user, password),
+            &format!("{user}-probe"),
             subscriptions,
-        },
-        token.clone(),
-        &tracker,
-    );
-    // Wait for the ConnAck.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await {
-            Ok(Some(Incoming::Connected { .. })) => break,
-            Ok(Some(_)) => {}
-            other => panic!("{user} could not connect: {other:?}"),
-        }
-    }
+            &token,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     (link, token)
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
-use ambient_link::{Incoming, LinkOptions};
+use ambient_link::Incoming;
 use ambient_protocol::{Health, ReputationEventKind, Requirements, TaskStatus, topics};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -102,30 +102,12 @@ async fn watch_health(
     node: &str,
 ) -> (mpsc::Receiver<Health>, tokio_util::sync::DropGuard) {
     let token = tokio_util::sync::CancellationToken::new();
-    let tracker = tokio_util::task::TaskTracker::new();
-    let mut link = ambient_link::start(
-        LinkOptions {
-            host: c.conn.mqtt_host.clone(),
-            port: c.conn.mqtt_port,
-            client_id: format!("health-watch-{}", uuid::Uuid::new_v4().simple()),
-            credentials: Some((WATCHER.0.into(), WATCHER.1.into())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(30),
-            last_will: None,
-            subscriptions: vec![topics::node_health(node)],
-        },
-        token.clone(),
-        &tracker,
-    );
+    let id = format!("health-watch-{}", uuid::Uuid::new_v4().simple());
+    let mut link = c
+        .mqtt_client(WATCHER, &id, vec![topics::node_health(node)], &token)
+        .await
+        .expect("health watcher could not connect");
     let (tx, rx) = mpsc::channel(256);
-    let mut ready = false;
-    while !ready {
-        match tokio::time::timeout(Duration::from_secs(10), link.incoming.recv()).await {
-            Ok(Some(Incoming::Connected { .. })) => ready = true,
-            Ok(Some(_)) => {}
-            _ => panic!("health watcher could not connect"),
-        }
-    }
     tokio::spawn(async move {
         while let Some(m) = link.incoming.recv().await {
             if let Incoming::Publish { payload, .. } = m
