@@ -278,7 +278,7 @@ pub fn nonce() -> String {
 
 /// True for a nonce as [`nonce`] makes it: 32 lower-case hex digits.
 pub fn is_nonce(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    crate::is_lower_hex(s, 32)
 }
 
 /// What a node signs to download blob `sha256` over HTTP at `unix_time`, once (`nonce`).

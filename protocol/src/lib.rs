@@ -16,8 +16,8 @@
 //!   its results topic ([`envelope::encode_signed`], [`envelope::decode_signed`]).
 //! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
 //!   ([`KeyDirectory`]), and the messages nodes sign.
-//! - `testkit` (feature `test-util`, off by default): fake health reports and results for tests
-//!   and simulations.
+//! - `testkit` (feature `test-util`, off by default): simulated nodes' health reports and
+//!   results, for tests and simulations.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 //!
 //! # Features
@@ -84,7 +84,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// True for a content address as [`sha256_hex`] writes it: 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    is_lower_hex(s, 64)
+}
+
+/// True for exactly `len` lower-case hex digits: content addresses and nonces.
+pub(crate) fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// True for identifiers that may appear as one topic level: node ids and submitter ids.
