@@ -136,8 +136,13 @@ pub fn pi_task(samples: u64, shards: u64) -> TaskSubmission {
 }
 
 /// Runs the demo on a fresh local network; it passed when every case is ok.
-/// `pi_samples` sizes the sharded π job (the CLI uses 10⁹).
-pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<Report> {
+/// `pi_samples` sizes the sharded π job (the CLI uses 10⁹); `store` is the coordinator's
+/// (`None`: the SQLite file in `data_dir`, as `ambient demo` runs).
+pub async fn run(
+    data_dir: &std::path::Path,
+    pi_samples: u64,
+    store: Option<String>,
+) -> anyhow::Result<Report> {
     ambient_service::private::create_dir(data_dir)?;
     let (datasets, eval_csv) = breast_cancer_split(data_dir, 3)?;
     let net = LocalNetwork::start(LocalOptions {
@@ -147,6 +152,7 @@ pub async fn run(data_dir: &std::path::Path, pi_samples: u64) -> anyhow::Result<
         mqtt_addr: "127.0.0.1:0".parse()?,
         health_interval_sec: 1.0,
         datasets,
+        store,
     })
     .await?;
     let client = Client::new(&net.connection.api_url, &net.connection.api_key);

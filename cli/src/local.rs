@@ -43,6 +43,9 @@ pub struct LocalOptions {
     pub health_interval_sec: f64,
     /// Data sets for federated learning, by agent (agent `i` gets entry `i`; missing: none).
     pub datasets: Vec<Vec<ambient_agent::config::DatasetConfig>>,
+    /// The coordinator's store: `None` for the SQLite file in the data directory, or a
+    /// PostgreSQL URL (the coordinator's `store` setting).
+    pub store: Option<String>,
 }
 
 /// A running local network.
@@ -81,6 +84,7 @@ impl LocalNetwork {
         let mut cfg: ambient_coordinator::Config =
             toml::from_str(ambient_coordinator::config::EXAMPLE)?;
         cfg.data_dir = opts.data_dir.join("coordinator");
+        cfg.store = opts.store.clone();
         cfg.http_addr = opts.http_addr;
         cfg.mqtt.host = mqtt.ip().to_string();
         cfg.mqtt.port = mqtt.port();

@@ -44,6 +44,11 @@ enum Command {
         /// MQTT address of the embedded broker.
         #[arg(long, default_value = "127.0.0.1:1883")]
         mqtt_addr: SocketAddr,
+        /// Keep the coordinator's state in this PostgreSQL database
+        /// (`postgres://user:password@host:port/database`, which must exist) instead of
+        /// DIR/coordinator/coordinator.db.
+        #[arg(long, env = "AMBIENT_DATABASE_URL", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Submit a task and wait for its result.
     Submit {
@@ -166,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
             agents,
             http_addr,
             mqtt_addr,
-        } => up(data_dir, agents, http_addr, mqtt_addr).await,
+            store,
+        } => up(data_dir, agents, http_addr, mqtt_addr, store).await,
         Command::Submit {
             file,
             wasm,
@@ -365,7 +371,7 @@ fn print_task(info: &TaskInfo, json: bool) -> anyhow::Result<()> {
 async fn demo(json: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     eprintln!("Starting an embedded broker, a coordinator and 3 agents…");
-    let report = ambient_cli::demo::run(dir.path(), 1_000_000_000).await?;
+    let report = ambient_cli::demo::run(dir.path(), 1_000_000_000, None).await?;
     let cases = &report.cases;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -400,6 +406,7 @@ async fn up(
     agents: u32,
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
+    store: Option<String>,
 ) -> anyhow::Result<()> {
     ambient_service::private::create_dir(&data_dir)?;
     let net = LocalNetwork::start(LocalOptions {
@@ -409,6 +416,7 @@ async fn up(
         mqtt_addr,
         health_interval_sec: 5.0,
         datasets: Vec::new(),
+        store,
     })
     .await?;
     let path = data_dir.join("connection.json");

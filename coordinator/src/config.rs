@@ -23,8 +23,15 @@ pub use ambient_service::config::ConfigError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Directory for the SQLite database (`coordinator.db`). Created if missing.
+    /// Directory for the SQLite database (`coordinator.db`, unless `store` names another) and
+    /// the Groth16 keys (`zk/`). Created if missing.
     pub data_dir: PathBuf,
+    /// Where the coordinator's state lives. Absent (the default): the SQLite file
+    /// `coordinator.db` in `data_dir`, for one coordinator. A PostgreSQL URL,
+    /// `postgres://user:password@host:port/database`: a database that several coordinators can
+    /// share (it must exist; the tables are made at start). `AMBIENT_DATABASE_URL` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Address of the REST API. Port 0 picks a free port.
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
@@ -155,15 +162,27 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         ambient_service::config::load(path)
     }
+
+    /// Where the store is, from `store` and `data_dir`.
+    pub fn store_location(&self) -> crate::store::Location {
+        match &self.store {
+            Some(url) => crate::store::Location::Postgres(url.clone()),
+            None => crate::store::Location::File(self.data_dir.join("coordinator.db")),
+        }
+    }
 }
 
 impl StrictConfig for Config {
-    /// Environment overrides: `AMBIENT_DATA_DIR`, `AMBIENT_HTTP_ADDR`, `AMBIENT_MQTT_HOST`,
-    /// `AMBIENT_MQTT_PORT`, `AMBIENT_MQTT_USERNAME`, `AMBIENT_MQTT_PASSWORD`.
+    /// Environment overrides: `AMBIENT_DATA_DIR`, `AMBIENT_DATABASE_URL`, `AMBIENT_HTTP_ADDR`,
+    /// `AMBIENT_MQTT_HOST`, `AMBIENT_MQTT_PORT`, `AMBIENT_MQTT_USERNAME`,
+    /// `AMBIENT_MQTT_PASSWORD`.
     fn apply_env(&mut self, var: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let bad = |k: &str, v: &str| ConfigError::Invalid(format!("{k}={v:?} does not parse"));
         if let Some(v) = var("AMBIENT_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = var("AMBIENT_DATABASE_URL") {
+            self.store = Some(v);
         }
         if let Some(v) = var("AMBIENT_HTTP_ADDR") {
             self.http_addr = v.parse().map_err(|_| bad("AMBIENT_HTTP_ADDR", &v))?;
@@ -214,6 +233,16 @@ impl StrictConfig for Config {
                     "api_keys: the key of {:?} is shorter than 16 characters",
                     k.submitter
                 ));
+            }
+        }
+        if let Some(url) = &self.store {
+            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !postgres || url.parse::<tokio_postgres::Config>().is_err() {
+                return invalid(
+                    "store must be a PostgreSQL URL, postgres://user:password@host:port/database \
+                     (leave it out for the SQLite file in data_dir)"
+                        .into(),
+                );
             }
         }
         let l = &self.limits;
@@ -283,5 +312,29 @@ mod tests {
             cfg.apply_env(&|k| (k == "AMBIENT_MQTT_PORT").then(|| "x".to_string()))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_store_is_a_file_by_default_or_a_postgres_url() {
+        let mut cfg: Config = toml::from_str(EXAMPLE).unwrap();
+        cfg.mqtt.password = "a-real-broker-password".into();
+        cfg.api_keys[0].key = "0123456789abcdef0123".into();
+        assert_eq!(
+            cfg.store_location(),
+            crate::store::Location::File(cfg.data_dir.join("coordinator.db"))
+        );
+        let url = "postgres://ambient:pw@127.0.0.1:5432/ambient";
+        cfg.apply_env(&|k| (k == "AMBIENT_DATABASE_URL").then(|| url.to_string()))
+            .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.store_location(),
+            crate::store::Location::Postgres(url.into())
+        );
+        for bad in ["/var/lib/x.db", "mysql://h/db", "postgres://h:notaport/db"] {
+            cfg.store = Some(bad.into());
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("PostgreSQL URL"), "{bad}: {err}");
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::kinds::{self, NewTask, fl::FlDriver, zk::Zk};
 use crate::metrics::Metrics;
 use crate::reputation;
 use crate::scheduler::{CancelError, Outbound, Scheduler};
-use crate::store::Store;
+use crate::store::{Batch, Store};
 use crate::submission::{Accepted, SubmitError};
 
 /// A request to the engine.
@@ -225,12 +225,12 @@ impl Engine {
         }
         if let Err(e) = self
             .store
-            .save(
-                effects.tasks,
-                effects.nodes,
-                effects.reputation,
-                effects.fl_checkpoints,
-            )
+            .save(Batch {
+                tasks: effects.tasks,
+                nodes: effects.nodes,
+                events: effects.reputation,
+                checkpoints: effects.fl_checkpoints,
+            })
             .await
         {
             // Nothing is published: acks stay unsent, so agents re-send and nothing is lost.

@@ -24,7 +24,7 @@
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine (no I/O, no
 //!   clock).
 //! - [`reputation`]: event-sourced node reputation, its score and its report.
-//! - [`store`]: SQLite on its own thread.
+//! - [`store`]: the coordinator's state, in a SQLite file or in PostgreSQL.
 //! - [`metrics`]: Prometheus counters.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
 //!
@@ -106,7 +106,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
         source,
     })?;
-    let store = store::Store::open(&cfg.data_dir.join("coordinator.db")).await?;
+    let store = store::Store::open(&cfg.store_location()).await?;
     let (tasks, nodes) = store.load_active().await?;
     info!(
         active_tasks = tasks.len(),

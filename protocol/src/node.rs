@@ -149,6 +149,21 @@ pub enum ReputationEventKind {
 }
 
 impl ReputationEventKind {
+    /// Every kind.
+    pub const ALL: [ReputationEventKind; 6] = [
+        ReputationEventKind::Valid,
+        ReputationEventKind::Invalid,
+        ReputationEventKind::Timeout,
+        ReputationEventKind::Lost,
+        ReputationEventKind::ProofVerified,
+        ReputationEventKind::ProofRejected,
+    ];
+
+    /// The kind with wire name `s`.
+    pub fn parse(s: &str) -> Option<ReputationEventKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// Wire name.
     pub fn as_str(self) -> &'static str {
         match self {

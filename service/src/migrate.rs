@@ -12,9 +12,9 @@
 //! - [`plan`] is pure: stored version + list + dialect → the steps to run, or the typed refusal;
 //! - [`Backend`] is the little a database must do (begin, read and write the version, execute,
 //!   commit, roll back), and [`migrate`] drives any `Backend` through the plan. SQLite
-//!   implements it on `rusqlite::Connection`; a PostgreSQL backend keeps its version in a
-//!   `schema_version` table and adds its SQL to each migration under a new [`Dialect`] variant.
-//!   An async client that cannot implement the synchronous trait calls [`plan`] itself.
+//!   implements it on `rusqlite::Connection`. The coordinator's PostgreSQL store, an async
+//!   client that cannot implement the synchronous trait, calls [`plan`] itself and keeps its
+//!   version in a `schema_version` table.
 //!
 //! Version 1 of a database that existed before versioning must be exactly the schema that code
 //! wrote, with `CREATE … IF NOT EXISTS`, so that opening such a database (version 0, tables
@@ -28,12 +28,15 @@ use rusqlite::Connection;
 pub enum Dialect {
     /// SQLite 3 (bundled with rusqlite).
     Sqlite,
+    /// PostgreSQL 13 or later.
+    Postgres,
 }
 
 impl std::fmt::Display for Dialect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
         })
     }
 }

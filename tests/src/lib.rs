@@ -4,11 +4,13 @@
 //!
 //! # Layout
 //! - [`mosquitto`]: starts and restarts a mosquitto process.
+//! - [`postgres`]: starts a throwaway PostgreSQL server.
 //! - [`adversary`]: lying nodes built on the protocol crate.
 //! - [`Cluster`]: the network under test.
 
 pub mod adversary;
 pub mod mosquitto;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -366,4 +368,17 @@ impl Cluster {
     pub fn agent_dir(&self, i: usize) -> std::path::PathBuf {
         self.dir.path().join(&self.nodes[i].0)
     }
+}
+
+/// Binds 127.0.0.1:0, reads the port the kernel chose and releases it.
+pub fn free_port() -> anyhow::Result<u16> {
+    use anyhow::Context as _;
+    let mut last_err = None;
+    for _ in 0..5 {
+        match std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()) {
+            Ok(addr) => return Ok(addr.port()),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("five attempts were made")).context("finding a free loopback port")
 }

@@ -17,7 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -117,7 +117,7 @@ impl Mosquitto {
 
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            broker.port = free_port()?;
+            broker.port = crate::free_port()?;
             broker.write_config(&passwd, &acl, &data)?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
@@ -456,18 +456,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Binds 127.0.0.1:0, reads the port the kernel chose and releases it.
-fn free_port() -> Result<u16> {
-    let mut last_err = None;
-    for _ in 0..5 {
-        match TcpListener::bind((HOST, 0)).and_then(|l| l.local_addr()) {
-            Ok(addr) => return Ok(addr.port()),
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(last_err.expect("five attempts were made")).context("finding a free loopback port")
-}
-
 fn write_password_file(mosquitto_passwd: &Path, file: &Path, users: &[(&str, &str)]) -> Result<()> {
     // `mosquitto_passwd -b` refuses a missing file; create it 0600 as ambient-passwd does.
     OpenOptions::new()
@@ -526,7 +514,8 @@ fn running_as_root() -> bool {
 }
 
 /// Sends a signal by name (TERM, USR1, ...) with kill(1): std has no signal API besides SIGKILL.
-fn signal(child: &Child, name: &str) -> Result<()> {
+/// Sends signal `name` (`TERM`, `QUIT`, …) to `child` with kill(1).
+pub(crate) fn signal(child: &Child, name: &str) -> Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())

@@ -447,6 +447,7 @@ pub fn circuit_json(c: &Circuit) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
     use ambient_zk::{Fr, Inputs};
     use serde_json::json;
 
@@ -532,7 +533,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_made_elsewhere_are_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let store = Store::open(&Location::File(dir.path().join("c.db")))
+            .await
+            .unwrap();
         let dot = CircuitSpec::new(CircuitId::Dot, 16).unwrap();
         let ceremony = ambient_zk::setup_with_os_rng(&dot).unwrap();
         std::fs::create_dir_all(dir.path().join("zk")).unwrap();

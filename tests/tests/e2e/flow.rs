@@ -3,6 +3,7 @@
 
 use ambient_cli::client::submit_over_mqtt;
 use ambient_e2e::Cluster;
+use ambient_e2e::postgres::Postgres;
 use ambient_protocol::TaskStatus;
 
 use crate::util::*;
@@ -67,8 +68,24 @@ async fn replicas_run_on_distinct_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_passes() {
+    the_demo_passes_on(None).await;
+}
+
+/// Every task kind, with the coordinator's state in PostgreSQL instead of SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_passes_on_postgres() {
+    let Some(pg) = Postgres::start_or_skip("the_demo_passes_on_postgres").unwrap() else {
+        return;
+    };
+    let url = pg.create_database("demo").unwrap();
+    the_demo_passes_on(Some(url)).await;
+    let rows = pg.count_rows("demo", "tasks").unwrap();
+    assert!(rows >= 14, "the tasks are in PostgreSQL: {rows} rows");
+}
+
+async fn the_demo_passes_on(store: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let report = ambient_cli::demo::run(dir.path(), 10_000_000)
+    let report = ambient_cli::demo::run(dir.path(), 10_000_000, store)
         .await
         .unwrap();
     let cases = &report.cases;

@@ -9,5 +9,6 @@ mod fl;
 mod flow;
 mod kernels;
 mod policy;
+mod store;
 mod util;
 mod zk;

@@ -1,70 +1,26 @@
-//! Persistence: one SQLite file (WAL), owned by one named thread that takes commands over a
+//! The SQLite backend: one file (WAL), owned by one named thread that takes commands over a
 //! channel ([`ambient_service::SqliteActor`]), so no rusqlite call ever runs on an async worker.
-//! The schema is versioned ([`MIGRATIONS`], applied at open by [`ambient_service::migrate`]);
-//! a database written by a newer build is refused.
-//!
-//! Tables:
-//! - `tasks`: one row per task, the whole [`TaskRecord`] (assignments and results included) as
-//!   JSON, with the columns the API filters by (shards of a computation have a `parent`);
-//! - `nodes`: one row per node, its [`NodeRecord`] as JSON (with its folded reputation);
-//! - `reputation_events`: every judgement of a node's work, append-only;
-//! - `blobs`: content-addressed artifacts (wasm modules, ONNX models, Groth16 proving keys),
-//!   keyed by sha256;
-//! - `proofs`: every verified `zk_proof` proof, with the public inputs it was checked against.
+//! Times are RFC 3339 text, ids text, records JSON text.
 
 use std::path::Path;
 
-use ambient_protocol::{ReputationEventInfo, TaskStatus};
-use ambient_service::migrate::{Dialect, Migration};
-use ambient_service::sqlite::{Closed, OpenError, SqliteActor};
+use ambient_protocol::{ReputationEventInfo, ReputationEventKind, TaskStatus};
+use ambient_service::sqlite::SqliteActor;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::{Batch, MIGRATIONS, ProofRecord, StoreError, corrupt};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
-/// A store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A row did not decode.
-    #[error("corrupt record: {0}")]
-    Corrupt(#[from] serde_json::Error),
-    /// The store thread is gone (the coordinator is shutting down).
-    #[error("store closed")]
-    Closed,
-    /// A blob that should be there is not.
-    #[error("blob {0} is missing")]
-    Missing(String),
-    /// The database could not be opened: SQLite refused the file, its thread could not start,
-    /// or its schema could not be brought up to date or is newer than this build.
-    #[error("coordinator database: {0}")]
-    Open(#[from] OpenError),
-}
-
-impl From<Closed> for StoreError {
-    fn from(_: Closed) -> StoreError {
-        StoreError::Closed
-    }
-}
-
-/// Handle to the store thread. Cheap to clone.
+/// Handle to the store thread.
 #[derive(Clone)]
-pub struct Store {
+pub(super) struct Sqlite {
     db: SqliteActor,
 }
 
-/// The coordinator database's schema, version by version. Never edit a released entry; append.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: &[(Dialect::Sqlite, SCHEMA_V1)],
-}];
-
 /// Version 1: the schema as it was before versioning, so an unversioned database is adopted as
 /// version 1 unchanged.
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     submitter TEXT NOT NULL,
@@ -110,34 +66,14 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
 );
 ";
 
-/// A verified proof of a `zk_proof` task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProofRecord {
-    /// The proof's id.
-    pub id: Uuid,
-    /// The task it proves.
-    pub task_id: Uuid,
-    /// Circuit name, e.g. `hash_chain`.
-    pub circuit: String,
-    /// Circuit size (`n` or `L`).
-    pub size: u64,
-    /// The public inputs it verified against, decimal, in circuit order.
-    pub public_inputs: Vec<String>,
-    /// The compressed proof.
-    pub proof: Vec<u8>,
-    /// When the coordinator verified it.
-    pub verified_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) the database at `path` on its thread, with the settings of
     /// every service database ([`ambient_service::sqlite::configure`]), and migrates its schema
     /// to [`MIGRATIONS`]' last version there; a newer database is refused with
-    /// [`StoreError::Open`] ([`OpenError::Schema`],
-    /// [`ambient_service::MigrateError::TooNew`]).
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    /// [`StoreError::Open`] ([`ambient_service::sqlite::OpenError::Schema`]).
+    pub(super) async fn open(path: &Path) -> Result<Sqlite, StoreError> {
         let db = SqliteActor::open("coordinator-store", path, MIGRATIONS).await?;
-        Ok(Store { db })
+        Ok(Sqlite { db })
     }
 
     /// Runs `f` on the store thread and returns its answer.
@@ -148,18 +84,13 @@ impl Store {
         self.db.call(f).await
     }
 
-    /// Writes task and node records, appends reputation events, and writes (or, for `None`,
-    /// deletes) federated jobs' checkpoints, in one transaction.
-    pub async fn save(
-        &self,
-        tasks: Vec<TaskRecord>,
-        nodes: Vec<NodeRecord>,
-        events: Vec<crate::reputation::Event>,
-        checkpoints: Vec<(Uuid, Option<String>)>,
-    ) -> Result<(), StoreError> {
-        if tasks.is_empty() && nodes.is_empty() && events.is_empty() && checkpoints.is_empty() {
-            return Ok(());
-        }
+    pub(super) async fn save(&self, batch: Batch) -> Result<(), StoreError> {
+        let Batch {
+            tasks,
+            nodes,
+            events,
+            checkpoints,
+        } = batch;
         self.call(move |conn| {
             let tx = conn.transaction()?;
             {
@@ -219,9 +150,7 @@ impl Store {
         .await
     }
 
-    /// The checkpoints of federated jobs that were running (JSON of
-    /// `ambient_fl::server::Checkpoint`), by task.
-    pub async fn fl_checkpoints(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
+    pub(super) async fn fl_checkpoints(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
         self.call(|conn| {
             let mut stmt = conn.prepare("SELECT task_id, checkpoint FROM fl_checkpoints")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
@@ -237,8 +166,9 @@ impl Store {
         .await
     }
 
-    /// Every task not yet terminal, and every node: what the scheduler restarts from.
-    pub async fn load_active(&self) -> Result<(Vec<TaskRecord>, Vec<NodeRecord>), StoreError> {
+    pub(super) async fn load_active(
+        &self,
+    ) -> Result<(Vec<TaskRecord>, Vec<NodeRecord>), StoreError> {
         self.call(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT record FROM tasks
@@ -253,8 +183,7 @@ impl Store {
         .await
     }
 
-    /// One task by id.
-    pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+    pub(super) async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         self.call(move |conn| {
             let row: Option<String> = conn
                 .query_row(
@@ -268,8 +197,7 @@ impl Store {
         .await
     }
 
-    /// A submitter's tasks, newest first, optionally of one status.
-    pub async fn tasks_of(
+    pub(super) async fn tasks_of(
         &self,
         submitter: String,
         status: Option<TaskStatus>,
@@ -289,8 +217,7 @@ impl Store {
         .await
     }
 
-    /// Stores a blob under its sha256 (idempotent).
-    pub async fn put_blob(&self, sha256: String, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub(super) async fn put_blob(&self, sha256: String, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO blobs (sha256, bytes) VALUES (?1, ?2)",
@@ -301,8 +228,7 @@ impl Store {
         .await
     }
 
-    /// Deletes a blob.
-    pub async fn delete_blob(&self, sha256: String) -> Result<(), StoreError> {
+    pub(super) async fn delete_blob(&self, sha256: String) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.execute("DELETE FROM blobs WHERE sha256 = ?1", [sha256])?;
             Ok(())
@@ -310,8 +236,7 @@ impl Store {
         .await
     }
 
-    /// The size of blob `sha256`, `None` when the store lacks it.
-    pub async fn blob_size(&self, sha256: String) -> Result<Option<u64>, StoreError> {
+    pub(super) async fn blob_size(&self, sha256: String) -> Result<Option<u64>, StoreError> {
         self.call(move |conn| {
             Ok(conn
                 .query_row(
@@ -324,8 +249,7 @@ impl Store {
         .await
     }
 
-    /// Reads a blob.
-    pub async fn blob(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) async fn blob(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
         self.call(move |conn| {
             Ok(conn
                 .query_row("SELECT bytes FROM blobs WHERE sha256 = ?1", [sha256], |r| {
@@ -335,11 +259,8 @@ impl Store {
         })
         .await
     }
-}
 
-impl Store {
-    /// Records a verified proof.
-    pub async fn put_proof(&self, p: ProofRecord) -> Result<(), StoreError> {
+    pub(super) async fn put_proof(&self, p: ProofRecord) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO proofs (id, task_id, circuit, size, public_inputs, proof, verified_at)
@@ -359,8 +280,7 @@ impl Store {
         .await
     }
 
-    /// The `limit` most recent reputation events of a node, oldest first.
-    pub async fn reputation_history(
+    pub(super) async fn reputation_history(
         &self,
         node: String,
         limit: u32,
@@ -381,9 +301,13 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (kind, task_id, at, score) = row?;
-                let event = serde_json::json!({"kind": kind, "task_id": task_id, "at": at,
-                                               "score": score});
-                out.push(serde_json::from_value(event)?);
+                out.push(ReputationEventInfo {
+                    kind: ReputationEventKind::parse(&kind)
+                        .ok_or_else(|| corrupt(format!("reputation event kind {kind:?}")))?,
+                    task_id: parse_uuid(&task_id)?,
+                    at: parse_time(&at)?,
+                    score,
+                });
             }
             out.reverse();
             Ok(out)
@@ -391,8 +315,7 @@ impl Store {
         .await
     }
 
-    /// One proof by id.
-    pub async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
+    pub(super) async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
         self.call(move |conn| {
             let row = conn
                 .query_row(
@@ -414,23 +337,28 @@ impl Store {
             let Some((task_id, circuit, size, public, proof, at)) = row else {
                 return Ok(None);
             };
-            let bad = |what: &str| {
-                StoreError::Corrupt(serde::de::Error::custom(format!("proof {id}: bad {what}")))
-            };
             Ok(Some(ProofRecord {
                 id,
-                task_id: Uuid::parse_str(&task_id).map_err(|_| bad("task_id"))?,
+                task_id: parse_uuid(&task_id)?,
                 circuit,
                 size: size as u64,
                 public_inputs: serde_json::from_str(&public)?,
                 proof,
-                verified_at: chrono::DateTime::parse_from_rfc3339(&at)
-                    .map_err(|_| bad("verified_at"))?
-                    .with_timezone(&chrono::Utc),
+                verified_at: parse_time(&at)?,
             }))
         })
         .await
     }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| corrupt(format!("{s:?} is not a uuid")))
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| corrupt(format!("{s:?} is not an RFC 3339 time")))
 }
 
 fn decode_rows<T: serde::de::DeserializeOwned>(
@@ -448,83 +376,10 @@ fn decode_rows<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Location, Store};
     use ambient_protocol::{Requirements, TaskType};
     use ambient_service::MigrateError;
-
-    #[tokio::test]
-    async fn records_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let now = chrono::Utc::now();
-        let mut t = TaskRecord::new(
-            Uuid::new_v4(),
-            "acme".into(),
-            TaskType::WasmExecution,
-            serde_json::json!({"a": 1}),
-            Requirements::default(),
-            None,
-            now,
-        );
-        {
-            let store = Store::open(&path).await.unwrap();
-            store
-                .save(vec![t.clone()], vec![], vec![], vec![])
-                .await
-                .unwrap();
-            t.status = TaskStatus::Completed;
-            store
-                .save(vec![t.clone()], vec![], vec![], vec![])
-                .await
-                .unwrap();
-            store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
-            store.put_blob("aa".into(), vec![1, 2, 3]).await.unwrap();
-            store.put_blob("bb".into(), vec![4]).await.unwrap();
-            store.delete_blob("bb".into()).await.unwrap();
-            // A federated job's checkpoint is written, replaced, and another one deleted.
-            let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-            let cps = vec![(a, Some("1".into())), (b, Some("2".into()))];
-            store.save(vec![], vec![], vec![], cps).await.unwrap();
-            let cps = vec![(a, Some("3".into())), (b, None)];
-            store.save(vec![], vec![], vec![], cps).await.unwrap();
-            assert_eq!(
-                store.fl_checkpoints().await.unwrap(),
-                vec![(a, "3".to_string())]
-            );
-        }
-        let store = Store::open(&path).await.unwrap();
-        assert_eq!(store.blob_size("bb".into()).await.unwrap(), None);
-        assert_eq!(store.blob_size("aa".into()).await.unwrap(), Some(3));
-        assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
-        let (active, _) = store.load_active().await.unwrap();
-        assert!(active.is_empty(), "completed tasks are not reloaded");
-        let mine = store
-            .tasks_of("acme".into(), Some(TaskStatus::Completed), 10)
-            .await
-            .unwrap();
-        assert_eq!(mine.len(), 1);
-        assert!(
-            store
-                .tasks_of("other".into(), None, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
-        let p = ProofRecord {
-            id: Uuid::new_v4(),
-            task_id: t.id,
-            circuit: "hash_chain".into(),
-            size: 64,
-            public_inputs: vec!["1".into(), "2".into(), "3".into()],
-            proof: vec![9; 128],
-            verified_at: chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
-                .unwrap()
-                .with_timezone(&chrono::Utc),
-        };
-        store.put_proof(p.clone()).await.unwrap();
-        assert_eq!(store.proof(p.id).await.unwrap(), Some(p));
-        assert_eq!(store.proof(Uuid::new_v4()).await.unwrap(), None);
-    }
+    use ambient_service::sqlite::OpenError;
 
     /// The schema exactly as the coordinator wrote it before versioning (`PRAGMA user_version`
     /// 0), pragmas included.
@@ -617,7 +472,7 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
                 .unwrap();
             assert_eq!(v, 0, "the old code never set a version");
         }
-        let store = Store::open(&path).await.unwrap();
+        let store = Store::open(&Location::File(path.clone())).await.unwrap();
         assert_eq!(store.task(t.id).await.unwrap(), Some(t.clone()));
         assert_eq!(store.load_active().await.unwrap().0, vec![t.clone()]);
         assert_eq!(store.blob("aa".into()).await.unwrap(), Some(vec![1, 2, 3]));
@@ -628,7 +483,7 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as u32);
         // Reopening a current database changes nothing.
-        let store = Store::open(&path).await.unwrap();
+        let store = Store::open(&Location::File(path.clone())).await.unwrap();
         assert_eq!(store.task(t.id).await.unwrap(), Some(t));
     }
 
@@ -636,13 +491,13 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
     async fn a_database_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        drop(Store::open(&path).await.unwrap());
+        drop(Store::open(&Location::File(path.clone())).await.unwrap());
         let newer = MIGRATIONS.len() as u32 + 1;
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", newer)
             .unwrap();
-        match Store::open(&path).await {
+        match Store::open(&Location::File(path.clone())).await {
             Err(StoreError::Open(OpenError::Schema(MigrateError::TooNew { found, known }))) => {
                 assert_eq!((found, known), (newer, MIGRATIONS.len() as u32));
             }

@@ -1,0 +1,418 @@
+//! The PostgreSQL backend: a pool of tokio-postgres connections (deadpool), shared by every task
+//! of one coordinator, and one database shared by any number of coordinators.
+//!
+//! Ids are `uuid`, times `timestamptz`, records `json` (the exact text serde wrote: records are
+//! read whole and never queried inside, and `json`, unlike `jsonb`, keeps any string a submitter
+//! sent, `\u0000` included). The schema version is the one row of `schema_version`; migrations
+//! run in one transaction under an advisory lock, so coordinators starting together migrate once.
+//!
+//! TLS is not built in: a URL with `sslmode=require` is refused at open. Reach the database over
+//! loopback, a Unix socket or a private network.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use ambient_protocol::{ReputationEventInfo, ReputationEventKind, TaskStatus};
+use ambient_service::migrate::{self, Dialect, MigrateError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::{Batch, MIGRATIONS, ProofRecord, StoreError, corrupt};
+use crate::scheduler::{NodeRecord, TaskRecord};
+
+/// Connections one coordinator keeps open at most. The store's callers are the REST handlers and
+/// the engine's writer; PostgreSQL's default `max_connections` (100) then fits several
+/// coordinators.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a free connection, or for a new one to open, before the request
+/// fails with [`StoreError::Pool`] instead of hanging.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// The advisory lock that serialises schema migrations across coordinators (any constant that
+/// no other application on the database uses: "AMBIENT\0" as a big-endian integer).
+const SCHEMA_LOCK: i64 = 0x414D_4249_454E_5400;
+
+/// Version 1: the same tables as SQLite's, in PostgreSQL's types.
+pub(super) const SCHEMA_V1: &str = "
+CREATE TABLE tasks (
+    id UUID PRIMARY KEY,
+    submitter TEXT NOT NULL,
+    status TEXT NOT NULL,
+    parent UUID,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    record JSON NOT NULL
+);
+CREATE INDEX tasks_by_submitter ON tasks(submitter, created_at);
+CREATE INDEX tasks_by_status ON tasks(status);
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    record JSON NOT NULL
+);
+CREATE TABLE reputation_events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    task_id UUID NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    score DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX reputation_by_node ON reputation_events(node, seq);
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    bytes BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE proofs (
+    id UUID PRIMARY KEY,
+    task_id UUID NOT NULL,
+    circuit TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    public_inputs JSON NOT NULL,
+    proof BYTEA NOT NULL,
+    verified_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX proofs_by_task ON proofs(task_id);
+CREATE TABLE fl_checkpoints (
+    task_id UUID PRIMARY KEY,
+    checkpoint TEXT NOT NULL
+);
+";
+
+/// The statuses after which a task never changes.
+const TERMINAL: &str = "('completed', 'failed', 'expired', 'cancelled')";
+
+/// Handle to the pool.
+#[derive(Clone)]
+pub(super) struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    /// Connects to `url` and migrates the schema to [`MIGRATIONS`]' last version.
+    pub(super) async fn open(url: &str) -> Result<Postgres, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Unsupported(
+                "sslmode=require: this build talks to PostgreSQL without TLS; reach it over \
+                 loopback, a Unix socket or a private network"
+                    .into(),
+            ));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .build()
+            .expect("the pool has a runtime for its timeouts");
+        let db = Postgres { pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Brings the schema up to date in one transaction, holding [`SCHEMA_LOCK`] so that
+    /// coordinators starting together take turns; the second finds nothing to do.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .await?;
+        let current = match tx
+            .query_opt("SELECT version FROM schema_version", &[])
+            .await?
+        {
+            Some(row) => u32::try_from(row.try_get::<_, i32>(0)?)
+                .map_err(|_| corrupt("schema_version is negative".into()))?,
+            None => 0,
+        };
+        let plan = migrate::plan(MIGRATIONS, Dialect::Postgres, current)?;
+        if plan.steps.is_empty() {
+            return Ok(());
+        }
+        for (m, sql) in &plan.steps {
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| MigrateError::Failed {
+                    version: m.version,
+                    name: m.name,
+                    source: Box::new(e),
+                })?;
+        }
+        tx.execute("DELETE FROM schema_version", &[]).await?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(plan.to as i32)],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(from = plan.from, to = plan.to, "Database schema migrated.");
+        Ok(())
+    }
+
+    pub(super) async fn save(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if !batch.tasks.is_empty() {
+            let put = tx
+                .prepare_cached(
+                    "INSERT INTO tasks (id, submitter, status, created_at, updated_at, record, parent)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (id) DO UPDATE
+                     SET status = $3, updated_at = $5, record = $6",
+                )
+                .await?;
+            for t in &batch.tasks {
+                tx.execute(
+                    &put,
+                    &[
+                        &t.id,
+                        &t.submitter,
+                        &t.status.as_str(),
+                        &t.created_at,
+                        &t.updated_at,
+                        &Json(t),
+                        &t.parent,
+                    ],
+                )
+                .await?;
+            }
+        }
+        if !batch.nodes.is_empty() {
+            let put = tx
+                .prepare_cached(
+                    "INSERT INTO nodes (id, record) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET record = $2",
+                )
+                .await?;
+            for n in &batch.nodes {
+                tx.execute(&put, &[&n.id, &Json(n)]).await?;
+            }
+        }
+        if !batch.events.is_empty() {
+            let put = tx
+                .prepare_cached(
+                    "INSERT INTO reputation_events (node, kind, task_id, at, score)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await?;
+            for e in &batch.events {
+                tx.execute(
+                    &put,
+                    &[&e.node, &e.kind.as_str(), &e.task_id, &e.at, &e.score],
+                )
+                .await?;
+            }
+        }
+        for (id, cp) in &batch.checkpoints {
+            match cp {
+                Some(cp) => {
+                    tx.execute(
+                        "INSERT INTO fl_checkpoints (task_id, checkpoint) VALUES ($1, $2)
+                         ON CONFLICT (task_id) DO UPDATE SET checkpoint = $2",
+                        &[id, cp],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute("DELETE FROM fl_checkpoints WHERE task_id = $1", &[id])
+                        .await?
+                }
+            };
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn fl_checkpoints(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT task_id, checkpoint FROM fl_checkpoints", &[])
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub(super) async fn load_active(
+        &self,
+    ) -> Result<(Vec<TaskRecord>, Vec<NodeRecord>), StoreError> {
+        let client = self.pool.get().await?;
+        let tasks = client
+            .query(
+                &format!(
+                    "SELECT record FROM tasks WHERE status NOT IN {TERMINAL} ORDER BY created_at"
+                ),
+                &[],
+            )
+            .await?;
+        let nodes = client
+            .query("SELECT record FROM nodes ORDER BY id", &[])
+            .await?;
+        Ok((records(&tasks)?, records(&nodes)?))
+    }
+
+    pub(super) async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT record FROM tasks WHERE id = $1", &[&id])
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<_, Json<TaskRecord>>(0))
+            .transpose()?
+            .map(|Json(t)| t))
+    }
+
+    pub(super) async fn tasks_of(
+        &self,
+        submitter: String,
+        status: Option<TaskStatus>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT record FROM tasks
+                 WHERE submitter = $1 AND parent IS NULL AND ($2::TEXT IS NULL OR status = $2)
+                 ORDER BY created_at DESC LIMIT $3",
+                &[&submitter, &status.map(|s| s.as_str()), &i64::from(limit)],
+            )
+            .await?;
+        records(&rows)
+    }
+
+    pub(super) async fn put_blob(&self, sha256: String, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&sha256, &bytes],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn delete_blob(&self, sha256: String) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM blobs WHERE sha256 = $1", &[&sha256])
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn blob_size(&self, sha256: String) -> Result<Option<u64>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT octet_length(bytes)::BIGINT FROM blobs WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()?
+            .map(|n| n as u64))
+    }
+
+    pub(super) async fn blob(&self, sha256: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT bytes FROM blobs WHERE sha256 = $1", &[&sha256])
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub(super) async fn put_proof(&self, p: ProofRecord) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO proofs (id, task_id, circuit, size, public_inputs, proof, verified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &p.id,
+                    &p.task_id,
+                    &p.circuit,
+                    &(p.size as i64),
+                    &Json(&p.public_inputs),
+                    &p.proof,
+                    &p.verified_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn reputation_history(
+        &self,
+        node: String,
+        limit: u32,
+    ) -> Result<Vec<ReputationEventInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT kind, task_id, at, score FROM reputation_events
+                 WHERE node = $1 ORDER BY seq DESC LIMIT $2",
+                &[&node, &i64::from(limit)],
+            )
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let kind: &str = r.try_get(0)?;
+                Ok(ReputationEventInfo {
+                    kind: ReputationEventKind::parse(kind)
+                        .ok_or_else(|| corrupt(format!("reputation event kind {kind:?}")))?,
+                    task_id: r.try_get(1)?,
+                    at: r.try_get(2)?,
+                    score: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    pub(super) async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(r) = client
+            .query_opt(
+                "SELECT task_id, circuit, size, public_inputs, proof, verified_at
+                 FROM proofs WHERE id = $1",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Json(public_inputs) = r.try_get(3)?;
+        Ok(Some(ProofRecord {
+            id,
+            task_id: r.try_get(0)?,
+            circuit: r.try_get(1)?,
+            size: r.try_get::<_, i64>(2)? as u64,
+            public_inputs,
+            proof: r.try_get(4)?,
+            verified_at: r.try_get(5)?,
+        }))
+    }
+}
+
+/// Decodes the JSON `record` column (the first) of each row.
+fn records<T: serde::de::DeserializeOwned>(
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|r| Ok(r.try_get::<_, Json<T>>(0)?.0))
+        .collect()
+}
