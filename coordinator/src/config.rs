@@ -35,6 +35,11 @@ pub struct Config {
     /// Address of the REST API. Port 0 picks a free port.
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
+    /// The URL the other coordinators of a shared store reach this one's REST API at, to
+    /// forward what needs the scheduler when this one leads (e.g. `http://10.0.0.5:8080`).
+    /// Default: `http://` and `http_addr` as bound, which only works on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// The MQTT broker the coordinator connects to.
     pub mqtt: MqttConfig,
     /// Submitters and their API keys (`Authorization: Bearer <key>`).
@@ -132,6 +137,10 @@ pub struct SchedulerConfig {
     pub min_free_memory_mib: u64,
     /// How often leases and timeouts are checked, in milliseconds.
     pub tick_ms: u64,
+    /// With several coordinators on one PostgreSQL store: how long the scheduler's lease lasts
+    /// unrenewed, in seconds (it is renewed every fifth of that). A dead leader is replaced
+    /// within about this time plus a fifth of it.
+    pub leader_lease_sec: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -143,6 +152,7 @@ impl Default for SchedulerConfig {
             health_timeout_sec: 20,
             min_free_memory_mib: 64,
             tick_ms: 500,
+            leader_lease_sec: 10,
         }
     }
 }
@@ -161,6 +171,19 @@ impl Config {
     /// Reads a TOML file, applies environment overrides, and validates.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         ambient_service::config::load(path)
+    }
+
+    /// The URL other coordinators forward requests to this one at: `public_url`, or the bound
+    /// address (`127.0.0.1` for an unspecified one).
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 
     /// Where the store is, from `store` and `data_dir`.
@@ -267,6 +290,16 @@ impl StrictConfig for Config {
         }
         if self.scheduler.tick_ms == 0 || self.scheduler.health_timeout_sec == 0 {
             return invalid("scheduler: tick_ms and health_timeout_sec must be > 0".into());
+        }
+        if self.scheduler.leader_lease_sec < 2 {
+            return invalid("scheduler: leader_lease_sec must be at least 2".into());
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid(format!(
+                "public_url {url:?} must be an http:// or https:// URL"
+            ));
         }
         Ok(())
     }

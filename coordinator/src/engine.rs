@@ -25,7 +25,7 @@ use crate::kinds::{self, NewTask, fl::FlDriver, zk::Zk};
 use crate::metrics::Metrics;
 use crate::reputation;
 use crate::scheduler::{CancelError, Outbound, Scheduler};
-use crate::store::{Batch, Store};
+use crate::store::{Batch, Fence, Store, StoreError};
 use crate::submission::{Accepted, SubmitError};
 
 /// A request to the engine.
@@ -65,6 +65,8 @@ pub enum EngineMsg {
 pub struct Engine {
     pub(crate) sched: Scheduler,
     pub(crate) store: Store,
+    /// This coordinator's hold on the scheduler, checked by every write ([`crate::leader`]).
+    pub(crate) fence: Fence,
     pub(crate) mqtt: AsyncClient,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tick: Duration,
@@ -230,9 +232,16 @@ impl Engine {
                 nodes: effects.nodes,
                 events: effects.reputation,
                 checkpoints: effects.fl_checkpoints,
+                fence: Some(self.fence.clone()),
             })
             .await
         {
+            if let StoreError::Deposed = e {
+                // Another coordinator runs the scheduler from the database now; this one is
+                // stopped by its election loop at the next renewal and publishes nothing.
+                warn!("Deposed: another coordinator leads; this change is dropped.");
+                return;
+            }
             // Nothing is published: acks stay unsent, so agents re-send and nothing is lost.
             error!(error = %e, "Could not persist scheduler state; withholding acknowledgements.");
             return;

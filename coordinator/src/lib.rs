@@ -19,6 +19,8 @@
 //!   its submission checks, task construction, result checks and API JSON; `kinds/mod.rs` is
 //!   the one place that lists the kinds.
 //! - [`engine`]: the one task that owns the scheduler: runs the loop, persists, then publishes.
+//! - [`leader`]: which coordinator runs the engine when several share a PostgreSQL store: a
+//!   fenced lease in the database; the others forward to it what needs the scheduler.
 //! - [`artifacts`]: the blob store as the engine uses it: storing submitted artifacts, inlining
 //!   small ones into assignments, reference-counting temporary blobs (federated models).
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine (no I/O, no
@@ -40,6 +42,7 @@ pub mod broker;
 pub mod config;
 pub mod engine;
 pub mod kinds;
+pub mod leader;
 pub mod metrics;
 pub mod mqtt;
 pub mod reputation;
@@ -55,9 +58,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambient_protocol::topics;
 use ambient_service::{Shutdown, StrictConfig};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -99,7 +101,9 @@ impl Coordinator {
     }
 }
 
-/// Starts the coordinator; it runs until `shutdown` is cancelled.
+/// Starts the coordinator; it runs until `shutdown` is cancelled. It serves the REST API, and
+/// runs the scheduler while it holds the scheduler's lease ([`leader`]): at once on a SQLite
+/// store, or when it wins the lease among the coordinators of a PostgreSQL store.
 pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator, StartError> {
     cfg.validate()?;
     ambient_service::private::create_dir(&cfg.data_dir).map_err(|source| StartError::Io {
@@ -107,104 +111,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         source,
     })?;
     let store = store::Store::open(&cfg.store_location()).await?;
-    let (tasks, nodes) = store.load_active().await?;
-    info!(
-        active_tasks = tasks.len(),
-        known_nodes = nodes.len(),
-        "Coordinator state loaded."
-    );
-    let s = &cfg.scheduler;
-    let settings = scheduler::SchedulerSettings {
-        lease_grace: chrono::Duration::seconds(s.lease_grace_sec as i64),
-        max_retries: s.max_retries,
-        queue_timeout: chrono::Duration::seconds(s.queue_timeout_sec as i64),
-        health_timeout: chrono::Duration::seconds(s.health_timeout_sec as i64),
-        min_free_memory_bytes: s.min_free_memory_mib << 20,
-    };
-    let sched = scheduler::Scheduler::new(settings, tasks, nodes);
     let zk = Arc::new(kinds::zk::Zk::load(&cfg.data_dir, &store).await?);
-
     let shutdown = Shutdown::with_token(token);
-    let submit_filter = if cfg.mqtt.shared_subscription {
-        format!("$share/coordinators/{}", topics::ALL_SUBMIT)
-    } else {
-        topics::ALL_SUBMIT.to_string()
-    };
-    let link = ambient_link::start(
-        ambient_link::LinkOptions {
-            host: cfg.mqtt.host.clone(),
-            port: cfg.mqtt.port,
-            client_id: cfg.mqtt.client_id.clone(),
-            credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-            clean_session: false,
-            keep_alive: Duration::from_secs(10),
-            last_will: None,
-            subscriptions: vec![
-                topics::ALL_NODE_STATUS.into(),
-                topics::ALL_NODE_HEALTH.into(),
-                topics::ALL_NODE_RESULTS.into(),
-                submit_filter,
-            ],
-        },
-        shutdown.token().clone(),
-        shutdown.tracker(),
-    );
-    // Node identities are retained messages, read on a second link with a clean session: a
-    // broker that keeps the main link's session (rumqttd) does not send retained messages again
-    // for a subscription the session already has, so a restarted coordinator would never learn
-    // the keys that every event on a results topic must be signed with.
-    let identity_link = ambient_link::start(
-        ambient_link::LinkOptions {
-            host: cfg.mqtt.host.clone(),
-            port: cfg.mqtt.port,
-            client_id: format!("{}-identities", cfg.mqtt.client_id),
-            credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-            clean_session: true,
-            keep_alive: Duration::from_secs(10),
-            last_will: None,
-            subscriptions: vec![topics::ALL_NODE_IDENTITY.into()],
-        },
-        shutdown.token().clone(),
-        shutdown.tracker(),
-    );
-    let metrics = Arc::new(metrics::Metrics::default());
-    let identities = Arc::new(ambient_protocol::KeyDirectory::default());
-    let (engine_tx, engine_rx) = mpsc::channel(1024);
-    let engine = engine::Engine {
-        sched,
-        store: store.clone(),
-        mqtt: link.client.clone(),
-        metrics: metrics.clone(),
-        tick: Duration::from_millis(cfg.scheduler.tick_ms),
-        artifacts: artifacts::Artifacts::new(store.clone(), cfg.limits.inline_artifact_bytes),
-        zk: zk.clone(),
-        reputation_changed: Default::default(),
-        fl: kinds::fl::FlDriver::new(identities.clone(), store.fl_checkpoints().await?),
-    };
-    shutdown.spawn(engine.run(engine_rx, shutdown.token().clone()));
-    let mqtt_listener = || mqtt::Listener {
-        engine: engine_tx.clone(),
-        store: store.clone(),
-        mqtt: link.client.clone(),
-        limits: cfg.limits.clone(),
-        metrics: metrics.clone(),
-        submitters: cfg.api_keys.iter().map(|k| k.submitter.clone()).collect(),
-        identities: identities.clone(),
-    };
-    shutdown.spawn(mqtt_listener().run(identity_link.incoming));
-    shutdown.spawn(mqtt_listener().run(link.incoming));
-
-    let state = api::AppState {
-        engine: engine_tx,
-        store,
-        limits: cfg.limits.clone(),
-        keys: Arc::new(cfg.api_keys.clone()),
-        metrics,
-        link: link.state,
-        zk,
-        identities,
-        nonces: Arc::default(),
-    };
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Io {
@@ -215,6 +123,37 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         what: "cannot read the bound address".into(),
         source,
     })?;
+    let url = cfg.public_url(http_addr);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let identities = Arc::new(ambient_protocol::KeyDirectory::default());
+    let (slot, leading) = watch::channel(None);
+    let election = leader::Election {
+        store: store.clone(),
+        cfg: cfg.clone(),
+        zk: zk.clone(),
+        metrics: metrics.clone(),
+        identities: identities.clone(),
+        holder: uuid::Uuid::new_v4().to_string(),
+        url: url.clone(),
+        lease: Duration::from_secs(cfg.scheduler.leader_lease_sec),
+        slot,
+    };
+    // The first campaign runs before `start` returns, so a coordinator that can lead (always, on
+    // SQLite) is ready for work when its caller gets it.
+    let term = election.campaign(&shutdown).await?;
+    shutdown.spawn(election.run(term, shutdown.clone()));
+
+    let state = api::AppState {
+        leading,
+        forward: api::Forward::new(store.clone(), url),
+        store,
+        limits: cfg.limits.clone(),
+        keys: Arc::new(cfg.api_keys.clone()),
+        metrics,
+        zk,
+        identities,
+        nonces: Arc::default(),
+    };
     let app = api::router(state);
     let stop = shutdown.token().clone();
     shutdown.spawn(async move {

@@ -5,12 +5,14 @@
 //! # Layout
 //! - [`mosquitto`]: starts and restarts a mosquitto process.
 //! - [`postgres`]: starts a throwaway PostgreSQL server.
+//! - [`process`]: a coordinator as its own OS process, to kill with SIGKILL.
 //! - [`adversary`]: lying nodes built on the protocol crate.
 //! - [`Cluster`]: the network under test.
 
 pub mod adversary;
 pub mod mosquitto;
 pub mod postgres;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,7 +93,7 @@ impl Cluster {
     pub async fn embedded(agents: u32) -> anyhow::Result<Cluster> {
         let users = users(agents);
         let mqtt = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
-        Cluster::assemble(mqtt, Broker::Embedded, users, agents, 2).await
+        Cluster::assemble(mqtt, Broker::Embedded, users, agents, 2, None).await
     }
 
     /// A cluster on a real mosquitto with the project's ACL.
@@ -101,6 +103,16 @@ impl Cluster {
 
     /// A mosquitto cluster whose agents each run at most `slots` tasks at once.
     pub async fn mosquitto_with_slots(agents: u32, slots: u32) -> anyhow::Result<Cluster> {
+        Cluster::mosquitto_on(agents, slots, None).await
+    }
+
+    /// A mosquitto cluster whose coordinator keeps its state in `store` (a PostgreSQL URL;
+    /// `None`: a SQLite file).
+    pub async fn mosquitto_on(
+        agents: u32,
+        slots: u32,
+        store: Option<String>,
+    ) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             mosquitto::available(),
             "mosquitto is not installed: run scripts/test, which installs it"
@@ -112,7 +124,7 @@ impl Cluster {
             .collect();
         let m = mosquitto::Mosquitto::start(&refs)?;
         let mqtt = SocketAddr::new(m.host().parse()?, m.port());
-        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents, slots).await
+        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents, slots, store).await
     }
 
     async fn assemble(
@@ -121,6 +133,7 @@ impl Cluster {
         users: Vec<(String, String)>,
         agents: u32,
         slots: u32,
+        store: Option<String>,
     ) -> anyhow::Result<Cluster> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -133,6 +146,7 @@ impl Cluster {
         let mut cfg: ambient_coordinator::Config =
             toml::from_str(ambient_coordinator::config::EXAMPLE)?;
         cfg.data_dir = dir.path().join("coordinator");
+        cfg.store = store;
         cfg.http_addr = "127.0.0.1:0".parse()?;
         cfg.mqtt.host = mqtt.ip().to_string();
         cfg.mqtt.port = mqtt.port();

@@ -23,11 +23,14 @@
 //! - [`blobs`]: artifact upload and signed download.
 //! - [`nodes`]: nodes, health and reputation.
 //! - [`proofs`]: proofs and circuits of `zk_proof` tasks.
+//! - [`forward`]: on a coordinator that does not run the scheduler, what needs it goes to the
+//!   one that does.
 //! - this module: the router, shared state, error responses, health, metrics and the OpenAPI
 //!   document.
 
 mod auth;
 mod blobs;
+mod forward;
 mod nodes;
 mod proofs;
 mod tasks;
@@ -47,6 +50,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{ApiKey, Limits};
 use crate::engine::EngineMsg;
 use crate::kinds::zk::Zk;
+use crate::leader::Leading;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::submission::SubmitError;
@@ -60,18 +64,34 @@ use tasks::{cancel_task, get_task, list_tasks, submit};
 /// The OpenAPI document served at `/api-docs/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
+pub use forward::{FORWARDED_BY, Forward};
+
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub(crate) engine: mpsc::Sender<EngineMsg>,
+    /// The scheduler role, while this coordinator runs it.
+    pub(crate) leading: watch::Receiver<Option<Leading>>,
+    /// How to reach the coordinator that runs it otherwise.
+    pub(crate) forward: Forward,
     pub(crate) store: Store,
     pub(crate) limits: Limits,
     pub(crate) keys: Arc<Vec<ApiKey>>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) link: watch::Receiver<LinkState>,
     pub(crate) zk: Arc<Zk>,
     pub(crate) identities: Arc<KeyDirectory>,
     pub(crate) nonces: Arc<blobs::Nonces>,
+}
+
+impl AppState {
+    /// The engine's inbox, while this coordinator runs the scheduler. (Routes that need it are
+    /// forwarded otherwise, so `None` here means the role stopped in between.)
+    pub(crate) fn engine(&self) -> Result<mpsc::Sender<EngineMsg>, Failure> {
+        self.leading
+            .borrow()
+            .as_ref()
+            .map(|l| l.engine.clone())
+            .ok_or_else(Failure::unavailable)
+    }
 }
 
 /// An error response.
@@ -93,7 +113,7 @@ impl Failure {
         Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "the coordinator is shutting down",
+            "the scheduler is stopping on this coordinator (shutdown or takeover); retry",
         )
     }
 
@@ -119,20 +139,31 @@ impl From<SubmitError> for Failure {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    let authed = Router::new()
-        .route("/api/v1/tasks", get(list_tasks).post(submit))
-        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
-        .route("/api/v1/blobs", axum::routing::put(put_blob))
+    // What needs the scheduler: run here when this coordinator leads, forwarded otherwise.
+    let to_leader = || middleware::from_fn_with_state(state.clone(), forward::to_leader);
+    let scheduled = Router::new()
+        .route("/api/v1/tasks", axum::routing::post(submit))
+        .route("/api/v1/tasks/{id}", axum::routing::delete(cancel_task))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/nodes/{id}/reputation", get(get_node_reputation))
+        .route_layer(to_leader());
+    let authed = Router::new()
+        .merge(scheduled)
+        .route("/api/v1/tasks", get(list_tasks))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/blobs", axum::routing::put(put_blob))
         .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
         .route("/api/v1/proofs/{id}", get(get_proof))
         .route("/api/v1/circuits", get(list_circuits))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Signed blob downloads need the node keys and the nonces seen, which the leader holds.
+    let blob = Router::new()
+        .route("/api/v1/blobs/{sha256}", get(get_blob))
+        .route_layer(to_leader());
     Router::new()
         .merge(authed)
-        .route("/api/v1/blobs/{sha256}", get(get_blob))
+        .merge(blob)
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
@@ -149,7 +180,15 @@ pub fn router(state: AppState) -> Router {
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
-    let link = state.link.borrow().clone();
+    let Some(leading) = state.leading.borrow().clone() else {
+        return Json(serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "role": "follower",
+            "mqtt": "not connected: another coordinator runs the scheduler",
+        }));
+    };
+    let link = leading.link.borrow().clone();
     let mqtt = match &link {
         LinkState::Connected => "connected".to_string(),
         LinkState::Connecting => "connecting".to_string(),
@@ -159,6 +198,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": if link == LinkState::Connected { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
+        "role": "leader",
         "mqtt": mqtt,
         "nodes_online": state.metrics.nodes_online.load(Relaxed),
         "tasks_active": state.metrics.tasks_active.load(Relaxed),

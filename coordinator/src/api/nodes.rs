@@ -18,7 +18,7 @@ pub(super) async fn list_nodes(
 ) -> Result<Json<Vec<NodeInfo>>, Failure> {
     let (reply, rx) = oneshot::channel();
     state
-        .engine
+        .engine()?
         .send(EngineMsg::Nodes(reply))
         .await
         .map_err(|_| Failure::unavailable())?;
@@ -63,7 +63,7 @@ pub(super) async fn get_node_reputation(
 async fn node_info(state: &AppState, id: String) -> Result<NodeInfo, Failure> {
     let (reply, rx) = oneshot::channel();
     state
-        .engine
+        .engine()?
         .send(EngineMsg::Node(id.clone(), reply))
         .await
         .map_err(|_| Failure::unavailable())?;

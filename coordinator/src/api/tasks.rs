@@ -31,16 +31,22 @@ pub(super) async fn submit(
             Failure::new(r.status(), "bad_request", r.body_text())
         }
     })?;
-    let info = submission::submit(&state.engine, &state.store, &state.limits, submitter, body)
-        .await
-        .map_err(|e| match e {
-            SubmitFailure::Invalid(e) => {
-                Metrics::inc(&state.metrics.submissions_rejected);
-                Failure::from(e)
-            }
-            SubmitFailure::Refused { error, .. } => Failure::from(error),
-            SubmitFailure::ShuttingDown => Failure::unavailable(),
-        })?;
+    let info = submission::submit(
+        &state.engine()?,
+        &state.store,
+        &state.limits,
+        submitter,
+        body,
+    )
+    .await
+    .map_err(|e| match e {
+        SubmitFailure::Invalid(e) => {
+            Metrics::inc(&state.metrics.submissions_rejected);
+            Failure::from(e)
+        }
+        SubmitFailure::Refused { error, .. } => Failure::from(error),
+        SubmitFailure::ShuttingDown => Failure::unavailable(),
+    })?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -116,7 +122,7 @@ pub(super) async fn cancel_task(
     }
     let (reply, rx) = oneshot::channel();
     state
-        .engine
+        .engine()?
         .send(EngineMsg::Cancel {
             task_id: id,
             submitter,

@@ -222,18 +222,43 @@ fn load_or_setup(path: &Path, spec: &CircuitSpec) -> Result<(Keys, Vec<u8>), Key
 }
 
 impl Zk {
-    /// Loads (or sets up and saves) the keys of every supported instance and puts each proving
-    /// key into the blob store. Setup runs on blocking threads.
+    /// The keys of every supported instance, the same for every coordinator of a store: the
+    /// store names the blob that holds each circuit's keys. A circuit it does not name yet gets
+    /// the keys of `data_dir/zk/<circuit>.keys` (made elsewhere, say by a multi-party ceremony),
+    /// or a fresh setup saved there; the first coordinator to name its keys wins, and the others
+    /// load those. Setup and decoding run on blocking threads.
     pub async fn load(data_dir: &Path, store: &Store) -> Result<Zk, KeysError> {
         let mut circuits = Vec::new();
         for &(id, size) in SUPPORTED {
             let spec = CircuitSpec::new(id, size)?;
-            let path = keys_path(data_dir, &spec);
-            let (keys, bytes) =
-                tokio::task::spawn_blocking(move || load_or_setup(&path, &spec)).await??;
-            let sha = ambient_protocol::sha256_hex(&bytes);
-            let pk_bytes = bytes.len();
-            store.put_blob(sha.clone(), bytes).await?;
+            let mut mine = None;
+            let sha = match store.zk_keys(spec.to_string()).await? {
+                Some(sha) => sha,
+                None => {
+                    let path = keys_path(data_dir, &spec);
+                    let (keys, bytes) =
+                        tokio::task::spawn_blocking(move || load_or_setup(&path, &spec)).await??;
+                    let sha = ambient_protocol::sha256_hex(&bytes);
+                    store.put_blob(sha.clone(), bytes).await?;
+                    mine = Some((sha.clone(), keys));
+                    store.put_zk_keys(spec.to_string(), sha).await?
+                }
+            };
+            let keys = match mine {
+                Some((made, keys)) if made == sha => keys,
+                _ => {
+                    let bytes = store
+                        .blob(sha.clone())
+                        .await?
+                        .ok_or_else(|| StoreError::Missing(sha.clone()))?;
+                    tokio::task::spawn_blocking(move || Keys::from_bytes(&spec, &bytes)).await??
+                }
+            };
+            let pk_bytes = store
+                .blob_size(sha.clone())
+                .await?
+                .ok_or_else(|| StoreError::Missing(sha.clone()))?
+                as usize;
             let verifier = PreparedVerifier::new(&keys.verifying_key)?;
             circuits.push(Circuit {
                 spec,

@@ -64,6 +64,10 @@ pub enum StoreError {
     /// The PostgreSQL schema could not be brought up to date, or is newer than this build.
     #[error("coordinator database: {0}")]
     Schema(#[from] ambient_service::MigrateError),
+    /// Another coordinator was granted the scheduler since this write's [`Fence`]: nothing was
+    /// written.
+    #[error("deposed: another coordinator leads now")]
+    Deposed,
     /// The PostgreSQL address asks for something this build cannot do.
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -108,14 +112,47 @@ macro_rules! dispatch {
 }
 
 /// The coordinator database's schema, version by version. Never edit a released entry; append.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: &[
-        (Dialect::Sqlite, sqlite::SCHEMA_V1),
-        (Dialect::Postgres, postgres::SCHEMA_V1),
-    ],
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: &[
+            (Dialect::Sqlite, sqlite::SCHEMA_V1),
+            (Dialect::Postgres, postgres::SCHEMA_V1),
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "zk_keys_and_leader",
+        sql: &[
+            (Dialect::Sqlite, sqlite::SCHEMA_V2),
+            (Dialect::Postgres, postgres::SCHEMA_V2),
+        ],
+    },
+];
+
+/// A coordinator's hold on the scheduler: who holds it, and the epoch it was granted in. Every
+/// [`Store::save`] of the scheduler's state carries it, and PostgreSQL refuses the write when a
+/// newer epoch has been granted since ([`StoreError::Deposed`]), so a coordinator that lost the
+/// lease without noticing (paused, cut off) can change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The holder's instance id.
+    pub holder: String,
+    /// Grants so far, this one included.
+    pub epoch: i64,
+}
+
+/// Who leads, as the database says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// Its instance id.
+    pub holder: String,
+    /// Its REST API, where other coordinators forward what needs the scheduler.
+    pub url: String,
+    /// Whether its lease is still running.
+    pub live: bool,
+}
 
 /// A verified proof of a `zk_proof` task.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +184,8 @@ pub struct Batch {
     pub events: Vec<crate::reputation::Event>,
     /// Federated jobs' checkpoints to write, or (`None`) delete.
     pub checkpoints: Vec<(Uuid, Option<String>)>,
+    /// The writer's hold on the scheduler; `None` for a writer that needs none (tests).
+    pub fence: Option<Fence>,
 }
 
 impl Batch {
@@ -244,6 +283,68 @@ impl Store {
     /// One proof by id.
     pub async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
         dispatch!(self.proof(id))
+    }
+
+    /// The blob holding the Groth16 keys of `circuit` (e.g. `hash_chain-64`), if any.
+    pub async fn zk_keys(&self, circuit: String) -> Result<Option<String>, StoreError> {
+        dispatch!(self.zk_keys(circuit))
+    }
+
+    /// Names blob `sha256` as `circuit`'s keys, unless another coordinator named its own first;
+    /// returns the keys that stand.
+    pub async fn put_zk_keys(&self, circuit: String, sha256: String) -> Result<String, StoreError> {
+        dispatch!(self.put_zk_keys(circuit, sha256))
+    }
+
+    /// Whether several coordinators can share this store (PostgreSQL), so that one of them must
+    /// be elected to run the scheduler.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Takes the scheduler for `lease` when nobody holds it or its holder's lease ran out, and
+    /// returns the grant. A SQLite store has one coordinator, which always leads (epoch 0).
+    pub async fn lead(
+        &self,
+        holder: &str,
+        url: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<Fence>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Some(Fence {
+                holder: holder.into(),
+                epoch: 0,
+            })),
+            Backend::Postgres(db) => db.lead(holder, url, lease).await,
+        }
+    }
+
+    /// Extends the lease of `fence`; `false` when it was taken over.
+    pub async fn renew(
+        &self,
+        fence: &Fence,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(db) => db.renew(fence, lease).await,
+        }
+    }
+
+    /// Ends the lease of `fence` now, so another coordinator can lead at once.
+    pub async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(db) => db.resign(fence).await,
+        }
+    }
+
+    /// Who leads, if anyone ever did (always `None` on SQLite).
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(db) => db.leader().await,
+        }
     }
 }
 

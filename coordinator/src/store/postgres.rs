@@ -20,7 +20,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{Batch, MIGRATIONS, ProofRecord, StoreError, corrupt};
+use super::{Batch, Fence, LeaderInfo, MIGRATIONS, ProofRecord, StoreError, corrupt};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
 /// Connections one coordinator keeps open at most. The store's callers are the REST handlers and
@@ -78,6 +78,23 @@ CREATE INDEX proofs_by_task ON proofs(task_id);
 CREATE TABLE fl_checkpoints (
     task_id UUID PRIMARY KEY,
     checkpoint TEXT NOT NULL
+);
+";
+
+/// Version 2: which blob holds each circuit's Groth16 keys, and the scheduler's lease: one row,
+/// the coordinator that runs the scheduler, the epoch of its grant (the fence every write of the
+/// scheduler's state is checked against) and when its lease runs out, by the database's clock.
+pub(super) const SCHEMA_V2: &str = "
+CREATE TABLE zk_keys (
+    circuit TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    url TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
 );
 ";
 
@@ -164,6 +181,19 @@ impl Postgres {
     pub(super) async fn save(&self, batch: Batch) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some(fence) = &batch.fence {
+            // FOR SHARE holds a takeover (an UPDATE of this row) until this transaction ends, so
+            // a write that passes this check commits before any newer grant.
+            let held = tx
+                .query_opt(
+                    "SELECT 1 FROM leader WHERE id = 1 AND holder = $1 AND epoch = $2 FOR SHARE",
+                    &[&fence.holder, &fence.epoch],
+                )
+                .await?;
+            if held.is_none() {
+                return Err(StoreError::Deposed);
+            }
+        }
         if !batch.tasks.is_empty() {
             let put = tx
                 .prepare_cached(
@@ -381,6 +411,99 @@ impl Postgres {
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    pub(super) async fn zk_keys(&self, circuit: String) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT sha256 FROM zk_keys WHERE circuit = $1", &[&circuit])
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub(super) async fn put_zk_keys(
+        &self,
+        circuit: String,
+        sha256: String,
+    ) -> Result<String, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO zk_keys (circuit, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&circuit, &sha256],
+            )
+            .await?;
+        let row = client
+            .query_one("SELECT sha256 FROM zk_keys WHERE circuit = $1", &[&circuit])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    pub(super) async fn lead(
+        &self,
+        holder: &str,
+        url: &str,
+        lease: Duration,
+    ) -> Result<Option<Fence>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "INSERT INTO leader (id, holder, url, epoch, expires_at)
+                 VALUES (1, $1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (id) DO UPDATE
+                 SET holder = $1, url = $2, epoch = leader.epoch + 1,
+                     expires_at = now() + make_interval(secs => $3)
+                 WHERE leader.expires_at < now()
+                 RETURNING epoch",
+                &[&holder, &url, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.map(|epoch| Fence {
+            holder: holder.into(),
+            epoch,
+        }))
+    }
+
+    pub(super) async fn renew(&self, fence: &Fence, lease: Duration) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE leader SET expires_at = now() + make_interval(secs => $3)
+                 WHERE id = 1 AND holder = $1 AND epoch = $2",
+                &[&fence.holder, &fence.epoch, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn resign(&self, fence: &Fence) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE leader SET expires_at = now() - interval '1 second'
+                 WHERE id = 1 AND holder = $1 AND epoch = $2",
+                &[&fence.holder, &fence.epoch],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn leader(&self) -> Result<Option<LeaderInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT holder, url, expires_at > now() FROM leader WHERE id = 1",
+                &[],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(LeaderInfo {
+                holder: r.try_get(0)?,
+                url: r.try_get(1)?,
+                live: r.try_get(2)?,
+            })
+        })
+        .transpose()
     }
 
     pub(super) async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {

@@ -66,6 +66,15 @@ CREATE TABLE IF NOT EXISTS fl_checkpoints (
 );
 ";
 
+/// Version 2: which blob holds each circuit's Groth16 keys. (The scheduler's leader lease is
+/// PostgreSQL's alone: one coordinator uses a SQLite file.)
+pub(super) const SCHEMA_V2: &str = "
+CREATE TABLE zk_keys (
+    circuit TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+";
+
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` on its thread, with the settings of
     /// every service database ([`ambient_service::sqlite::configure`]), and migrates its schema
@@ -85,11 +94,13 @@ impl Sqlite {
     }
 
     pub(super) async fn save(&self, batch: Batch) -> Result<(), StoreError> {
+        // One coordinator writes a SQLite file: no fence to check.
         let Batch {
             tasks,
             nodes,
             events,
             checkpoints,
+            fence: _,
         } = batch;
         self.call(move |conn| {
             let tx = conn.transaction()?;
@@ -311,6 +322,38 @@ impl Sqlite {
             }
             out.reverse();
             Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn zk_keys(&self, circuit: String) -> Result<Option<String>, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT sha256 FROM zk_keys WHERE circuit = ?1",
+                    [circuit],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(super) async fn put_zk_keys(
+        &self,
+        circuit: String,
+        sha256: String,
+    ) -> Result<String, StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO zk_keys (circuit, sha256) VALUES (?1, ?2)",
+                params![circuit, sha256],
+            )?;
+            Ok(conn.query_row(
+                "SELECT sha256 FROM zk_keys WHERE circuit = ?1",
+                [circuit],
+                |r| r.get(0),
+            )?)
         })
         .await
     }

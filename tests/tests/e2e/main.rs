@@ -3,6 +3,7 @@
 mod adversary;
 mod bad_input;
 mod compute;
+mod coordinators;
 mod docs;
 mod faults;
 mod fl;

@@ -4,7 +4,7 @@
 
 use ambient_coordinator::reputation::{Event, EventKind};
 use ambient_coordinator::scheduler::{NodeRecord, TaskRecord};
-use ambient_coordinator::store::{Batch, Location, ProofRecord, Store, StoreError};
+use ambient_coordinator::store::{Batch, Fence, Location, ProofRecord, Store, StoreError};
 use ambient_e2e::postgres::Postgres;
 use ambient_protocol::{NodeState, Requirements, TaskStatus, TaskType};
 use ambient_service::MigrateError;
@@ -76,6 +76,7 @@ async fn keeps_the_contract(location: Location) {
                 nodes: vec![node.clone()],
                 events: events.clone(),
                 checkpoints: vec![(a, Some("1".into())), (b, Some("2".into()))],
+                fence: None,
             })
             .await
             .unwrap();
@@ -232,4 +233,55 @@ async fn postgres_open_failures_are_typed() {
         let text = format!("{err}: {:?}", err);
         assert!(text.contains(says), "{url}: {text}");
     }
+}
+
+/// The scheduler's lease: one holder at a time, a new epoch at each grant, and a holder whose
+/// epoch is past can write nothing, however late its write comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_deposed_leader_can_write_nothing() {
+    let Some(pg) = Postgres::start_or_skip("postgres_deposed_leader").unwrap() else {
+        return;
+    };
+    let store = Store::open(&Location::Postgres(pg.create_database("c").unwrap()))
+        .await
+        .unwrap();
+    let lease = std::time::Duration::from_secs(2);
+    let x = store.lead("x", "http://x", lease).await.unwrap().unwrap();
+    assert_eq!(x.epoch, 1);
+    assert_eq!(
+        store.lead("y", "http://y", lease).await.unwrap(),
+        None,
+        "x holds it"
+    );
+    let info = store.leader().await.unwrap().unwrap();
+    assert_eq!(
+        (info.holder.as_str(), info.url.as_str(), info.live),
+        ("x", "http://x", true)
+    );
+    assert!(store.renew(&x, lease).await.unwrap());
+    // x's lease runs out unrenewed (a pause, a partition): y takes over with a new epoch.
+    tokio::time::sleep(lease + std::time::Duration::from_millis(500)).await;
+    assert!(!store.leader().await.unwrap().unwrap().live);
+    let y = store.lead("y", "http://y", lease).await.unwrap().unwrap();
+    assert_eq!(y.epoch, 2);
+    assert!(
+        !store.renew(&x, lease).await.unwrap(),
+        "x cannot renew a lease it lost"
+    );
+    let write = |fence: &Fence| Batch {
+        tasks: vec![task("acme", serde_json::json!({}), "2026-11-30T10:00:00Z")],
+        fence: Some(fence.clone()),
+        ..Batch::default()
+    };
+    assert!(matches!(
+        store.save(write(&x)).await,
+        Err(StoreError::Deposed)
+    ));
+    assert_eq!(pg.count_rows("c", "tasks").unwrap(), 0, "x wrote nothing");
+    store.save(write(&y)).await.unwrap();
+    assert_eq!(pg.count_rows("c", "tasks").unwrap(), 1);
+    // y resigns (a clean stop): the next candidate leads at once.
+    store.resign(&y).await.unwrap();
+    let z = store.lead("z", "http://z", lease).await.unwrap().unwrap();
+    assert_eq!(z.epoch, 3);
 }
