@@ -158,6 +158,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         ambient_link::LinkOptions {
             host: cfg.mqtt.host.clone(),
             port: cfg.mqtt.port,
+            // Validated with the configuration.
+            failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
             client_id: node.clone(),
             credentials: Some((node.clone(), password)),
             clean_session: false,

@@ -125,6 +125,10 @@ pub struct MqttConfig {
     /// Keep-alive in seconds; the broker announces the node offline 1.5 × this after it vanishes.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_sec: u64,
+    /// Other nodes of a clustered broker, `host:port` each, tried in turn when the connection to
+    /// `host:port` fails (the cluster keeps the session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
 }
 
 /// Telemetry.
@@ -224,6 +228,7 @@ impl StrictConfig for Config {
         if self.mqtt.keep_alive_sec == 0 {
             return bad("mqtt.keep_alive_sec must be at least 1");
         }
+        ambient_link::parse_failover(&self.mqtt.failover).map_err(ConfigError::Invalid)?;
         if self.health.interval_sec.is_nan() || self.health.interval_sec < 0.1 {
             return bad("health.interval_sec must be at least 0.1");
         }

@@ -245,6 +245,7 @@ pub async fn submit_over_mqtt(
         LinkOptions {
             host: conn.mqtt_host.clone(),
             port: conn.mqtt_port,
+            failover: Vec::new(),
             client_id: format!("{}-{}", conn.mqtt_username, id.simple()),
             credentials: Some((conn.mqtt_username.clone(), conn.mqtt_password.clone())),
             clean_session: true,

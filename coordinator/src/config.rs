@@ -66,6 +66,10 @@ pub struct MqttConfig {
     pub username: String,
     /// Password for `username`.
     pub password: String,
+    /// Other nodes of a clustered broker, `host:port` each, tried in turn when the connection to
+    /// `host:port` fails (the cluster keeps the session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
     /// Client id. Fixed, so the broker keeps the coordinator's session across reconnects.
     #[serde(default = "default_client_id")]
     pub client_id: String,
@@ -228,6 +232,7 @@ impl StrictConfig for Config {
     /// Checks ranges and consistency.
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        ambient_link::parse_failover(&self.mqtt.failover).map_err(ConfigError::Invalid)?;
         if self.api_keys.is_empty() {
             return invalid("at least one [[api_keys]] entry is required".into());
         }

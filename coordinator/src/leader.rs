@@ -181,6 +181,8 @@ impl Election {
             ambient_link::LinkOptions {
                 host: cfg.mqtt.host.clone(),
                 port: cfg.mqtt.port,
+                // Validated with the configuration.
+                failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
                 client_id: cfg.mqtt.client_id.clone(),
                 credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
                 clean_session: false,
@@ -204,6 +206,7 @@ impl Election {
             ambient_link::LinkOptions {
                 host: cfg.mqtt.host.clone(),
                 port: cfg.mqtt.port,
+                failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
                 client_id: format!("{}-identities", cfg.mqtt.client_id),
                 credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
                 clean_session: true,

@@ -5,6 +5,10 @@
 //! broken connection is retried with capped exponential backoff for as long as the process runs,
 //! and the current state is visible through a [`tokio::sync::watch`] channel.
 //!
+//! A link can know several addresses of one clustered broker ([`LinkOptions::failover`]): each
+//! failed connection attempt moves on to the next address, round robin, so a client whose broker
+//! node dies reconnects to another node of the cluster, which holds its session.
+//!
 //! The link speaks MQTT 3.1.1: every feature the protocol needs (QoS1, retained messages, Last
 //! Will, persistent sessions, and shared subscriptions on mosquitto ≥ 2) works there, and it is
 //! rumqttc's most mature client.
@@ -28,6 +32,9 @@ pub struct LinkOptions {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Other addresses of the same (clustered) broker, tried in turn after `host:port` when a
+    /// connection attempt fails.
+    pub failover: Vec<(String, u16)>,
     /// Fixed client id: with `clean_session = false` the broker keeps the session under it.
     pub client_id: String,
     /// Username and password.
@@ -84,23 +91,7 @@ pub struct Link {
 
 /// Starts the event loop task on `tracker`; it ends when `shutdown` is cancelled.
 pub fn start(opts: LinkOptions, shutdown: CancellationToken, tracker: &TaskTracker) -> Link {
-    let mut mqtt = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
-    mqtt.set_keep_alive(opts.keep_alive)
-        .set_clean_session(opts.clean_session)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-        .set_inflight(100);
-    if let Some((user, pass)) = &opts.credentials {
-        mqtt.set_credentials(user.clone(), pass.clone());
-    }
-    if let Some((topic, payload)) = &opts.last_will {
-        mqtt.set_last_will(LastWill::new(
-            topic.clone(),
-            payload.clone(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    }
-    let (client, mut eventloop) = AsyncClient::new(mqtt, 4096);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&opts, 0), 4096);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
@@ -123,6 +114,50 @@ pub fn start(opts: LinkOptions, shutdown: CancellationToken, tracker: &TaskTrack
     }
 }
 
+/// Parses a configuration's list of failover addresses, each `host:port` (e.g. `10.0.0.6:1883`
+/// or `broker-2.example:1883`); the error names the first entry that is not one.
+pub fn parse_failover(list: &[String]) -> Result<Vec<(String, u16)>, String> {
+    list.iter()
+        .map(|text| {
+            text.rsplit_once(':')
+                .and_then(|(host, port)| {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    Some((host.to_string(), port.parse().ok()?)).filter(|_| !host.is_empty())
+                })
+                .ok_or_else(|| format!("mqtt.failover: {text:?} is not host:port"))
+        })
+        .collect()
+}
+
+/// Every address of the broker, `host:port` first.
+fn addresses(opts: &LinkOptions) -> impl Iterator<Item = (&str, u16)> {
+    std::iter::once((opts.host.as_str(), opts.port))
+        .chain(opts.failover.iter().map(|(h, p)| (h.as_str(), *p)))
+}
+
+/// The client's options for address `i` (modulo the number of addresses).
+fn mqtt_options(opts: &LinkOptions, i: usize) -> MqttOptions {
+    let n = 1 + opts.failover.len();
+    let (host, port) = addresses(opts).nth(i % n).expect("i % n < n");
+    let mut mqtt = MqttOptions::new(opts.client_id.clone(), host, port);
+    mqtt.set_keep_alive(opts.keep_alive)
+        .set_clean_session(opts.clean_session)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_inflight(100);
+    if let Some((user, pass)) = &opts.credentials {
+        mqtt.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some((topic, payload)) = &opts.last_will {
+        mqtt.set_last_will(LastWill::new(
+            topic.clone(),
+            payload.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    mqtt
+}
+
 async fn drive(
     eventloop: &mut EventLoop,
     client: &AsyncClient,
@@ -131,11 +166,13 @@ async fn drive(
     state: &watch::Sender<LinkState>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut address = 0;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
-                info!(client_id = %opts.client_id, broker = %format!("{}:{}", opts.host, opts.port),
+                let (host, port) = eventloop.mqtt_options.broker_address();
+                info!(client_id = %opts.client_id, broker = %format!("{host}:{port}"),
                       session_present = ack.session_present, "Connected to MQTT broker.");
                 let subs = opts
                     .subscriptions
@@ -188,9 +225,57 @@ async fn drive(
                     }
                     state.send_replace(LinkState::Down(text));
                 }
+                if !opts.failover.is_empty() {
+                    // The next attempt goes to the next address; the client's state (its queued
+                    // and in-flight messages) stays with the event loop.
+                    address += 1;
+                    eventloop.mqtt_options = mqtt_options(opts, address);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_addresses_parse_or_name_the_bad_entry() {
+        let list = ["10.0.0.6:1883", "broker-2.example:8883", "[::1]:1884"].map(String::from);
+        assert_eq!(
+            parse_failover(&list).unwrap(),
+            vec![
+                ("10.0.0.6".to_string(), 1883),
+                ("broker-2.example".to_string(), 8883),
+                ("::1".to_string(), 1884)
+            ]
+        );
+        for bad in ["10.0.0.6", ":1883", "host:port", "host:70000"] {
+            let err = parse_failover(&[bad.to_string()]).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn attempts_go_round_the_addresses() {
+        let opts = LinkOptions {
+            host: "a".into(),
+            port: 1,
+            failover: vec![("b".into(), 2), ("c".into(), 3)],
+            client_id: "x".into(),
+            credentials: None,
+            clean_session: true,
+            keep_alive: Duration::from_secs(5),
+            last_will: None,
+            subscriptions: vec![],
+        };
+        let seen: Vec<_> = (0..4)
+            .map(|i| mqtt_options(&opts, i).broker_address())
+            .collect();
+        let want = [("a", 1), ("b", 2), ("c", 3), ("a", 1)].map(|(h, p)| (h.to_string(), p));
+        assert_eq!(seen, want);
     }
 }

@@ -50,6 +50,7 @@ impl Liar {
             LinkOptions {
                 host: mqtt.ip().to_string(),
                 port: mqtt.port(),
+                failover: Vec::new(),
                 client_id: node.to_string(),
                 credentials: Some((node.to_string(), password.to_string())),
                 clean_session: true,

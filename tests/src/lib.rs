@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`mosquitto`]: starts and restarts a mosquitto process.
+//! - [`nats`]: starts a NATS broker cluster (MQTT listeners, JetStream), node by node killable.
 //! - [`postgres`]: starts a throwaway PostgreSQL server.
 //! - [`process`]: a coordinator as its own OS process, to kill with SIGKILL.
 //! - [`adversary`]: lying nodes built on the protocol crate.
@@ -11,6 +12,7 @@
 
 pub mod adversary;
 pub mod mosquitto;
+pub mod nats;
 pub mod postgres;
 pub mod process;
 
@@ -27,14 +29,19 @@ pub enum Broker {
     Embedded,
     /// A mosquitto child process.
     Mosquitto(mosquitto::Mosquitto),
+    /// A NATS cluster: the coordinator's broker address is its first node, agent `i`'s its node
+    /// `i + 1` (round robin), and each knows the other nodes as failover addresses.
+    Nats(nats::NatsCluster),
 }
 
 /// A network under test.
 pub struct Cluster {
     /// Temporary data directory (coordinator database, agent journals).
     pub dir: tempfile::TempDir,
-    /// Broker address.
+    /// Broker address (a cluster's first node).
     pub mqtt: SocketAddr,
+    /// Every node of a clustered broker, `mqtt` first; just `mqtt` otherwise.
+    pub brokers: Vec<SocketAddr>,
     /// The broker.
     pub broker: Broker,
     /// Submitter connection details (API URL and key, MQTT credentials).
@@ -93,7 +100,7 @@ impl Cluster {
     pub async fn embedded(agents: u32) -> anyhow::Result<Cluster> {
         let users = users(agents);
         let mqtt = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
-        Cluster::assemble(mqtt, Broker::Embedded, users, agents, 2, None).await
+        Cluster::assemble(vec![mqtt], Broker::Embedded, users, agents, 2, None).await
     }
 
     /// A cluster on a real mosquitto with the project's ACL.
@@ -124,11 +131,31 @@ impl Cluster {
             .collect();
         let m = mosquitto::Mosquitto::start(&refs)?;
         let mqtt = SocketAddr::new(m.host().parse()?, m.port());
-        Cluster::assemble(mqtt, Broker::Mosquitto(m), users, agents, slots, store).await
+        Cluster::assemble(
+            vec![mqtt],
+            Broker::Mosquitto(m),
+            users,
+            agents,
+            slots,
+            store,
+        )
+        .await
+    }
+
+    /// A cluster on a NATS broker cluster of `nodes` nodes ([`Broker::Nats`]).
+    pub async fn nats(agents: u32, nodes: usize) -> anyhow::Result<Cluster> {
+        let users = users(agents);
+        let n = nats::NatsCluster::start(nodes, &users).await?;
+        let brokers = n
+            .mqtt_addresses()
+            .into_iter()
+            .map(|(h, p)| Ok(SocketAddr::new(h.parse()?, p)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Cluster::assemble(brokers, Broker::Nats(n), users, agents, 2, None).await
     }
 
     async fn assemble(
-        mqtt: SocketAddr,
+        brokers: Vec<SocketAddr>,
         broker: Broker,
         users: Vec<(String, String)>,
         agents: u32,
@@ -142,6 +169,7 @@ impl Cluster {
             )
             .with_test_writer()
             .try_init();
+        let mqtt = brokers[0];
         let dir = tempfile::tempdir()?;
         let mut cfg: ambient_coordinator::Config =
             toml::from_str(ambient_coordinator::config::EXAMPLE)?;
@@ -151,6 +179,7 @@ impl Cluster {
         cfg.mqtt.host = mqtt.ip().to_string();
         cfg.mqtt.port = mqtt.port();
         cfg.mqtt.password = users[0].1.clone();
+        cfg.mqtt.failover = brokers[1..].iter().map(|a| a.to_string()).collect();
         cfg.api_keys = vec![ambient_coordinator::config::ApiKey {
             submitter: "local".into(),
             key: "test-api-key-0123456789".into(),
@@ -166,6 +195,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             mqtt,
+            brokers,
             broker,
             conn: Connection {
                 api_url: String::new(),
@@ -212,6 +242,7 @@ impl Cluster {
             ambient_link::LinkOptions {
                 host: self.conn.mqtt_host.clone(),
                 port: self.conn.mqtt_port,
+                failover: Vec::new(),
                 client_id: client_id.into(),
                 credentials: Some((user.0.into(), user.1.into())),
                 clean_session: true,
@@ -281,11 +312,19 @@ impl Cluster {
         self.coordinator_cfg.data_dir.join("coordinator.db")
     }
 
+    /// The NATS cluster, to kill and restart its nodes (panics for another broker).
+    pub fn nats_broker(&mut self) -> &mut nats::NatsCluster {
+        match &mut self.broker {
+            Broker::Nats(n) => n,
+            _ => panic!("this cluster's broker is not NATS"),
+        }
+    }
+
     /// The mosquitto process, for restart tests.
     pub fn mosquitto_broker(&mut self) -> &mut mosquitto::Mosquitto {
         match &mut self.broker {
             Broker::Mosquitto(m) => m,
-            Broker::Embedded => panic!("this cluster runs the embedded broker"),
+            _ => panic!("this cluster's broker is not mosquitto"),
         }
     }
 
@@ -309,14 +348,20 @@ impl Cluster {
         tweak: impl FnOnce(&mut ambient_agent::Config),
     ) -> anyhow::Result<()> {
         let (node, password) = &self.nodes[i];
+        // Agents spread over the nodes of a clustered broker, each knowing the others.
+        let n = self.brokers.len();
+        let primary = self.brokers[(i + 1) % n];
         let mut cfg = agent_config(
             self.dir.path(),
             node,
-            self.mqtt,
+            primary,
             password,
             &self.conn.api_url,
             0.5,
         );
+        cfg.mqtt.failover = (2..=n)
+            .map(|k| self.brokers[(i + k) % n].to_string())
+            .collect();
         cfg.mqtt.keep_alive_sec = 2;
         cfg.execution.max_concurrent_tasks = self.slots;
         tweak(&mut cfg);

@@ -216,6 +216,7 @@ async fn mosquitto_acl_confines_a_node_to_its_own_topics() {
         LinkOptions {
             host: c.mqtt.ip().to_string(),
             port: c.mqtt.port(),
+            failover: Vec::new(),
             client_id: "bad-probe".into(),
             credentials: Some((me.clone(), "wrong".into())),
             clean_session: true,

@@ -2,6 +2,7 @@
 
 mod adversary;
 mod bad_input;
+mod broker_cluster;
 mod compute;
 mod coordinators;
 mod docs;
