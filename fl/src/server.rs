@@ -146,6 +146,10 @@ pub struct JobResult {
     /// without DP) or, under DP, charged to the ledger and skipped (see the module docs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interrupted: Vec<u32>,
+    /// Rounds that got too few clients and were run again with every client of the job
+    /// ([`ROUND_RETRIES`]), once per retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<u32>,
 }
 
 /// The DP part of a result.
@@ -229,6 +233,12 @@ pub struct Checkpoint {
     pub interrupted: Vec<u32>,
     /// How many times the job was resumed before this checkpoint.
     pub resumes: u32,
+    /// The clients the job started with (0 in checkpoints from before retries: no retry then).
+    #[serde(default)]
+    pub clients: usize,
+    /// Rounds run again so far.
+    #[serde(default)]
+    pub retried: Vec<u32>,
 }
 
 /// The server of one job.
@@ -253,7 +263,15 @@ pub struct Server {
     interrupted: Vec<u32>,
     /// Times the job was resumed: mixed into the secure-aggregation session.
     resumes: u32,
+    /// The clients the job started with.
+    clients: usize,
+    /// Rounds run again because too few clients took part.
+    retried: Vec<u32>,
 }
+
+/// How many times a job without secure aggregation or differential privacy runs a round again
+/// when too few clients take part (a node restarted, a broker node died), before it fails.
+pub const ROUND_RETRIES: usize = 3;
 
 /// The smallest number of clients a job accepts.
 pub const MIN_CLIENTS: usize = 2;
@@ -408,6 +426,8 @@ impl Server {
             session,
             secure,
             alive: (0..clients as ClientId).collect(),
+            clients,
+            retried: Vec::new(),
             threshold: crate::client::secagg_threshold(clients),
             sigma,
             ledger,
@@ -452,6 +472,8 @@ impl Server {
             round,
             interrupted: self.interrupted.clone(),
             resumes: self.resumes,
+            clients: self.clients,
+            retried: self.retried.clone(),
         })
     }
 
@@ -529,6 +551,8 @@ impl Server {
             current: None,
             interrupted: cp.interrupted,
             resumes,
+            clients: cp.clients,
+            retried: cp.retried,
         };
         s.interrupted.push(round);
         // The worst the interrupted round may have released: a sum over the fewest contributors
@@ -852,7 +876,7 @@ impl Server {
                     out.extend(self.drop_client(c, "no keys before the deadline"));
                 }
                 if cur.keys.len() < self.threshold {
-                    return self.fail_round(round, cur.keys.len(), "advertised keys", out);
+                    return self.fail_round(round, cur.keys.len(), "advertised keys", now, out);
                 }
                 let roster: Vec<AdvertisedKeys> = cur.keys.values().cloned().collect();
                 out.extend(cur.keys.keys().map(|&c| Outgoing {
@@ -875,7 +899,7 @@ impl Server {
                     out.extend(self.drop_client(c, "no key shares before the deadline"));
                 }
                 if cur.shares.len() < self.threshold {
-                    return self.fail_round(round, cur.shares.len(), "shared keys", out);
+                    return self.fail_round(round, cur.shares.len(), "shared keys", now, out);
                 }
                 let roster: Vec<AdvertisedKeys> = cur.keys.values().cloned().collect();
                 cur.peers = cur.shares.keys().copied().collect();
@@ -912,7 +936,7 @@ impl Server {
                     out.extend(self.drop_client(c, "no update before the deadline"));
                 }
                 if cur.updates.len() < self.needed() {
-                    return self.fail_round(round, cur.updates.len(), "sent updates", out);
+                    return self.fail_round(round, cur.updates.len(), "sent updates", now, out);
                 }
                 if !self.secure {
                     let sum = wrapping_sum(
@@ -956,7 +980,13 @@ impl Server {
                     out.extend(self.drop_client(c, "no unmask shares before the deadline"));
                 }
                 if cur.unmask.len() < self.threshold {
-                    return self.fail_round(round, cur.unmask.len(), "answered to unmask", out);
+                    return self.fail_round(
+                        round,
+                        cur.unmask.len(),
+                        "answered to unmask",
+                        now,
+                        out,
+                    );
                 }
                 let Some(agg) = cur.aggregator.take() else {
                     return self.fail_round_with(round, "no aggregator".into(), out);
@@ -988,13 +1018,24 @@ impl Server {
         out
     }
 
+    /// A round that got too few clients: run again with every client of the job, dropped ones
+    /// back in (a restarted node is back), up to [`ROUND_RETRIES`] times in a job, when neither
+    /// secure aggregation nor differential privacy ties anything to who took part; the job fails
+    /// otherwise. Nothing of a failed round was used.
     fn fail_round(
         &mut self,
         round: u32,
         got: usize,
         what: &str,
+        now: u64,
         mut out: Vec<Outgoing>,
     ) -> Vec<Outgoing> {
+        if !self.secure && !self.dp() && self.clients > 0 && self.retried.len() < ROUND_RETRIES {
+            self.retried.push(round);
+            self.alive = (0..self.clients as ClientId).collect();
+            out.extend(self.begin(round, now));
+            return out;
+        }
         let reason = format!(
             "round {round}: only {got} clients {what}; the round needs {}",
             self.needed()
@@ -1133,6 +1174,7 @@ impl Server {
             secure_aggregation: self.secure,
             stopped_early,
             interrupted: self.interrupted.clone(),
+            retried: self.retried.clone(),
         }));
         out
     }
@@ -1288,6 +1330,45 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A plain job (no secure aggregation, no DP) whose clients all miss a round (the messages
+    /// of round 2 are lost: nodes restarted, a broker node died) runs the round again with every
+    /// client, and ends as an undisturbed one does; after [`ROUND_RETRIES`] such rounds it fails.
+    /// With secure aggregation it fails at once.
+    #[test]
+    fn a_round_that_no_client_answers_runs_again_in_a_plain_job() {
+        let (datasets, eval) = data();
+        let whole = Run::start(job(None, false, &eval), &datasets).finish();
+        let mut run = Run::start(job(None, false, &eval), &datasets);
+        while run.round() != Some(2) {
+            run.step();
+        }
+        run.queue.clear(); // round 2's Begin messages never arrive
+        let retried = run.finish();
+        assert_eq!(retried.retried, vec![2]);
+        assert_eq!(
+            retried.weights, whole.weights,
+            "the same rounds on the same data"
+        );
+
+        let lose_round = |secure: bool| {
+            // Every message of round 0, and of each of its retries, is lost.
+            let mut run = Run::start(job(None, secure, &eval), &datasets);
+            while run.round() == Some(0) {
+                run.queue.clear();
+                run.step();
+            }
+            run.server.state().clone()
+        };
+        match lose_round(false) {
+            JobState::Failed(why) => assert!(why.contains("round 0"), "{why}"),
+            other => panic!("a plain job that loses every try of a round: {other:?}"),
+        }
+        match lose_round(true) {
+            JobState::Failed(why) => assert!(why.contains("round 0"), "{why}"),
+            other => panic!("secure aggregation retries nothing: {other:?}"),
+        }
     }
 
     /// Secure aggregation without DP: a restart in the middle of round 2 runs round 2 again

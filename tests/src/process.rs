@@ -1,61 +1,63 @@
-//! A coordinator as a separate OS process (the `ambient-coordinator` binary built next to the
-//! test binaries), so that a test can kill it with SIGKILL, which an in-process coordinator
-//! cannot model.
+//! Services as separate OS processes (the `ambient-coordinator` and `ambient-agent` binaries built
+//! next to the test binaries), so that a test can kill them with SIGKILL, which an in-process
+//! service cannot model.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// A running `ambient-coordinator run --config FILE`; killed with SIGKILL on drop.
-pub struct CoordinatorProcess {
-    child: Option<Child>,
-    config: PathBuf,
-    log: PathBuf,
-    /// Its REST API.
-    pub url: String,
-}
-
-/// The `ambient-coordinator` binary of this build (`target/<profile>/ambient-coordinator`),
-/// if it was built (`scripts/test` builds it).
-pub fn binary() -> Option<PathBuf> {
+/// The binary `name` of this build (`target/<profile>/<name>`), if it was built (`scripts/test`
+/// builds `ambient-coordinator` and `ambient-agent`).
+pub fn binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    // Test binaries live in target/<profile>/deps, other binaries one level up.
-    let profile = exe.parent()?.parent()?;
-    let bin = profile.join("ambient-coordinator");
+    // Test binaries live in target/<profile>/deps, other binaries one level up; a binary of
+    // this package (a load generator) lives in target/<profile> itself.
+    let dir = exe.parent()?;
+    let profile = if dir.ends_with("deps") {
+        dir.parent()?
+    } else {
+        dir
+    };
+    let bin = profile.join(name);
     bin.is_file().then_some(bin)
 }
 
-impl CoordinatorProcess {
-    /// Writes `cfg` (its `http_addr` must have a fixed port) to `dir/coordinator.toml` and starts
-    /// a coordinator on it, logging to `dir/coordinator.log`; returns once its REST API answers.
-    pub async fn start(cfg: &ambient_coordinator::Config, dir: &std::path::Path) -> Result<Self> {
-        anyhow::ensure!(cfg.http_addr.port() != 0, "give the process a fixed port");
+/// `bin run --config FILE`, logging to a file; killed with SIGKILL on drop.
+pub struct ServiceProcess {
+    child: Option<Child>,
+    bin: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Writes `config` to `dir/<name>.toml` and starts `<name> run --config` on it, logging to
+    /// `dir/<name>.log`.
+    pub fn start(name: &str, config: &str, dir: &Path) -> Result<ServiceProcess> {
+        let bin = binary(name).with_context(|| {
+            format!("{name} is not built: cargo build --bin {name} (scripts/test does)")
+        })?;
         fs::create_dir_all(dir)?;
-        let config = dir.join("coordinator.toml");
-        fs::write(&config, toml::to_string(cfg)?)?;
-        let mut p = CoordinatorProcess {
+        let mut p = ServiceProcess {
             child: None,
-            config,
-            log: dir.join("coordinator.log"),
-            url: format!("http://{}", cfg.http_addr),
+            bin,
+            config: dir.join(format!("{name}.toml")),
+            log: dir.join(format!("{name}.log")),
         };
-        p.spawn().await?;
+        fs::write(&p.config, config)?;
+        p.spawn()?;
         Ok(p)
     }
 
-    async fn spawn(&mut self) -> Result<()> {
-        let bin = binary().context(
-            "ambient-coordinator is not built: cargo build --bin ambient-coordinator \
-             (scripts/test does)",
-        )?;
+    fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin)
+        let child = Command::new(&self.bin)
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -64,20 +66,73 @@ impl CoordinatorProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting ambient-coordinator")?;
+            .with_context(|| format!("starting {}", self.bin.display()))?;
         self.child = Some(child);
-        let client = reqwest::Client::new();
+        Ok(())
+    }
+
+    /// Kills it with SIGKILL (a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same configuration (killing it first if it runs).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Whether it has exited (`Some` with how), after a crash of its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator process.
+pub struct CoordinatorProcess {
+    process: ServiceProcess,
+    /// Its REST API.
+    pub url: String,
+}
+
+impl CoordinatorProcess {
+    /// Starts a coordinator on `cfg` (its `http_addr` must have a fixed port) in `dir`; returns
+    /// once its REST API answers.
+    pub async fn start(cfg: &ambient_coordinator::Config, dir: &Path) -> Result<Self> {
+        anyhow::ensure!(cfg.http_addr.port() != 0, "give the process a fixed port");
+        let process = ServiceProcess::start("ambient-coordinator", &toml::to_string(cfg)?, dir)?;
+        let mut p = CoordinatorProcess {
+            process,
+            url: format!("http://{}", cfg.http_addr),
+        };
+        p.wait_ready().await?;
+        Ok(p)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let health = format!("{}/api/v1/health", self.url);
         loop {
-            let health = format!("{}/api/v1/health", self.url);
-            if client.get(&health).send().await.is_ok() {
+            if reqwest::get(&health).await.is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.process.exited() {
                 bail!("ambient-coordinator exited with {status}:\n{}", self.log());
             }
             if tokio::time::Instant::now() > deadline {
@@ -92,16 +147,13 @@ impl CoordinatorProcess {
 
     /// Kills it with SIGKILL (a crash) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
-    /// Starts it again on the same configuration.
+    /// Starts it again on the same configuration; returns once its REST API answers.
     pub async fn restart(&mut self) -> Result<()> {
-        self.kill();
-        self.spawn().await
+        self.process.restart()?;
+        self.wait_ready().await
     }
 
     /// `role` of its `GET /api/v1/health`: `leader` or `follower` (`None` when it does not
@@ -118,12 +170,6 @@ impl CoordinatorProcess {
 
     /// What it logged.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for CoordinatorProcess {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.log()
     }
 }

@@ -87,9 +87,11 @@ impl Scheduler {
             // Replicas go to trusted candidates drawn at random, untrusted ones only after them.
             // Ranking alone would give every replicated task to the same top nodes, so two
             // colluders advertising the best health would always be paired, and win.
+            // Nodes that lost a replica of this task stay last, as ranked.
+            let tried = task.tried();
             let (mut drawn, rest): (Vec<String>, Vec<String>) = candidates
                 .into_iter()
-                .partition(|n| self.is_trusted(n, now));
+                .partition(|n| self.is_trusted(n, now) && !tried.contains(n.as_str()));
             drawn.shuffle(&mut rand::rng());
             drawn.extend(rest);
             candidates = drawn;
@@ -181,11 +183,7 @@ impl Scheduler {
         task: &TaskRecord,
         now: DateTime<Utc>,
     ) -> (Vec<String>, String, bool) {
-        let used: BTreeSet<&str> = task
-            .assignments
-            .iter()
-            .map(|a| a.node_id.as_str())
-            .collect();
+        let (used, tried) = (task.holders(), task.tried());
         let mut ranked: Vec<(f64, &str)> = Vec::new();
         let mut reasons: BTreeMap<&'static str, u32> = BTreeMap::new();
         for slot in self.nodes.values() {
@@ -194,7 +192,10 @@ impl Scheduler {
                 None => {
                     let h = slot.record.health.as_ref().map(health_score).unwrap_or(0.0);
                     let rep = slot.record.reputation.score(now);
-                    let score = h * (0.5 + rep / 200.0) - f64::from(slot.active);
+                    let mut score = h * (0.5 + rep / 200.0) - f64::from(slot.active);
+                    if tried.contains(slot.record.id.as_str()) {
+                        score -= 1e9; // last resort
+                    }
                     ranked.push((score, slot.record.id.as_str()));
                 }
                 Some(reason) => *reasons.entry(reason).or_default() += 1,

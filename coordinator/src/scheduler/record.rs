@@ -1,7 +1,7 @@
 //! The persisted records: a task with its replicas, and a node.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ambient_protocol::{
     Health, NodeState, Outcome, Progress, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
@@ -426,17 +426,43 @@ impl TaskRecord {
         self.assignments.iter().filter(|a| a.state.is_active())
     }
 
-    /// Finished assignments whose answer counts towards the quorum.
+    /// Nodes that hold a replica of this task, running or answered: none gets another.
+    pub(super) fn holders(&self) -> BTreeSet<&str> {
+        self.replica_nodes(true)
+    }
+
+    /// Nodes whose replica ended without an answer (lost, expired, declined). Under churn every
+    /// node may lose one, and the task would otherwise wait for ever, so they may take it again,
+    /// but only after every node that has not tried it.
+    pub(super) fn tried(&self) -> BTreeSet<&str> {
+        let holders = self.holders();
+        let mut tried = self.replica_nodes(false);
+        tried.retain(|n| !holders.contains(n));
+        tried
+    }
+
+    fn replica_nodes(&self, holding: bool) -> BTreeSet<&str> {
+        self.assignments
+            .iter()
+            .filter(|a| (a.state.is_active() || a.result.is_some()) == holding)
+            .map(|a| a.node_id.as_str())
+            .collect()
+    }
+
+    /// Finished assignments whose answer counts towards the quorum: one per node, its first (a
+    /// node can hold the task again after losing a replica, and the lost one's result may still
+    /// come in; one node is one vote).
     pub(super) fn answers(&self) -> impl Iterator<Item = (&AssignmentRecord, String)> {
-        self.assignments.iter().filter_map(|a| {
-            let r = a.result.as_ref()?;
-            match &r.outcome {
-                Outcome::Success { output_sha256, .. } => Some((a, output_sha256.clone())),
+        let mut voted = BTreeSet::new();
+        self.assignments.iter().filter_map(move |a| {
+            let answer = match &a.result.as_ref()?.outcome {
+                Outcome::Success { output_sha256, .. } => output_sha256.clone(),
                 Outcome::Failure { kind, message } if kind.is_deterministic() => {
-                    Some((a, format!("failure:{kind}:{message}")))
+                    format!("failure:{kind}:{message}")
                 }
-                Outcome::Failure { .. } => None,
-            }
+                Outcome::Failure { .. } => return None,
+            };
+            voted.insert(a.node_id.as_str()).then_some((a, answer))
         })
     }
 

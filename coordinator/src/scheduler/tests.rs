@@ -217,6 +217,38 @@ fn offline_node_loses_its_work() {
     assert_eq!(cancels(&e), vec![("n2".to_string(), 2)]);
 }
 
+/// Under churn every node may lose a replica of a task once: a node that lost one takes the task
+/// again when no other can (after those that can), and still has one vote.
+#[test]
+fn a_node_that_lost_a_replica_may_take_the_task_again() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    s.on_health(health("n2", 50.0), t0());
+    let t = task(2);
+    let id = t.id;
+    s.submit(t, t0());
+    let sent = dispatches(&s.take_effects());
+    assert_eq!(sent.len(), 2);
+    let first = sent.iter().find(|(n, _)| n == "n1").expect("n1 has one").1;
+    let other = sent.iter().find(|(n, _)| n == "n2").expect("n2 has one").1;
+    s.on_status("n1", NodeState::Offline, secs(1));
+    let e = s.take_effects();
+    assert!(dispatches(&e).is_empty(), "n2 holds the other replica");
+    s.on_health(health("n1", 0.0), secs(2));
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n1".to_string(), 3)]);
+    // The lost replica's late result and the new one are one vote: no quorum with n1 alone.
+    s.on_agent_event("n1", success(id, first, "7"), secs(3));
+    s.on_agent_event("n1", success(id, 3, "7"), secs(3));
+    let e = s.take_effects();
+    assert_eq!(persisted(&e, id).status, TaskStatus::Verifying);
+    s.on_agent_event("n2", success(id, other, "7"), secs(4));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(rec.status, TaskStatus::Completed);
+    let n1 = rec.assignments.iter().filter(|a| a.node_id == "n1").count();
+    assert_eq!(n1, 2, "two replicas on n1: {rec:?}");
+}
+
 #[test]
 fn silent_node_goes_offline() {
     let mut s = Scheduler::new(settings(), vec![], vec![]);

@@ -2,8 +2,9 @@
 //! run on the same machine:
 //!
 //! 1. submit → result latency (p50, p99) and throughput of a trivial wasm task, submitted over
-//!    MQTT and answered on the submitter's topic, through the embedded rumqttd and through a
-//!    real mosquitto; peer: a bare MQTT publish → receive round trip on the same broker;
+//!    MQTT and answered on the submitter's topic, through the embedded rumqttd, through a real
+//!    mosquitto, and through mosquitto with the coordinator's state in PostgreSQL instead of
+//!    SQLite; peer: a bare MQTT publish → receive round trip on the same broker;
 //! 2. the sandbox harness against bare wasmi on the same module (median per run);
 //! 3. an idle `ambient-agent` process: RSS and CPU over a window (needs the binary next to this
 //!    one: `cargo build --release -p ambient-agent -p ambient-e2e --bin ambient-loadgen`).
@@ -197,7 +198,7 @@ async fn broker_figures(name: &str, mut c: Cluster, a: &Args) -> anyhow::Result<
     let mut rtt = mqtt_rtt(&c, a.tasks / 3).await?;
     rtt.sort();
     println!(
-        "{name:<10} task latency p50 {:>7.2} ms  p99 {:>7.2} ms | MQTT RTT p50 {:>6.2} ms  p99 {:>6.2} ms | ratio p50 {:>5.1}x | throughput {:>6.1} tasks/s ({} tasks, {} in flight)",
+        "{name:<18} task latency p50 {:>7.2} ms  p99 {:>7.2} ms | MQTT RTT p50 {:>6.2} ms  p99 {:>6.2} ms | ratio p50 {:>5.1}x | throughput {:>6.1} tasks/s ({} tasks, {} in flight)",
         ms(pct(&seq, 0.5)),
         ms(pct(&seq, 0.99)),
         ms(pct(&rtt, 0.5)),
@@ -370,6 +371,14 @@ async fn main() -> anyhow::Result<()> {
     if run("tasks") {
         broker_figures("rumqttd", Cluster::embedded(3).await?, &a).await?;
         broker_figures("mosquitto", Cluster::mosquitto(3).await?, &a).await?;
+        // The same on the coordinator's second store: a throwaway PostgreSQL on loopback (its
+        // test settings: fsync, synchronous_commit and full_page_writes off).
+        if ambient_e2e::postgres::available() {
+            let pg = ambient_e2e::postgres::Postgres::start()?;
+            let store = Some(pg.create_database("loadgen")?);
+            let c = Cluster::mosquitto_on(3, 2, store).await?;
+            broker_figures("mosquitto+postgres", c, &a).await?;
+        }
     }
     if run("sandbox") {
         sandbox_vs_bare(2000)?;

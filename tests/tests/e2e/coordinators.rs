@@ -70,7 +70,7 @@ async fn a_second_coordinator_takes_over_the_scheduler() {
     let Some(pg) = Postgres::start_or_skip("a_second_coordinator_takes_over").unwrap() else {
         return;
     };
-    if process::binary().is_none() && !ambient_e2e::postgres::required() {
+    if process::binary("ambient-coordinator").is_none() && !ambient_e2e::postgres::required() {
         eprintln!("a_second_coordinator_takes_over: skipped, ambient-coordinator is not built");
         return;
     }
