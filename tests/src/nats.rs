@@ -150,8 +150,8 @@ impl NatsCluster {
         Ok(())
     }
 
-    /// Waits until node `i` answers an MQTT CONNECT with a CONNACK.
-    async fn wait_ready(&self, i: usize) -> Result<()> {
+    /// Waits until node `i` answers an MQTT CONNECT with a CONNACK (at once when it does).
+    pub async fn wait_ready(&self, i: usize) -> Result<()> {
         let (user, password) = &self.users[0];
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {

@@ -171,49 +171,32 @@ impl Postgres {
 
     /// Creates a new, empty database and returns its URL (with credentials).
     pub fn create_database(&self, name: &str) -> Result<String> {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                USER,
-                name,
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .context("running createdb")?;
-        if !out.status.success() {
-            bail!(
-                "createdb {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        self.client("createdb", &[name])?;
         Ok(self.url(name))
     }
 
     /// Runs `sql` in database `db` with `psql` and returns what it printed, unaligned and
     /// without headers (`-tA`), trimmed: one row a line, columns split by `|`.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                USER,
-                "-d",
-                db,
-            ])
-            .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        self.client(
+            "psql",
+            &["-d", db, "-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
+    }
+
+    /// Runs client program `name` of the server's installation against it, as the superuser,
+    /// and returns its standard output, trimmed.
+    fn client(&self, name: &str, args: &[&str]) -> Result<String> {
+        let port = self.port.to_string();
+        let out = Command::new(self.bin.join(name))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", USER])
+            .args(args)
             .env("PGPASSWORD", PASSWORD)
             .output()
-            .context("running psql")?;
+            .with_context(|| format!("running {name}"))?;
         if !out.status.success() {
             bail!(
-                "psql {sql:?} failed: {}",
+                "{name} {args:?} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -104,6 +104,18 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// `role` of a coordinator's `GET /api/v1/health` at `url`: `leader` or `follower` (`None` when
+/// it does not answer).
+pub async fn role(url: &str) -> Option<String> {
+    let health: serde_json::Value = reqwest::get(format!("{url}/api/v1/health"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    health["role"].as_str().map(str::to_string)
+}
+
 /// A coordinator process.
 pub struct CoordinatorProcess {
     process: ServiceProcess,
@@ -156,16 +168,9 @@ impl CoordinatorProcess {
         self.wait_ready().await
     }
 
-    /// `role` of its `GET /api/v1/health`: `leader` or `follower` (`None` when it does not
-    /// answer).
+    /// Its role ([`role`]).
     pub async fn role(&self) -> Option<String> {
-        let health: serde_json::Value = reqwest::get(format!("{}/api/v1/health", self.url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        health["role"].as_str().map(str::to_string)
+        role(&self.url).await
     }
 
     /// What it logged.

@@ -217,7 +217,17 @@ impl Fleet {
                 self.coordinators[i].restart().await?;
             }
             _ => {
-                let i = pick(self.nats.mqtt_addresses().len());
+                // One node down at a time: a node that is still recovering from the last kill
+                // (JetStream catching up) is waited for, and while any is not back, no other
+                // is killed (two down of three would be a lost quorum, not a fault to survive).
+                let n = self.nats.mqtt_addresses().len();
+                for j in 0..n {
+                    if self.nats.wait_ready(j).await.is_err() {
+                        eprintln!("soak: broker node {j} is not back yet; no broker kill");
+                        return Ok(());
+                    }
+                }
+                let i = pick(n);
                 self.nats.kill(i);
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 self.nats.restart(i).await?;
@@ -349,7 +359,8 @@ async fn main() -> anyhow::Result<()> {
                 let kind = kinds[k % kinds.len()];
                 k += 1;
                 if let Err(e) = fleet.lock().await.kill_one(kind).await {
-                    eprintln!("soak: restarting a {kind} failed: {e:#}");
+                    let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                    eprintln!("soak: restarting a {kind} failed: {first}");
                 }
             }
         })

@@ -49,16 +49,6 @@ async fn wait_for_role(p: &CoordinatorProcess, role: &str) -> Duration {
     started.elapsed()
 }
 
-async fn role_of(url: &str) -> Option<String> {
-    let health: serde_json::Value = reqwest::get(format!("{url}/api/v1/health"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    health["role"].as_str().map(str::to_string)
-}
-
 fn numbered(i: u64) -> (TaskSubmission, u64) {
     let (mut sub, expected) = sum_task(&[i, 1000 + i, 7]);
     sub.task_id = Some(Uuid::new_v4());
@@ -79,7 +69,7 @@ async fn a_second_coordinator_takes_over_the_scheduler() {
     let mut c = Cluster::mosquitto_on(2, 2, Some(url)).await.unwrap();
     let a = c.client();
     let a_url = c.conn.api_url.clone();
-    assert_eq!(role_of(&a_url).await.as_deref(), Some("leader"));
+    assert_eq!(process::role(&a_url).await.as_deref(), Some("leader"));
     // Coordinator B, a process of its own on the same store and broker, follows.
     let mut b_cfg = c.coordinator_config().clone();
     b_cfg.data_dir = c.dir.path().join("coordinator-b");
@@ -111,7 +101,7 @@ async fn a_second_coordinator_takes_over_the_scheduler() {
     let handover = wait_for_role(&b, "leader").await;
     eprintln!("clean handover: B leads {handover:?} after A stopped");
     c.start_coordinator().await.unwrap();
-    assert_eq!(role_of(&a_url).await.as_deref(), Some("follower"));
+    assert_eq!(process::role(&a_url).await.as_deref(), Some("follower"));
 
     // Tasks that run for a while, through A (forwarded to B) …
     let busy = || {
@@ -137,7 +127,7 @@ async fn a_second_coordinator_takes_over_the_scheduler() {
         later.push((submit_until_accepted(&a, &sub).await.task_id, sum));
     }
     let takeover = killed.elapsed();
-    assert_eq!(role_of(&a_url).await.as_deref(), Some("leader"));
+    assert_eq!(process::role(&a_url).await.as_deref(), Some("leader"));
     eprintln!("takeover: A accepted work {takeover:?} after B was killed");
     assert!(takeover < TAKEOVER, "{takeover:?}");
 
