@@ -66,14 +66,12 @@ async fn replicas_run_on_distinct_nodes() {
     c.shutdown().await;
 }
 
+/// Every case of `ambient demo`, on its SQLite store, then with the coordinator's state in
+/// PostgreSQL. One after the other in one test: each runs proofs, a federated job with DP and a
+/// 10⁷-sample π job on this 2-core machine, and two at once starve the federated rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_passes() {
+async fn the_demo_passes_on_sqlite_and_on_postgres() {
     the_demo_passes_on(None).await;
-}
-
-/// Every task kind, with the coordinator's state in PostgreSQL instead of SQLite.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_passes_on_postgres() {
     let Some(pg) = Postgres::start_or_skip("the_demo_passes_on_postgres").unwrap() else {
         return;
     };
