@@ -59,6 +59,15 @@ pub struct AssignmentRecord {
     pub note: Option<String>,
 }
 
+impl AssignmentRecord {
+    /// Lost with its node, or past its lease, with no answer: the node neither answered nor
+    /// refused (a refusal, "all slots busy", would only be repeated).
+    pub(super) fn vanished(&self) -> bool {
+        matches!(self.state, AssignmentState::Lost | AssignmentState::Expired)
+            && self.result.is_none()
+    }
+}
+
 /// A task and everything that happened to it: the unit that is persisted. What only some kinds
 /// of task have is in [`TaskRecord::kind`]. Stored as one flat JSON object, as it always was
 /// (see `StoredTask`).
@@ -426,25 +435,25 @@ impl TaskRecord {
         self.assignments.iter().filter(|a| a.state.is_active())
     }
 
-    /// Nodes that hold a replica of this task, running or answered: none gets another.
+    /// Nodes that hold, answered, refused or gave up a replica of this task: none gets another.
     pub(super) fn holders(&self) -> BTreeSet<&str> {
-        self.replica_nodes(true)
+        self.replica_nodes(|a| !a.vanished())
     }
 
-    /// Nodes whose replica ended without an answer (lost, expired, declined). Under churn every
-    /// node may lose one, and the task would otherwise wait for ever, so they may take it again,
-    /// but only after every node that has not tried it.
+    /// Nodes whose replica vanished with them ([`AssignmentRecord::vanished`]) and that hold
+    /// none now. Under churn every node may lose one, and the task would otherwise wait for
+    /// ever, so they may take it again, but only after every node that has not tried it.
     pub(super) fn tried(&self) -> BTreeSet<&str> {
         let holders = self.holders();
-        let mut tried = self.replica_nodes(false);
+        let mut tried = self.replica_nodes(AssignmentRecord::vanished);
         tried.retain(|n| !holders.contains(n));
         tried
     }
 
-    fn replica_nodes(&self, holding: bool) -> BTreeSet<&str> {
+    fn replica_nodes(&self, keep: impl Fn(&AssignmentRecord) -> bool) -> BTreeSet<&str> {
         self.assignments
             .iter()
-            .filter(|a| (a.state.is_active() || a.result.is_some()) == holding)
+            .filter(|a| keep(a))
             .map(|a| a.node_id.as_str())
             .collect()
     }

@@ -249,6 +249,32 @@ fn a_node_that_lost_a_replica_may_take_the_task_again() {
     assert_eq!(n1, 2, "two replicas on n1: {rec:?}");
 }
 
+/// A node that declined a task (its slots were full) is not offered it again: it would decline
+/// again and use up the task's retries. The task waits for another node.
+#[test]
+fn a_node_that_declined_is_not_offered_the_task_again() {
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(health("n1", 0.0), t0());
+    let t = task(1);
+    let id = t.id;
+    s.submit(t, t0());
+    assert_eq!(dispatches(&s.take_effects()), vec![("n1".to_string(), 1)]);
+    s.on_agent_event(
+        "n1",
+        AgentEvent::Declined {
+            task_id: id,
+            attempt: 1,
+            reason: "all execution slots are busy".into(),
+        },
+        secs(1),
+    );
+    s.on_health(health("n1", 0.0), secs(2));
+    s.tick(secs(3));
+    let e = s.take_effects();
+    assert!(dispatches(&e).is_empty(), "{:?}", dispatches(&e));
+    assert_eq!(s.task(&id).map(|t| t.status), Some(TaskStatus::Pending));
+}
+
 #[test]
 fn silent_node_goes_offline() {
     let mut s = Scheduler::new(settings(), vec![], vec![]);
