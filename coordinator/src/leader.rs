@@ -32,10 +32,7 @@ use crate::engine::{Engine, EngineMsg};
 use crate::kinds::zk::Zk;
 use crate::metrics::Metrics;
 use crate::store::{Fence, Store};
-use crate::{Config, StartError, artifacts, kinds, mqtt, scheduler};
-
-/// How long a stopping scheduler role waits for its tasks (the engine's last flush among them).
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+use crate::{Config, DRAIN_DEADLINE, StartError, artifacts, kinds, mqtt, scheduler};
 
 /// What the REST API needs of the scheduler role while this coordinator leads.
 #[derive(Clone)]
@@ -177,45 +174,40 @@ impl Election {
         } else {
             topics::ALL_SUBMIT.to_string()
         };
-        let link = ambient_link::start(
-            ambient_link::LinkOptions {
+        // The scheduler's two links: the same broker account and addresses.
+        let start_link = |client_id: String, clean_session: bool, subscriptions: Vec<String>| {
+            let options = ambient_link::LinkOptions {
                 host: cfg.mqtt.host.clone(),
                 port: cfg.mqtt.port,
                 // Validated with the configuration.
                 failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
-                client_id: cfg.mqtt.client_id.clone(),
+                client_id,
                 credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-                clean_session: false,
+                clean_session,
                 keep_alive: Duration::from_secs(10),
                 last_will: None,
-                subscriptions: vec![
-                    topics::ALL_NODE_STATUS.into(),
-                    topics::ALL_NODE_HEALTH.into(),
-                    topics::ALL_NODE_RESULTS.into(),
-                    submit_filter,
-                ],
-            },
-            role.token().clone(),
-            role.tracker(),
+                subscriptions,
+            };
+            ambient_link::start(options, role.token().clone(), role.tracker())
+        };
+        let link = start_link(
+            cfg.mqtt.client_id.clone(),
+            false,
+            vec![
+                topics::ALL_NODE_STATUS.into(),
+                topics::ALL_NODE_HEALTH.into(),
+                topics::ALL_NODE_RESULTS.into(),
+                submit_filter,
+            ],
         );
         // Node identities are retained messages, read on a second link with a clean session: a
         // broker that keeps the main link's session (rumqttd) does not send retained messages
         // again for a subscription the session already has, so a new leader would never learn
         // the keys that every event on a results topic must be signed with.
-        let identity_link = ambient_link::start(
-            ambient_link::LinkOptions {
-                host: cfg.mqtt.host.clone(),
-                port: cfg.mqtt.port,
-                failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
-                client_id: format!("{}-identities", cfg.mqtt.client_id),
-                credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-                clean_session: true,
-                keep_alive: Duration::from_secs(10),
-                last_will: None,
-                subscriptions: vec![topics::ALL_NODE_IDENTITY.into()],
-            },
-            role.token().clone(),
-            role.tracker(),
+        let identity_link = start_link(
+            format!("{}-identities", cfg.mqtt.client_id),
+            true,
+            vec![topics::ALL_NODE_IDENTITY.into()],
         );
         let (engine_tx, engine_rx) = mpsc::channel(1024);
         let engine = Engine {

@@ -171,7 +171,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
     })
 }
 
-/// How long a stopping coordinator waits for its tasks (the engine's last flush among them).
+/// How long a stopping coordinator, or a scheduler role that lost its lease, waits for its tasks
+/// (the engine's last flush among them).
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs the coordinator until `shutdown` completes, then drains and returns.

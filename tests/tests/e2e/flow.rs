@@ -3,7 +3,6 @@
 
 use ambient_cli::client::submit_over_mqtt;
 use ambient_e2e::Cluster;
-use ambient_e2e::postgres::Postgres;
 use ambient_protocol::TaskStatus;
 
 use crate::util::*;
@@ -64,49 +63,4 @@ async fn replicas_run_on_distinct_nodes() {
     nodes.dedup();
     assert_eq!(nodes.len(), 3);
     c.shutdown().await;
-}
-
-/// Every case of `ambient demo`, on its SQLite store, then with the coordinator's state in
-/// PostgreSQL. One after the other in one test: each runs proofs, a federated job with DP and a
-/// 10⁷-sample π job on this 2-core machine, and two at once starve the federated rounds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_passes_on_sqlite_and_on_postgres() {
-    the_demo_passes_on(None).await;
-    let Some(pg) = Postgres::start_or_skip("the_demo_passes_on_postgres").unwrap() else {
-        return;
-    };
-    let url = pg.create_database("demo").unwrap();
-    the_demo_passes_on(Some(url)).await;
-    let rows = pg.count_rows("demo", "tasks").unwrap();
-    assert!(rows >= 14, "the tasks are in PostgreSQL: {rows} rows");
-}
-
-async fn the_demo_passes_on(store: Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let report = ambient_cli::demo::run(dir.path(), 10_000_000, store)
-        .await
-        .unwrap();
-    let cases = &report.cases;
-    let table = ambient_cli::demo::table(cases);
-    assert!(cases.iter().all(|c| c.ok), "{table}");
-    assert_eq!(cases.len(), 14);
-    assert!(report.federated.as_ref().is_some_and(|f| f.rounds == 10));
-    // The proof is shown, and the reputations reflect the work: the replicated task alone gave
-    // all three nodes a valid answer, and one node proved the zk_proof task.
-    assert!(report.proof_id.is_some());
-    assert_eq!(report.nodes.len(), 3);
-    assert!(
-        report
-            .nodes
-            .iter()
-            .all(|n| n.reputation.valid > 0 && n.reputation.trusted)
-    );
-    let proofs: u64 = report
-        .nodes
-        .iter()
-        .map(|n| n.reputation.proofs_verified)
-        .sum();
-    assert_eq!(proofs, 1);
-    let rows = ambient_cli::demo::reputation_table(&report.nodes);
-    assert_eq!(rows.lines().count(), 4, "{rows}");
 }
