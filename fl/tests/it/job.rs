@@ -224,8 +224,18 @@ fn bad_messages_get_typed_refusals() {
             assert_eq!(out.len(), 4, "round 1 begins for the 4 remaining clients");
         }
     }
-    // Nobody answers round 1: at the deadline everyone is dropped and the job fails, saying why.
-    server.tick(1_000_000);
+    // Nobody answers round 1: at each deadline everyone is dropped and, in this plain job, the
+    // round begins again for all 5 clients; after the last retry the job fails, saying why.
+    for retry in 1..=ambient_fl::server::ROUND_RETRIES as u64 {
+        let out = server.tick(retry * 1_000_000);
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o.msg, ToClient::Begin { .. }))
+                .count(),
+            5
+        );
+    }
+    server.tick(100_000_000);
     match server.state() {
         JobState::Failed(why) => assert!(why.contains("round 1: only 0 clients"), "{why}"),
         other => panic!("{other:?}"),
