@@ -441,3 +441,34 @@ pub fn free_port() -> anyhow::Result<u16> {
     }
     Err(last_err.expect("five attempts were made")).context("finding a free loopback port")
 }
+
+/// Submits `sub` to the coordinators in turn, from `first`, until one accepts it, for at most
+/// `patience`: during a takeover the answer is `503 no_leader`, or none from a killed
+/// coordinator. `sub` must carry its own `task_id`: a repeated id is the same task, so a retry
+/// after a lost answer can neither lose nor double it.
+pub async fn submit_until_accepted(
+    clients: &[Client],
+    first: usize,
+    sub: &ambient_protocol::TaskSubmission,
+    patience: Duration,
+) -> anyhow::Result<ambient_protocol::TaskInfo> {
+    use ambient_cli::client::ClientError;
+    anyhow::ensure!(
+        sub.task_id.is_some(),
+        "a retried submission needs its own task_id"
+    );
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut k = first;
+    loop {
+        match clients[k % clients.len()].submit(sub).await {
+            Ok(info) => return Ok(info),
+            Err(ClientError::Api { status: 503, .. } | ClientError::Transport(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("submission not accepted: {e}"),
+        }
+    }
+}

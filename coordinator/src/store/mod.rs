@@ -348,6 +348,9 @@ impl Store {
     }
 }
 
+/// The statuses after which a task never changes, as an SQL list both dialects read.
+const TERMINAL: &str = "('completed', 'failed', 'expired', 'cancelled')";
+
 /// A [`StoreError::Corrupt`] for a column that holds what it should not.
 fn corrupt(what: String) -> StoreError {
     StoreError::Corrupt(serde::de::Error::custom(what))

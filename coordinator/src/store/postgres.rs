@@ -20,7 +20,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{Batch, Fence, LeaderInfo, MIGRATIONS, ProofRecord, StoreError, corrupt};
+use super::{Batch, Fence, LeaderInfo, MIGRATIONS, ProofRecord, StoreError, TERMINAL, corrupt};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
 /// Connections one coordinator keeps open at most. The store's callers are the REST handlers and
@@ -97,9 +97,6 @@ CREATE TABLE leader (
     expires_at TIMESTAMPTZ NOT NULL
 );
 ";
-
-/// The statuses after which a task never changes.
-const TERMINAL: &str = "('completed', 'failed', 'expired', 'cancelled')";
 
 /// Handle to the pool.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use ambient_service::sqlite::SqliteActor;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{Batch, MIGRATIONS, ProofRecord, StoreError, corrupt};
+use super::{Batch, MIGRATIONS, ProofRecord, StoreError, TERMINAL, corrupt};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
 /// Handle to the store thread.
@@ -181,11 +181,9 @@ impl Sqlite {
         &self,
     ) -> Result<(Vec<TaskRecord>, Vec<NodeRecord>), StoreError> {
         self.call(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT record FROM tasks
-                 WHERE status NOT IN ('completed', 'failed', 'expired', 'cancelled')
-                 ORDER BY created_at",
-            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT record FROM tasks WHERE status NOT IN {TERMINAL} ORDER BY created_at"
+            ))?;
             let tasks = decode_rows::<TaskRecord>(&mut stmt, [])?;
             let mut stmt = conn.prepare("SELECT record FROM nodes ORDER BY id")?;
             let nodes = decode_rows::<NodeRecord>(&mut stmt, [])?;

@@ -160,24 +160,10 @@ fn jobs(n: usize, eval_csv: String) -> Vec<Job> {
     jobs
 }
 
-/// Submits over REST to the coordinators in turn from `first` until one accepts (a repeated
-/// task id is the same task, so retrying after a lost answer cannot double it).
+/// Submits over REST to the coordinators in turn from `first` until one accepts.
 async fn submit(clients: &[Client], first: usize, sub: &TaskSubmission) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut k = first;
-    loop {
-        match clients[k % clients.len()].submit(sub).await {
-            Ok(_) => return Ok(()),
-            Err(ClientError::Api { status, body }) if status != 503 => {
-                anyhow::bail!("submission refused: {status} {}", body.message)
-            }
-            Err(e) if Instant::now() > deadline => anyhow::bail!("no coordinator took it: {e}"),
-            Err(_) => {
-                k += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    ambient_e2e::submit_until_accepted(clients, first, sub, Duration::from_secs(120)).await?;
+    Ok(())
 }
 
 /// The task as any coordinator tells it.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ambient_cli::client::{Client, ClientError};
+use ambient_cli::client::Client;
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
 use ambient_e2e::postgres::Postgres;
@@ -17,22 +17,11 @@ use crate::util::*;
 /// The bound on a takeover.
 const TAKEOVER: Duration = Duration::from_secs(30);
 
-/// Submits `sub` under its own task id until a coordinator accepts it: during a takeover the
-/// answer is `503 no_leader` (or no answer from a killed coordinator), and a repeat of the id is
-/// the same task, so retrying can neither lose nor double it.
+/// Submits through `client` until accepted (a takeover answers 503 for a while).
 async fn submit_until_accepted(client: &Client, sub: &TaskSubmission) -> TaskInfo {
-    let deadline = Instant::now() + TAKEOVER * 2;
-    loop {
-        match client.submit(sub).await {
-            Ok(info) => return info,
-            Err(ClientError::Api { status: 503, .. } | ClientError::Transport(_))
-                if Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("submit: {e}"),
-        }
-    }
+    ambient_e2e::submit_until_accepted(std::slice::from_ref(client), 0, sub, TAKEOVER * 2)
+        .await
+        .unwrap()
 }
 
 async fn wait_for_role(p: &CoordinatorProcess, role: &str) -> Duration {
