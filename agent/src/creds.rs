@@ -139,22 +139,13 @@ pub fn identity(node: &str, data_dir: &Path) -> Result<(NodeKey, Source), CredsE
         identity_fallback_path(data_dir, node),
     );
     let public = identity_public_path(data_dir, node);
-    let io = |source| CredsError::File {
-        path: public.clone(),
-        source,
-    };
-    let write_public = |key: &NodeKey| {
-        std::fs::create_dir_all(data_dir.join("credentials"))
-            .and_then(|()| std::fs::write(&public, key.identity(node).ed25519))
-            .map_err(io)
-    };
     if let Some((hex, source_)) = read_secret(&account, &path)? {
         let key = NodeKey::from_hex(&hex).map_err(|_| CredsError::BadIdentity {
             node: node.to_string(),
             source_: source_.clone(),
         })?;
         if !public.exists() {
-            write_public(&key)?;
+            write_public(node, data_dir, &key)?;
         }
         return Ok((key, source_));
     }
@@ -165,10 +156,32 @@ pub fn identity(node: &str, data_dir: &Path) -> Result<(NodeKey, Source), CredsE
         });
     }
     let key = NodeKey::generate();
-    let source = write_secret(&account, &path, &key.to_hex())?;
-    write_public(&key)?;
+    let source = store_identity(node, data_dir, &key)?;
     tracing::info!(node, source = %source, "Made this node's identity key.");
     Ok((key, source))
+}
+
+/// Stores `key` as the node's identity key (the OS keyring, else the 0600 file) with its public
+/// half beside the credentials: for a key made before the node had its id (`ambient-agent
+/// join`).
+pub fn store_identity(node: &str, data_dir: &Path, key: &NodeKey) -> Result<Source, CredsError> {
+    let source = write_secret(
+        &identity_account(node),
+        &identity_fallback_path(data_dir, node),
+        &key.to_hex(),
+    )?;
+    write_public(node, data_dir, key)?;
+    Ok(source)
+}
+
+fn write_public(node: &str, data_dir: &Path, key: &NodeKey) -> Result<(), CredsError> {
+    let public = identity_public_path(data_dir, node);
+    std::fs::create_dir_all(data_dir.join("credentials"))
+        .and_then(|()| std::fs::write(&public, key.identity(node).ed25519))
+        .map_err(|source| CredsError::File {
+            path: public.clone(),
+            source,
+        })
 }
 
 /// A secret from the OS keyring, else from its 0600 fallback file; `None` when neither has it.

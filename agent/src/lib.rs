@@ -22,6 +22,7 @@
 //!   `exec::onnx` (tract), `exec::zk` (Groth16), `exec::fl` (federated-learning clients).
 //! - [`config`]: the typed, strict configuration.
 //! - [`creds`]: the broker password and the identity key, from config, OS keyring, or 0600 files.
+//! - [`join`]: `ambient-agent join TOKEN`: enrol with a token and write a complete configuration.
 //! - [`blobs`]: large artifacts by reference, downloaded from the coordinator with signed requests.
 //! - [`telemetry`]: sysinfo + NVML sampling.
 //! - [`journal`]: the SQLite journal that makes results survive crashes.
@@ -63,6 +64,7 @@ pub mod config;
 pub mod control;
 pub mod creds;
 pub mod exec;
+pub mod join;
 pub mod journal;
 pub mod policy;
 pub mod telemetry;

@@ -33,8 +33,47 @@ enum Command {
         #[arg(long, short, env = "AMBIENT_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Join a network with an enrolment token from its operator (`ambient token create`): makes
+    /// this node's identity key, enrols it, stores the broker password (OS keyring, or a 0600
+    /// file) and writes a complete configuration for `run`.
+    Join {
+        /// The token, `ambient-join-v1.…`.
+        token: String,
+        /// Where to write the configuration.
+        #[arg(long, short, env = "AMBIENT_AGENT_CONFIG", default_value_os_t = default_config())]
+        config: PathBuf,
+        /// Where the node keeps its journal and, without a keyring, its secrets.
+        #[arg(long, default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+        /// A name for the operator's lists (default: this machine's host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an example configuration with every field documented.
     GenerateConfig,
+}
+
+/// `$XDG_CONFIG_HOME/ambient/agent.toml` (`~/.config/ambient/agent.toml`): where the tray app
+/// and the user service look.
+fn default_config() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("ambient/agent.toml")
+}
+
+/// `$XDG_DATA_HOME/ambient-agent` (`~/.local/share/ambient-agent`).
+fn default_data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("ambient-agent")
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(fallback)
+        })
 }
 
 #[tokio::main]
@@ -43,6 +82,41 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match Cli::parse().command {
         Command::GenerateConfig => print!("{}", ambient_agent::config::EXAMPLE),
+        Command::Join {
+            token,
+            config,
+            data_dir,
+            name,
+            json,
+        } => {
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+            let name = name.or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+            });
+            let joined = ambient_agent::join::join(&token, &config, &data_dir, name).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "node_id": joined.node_id,
+                        "config": joined.config,
+                        "secrets": joined.secrets.to_string(),
+                    })
+                );
+            } else {
+                println!(
+                    "Joined as {}. Configuration: {}; secrets in the {}.\nStart it with: \
+                     ambient-agent run --config {}",
+                    joined.node_id,
+                    joined.config.display(),
+                    joined.secrets,
+                    joined.config.display()
+                );
+            }
+        }
         Command::SetPassword { config } => {
             tracing_subscriber::fmt().with_env_filter(filter).init();
             let cfg = ambient_agent::Config::load(&config)

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use ambient_protocol::join::{TokenInfo, TokenRequest};
 use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskSubmission};
 use uuid::Uuid;
 
@@ -173,6 +174,55 @@ impl Client {
         self.call(reqwest::Method::GET, "/api/v1/nodes").await
     }
 
+    /// `POST /api/v1/admin/tokens` (admin key): a new enrolment token, with its secret.
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenInfo, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/admin/tokens", self.base))
+            .bearer_auth(&self.key)
+            .json(req)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `GET /api/v1/admin/tokens` (admin key).
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/admin/tokens")
+            .await
+    }
+
+    /// `DELETE /api/v1/admin/tokens/{id}` (admin key).
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/admin/tokens/{id}"),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/admin/nodes/{id}/revoke` (admin key).
+    pub async fn revoke_node(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/nodes/{id}/revoke"),
+        )
+        .await
+    }
+
+    async fn call_empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::decode::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
     /// `GET /api/v1/nodes/{id}/reputation`: score, counts and recent history.
     pub async fn reputation(&self, node: &str) -> Result<ReputationReport, ClientError> {
         self.call(
@@ -246,7 +296,8 @@ pub async fn submit_over_mqtt(
             host: conn.mqtt_host.clone(),
             port: conn.mqtt_port,
             failover: Vec::new(),
-            client_id: format!("{}-{}", conn.mqtt_username, id.simple()),
+            // `name:suffix`: the broker binds client ids to accounts (see the coordinator's broker).
+            client_id: format!("{}:{}", conn.mqtt_username, id.simple()),
             credentials: Some((conn.mqtt_username.clone(), conn.mqtt_password.clone())),
             clean_session: true,
             keep_alive: Duration::from_secs(10),

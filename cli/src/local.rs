@@ -26,6 +26,12 @@ pub struct Connection {
     pub mqtt_username: String,
     /// Broker password.
     pub mqtt_password: String,
+    /// The operator's key for the admin API (`ambient token`, `ambient node revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    /// An enrolment token for 10 more nodes, valid 7 days: `ambient-agent join TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
 }
 
 /// How to start a local network.
@@ -78,9 +84,11 @@ impl LocalNetwork {
             (submitter.clone(), submitter_password.clone()),
         ];
         users.extend(nodes.iter().cloned());
-        let mqtt = ambient_coordinator::broker::start(opts.mqtt_addr, &users)?;
+        let broker = ambient_coordinator::broker::start(opts.mqtt_addr, &users)?;
+        let mqtt = broker.addr;
 
         let api_key = secret();
+        let admin_key = secret();
         let mut cfg: ambient_coordinator::Config =
             toml::from_str(ambient_coordinator::config::EXAMPLE)?;
         cfg.data_dir = opts.data_dir.join("coordinator");
@@ -93,11 +101,21 @@ impl LocalNetwork {
             submitter: submitter.clone(),
             key: api_key.clone(),
         }];
-        let coordinator = ambient_coordinator::start(cfg, token.clone())
+        cfg.admin_keys = vec![admin_key.clone()];
+        let coordinator = ambient_coordinator::start_embedded(cfg, &broker, token.clone())
             .await
             .context("starting the coordinator")?;
 
         let api_url = format!("http://{}", coordinator.http_addr);
+        let join_token = crate::client::Client::new(&api_url, &admin_key)
+            .create_token(&ambient_protocol::join::TokenRequest {
+                uses: Some(10),
+                expires_in_sec: None,
+                note: Some("written by ambient up".into()),
+            })
+            .await
+            .context("making the join token")?
+            .token;
         let mut agents = Vec::new();
         for (i, (node, password)) in nodes.into_iter().enumerate() {
             let mut cfg = agent_config(
@@ -120,6 +138,8 @@ impl LocalNetwork {
                 mqtt_port: mqtt.port(),
                 mqtt_username: submitter,
                 mqtt_password: submitter_password,
+                admin_key: Some(admin_key),
+                join_token,
             },
             agents,
             coordinator,

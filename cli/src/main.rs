@@ -99,6 +99,20 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Enrolment tokens, with which nodes join (`ambient-agent join TOKEN`). Needs an admin key.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Manage nodes. Needs an admin key.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// List nodes and their health.
     Nodes {
         /// Print JSON.
@@ -107,6 +121,85 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it (the only time its secret is shown).
+    Create {
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it works: 90s, 30m, 12h, 7d, 2w.
+        #[arg(long, default_value = "7d", value_parser = ambient_cli::admin::parse_duration)]
+        expires: Duration,
+        /// A note for yourself ("lab PCs").
+        #[arg(long)]
+        note: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (without their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: no more nodes join with it (nodes that joined stay).
+    Revoke {
+        /// Token id (`tok-…`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Revoke an enrolled node: its broker account is removed (the broker disconnects it), its
+    /// key no longer counts, and its tasks go to other nodes.
+    Revoke {
+        /// Node id.
+        id: String,
+    },
+}
+
+/// Where the coordinator is, and the operator's admin key (given before or after the
+/// subcommand).
+#[derive(Args)]
+struct Admin {
+    /// API base URL.
+    #[arg(long, global = true, env = "AMBIENT_API_URL")]
+    api_url: Option<String>,
+    /// Admin key (one of the coordinator's `admin_keys`).
+    #[arg(long, global = true, env = "AMBIENT_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// A connection.json written by `ambient up` (used when --api-url/--admin-key are not
+    /// given).
+    #[arg(long, global = true, default_value = "ambient-data/connection.json")]
+    connection: PathBuf,
+}
+
+impl Admin {
+    fn client(&self) -> anyhow::Result<Client> {
+        if let (Some(url), Some(key)) = (&self.api_url, &self.admin_key) {
+            return Ok(Client::new(url, key));
+        }
+        let c = read_connection(&self.connection, "--api-url/--admin-key")?;
+        let key = c
+            .admin_key
+            .with_context(|| format!("{} holds no admin key", self.connection.display()))?;
+        Ok(Client::new(&c.api_url, &key))
+    }
+}
+
+fn read_connection(path: &std::path::Path, flags: &str) -> anyhow::Result<Connection> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "no {flags} and cannot read {} (start one with `ambient up`)",
+            path.display()
+        )
+    })?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// Where the coordinator is.
@@ -128,13 +221,7 @@ impl Api {
         if let (Some(url), Some(key)) = (&self.api_url, &self.api_key) {
             return Ok(Client::new(url, key));
         }
-        let text = std::fs::read_to_string(&self.connection).with_context(|| {
-            format!(
-                "no --api-url/--api-key and cannot read {} (start one with `ambient up`)",
-                self.connection.display()
-            )
-        })?;
-        let c: Connection = serde_json::from_str(&text)?;
+        let c = read_connection(&self.connection, "--api-url/--api-key")?;
         Ok(Client::new(&c.api_url, &c.api_key))
     }
 }
@@ -270,6 +357,51 @@ async fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Token { command, admin } => {
+            let client = admin.client()?;
+            match command {
+                TokenCommand::Create {
+                    uses,
+                    expires,
+                    note,
+                    json,
+                } => {
+                    let t = ambient_cli::admin::create_token(&client, uses, expires, note).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&t)?);
+                    } else {
+                        eprintln!(
+                            "Token {} for {} node(s), valid until {}. On each node run:",
+                            t.id,
+                            t.uses,
+                            t.expires_at.format("%Y-%m-%d %H:%M UTC")
+                        );
+                        println!("{}", t.token.unwrap_or_default());
+                    }
+                }
+                TokenCommand::List { json } => {
+                    let tokens = client.tokens().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&tokens)?);
+                    } else {
+                        print!("{}", ambient_cli::admin::token_table(&tokens));
+                    }
+                }
+                TokenCommand::Revoke { id } => {
+                    client.revoke_token(&id).await?;
+                    eprintln!("Token {id} revoked.");
+                }
+            }
+            Ok(())
+        }
+        Command::Node {
+            command: NodeCommand::Revoke { id },
+            admin,
+        } => {
+            admin.client()?.revoke_node(&id).await?;
+            eprintln!("Node {id} revoked: disconnected, and its tasks go to other nodes.");
+            Ok(())
         }
         Command::Nodes { json, api } => {
             let nodes = api.client()?.nodes().await?;
@@ -431,7 +563,10 @@ async fn up(
         "Ambient VCP is up: {agents} agents, API {}, MQTT {}:{}",
         c.api_url, c.mqtt_host, c.mqtt_port
     );
-    println!("Submitter credentials: {} (mode 0600)", path.display());
+    println!(
+        "Submitter and admin credentials, and a join token for more nodes: {} (mode 0600)",
+        path.display()
+    );
     println!("Press Ctrl-C to stop.");
     ambient_service::shutdown_signal().await;
     net.shutdown().await;

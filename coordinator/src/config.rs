@@ -45,12 +45,48 @@ pub struct Config {
     /// Submitters and their API keys (`Authorization: Bearer <key>`).
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
+    /// Operators' keys for the admin API (`/api/v1/admin/...`: enrolment tokens, node
+    /// revocation), sent as `Authorization: Bearer <key>`. None: no admin API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_keys: Vec<String>,
+    /// How nodes join with enrolment tokens.
+    #[serde(default)]
+    pub enrolment: EnrolmentConfig,
     /// Limits on what submitters may send.
     #[serde(default)]
     pub limits: Limits,
     /// Scheduling policy.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+}
+
+/// Joining with enrolment tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentConfig {
+    /// How joining nodes get broker accounts: `"manual"` (the default: accounts are made by
+    /// hand, so joining with a token is refused as not supported) or `"mosquitto-dynsec"`
+    /// (mosquitto's dynamic-security plugin; the coordinator's broker account needs the rights
+    /// `broker-config/dynsec/ambient-dynsec-setup` gives it). The embedded broker of `ambient up`
+    /// needs no setting.
+    #[serde(default)]
+    pub broker: BrokerKind,
+    /// The broker addresses (`host:port`) written into tokens and given to joining nodes.
+    /// Default: `mqtt.host:mqtt.port` and `mqtt.failover`, which suits nodes only when those
+    /// are addresses the nodes can reach too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brokers: Vec<String>,
+}
+
+/// Who makes the broker accounts of joining nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerKind {
+    /// An operator, by hand.
+    #[default]
+    Manual,
+    /// The coordinator, through mosquitto's dynamic-security plugin.
+    MosquittoDynsec,
 }
 
 /// Connection to the broker.
@@ -190,6 +226,16 @@ impl Config {
         format!("http://{addr}")
     }
 
+    /// The broker addresses joining nodes are given ([`EnrolmentConfig::brokers`]).
+    pub fn node_brokers(&self) -> Vec<String> {
+        if !self.enrolment.brokers.is_empty() {
+            return self.enrolment.brokers.clone();
+        }
+        let mut all = vec![format!("{}:{}", self.mqtt.host, self.mqtt.port)];
+        all.extend(self.mqtt.failover.iter().cloned());
+        all
+    }
+
     /// Where the store is, from `store` and `data_dir`.
     pub fn store_location(&self) -> crate::store::Location {
         match &self.store {
@@ -263,6 +309,17 @@ impl StrictConfig for Config {
                 ));
             }
         }
+        for k in &self.admin_keys {
+            if k.starts_with(PLACEHOLDER) || k.len() < 16 {
+                return invalid(
+                    "admin_keys: each key must be a secret of at least 16 characters, not the \
+                     example's placeholder (e.g. `openssl rand -hex 24`)"
+                        .into(),
+                );
+            }
+        }
+        ambient_link::parse_failover(&self.enrolment.brokers)
+            .map_err(|e| ConfigError::Invalid(e.replace("mqtt.failover", "enrolment.brokers")))?;
         if let Some(url) = &self.store {
             let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
             if !postgres || url.parse::<tokio_postgres::Config>().is_err() {

@@ -55,6 +55,8 @@ pub enum EngineMsg {
     Status(String, NodeState),
     /// A message on a node's results topic.
     Agent(String, AgentEvent),
+    /// An operator revoked a node.
+    Revoked(String),
     /// List nodes.
     Nodes(oneshot::Sender<Vec<NodeInfo>>),
     /// One node.
@@ -134,6 +136,7 @@ impl Engine {
             }
             EngineMsg::Health(h) => self.sched.on_health(h, now),
             EngineMsg::Status(node, state) => self.sched.on_status(&node, state, now),
+            EngineMsg::Revoked(node) => self.sched.on_revoked(&node, now),
             EngineMsg::Agent(node, AgentEvent::Fl { task_id, msg, .. }) => {
                 cpu_bound(|| {
                     self.fl

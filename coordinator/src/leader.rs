@@ -50,6 +50,8 @@ pub(crate) struct Election {
     pub(crate) zk: Arc<Zk>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identities: Arc<KeyDirectory>,
+    /// Enrolments, whose keys the scheduler's checks need.
+    pub(crate) enroller: crate::enrolment::Enroller,
     /// This coordinator's instance id.
     pub(crate) holder: String,
     /// This coordinator's REST API, as the others reach it.
@@ -154,6 +156,8 @@ impl Election {
     /// tasks of `role`.
     async fn start_role(&self, fence: &Fence, role: &Shutdown) -> Result<Leading, StartError> {
         let cfg = &self.cfg;
+        // Keys first: the listeners below check nodes' signatures against them.
+        self.enroller.load().await?;
         let (tasks, nodes) = self.store.load_active().await?;
         info!(
             active_tasks = tasks.len(),

@@ -27,6 +27,9 @@
 //!   clock).
 //! - [`reputation`]: event-sourced node reputation, its score and its report.
 //! - [`store`]: the coordinator's state, in a SQLite file or in PostgreSQL.
+//! - [`enrolment`]: joining with enrolment tokens, and revoking nodes.
+//! - [`accounts`]: broker accounts made and removed at run time (embedded broker, mosquitto's
+//!   dynamic-security plugin).
 //! - [`metrics`]: Prometheus counters.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
 //!
@@ -35,12 +38,14 @@
 //! |---|---|---|
 //! | `embedded-broker` | yes | rumqttd in-process, for `ambient demo` and `ambient up` |
 
+pub mod accounts;
 pub mod api;
 pub mod artifacts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod enrolment;
 pub mod kinds;
 pub mod leader;
 pub mod metrics;
@@ -105,6 +110,26 @@ impl Coordinator {
 /// runs the scheduler while it holds the scheduler's lease ([`leader`]): at once on a SQLite
 /// store, or when it wins the lease among the coordinators of a PostgreSQL store.
 pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator, StartError> {
+    start_with(cfg, None, token).await
+}
+
+/// [`start`] on the embedded broker `broker`, whose accounts the coordinator makes for nodes
+/// that join.
+#[cfg(feature = "embedded-broker")]
+pub async fn start_embedded(
+    cfg: Config,
+    broker: &broker::EmbeddedBroker,
+    token: CancellationToken,
+) -> Result<Coordinator, StartError> {
+    let accounts = accounts::BrokerAccounts::Embedded(broker.accounts.clone());
+    start_with(cfg, Some(accounts), token).await
+}
+
+async fn start_with(
+    cfg: Config,
+    accounts: Option<accounts::BrokerAccounts>,
+    token: CancellationToken,
+) -> Result<Coordinator, StartError> {
     cfg.validate()?;
     ambient_service::private::create_dir(&cfg.data_dir).map_err(|source| StartError::Io {
         what: format!("cannot create data dir {}", cfg.data_dir.display()),
@@ -126,6 +151,32 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
     let url = cfg.public_url(http_addr);
     let metrics = Arc::new(metrics::Metrics::default());
     let identities = Arc::new(ambient_protocol::KeyDirectory::default());
+    let accounts = accounts.unwrap_or_else(|| match cfg.enrolment.broker {
+        config::BrokerKind::Manual => accounts::BrokerAccounts::Manual,
+        config::BrokerKind::MosquittoDynsec => {
+            accounts::BrokerAccounts::Dynsec(accounts::Dynsec::start(
+                ambient_link::LinkOptions {
+                    host: cfg.mqtt.host.clone(),
+                    port: cfg.mqtt.port,
+                    failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
+                    client_id: format!("{}-dynsec", cfg.mqtt.client_id),
+                    credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
+                    clean_session: true,
+                    keep_alive: Duration::from_secs(10),
+                    last_will: None,
+                    subscriptions: Vec::new(),
+                },
+                &shutdown,
+            ))
+        }
+    });
+    let enroller = enrolment::Enroller {
+        store: store.clone(),
+        accounts,
+        identities: identities.clone(),
+        brokers: cfg.node_brokers(),
+        api_url: url.clone(),
+    };
     let (slot, leading) = watch::channel(None);
     let election = leader::Election {
         store: store.clone(),
@@ -133,6 +184,7 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         zk: zk.clone(),
         metrics: metrics.clone(),
         identities: identities.clone(),
+        enroller: enroller.clone(),
         holder: uuid::Uuid::new_v4().to_string(),
         url: url.clone(),
         lease: Duration::from_secs(cfg.scheduler.leader_lease_sec),
@@ -153,6 +205,8 @@ pub async fn start(cfg: Config, token: CancellationToken) -> Result<Coordinator,
         zk,
         identities,
         nonces: Arc::default(),
+        admin_keys: Arc::new(cfg.admin_keys.clone()),
+        enroller,
     };
     let app = api::router(state);
     let stop = shutdown.token().clone();

@@ -65,6 +65,16 @@ impl Listener {
             | Topic::NodeHealth(n)
             | Topic::NodeResults(n)
             | Topic::NodeIdentity(n)
+                if self.identities.is_revoked(n) =>
+            {
+                Metrics::inc(&self.metrics.mqtt_rejected);
+                debug!(topic, "Dropped a message of a revoked node.");
+                return Ok(());
+            }
+            Topic::NodeStatus(n)
+            | Topic::NodeHealth(n)
+            | Topic::NodeResults(n)
+            | Topic::NodeIdentity(n)
                 if self.submitters.contains(n) =>
             {
                 Metrics::inc(&self.metrics.mqtt_rejected);

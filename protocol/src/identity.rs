@@ -119,6 +119,20 @@ pub enum KeyChange {
     Cleared,
 }
 
+/// Why a retained identity message was not taken for an enrolled or revoked node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    /// The message itself is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The node enrolled with another key; only that one counts.
+    #[error("node {0} enrolled with another key")]
+    NotEnrolledKey(String),
+    /// The node was revoked: no key of it counts any more.
+    #[error("node {0} is revoked")]
+    Revoked(String),
+}
+
 /// Node identity keys by node, as the nodes published them on their identity topics.
 ///
 /// The coordinator keeps one to check what nodes sign (results-topic events, blob requests,
@@ -126,50 +140,89 @@ pub enum KeyChange {
 /// an agent that joins federated jobs keeps one to check its peers' signed keys. Both fill it
 /// with [`KeyDirectory::apply_retained`], so they read the identity topic the same way. Shared
 /// behind an `Arc`; the lock is never held across an `.await`.
+///
+/// A node that enrolled with a token ([`crate::join`]) has its key *pinned*: the identity topic
+/// can repeat it but not replace or clear it. A revoked node has no key at all, and nothing it
+/// publishes gives it one again.
 #[derive(Debug, Default)]
-pub struct KeyDirectory(RwLock<HashMap<String, VerifyingKey>>);
+pub struct KeyDirectory(RwLock<Keys>);
+
+#[derive(Debug, Default)]
+struct Keys {
+    keys: HashMap<String, VerifyingKey>,
+    pinned: std::collections::HashSet<String>,
+    revoked: std::collections::HashSet<String>,
+}
 
 impl KeyDirectory {
     /// Applies a message from `node`'s retained identity topic: an empty payload (the retained
     /// message was cleared) forgets the node's key; anything else must be a valid
     /// [`NodeIdentity`] for `node` ([`NodeIdentity::key_for`]) and records its key. An unusable
     /// message changes nothing.
-    pub fn apply_retained(&self, node: &str, payload: &[u8]) -> Result<KeyChange, IdentityError> {
-        if payload.is_empty() {
-            self.remove(node);
-            return Ok(KeyChange::Cleared);
+    pub fn apply_retained(&self, node: &str, payload: &[u8]) -> Result<KeyChange, PinError> {
+        let key = match payload.is_empty() {
+            true => None,
+            false => Some(NodeIdentity::key_for(node, payload)?),
+        };
+        let mut keys = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if keys.revoked.contains(node) {
+            return Err(PinError::Revoked(node.to_string()));
         }
-        let key = NodeIdentity::key_for(node, payload)?;
-        Ok(match self.set(node, key) {
+        if keys.pinned.contains(node) {
+            return match key {
+                Some(k) if keys.keys.get(node) == Some(&k) => Ok(KeyChange::Unchanged),
+                _ => Err(PinError::NotEnrolledKey(node.to_string())),
+            };
+        }
+        let Some(key) = key else {
+            keys.keys.remove(node);
+            return Ok(KeyChange::Cleared);
+        };
+        Ok(match keys.keys.insert(node.to_string(), key) {
             None => KeyChange::Recorded,
             Some(old) if old != key => KeyChange::Replaced { old },
             Some(_) => KeyChange::Unchanged,
         })
     }
 
-    /// Records `node`'s key; returns the key it had before, if any.
-    pub fn set(&self, node: &str, key: VerifyingKey) -> Option<VerifyingKey> {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(node.to_string(), key)
+    /// Records `node`'s key as the one it enrolled with: from now on only it counts, whatever
+    /// the identity topic says. (A node enrolled again gets its new key pinned and un-revoked.)
+    pub fn pin(&self, node: &str, key: VerifyingKey) {
+        let mut keys = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        keys.revoked.remove(node);
+        keys.pinned.insert(node.to_string());
+        keys.keys.insert(node.to_string(), key);
     }
 
-    /// Forgets `node`'s key; returns it, if it had one.
-    pub fn remove(&self, node: &str) -> Option<VerifyingKey> {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(node)
+    /// Revokes `node`: its key is forgotten, so nothing it signs verifies, and it can publish no
+    /// other.
+    pub fn revoke(&self, node: &str) {
+        let mut keys = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        keys.keys.remove(node);
+        keys.pinned.remove(node);
+        keys.revoked.insert(node.to_string());
+    }
+
+    /// True once `node` was revoked.
+    pub fn is_revoked(&self, node: &str) -> bool {
+        let keys = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        keys.revoked.contains(node)
+    }
+
+    /// Records `node`'s key, as published (unless it is pinned or revoked); returns the key it
+    /// had before, if any.
+    pub fn set(&self, node: &str, key: VerifyingKey) -> Option<VerifyingKey> {
+        let mut keys = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if keys.pinned.contains(node) || keys.revoked.contains(node) {
+            return keys.keys.get(node).copied();
+        }
+        keys.keys.insert(node.to_string(), key)
     }
 
     /// `node`'s key.
     pub fn get(&self, node: &str) -> Option<VerifyingKey> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .copied()
+        let keys = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        keys.keys.get(node).copied()
     }
 
     /// `node`'s key, hex, as it travels in [`NodeIdentity::ed25519`].
@@ -401,5 +454,42 @@ mod tests {
         // A cleared retained message forgets the key.
         assert_eq!(dir.apply_retained("n1", b""), Ok(KeyChange::Cleared));
         assert!(dir.hex("n1").is_none());
+    }
+
+    #[test]
+    fn an_enrolled_key_is_pinned_and_a_revoked_node_has_none() {
+        let dir = KeyDirectory::default();
+        let (k1, k2) = (NodeKey::generate(), NodeKey::generate());
+        let publish = |k: &NodeKey| envelope::encode(&k.identity("n1"));
+        dir.pin("n1", k1.verifying_key());
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Ok(KeyChange::Unchanged)
+        );
+        // Neither another key nor a cleared topic displaces the enrolled one.
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k2)),
+            Err(PinError::NotEnrolledKey("n1".into()))
+        );
+        assert_eq!(
+            dir.apply_retained("n1", b""),
+            Err(PinError::NotEnrolledKey("n1".into()))
+        );
+        assert_eq!(dir.set("n1", k2.verifying_key()), Some(k1.verifying_key()));
+        assert_eq!(dir.get("n1"), Some(k1.verifying_key()));
+        // Revoked: no key, and publishing one changes nothing.
+        dir.revoke("n1");
+        assert!(dir.is_revoked("n1"));
+        assert_eq!(dir.get("n1"), None);
+        assert_eq!(
+            dir.apply_retained("n1", &publish(&k1)),
+            Err(PinError::Revoked("n1".into()))
+        );
+        let msg = blob_request_message("n1", "ab", 1, "00");
+        assert!(dir.verify("n1", &msg, &k1.sign(&msg)).is_err());
+        // Enrolled again with a new key.
+        dir.pin("n1", k2.verifying_key());
+        assert!(!dir.is_revoked("n1"));
+        assert_eq!(dir.get("n1"), Some(k2.verifying_key()));
     }
 }

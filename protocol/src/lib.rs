@@ -16,6 +16,7 @@
 //!   its results topic ([`envelope::encode_signed`], [`envelope::decode_signed`]).
 //! - [`identity`]: node identity keys ([`NodeIdentity`]), the directory of them both sides keep
 //!   ([`KeyDirectory`]), and the messages nodes sign.
+//! - [`join`]: enrolment tokens, the request a joining node signs, and what it is granted.
 //! - `testkit` (feature `test-util`, off by default): simulated nodes' health reports and
 //!   results, for tests and simulations.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
@@ -29,6 +30,7 @@
 pub mod envelope;
 pub mod failure;
 pub mod identity;
+pub mod join;
 pub mod node;
 pub mod task;
 pub mod tensor;

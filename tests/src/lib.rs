@@ -25,10 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The broker behind a cluster.
 pub enum Broker {
-    /// rumqttd in this process (lives until the process ends).
-    Embedded,
+    /// rumqttd in this process (lives until the process ends), whose accounts the coordinator
+    /// makes for nodes that join.
+    Embedded(ambient_coordinator::broker::EmbeddedBroker),
     /// A mosquitto child process.
     Mosquitto(mosquitto::Mosquitto),
+    /// A mosquitto child process with the dynamic-security plugin: the coordinator makes the
+    /// accounts of nodes that join.
+    MosquittoDynsec(mosquitto::Mosquitto),
     /// A NATS cluster: the coordinator's broker address is its first node, agent `i`'s its node
     /// `i + 1` (round robin), and each knows the other nodes as failover addresses.
     Nats(nats::NatsCluster),
@@ -75,6 +79,9 @@ pub fn proc_stats(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((rss, f[11].parse::<u64>()? + f[12].parse::<u64>()?))
 }
 
+/// The admin key of every cluster's coordinator.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
 /// Spare node accounts of every cluster: credentials with no agent, for impersonation and
 /// adversary tests.
 pub const SPARE_NODES: u32 = 2;
@@ -99,8 +106,9 @@ impl Cluster {
     /// A cluster on the embedded rumqttd broker with `agents` agents.
     pub async fn embedded(agents: u32) -> anyhow::Result<Cluster> {
         let users = users(agents);
-        let mqtt = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
-        Cluster::assemble(vec![mqtt], Broker::Embedded, users, agents, 2, None).await
+        let broker = ambient_coordinator::broker::start("127.0.0.1:0".parse()?, &users)?;
+        let mqtt = broker.addr;
+        Cluster::assemble(vec![mqtt], Broker::Embedded(broker), users, agents, 2, None).await
     }
 
     /// A cluster on a real mosquitto with the project's ACL.
@@ -140,6 +148,19 @@ impl Cluster {
             store,
         )
         .await
+    }
+
+    /// A cluster with no agents on mosquitto with the dynamic-security plugin, set up by
+    /// `broker-config/dynsec/ambient-dynsec-setup`: nodes join with tokens.
+    pub async fn mosquitto_dynsec() -> anyhow::Result<Cluster> {
+        anyhow::ensure!(
+            mosquitto::available(),
+            "mosquitto is not installed: run scripts/test, which installs it"
+        );
+        let users = users(0);
+        let m = mosquitto::Mosquitto::start_dynsec(&users[0].1, &[(&users[1].0, &users[1].1)])?;
+        let mqtt = SocketAddr::new(m.host().parse()?, m.port());
+        Cluster::assemble(vec![mqtt], Broker::MosquittoDynsec(m), users, 0, 2, None).await
     }
 
     /// A cluster on a NATS broker cluster of `nodes` nodes ([`Broker::Nats`]).
@@ -184,6 +205,10 @@ impl Cluster {
             submitter: "local".into(),
             key: "test-api-key-0123456789".into(),
         }];
+        cfg.admin_keys = vec![ADMIN_KEY.into()];
+        if let Broker::MosquittoDynsec(_) = &broker {
+            cfg.enrolment.broker = ambient_coordinator::config::BrokerKind::MosquittoDynsec;
+        }
         cfg.limits.max_module_bytes = 256 << 10;
         cfg.limits.max_model_bytes = 1 << 20;
         cfg.limits.max_body_bytes = 4 << 20;
@@ -205,6 +230,8 @@ impl Cluster {
                 mqtt_port: mqtt.port(),
                 mqtt_username: "local".into(),
                 mqtt_password: users[1].1.clone(),
+                admin_key: Some(ADMIN_KEY.into()),
+                join_token: None,
             },
             agents: (0..agents).map(|_| None).collect(),
             nodes,
@@ -223,12 +250,18 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A REST client with the admin key.
+    pub fn admin(&self) -> Client {
+        Client::new(&self.conn.api_url, ADMIN_KEY)
+    }
+
     /// A REST client with the submitter's key.
     pub fn client(&self) -> Client {
         Client::new(&self.conn.api_url, &self.conn.api_key)
     }
 
-    /// An MQTT client of this cluster's broker as `user` (name, password), with a clean session
+    /// An MQTT client of this cluster's broker as `user` (name, password) with client id
+    /// `user:client_id`, with a clean session
     /// and `subscriptions`, returned once the broker has accepted it (its ConnAck seen): for tests
     /// and benches that speak MQTT themselves. It runs until `token` is cancelled.
     pub async fn mqtt_client(
@@ -243,7 +276,8 @@ impl Cluster {
                 host: self.conn.mqtt_host.clone(),
                 port: self.conn.mqtt_port,
                 failover: Vec::new(),
-                client_id: client_id.into(),
+                // Brokers bind client ids to accounts: `user:suffix` is always this user's.
+                client_id: format!("{}:{client_id}", user.0),
                 credentials: Some((user.0.into(), user.1.into())),
                 clean_session: true,
                 keep_alive: Duration::from_secs(30),
@@ -266,7 +300,13 @@ impl Cluster {
     /// Starts (or restarts) the coordinator on the same data dir and HTTP port.
     pub async fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let token = CancellationToken::new();
-        let c = ambient_coordinator::start(self.coordinator_cfg.clone(), token.clone()).await?;
+        let cfg = self.coordinator_cfg.clone();
+        let c = match &self.broker {
+            Broker::Embedded(b) => {
+                ambient_coordinator::start_embedded(cfg, b, token.clone()).await?
+            }
+            _ => ambient_coordinator::start(cfg, token.clone()).await?,
+        };
         self.conn.api_url = format!("http://{}", c.http_addr);
         // A restart takes the same port, so the agents' coordinator_url stays right.
         self.coordinator_cfg.http_addr = c.http_addr;
@@ -323,7 +363,7 @@ impl Cluster {
     /// The mosquitto process, for restart tests.
     pub fn mosquitto_broker(&mut self) -> &mut mosquitto::Mosquitto {
         match &mut self.broker {
-            Broker::Mosquitto(m) => m,
+            Broker::Mosquitto(m) | Broker::MosquittoDynsec(m) => m,
             _ => panic!("this cluster's broker is not mosquitto"),
         }
     }

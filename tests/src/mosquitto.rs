@@ -58,9 +58,19 @@ pub struct Mosquitto {
     log: PathBuf,
     stderr_log: PathBuf,
     db: PathBuf,
+    /// The configuration's authentication lines: password and ACL files, or the
+    /// dynamic-security plugin.
+    auth: String,
     // Last field: removed after everything above is done with it.
     dir: tempfile::TempDir,
 }
+
+/// The dynamic-security plugin of Debian's mosquitto package.
+pub const DYNSEC_PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so";
+/// The dynamic-security admin account of [`Mosquitto::start_dynsec`].
+pub const DYNSEC_ADMIN: &str = "admin";
+/// Its password.
+pub const DYNSEC_ADMIN_PASSWORD: &str = "dynsec-admin-password";
 
 /// The test-only account that may read every topic (never in `broker-config/`).
 pub const TAP_USER: &str = "test-tap";
@@ -101,9 +111,77 @@ impl Mosquitto {
         let passwd = root.join("passwd");
         write_password_file(&mosquitto_passwd, &passwd, users)?;
 
+        let auth = format!(
+            "password_file {}\nacl_file {}\n",
+            config_path(&passwd)?,
+            config_path(&acl)?
+        );
+        Mosquitto::launch(mosquitto, dir, auth)
+    }
+
+    /// Starts a broker whose accounts live in mosquitto's dynamic-security plugin (no password
+    /// or ACL file), set up as an operator would with `broker-config/dynsec/`: `mosquitto_ctrl
+    /// dynsec init` makes the admin account, and `ambient-dynsec-setup` the coordinator's
+    /// account (password `coordinator_password`) and the `submitters`'. Nodes get theirs from
+    /// the coordinator when they join.
+    pub fn start_dynsec(
+        coordinator_password: &str,
+        submitters: &[(&str, &str)],
+    ) -> Result<Mosquitto> {
+        let mosquitto = find_program("mosquitto")
+            .context("`mosquitto` not found on PATH (nor in /usr/sbin, /usr/local/sbin)")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ambient-mosquitto-dynsec-")
+            .tempdir()
+            .context("creating the broker's temporary directory")?;
+        let state = dir.path().join("dynamic-security.json");
+        let init = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&state)
+            .args([DYNSEC_ADMIN, DYNSEC_ADMIN_PASSWORD])
+            .output()
+            .context("running mosquitto_ctrl dynsec init (package mosquitto-clients)")?;
+        anyhow::ensure!(
+            init.status.success(),
+            "mosquitto_ctrl dynsec init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let auth = format!(
+            "plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {}\n",
+            config_path(&state)?
+        );
+        let broker = Mosquitto::launch(mosquitto, dir, auth)?;
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../broker-config/dynsec/ambient-dynsec-setup");
+        let mut cmd = Command::new(&setup);
+        cmd.args(["--host", HOST, "--port", &broker.port.to_string()])
+            .args(["--admin", DYNSEC_ADMIN])
+            .env("MOSQ_ADMIN_PASSWORD", DYNSEC_ADMIN_PASSWORD)
+            .env("COORDINATOR_PASSWORD", coordinator_password);
+        for (name, password) in submitters {
+            cmd.arg(name).env(
+                format!("SUBMITTER_PASSWORD_{}", name.replace('-', "_")),
+                password,
+            );
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", setup.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} failed: {}{}",
+            setup.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(broker)
+    }
+
+    /// Starts mosquitto in `dir` with the `auth` configuration lines, on a free port.
+    fn launch(mosquitto: PathBuf, dir: tempfile::TempDir, auth: String) -> Result<Mosquitto> {
+        let root = dir.path().to_path_buf();
         let data = root.join("data");
         fs::create_dir(&data).context("creating the persistence directory")?;
-
         let mut broker = Mosquitto {
             child: None,
             port: 0,
@@ -112,13 +190,14 @@ impl Mosquitto {
             log: root.join("mosquitto.log"),
             stderr_log: root.join("mosquitto.stderr"),
             db: data.join("mosquitto.db"),
+            auth,
             dir,
         };
 
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             broker.port = crate::free_port()?;
-            broker.write_config(&passwd, &acl, &data)?;
+            broker.write_config(&data)?;
             match broker.spawn_and_wait() {
                 Ok(()) => return Ok(broker),
                 Err(StartError::AddrInUse(e)) => last_err = Some(e),
@@ -268,7 +347,7 @@ impl Mosquitto {
         self.dir.path()
     }
 
-    fn write_config(&self, passwd: &Path, acl: &Path, data: &Path) -> Result<()> {
+    fn write_config(&self, data: &Path) -> Result<()> {
         let user_line = if running_as_root() {
             // Without this, mosquitto started as root drops to user "mosquitto", which cannot
             // read the root-owned 0700 temporary directory.
@@ -283,8 +362,7 @@ impl Mosquitto {
              per_listener_settings false\n\
              listener {port} {HOST}\n\
              allow_anonymous false\n\
-             password_file {passwd}\n\
-             acl_file {acl}\n\
+             {auth}\
              persistence true\n\
              persistence_location {data}/\n\
              # Differs from production (60): save only on SIGTERM/SIGUSR1, so kill() is a\n\
@@ -306,8 +384,7 @@ impl Mosquitto {
              log_timestamp true\n\
              log_timestamp_format %Y-%m-%dT%H:%M:%S\n",
             port = self.port,
-            passwd = config_path(passwd)?,
-            acl = config_path(acl)?,
+            auth = self.auth,
             data = config_path(data)?,
             log = config_path(&self.log)?,
         );

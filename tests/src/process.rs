@@ -52,6 +52,23 @@ impl ServiceProcess {
         Ok(p)
     }
 
+    /// Starts `<name> run --config CONFIG` on a configuration that exists (one `ambient-agent
+    /// join` wrote), logging to `dir/<name>.log`.
+    pub fn start_existing(name: &str, config: &Path, dir: &Path) -> Result<ServiceProcess> {
+        let bin = binary(name).with_context(|| {
+            format!("{name} is not built: cargo build --bin {name} (scripts/test does)")
+        })?;
+        fs::create_dir_all(dir)?;
+        let mut p = ServiceProcess {
+            child: None,
+            bin,
+            config: config.to_owned(),
+            log: dir.join(format!("{name}.log")),
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -62,6 +79,8 @@ impl ServiceProcess {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,rumqttd=off")
+            // No session bus: secrets go to the 0600 files, where a test can read them.
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,5 +1,6 @@
 //! Authentication of submitters: `Authorization: Bearer <api key>`, compared in constant time.
-//! (Nodes sign their blob downloads instead: see [`super::blobs`].)
+//! Operators' admin keys likewise, for the admin routes. (Nodes sign their blob downloads instead:
+//! see [`super::blobs`].)
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -41,6 +42,45 @@ pub(super) async fn authenticate(
     };
     req.extensions_mut()
         .insert(Submitter(key.submitter.clone()));
+    Ok(next.run(req).await)
+}
+
+/// Middleware of the admin routes: `Authorization: Bearer <admin key>`, one of `admin_keys`.
+pub(super) async fn authenticate_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, Failure> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing 'Authorization: Bearer <admin key>' header",
+        ));
+    };
+    if state.admin_keys.is_empty() {
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "this coordinator has no admin_keys configured, so no admin API",
+        ));
+    }
+    let known = state
+        .admin_keys
+        .iter()
+        .any(|k| constant_time_eq(k.as_bytes(), token.trim().as_bytes()));
+    if !known {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid admin key",
+        ));
+    }
     Ok(next.run(req).await)
 }
 

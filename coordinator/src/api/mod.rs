@@ -13,12 +13,17 @@
 //! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
 //! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
 //! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
+//! | `POST /api/v1/join` | join token, node signature | a node enrols |
+//! | `POST /api/v1/admin/tokens`, `GET /api/v1/admin/tokens` | admin key | make, list enrolment tokens |
+//! | `DELETE /api/v1/admin/tokens/{id}` | admin key | revoke a token |
+//! | `POST /api/v1/admin/nodes/{id}/revoke` | admin key | revoke an enrolled node |
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
 //! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
 //!
 //! # Layout
-//! - [`auth`]: API keys.
+//! - [`auth`]: API keys and admin keys.
+//! - [`enrolment`]: joining with a token, tokens, node revocation.
 //! - [`tasks`]: submit, list, read, cancel.
 //! - [`blobs`]: artifact upload and signed download.
 //! - [`nodes`]: nodes, health and reputation.
@@ -30,6 +35,7 @@
 
 mod auth;
 mod blobs;
+mod enrolment;
 mod forward;
 mod nodes;
 mod proofs;
@@ -55,7 +61,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::submission::SubmitError;
 use ambient_protocol::KeyDirectory;
-use auth::authenticate;
+use auth::{authenticate, authenticate_admin};
 use blobs::{get_blob, put_blob};
 use nodes::{get_node, get_node_reputation, list_nodes};
 use proofs::{get_proof, list_circuits, verify_proof};
@@ -80,6 +86,8 @@ pub struct AppState {
     pub(crate) zk: Arc<Zk>,
     pub(crate) identities: Arc<KeyDirectory>,
     pub(crate) nonces: Arc<blobs::Nonces>,
+    pub(crate) admin_keys: Arc<Vec<String>>,
+    pub(crate) enroller: crate::enrolment::Enroller,
 }
 
 impl AppState {
@@ -161,9 +169,35 @@ pub fn router(state: AppState) -> Router {
     let blob = Router::new()
         .route("/api/v1/blobs/{sha256}", get(get_blob))
         .route_layer(to_leader());
+    // Joining and revoking change the keys the scheduler checks, which the leader holds.
+    let join = Router::new()
+        .route("/api/v1/join", axum::routing::post(enrolment::join))
+        .route_layer(to_leader());
+    let admin_on_leader = Router::new()
+        .route(
+            "/api/v1/admin/nodes/{id}/revoke",
+            axum::routing::post(enrolment::revoke_node),
+        )
+        .route_layer(to_leader());
+    let admin = Router::new()
+        .merge(admin_on_leader)
+        .route(
+            "/api/v1/admin/tokens",
+            get(enrolment::list_tokens).post(enrolment::create_token),
+        )
+        .route(
+            "/api/v1/admin/tokens/{id}",
+            axum::routing::delete(enrolment::revoke_token),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_admin,
+        ));
     Router::new()
         .merge(authed)
         .merge(blob)
+        .merge(join)
+        .merge(admin)
         .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
@@ -268,6 +302,11 @@ mod tests {
             ("/api/v1/proofs/{id}", "get"),
             ("/api/v1/proofs/verify", "post"),
             ("/api/v1/circuits", "get"),
+            ("/api/v1/join", "post"),
+            ("/api/v1/admin/tokens", "post"),
+            ("/api/v1/admin/tokens", "get"),
+            ("/api/v1/admin/tokens/{id}", "delete"),
+            ("/api/v1/admin/nodes/{id}/revoke", "post"),
             ("/api/v1/health", "get"),
             ("/metrics", "get"),
             ("/api-docs/openapi.json", "get"),

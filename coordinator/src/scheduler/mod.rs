@@ -255,6 +255,12 @@ impl Scheduler {
         }
     }
 
+    /// An operator revoked `node`: it is offline for good, and what it held goes to others. (The
+    /// MQTT listener drops whatever a revoked node still says, so it never comes back online.)
+    pub fn on_revoked(&mut self, node: &str, now: DateTime<Utc>) {
+        self.node_offline(node, "was revoked", now);
+    }
+
     /// A message from a node on its results topic. Returns the control messages that must follow
     /// once the resulting state is persisted (acks are queued internally too).
     pub fn on_agent_event(&mut self, node: &str, event: AgentEvent, now: DateTime<Utc>) {

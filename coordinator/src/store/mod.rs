@@ -22,8 +22,11 @@
 //!   the submission limits (8 MiB models, 4 MiB modules by default; proving keys are a few MiB),
 //!   well inside what `bytea` handles;
 //! - `proofs`: every verified `zk_proof` proof, with the public inputs it was checked against;
-//! - `fl_checkpoints`: the running federated jobs' state, one row per job.
+//! - `fl_checkpoints`: the running federated jobs' state, one row per job;
+//! - `join_tokens` and `enrolments`: enrolment tokens and the nodes that joined with them
+//!   ([`enrolment`]).
 
+pub mod enrolment;
 mod postgres;
 mod sqlite;
 
@@ -35,6 +38,7 @@ use ambient_service::sqlite::{Closed, OpenError};
 use uuid::Uuid;
 
 use crate::scheduler::{NodeRecord, TaskRecord};
+pub use enrolment::{Enrolment, JoinRefused, TokenRecord};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: &[
             (Dialect::Sqlite, sqlite::SCHEMA_V2),
             (Dialect::Postgres, postgres::SCHEMA_V2),
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "enrolment",
+        sql: &[
+            (Dialect::Sqlite, sqlite::SCHEMA_V3),
+            (Dialect::Postgres, postgres::SCHEMA_V3),
         ],
     },
 ];
@@ -294,6 +306,44 @@ impl Store {
     /// returns the keys that stand.
     pub async fn put_zk_keys(&self, circuit: String, sha256: String) -> Result<String, StoreError> {
         dispatch!(self.put_zk_keys(circuit, sha256))
+    }
+
+    /// Stores a new enrolment token.
+    pub async fn put_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        dispatch!(self.put_token(token))
+    }
+
+    /// Every enrolment token, newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        dispatch!(self.tokens())
+    }
+
+    /// Revokes a token; false when there is none with this id.
+    pub async fn revoke_token(&self, id: String) -> Result<bool, StoreError> {
+        dispatch!(self.revoke_token(id))
+    }
+
+    /// Redeems token `token` with `secret_sha256` for `enrolment`, in one transaction: the token
+    /// must admit it ([`TokenRecord`]'s rule), one of its uses is spent, and the node is
+    /// recorded. A key enrolled already (and not revoked) keeps its node id and gets the new
+    /// password: a node whose first answer was lost can join again. Returns the enrolment as
+    /// stored.
+    pub async fn enrol(
+        &self,
+        secret_sha256: String,
+        enrolment: Enrolment,
+    ) -> Result<Result<Enrolment, JoinRefused>, StoreError> {
+        dispatch!(self.enrol(secret_sha256, enrolment))
+    }
+
+    /// Every enrolled node, revoked ones included.
+    pub async fn enrolments(&self) -> Result<Vec<Enrolment>, StoreError> {
+        dispatch!(self.enrolments())
+    }
+
+    /// Marks an enrolled node revoked at `now`; false when no such node is enrolled.
+    pub async fn revoke_node(&self, node: String, now: i64) -> Result<bool, StoreError> {
+        dispatch!(self.revoke_node(node, now))
     }
 
     /// Whether several coordinators can share this store (PostgreSQL), so that one of them must

@@ -20,7 +20,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{Batch, Fence, LeaderInfo, MIGRATIONS, ProofRecord, StoreError, TERMINAL, corrupt};
+use super::{
+    Batch, Enrolment, Fence, JoinRefused, LeaderInfo, MIGRATIONS, ProofRecord, StoreError,
+    TERMINAL, TokenRecord, corrupt,
+};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
 /// Connections one coordinator keeps open at most. The store's callers are the REST handlers and
@@ -97,6 +100,60 @@ CREATE TABLE leader (
     expires_at TIMESTAMPTZ NOT NULL
 );
 ";
+
+/// Version 3: enrolment tokens and enrolled nodes (times in Unix seconds, as on SQLite).
+pub(super) const SCHEMA_V3: &str = "
+CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    uses BIGINT NOT NULL,
+    used BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked BOOLEAN NOT NULL,
+    note TEXT
+);
+CREATE TABLE enrolments (
+    node TEXT PRIMARY KEY,
+    ed25519 TEXT NOT NULL,
+    token TEXT NOT NULL,
+    password_sha256 TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX enrolments_by_key ON enrolments (ed25519);
+";
+
+const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
+const ENROLMENT_COLUMNS: &str = "node, ed25519, token, password_sha256, enrolled_at, revoked_at";
+
+fn token_row(r: &tokio_postgres::Row) -> Result<TokenRecord, StoreError> {
+    let count = |i: usize| -> Result<u32, StoreError> {
+        u32::try_from(r.try_get::<_, i64>(i)?)
+            .map_err(|_| corrupt("a token count is out of range".into()))
+    };
+    Ok(TokenRecord {
+        id: r.try_get(0)?,
+        secret_sha256: r.try_get(1)?,
+        uses: count(2)?,
+        used: count(3)?,
+        created_at: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        revoked: r.try_get(6)?,
+        note: r.try_get(7)?,
+    })
+}
+
+fn enrolment_row(r: &tokio_postgres::Row) -> Result<Enrolment, StoreError> {
+    Ok(Enrolment {
+        node: r.try_get(0)?,
+        ed25519: r.try_get(1)?,
+        token: r.try_get(2)?,
+        password_sha256: r.try_get(3)?,
+        enrolled_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    })
+}
 
 /// Handle to the pool.
 #[derive(Clone)]
@@ -434,6 +491,127 @@ impl Postgres {
             .query_one("SELECT sha256 FROM zk_keys WHERE circuit = $1", &[&circuit])
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    pub(super) async fn put_token(&self, t: TokenRecord) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ),
+                &[
+                    &t.id,
+                    &t.secret_sha256,
+                    &i64::from(t.uses),
+                    &i64::from(t.used),
+                    &t.created_at,
+                    &t.expires_at,
+                    &t.revoked,
+                    &t.note,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at DESC, id"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    pub(super) async fn revoke_token(&self, id: String) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE join_tokens SET revoked = TRUE WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn enrol(
+        &self,
+        secret_sha256: String,
+        e: Enrolment,
+    ) -> Result<Result<Enrolment, JoinRefused>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // FOR UPDATE: two nodes redeeming the last use of a token take turns.
+        let row = tx
+            .query_opt(
+                &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE id = $1 FOR UPDATE"),
+                &[&e.token],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(Err(JoinRefused::Unknown));
+        };
+        if let Err(refused) = token_row(&row)?.admits(&secret_sha256, e.enrolled_at) {
+            return Ok(Err(refused));
+        }
+        let node = match tx
+            .query_opt(
+                "SELECT node FROM enrolments WHERE ed25519 = $1 AND revoked_at IS NULL",
+                &[&e.ed25519],
+            )
+            .await?
+        {
+            Some(r) => r.try_get(0)?,
+            None => e.node,
+        };
+        let e = Enrolment { node, ..e };
+        tx.execute(
+            &format!(
+                "INSERT INTO enrolments ({ENROLMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL)
+                 ON CONFLICT (node) DO UPDATE SET token = $3, password_sha256 = $4,
+                 enrolled_at = $5"
+            ),
+            &[
+                &e.node,
+                &e.ed25519,
+                &e.token,
+                &e.password_sha256,
+                &e.enrolled_at,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE join_tokens SET used = used + 1 WHERE id = $1",
+            &[&e.token],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(e))
+    }
+
+    pub(super) async fn enrolments(&self) -> Result<Vec<Enrolment>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {ENROLMENT_COLUMNS} FROM enrolments ORDER BY enrolled_at, node"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(enrolment_row).collect()
+    }
+
+    pub(super) async fn revoke_node(&self, node: String, now: i64) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE enrolments SET revoked_at = COALESCE(revoked_at, $2) WHERE node = $1",
+                &[&node, &now],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     pub(super) async fn lead(

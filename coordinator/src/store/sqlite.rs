@@ -9,7 +9,10 @@ use ambient_service::sqlite::SqliteActor;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use super::{Batch, MIGRATIONS, ProofRecord, StoreError, TERMINAL, corrupt};
+use super::{
+    Batch, Enrolment, JoinRefused, MIGRATIONS, ProofRecord, StoreError, TERMINAL, TokenRecord,
+    corrupt,
+};
 use crate::scheduler::{NodeRecord, TaskRecord};
 
 /// Handle to the store thread.
@@ -74,6 +77,56 @@ CREATE TABLE zk_keys (
     sha256 TEXT NOT NULL
 );
 ";
+
+/// Version 3: enrolment tokens and enrolled nodes (times in Unix seconds).
+pub(super) const SCHEMA_V3: &str = "
+CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    uses INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL,
+    note TEXT
+);
+CREATE TABLE enrolments (
+    node TEXT PRIMARY KEY,
+    ed25519 TEXT NOT NULL,
+    token TEXT NOT NULL,
+    password_sha256 TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX enrolments_by_key ON enrolments (ed25519);
+";
+
+const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
+const ENROLMENT_COLUMNS: &str = "node, ed25519, token, password_sha256, enrolled_at, revoked_at";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        secret_sha256: r.get(1)?,
+        uses: r.get(2)?,
+        used: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        revoked: r.get(6)?,
+        note: r.get(7)?,
+    })
+}
+
+fn enrolment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrolment> {
+    Ok(Enrolment {
+        node: r.get(0)?,
+        ed25519: r.get(1)?,
+        token: r.get(2)?,
+        password_sha256: r.get(3)?,
+        enrolled_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
 
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` on its thread, with the settings of
@@ -352,6 +405,103 @@ impl Sqlite {
                 [circuit],
                 |r| r.get(0),
             )?)
+        })
+        .await
+    }
+
+    pub(super) async fn put_token(&self, t: TokenRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![t.id, t.secret_sha256, t.uses, t.used, t.created_at, t.expires_at, t.revoked, t.note],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.call(|conn| {
+            let mut q = conn.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at DESC, id"
+            ))?;
+            let rows = q.query_map([], token_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_token(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            Ok(conn.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn enrol(
+        &self,
+        secret_sha256: String,
+        e: Enrolment,
+    ) -> Result<Result<Enrolment, JoinRefused>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let token = tx
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE id = ?1"),
+                    [&e.token],
+                    token_row,
+                )
+                .optional()?;
+            let Some(token) = token else {
+                return Ok(Err(JoinRefused::Unknown));
+            };
+            if let Err(refused) = token.admits(&secret_sha256, e.enrolled_at) {
+                return Ok(Err(refused));
+            }
+            let node: String = tx
+                .query_row(
+                    "SELECT node FROM enrolments WHERE ed25519 = ?1 AND revoked_at IS NULL",
+                    [&e.ed25519],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(e.node);
+            let e = Enrolment { node, ..e };
+            tx.execute(
+                &format!(
+                    "INSERT INTO enrolments ({ENROLMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                     ON CONFLICT(node) DO UPDATE SET token = ?3, password_sha256 = ?4,
+                     enrolled_at = ?5"
+                ),
+                params![e.node, e.ed25519, e.token, e.password_sha256, e.enrolled_at],
+            )?;
+            tx.execute(
+                "UPDATE join_tokens SET used = used + 1 WHERE id = ?1",
+                [&e.token],
+            )?;
+            tx.commit()?;
+            Ok(Ok(e))
+        })
+        .await
+    }
+
+    pub(super) async fn enrolments(&self) -> Result<Vec<Enrolment>, StoreError> {
+        self.call(|conn| {
+            let mut q = conn.prepare(&format!(
+                "SELECT {ENROLMENT_COLUMNS} FROM enrolments ORDER BY enrolled_at, node"
+            ))?;
+            let rows = q.query_map([], enrolment_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_node(&self, node: String, now: i64) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            Ok(conn.execute(
+                "UPDATE enrolments SET revoked_at = COALESCE(revoked_at, ?2) WHERE node = ?1",
+                params![node, now],
+            )? == 1)
         })
         .await
     }

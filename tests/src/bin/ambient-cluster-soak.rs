@@ -369,6 +369,8 @@ async fn main() -> anyhow::Result<()> {
             mqtt_port: addr.port(),
             mqtt_username: SUBMITTER.into(),
             mqtt_password: users[1].1.clone(),
+            admin_key: None,
+            join_token: None,
         }
     };
     for (i, job) in jobs.iter().enumerate() {

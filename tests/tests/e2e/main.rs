@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod fl;
 mod flow;
+mod join;
 mod kernels;
 mod policy;
 mod store;

@@ -76,6 +76,28 @@ pub struct Broker {
     router_tx: Sender<(ConnectionId, Event)>,
 }
 
+/// A handle on a running broker's router (local patch, see PATCHES.md).
+#[derive(Clone)]
+pub struct BrokerHandle {
+    router_tx: Sender<(ConnectionId, Event)>,
+}
+
+impl BrokerHandle {
+    /// Disconnects the client connected with `client_id`, if any. A local link connects with
+    /// that id, so the router drops the previous connection as it does for every duplicate
+    /// client id, and then the link disconnects itself. Blocks until the router answers: call
+    /// it off async workers.
+    pub fn disconnect(&self, client_id: &str) -> Result<(), local::LinkError> {
+        let (tx, _rx, _ack) = LinkBuilder::new(client_id, self.router_tx.clone())
+            .clean_session(true)
+            .build()?;
+        self.router_tx
+            .send((tx.connection_id, Event::Disconnect))
+            .map_err(|_| local::LinkError::NotConnectionAck)?;
+        Ok(())
+    }
+}
+
 impl Broker {
     pub fn new(config: Config) -> Broker {
         let config = Arc::new(config);
@@ -141,6 +163,14 @@ impl Broker {
     //         cluster.add_replica_router_handle(node_id, link);
     //     }
     // }
+
+    /// A handle on the router that outlives `start` taking the broker (local patch, see
+    /// PATCHES.md).
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            router_tx: self.router_tx.clone(),
+        }
+    }
 
     // Link to get meters
     pub fn meters(&self) -> Result<meters::MetersLink, meters::LinkError> {
