@@ -28,6 +28,8 @@ pub fn binary(name: &str) -> Option<PathBuf> {
 /// `bin run --config FILE`, logging to a file; killed with SIGKILL on drop.
 pub struct ServiceProcess {
     child: Option<Child>,
+    /// What runs `bin` (an emulator such as `qemu-aarch64-static`), if anything.
+    runner: Option<PathBuf>,
     bin: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -43,6 +45,7 @@ impl ServiceProcess {
         fs::create_dir_all(dir)?;
         let mut p = ServiceProcess {
             child: None,
+            runner: None,
             bin,
             config: dir.join(format!("{name}.toml")),
             log: dir.join(format!("{name}.log")),
@@ -58,10 +61,23 @@ impl ServiceProcess {
         let bin = binary(name).with_context(|| {
             format!("{name} is not built: cargo build --bin {name} (scripts/test does)")
         })?;
+        ServiceProcess::start_under(None, &bin, config, dir)
+    }
+
+    /// Starts `[runner] bin run --config CONFIG` (the runner: an emulator for a binary of
+    /// another architecture), logging to `dir/<file name of bin>.log`.
+    pub fn start_under(
+        runner: Option<&Path>,
+        bin: &Path,
+        config: &Path,
+        dir: &Path,
+    ) -> Result<ServiceProcess> {
         fs::create_dir_all(dir)?;
+        let name = bin.file_name().map_or("service".into(), |n| n.to_string_lossy());
         let mut p = ServiceProcess {
             child: None,
-            bin,
+            runner: runner.map(Path::to_owned),
+            bin: bin.to_owned(),
             config: config.to_owned(),
             log: dir.join(format!("{name}.log")),
         };
@@ -69,12 +85,25 @@ impl ServiceProcess {
         Ok(p)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.bin)
+        let mut command = match &self.runner {
+            Some(runner) => {
+                let mut c = Command::new(runner);
+                c.arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)

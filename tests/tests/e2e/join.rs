@@ -14,27 +14,10 @@ use ambient_protocol::{NodeKey, NodeState};
 
 use crate::util::*;
 
-/// Runs `bin args…` to completion (no session bus, so secrets go to the 0600 files) and returns
-/// its stdout; panics with its output when it fails.
+/// Runs this build's `bin` with `args` to completion and returns its stdout.
 async fn run(bin: &str, args: Vec<String>) -> String {
     let path = binary(bin).unwrap_or_else(|| panic!("{bin} is not built (scripts/test builds it)"));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(path)
-            .args(args)
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{bin} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_program(None, path, args).await
 }
 
 /// Whether the broker accepts `user` with `password` and client id `client_id` within 10 s.
@@ -73,14 +56,6 @@ async fn connects(c: &Cluster, client_id: &str, user: &str, password: &str) -> b
     .unwrap_or(false);
     token.cancel();
     verdict
-}
-
-async fn node_state(c: &Cluster, node: &str) -> Option<NodeState> {
-    let nodes = c.client().nodes().await.ok()?;
-    nodes
-        .into_iter()
-        .find(|n| n.node_id == node)
-        .map(|n| n.state)
 }
 
 /// The whole path on `c`, whose coordinator makes broker accounts.

@@ -6,6 +6,7 @@ mod broker_cluster;
 mod compute;
 mod coordinators;
 mod docs;
+mod edge;
 mod faults;
 mod fl;
 mod flow;

@@ -86,3 +86,44 @@ pub fn persisted(db: &std::path::Path, id: uuid::Uuid) -> serde_json::Value {
         .expect("task row");
     serde_json::from_str(&record).expect("record json")
 }
+
+/// Runs `program args…` (under `runner`, an emulator, when given) to completion, with no session
+/// bus (so secrets go to the 0600 files, where a test can read them), and returns its stdout;
+/// panics with its output when it fails.
+pub async fn run_program(
+    runner: Option<std::path::PathBuf>,
+    program: std::path::PathBuf,
+    args: Vec<String>,
+) -> String {
+    let shown = program.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = match &runner {
+            Some(r) => {
+                let mut c = std::process::Command::new(r);
+                c.arg(&program);
+                c
+            }
+            None => std::process::Command::new(&program),
+        };
+        c.args(args)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `node`'s state in `GET /api/v1/nodes`, if it is listed.
+pub async fn node_state(c: &ambient_e2e::Cluster, node: &str) -> Option<ambient_protocol::NodeState> {
+    let nodes = c.client().nodes().await.ok()?;
+    nodes.into_iter().find(|n| n.node_id == node).map(|n| n.state)
+}
