@@ -11,14 +11,33 @@
 //! says which one ran it.
 //!
 //! Every failure is an [`OnnxError`] with a stable [`OnnxError::kind`]; tract's own errors are
-//! wrapped at this boundary with their message.
+//! wrapped at this boundary with their message. A panic inside tract is caught and reported as
+//! an [`OnnxError::Run`].
+//!
+//! Models are parsed with tract's ONNX operator table amended by [`ops`]: fixes for operators
+//! tract 0.23.9 computes wrongly (a recurrence with `direction=reverse`, SpaceToDepth in CRD
+//! mode, Swish with `alpha`), operators it lacks (`Attention`, `SwiGLU`, `LpPool`), and refusals
+//! (`unsupported_operator`, naming the operator and attribute) where tract would silently ignore
+//! an attribute. Outputs are named by the model's graph outputs, in order. A model whose shapes
+//! depend on the values of its inputs (Resize with `scales` given as an input, BatchNormalization
+//! with its parameters as inputs) is prepared again with the request's tensors as constants when
+//! tract cannot type it otherwise; such a plan is not cached. `scripts/onnx-conformance` measures
+//! all of this against ONNX's backend node test cases (`docs/onnx-coverage.md`).
+//!
+//! # Layout
+//! - [`ops`]: our entries in tract's ONNX operator table.
+//! - [`attention`]: ONNX `Attention` (opsets 23 to 25).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use ambient_protocol::{FailureKind, InferenceOutput, TensorJson};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid as _;
+use tract_onnx::tract_hir::prelude::InferenceModel;
+
+pub mod attention;
+pub mod ops;
 
 /// Why an inference failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +76,22 @@ impl OnnxError {
     }
 }
 
+/// tract's ONNX front end with our operator table ([`ops::register`]).
+static FRAMEWORK: LazyLock<tract_onnx::Onnx> = LazyLock::new(|| {
+    let mut onnx = tract_onnx::onnx();
+    ops::register(&mut onnx.op_register);
+    onnx
+});
+
+/// The refusal [`ops`] raised while building the model, if that is why it failed.
+fn refusal(e: &TractError) -> Option<&ops::Unsupported> {
+    e.chain().find_map(|c| c.downcast_ref::<ops::Unsupported>())
+}
+
 fn model_error(e: TractError) -> OnnxError {
+    if let Some(u) = refusal(&e) {
+        return OnnxError::UnsupportedOperator(u.0.clone());
+    }
     let text = format!("{e:#}");
     if text.contains("Unimplemented") || text.contains("not implemented") {
         OnnxError::UnsupportedOperator(text)
@@ -68,9 +102,22 @@ fn model_error(e: TractError) -> OnnxError {
 
 type Plan = Arc<dyn Runnable>;
 
+/// A model made runnable for one set of input shapes and dtypes.
+struct Prepared {
+    plan: Plan,
+    /// `cpu`, or the GPU that runs the plan (`cuda:0`).
+    device: String,
+    /// The plan's inputs, in order, by name; empty when the inputs were frozen into it.
+    inputs: Vec<String>,
+    /// The model's graph outputs, in order, by name.
+    outputs: Vec<String>,
+    /// The request's tensors are constants of this plan: it serves only those values.
+    frozen: bool,
+}
+
 /// The engine: the plan cache and the chosen runtime.
 pub struct OnnxEngine {
-    plans: Mutex<HashMap<String, (Plan, String)>>,
+    plans: Mutex<HashMap<String, Arc<Prepared>>>,
     capacity: usize,
 }
 
@@ -188,6 +235,26 @@ impl OnnxEngine {
         inputs: &BTreeMap<String, TensorJson>,
         allow_gpu: bool,
     ) -> Result<InferenceOutput, OnnxError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_unguarded(model, model_sha256, inputs, allow_gpu)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(OnnxError::Run(format!("tract panicked: {what}")))
+        })
+    }
+
+    fn run_unguarded(
+        &self,
+        model: &[u8],
+        model_sha256: &str,
+        inputs: &BTreeMap<String, TensorJson>,
+        allow_gpu: bool,
+    ) -> Result<InferenceOutput, OnnxError> {
         let key = format!(
             "{model_sha256}:{}:{}",
             if allow_gpu { "any" } else { "cpu" },
@@ -203,39 +270,35 @@ impl OnnxEngine {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
             .cloned();
-        let (plan, device, order) = match cached {
-            Some((plan, device)) => {
-                let order = input_order(plan.as_ref())?;
-                (plan, device, order)
-            }
+        let prepared = match cached {
+            Some(p) => p,
             None => {
-                let (plan, device) = self.prepare(model, inputs, allow_gpu)?;
-                let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
-                if plans.len() >= self.capacity {
-                    plans.clear();
+                let prepared = Arc::new(self.prepare(model, inputs, allow_gpu)?);
+                if !prepared.frozen {
+                    let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+                    if plans.len() >= self.capacity {
+                        plans.clear();
+                    }
+                    plans.insert(key, prepared.clone());
                 }
-                plans.insert(key, (plan.clone(), device.clone()));
-                let order = input_order(plan.as_ref())?;
-                (plan, device, order)
+                prepared
             }
         };
-        let mut values = TVec::new();
-        for name in &order {
-            let t = inputs
-                .get(name)
-                .ok_or_else(|| OnnxError::InputNames(format!("missing input {name:?}")))?;
-            values.push(to_tensor(name, t)?.into());
-        }
-        let outs = match plan.run(values.clone()) {
-            Ok(o) => o,
-            Err(e) if device != "cpu" => {
+        let values = input_values(&prepared, inputs)?;
+        match prepared.plan.run(values.clone()) {
+            Ok(outs) => finish(outs, &prepared),
+            Err(e) if prepared.device != "cpu" => {
                 tracing::warn!(error = %format!("{e:#}"), "GPU run failed; running on the CPU.");
-                let (cpu, _) = prepare_on(model, inputs, "cpu")?;
-                return finish(cpu.run(values), cpu.as_ref(), "cpu".into());
+                let cpu = prepare_on(model, inputs, "cpu")?;
+                let values = input_values(&cpu, inputs)?;
+                let outs = cpu
+                    .plan
+                    .run(values)
+                    .map_err(|e| OnnxError::Run(format!("{e:#}")))?;
+                finish(outs, &cpu)
             }
-            Err(e) => return Err(OnnxError::Run(format!("{e:#}"))),
-        };
-        finish(Ok(outs), plan.as_ref(), device)
+            Err(e) => Err(OnnxError::Run(format!("{e:#}"))),
+        }
     }
 
     fn prepare(
@@ -243,11 +306,16 @@ impl OnnxEngine {
         model: &[u8],
         inputs: &BTreeMap<String, TensorJson>,
         allow_gpu: bool,
-    ) -> Result<(Plan, String), OnnxError> {
+    ) -> Result<Prepared, OnnxError> {
         if allow_gpu && cfg!(any(feature = "gpu-cuda", feature = "gpu-metal")) {
             match prepare_on(model, inputs, "gpu-or-cpu") {
                 Ok(ok) => return Ok(ok),
-                Err(e @ (OnnxError::InputNames(_) | OnnxError::Shape(_) | OnnxError::Dtype(_))) => {
+                Err(
+                    e @ (OnnxError::InputNames(_)
+                    | OnnxError::Shape(_)
+                    | OnnxError::Dtype(_)
+                    | OnnxError::UnsupportedOperator(_)),
+                ) => {
                     return Err(e);
                 }
                 Err(e) => tracing::warn!(error = %e, "GPU preparation failed; using the CPU."),
@@ -257,40 +325,38 @@ impl OnnxEngine {
     }
 }
 
-fn finish(
-    outs: TractResult<TVec<TValue>>,
-    plan: &dyn Runnable,
-    device: String,
-) -> Result<InferenceOutput, OnnxError> {
-    let outs = outs.map_err(|e| OnnxError::Run(format!("{e:#}")))?;
-    let model = plan
-        .typed_model()
-        .ok_or_else(|| OnnxError::Run("plan has no model".into()))?;
-    let mut outputs = BTreeMap::new();
-    for (i, (outlet, value)) in model.outputs.iter().zip(outs.iter()).enumerate() {
-        let name = model
-            .outlet_label(*outlet)
-            .map(str::to_string)
-            .unwrap_or_else(|| model.node(outlet.node).name.clone());
-        let name = if name.is_empty() {
-            format!("output_{i}")
-        } else {
-            name
-        };
-        outputs.insert(name, from_tensor(value)?);
+/// The request's tensors in the plan's input order.
+fn input_values(
+    prepared: &Prepared,
+    inputs: &BTreeMap<String, TensorJson>,
+) -> Result<TVec<TValue>, OnnxError> {
+    let mut values = TVec::new();
+    for name in &prepared.inputs {
+        let t = inputs
+            .get(name)
+            .ok_or_else(|| OnnxError::InputNames(format!("missing input {name:?}")))?;
+        values.push(to_tensor(name, t)?.into());
     }
-    Ok(InferenceOutput { outputs, device })
+    Ok(values)
 }
 
-fn input_order(plan: &dyn Runnable) -> Result<Vec<String>, OnnxError> {
-    let model = plan
-        .typed_model()
-        .ok_or_else(|| OnnxError::Run("plan has no model".into()))?;
-    Ok(model
-        .inputs
-        .iter()
-        .map(|o| model.node(o.node).name.clone())
-        .collect())
+fn finish(outs: TVec<TValue>, prepared: &Prepared) -> Result<InferenceOutput, OnnxError> {
+    if outs.len() != prepared.outputs.len() {
+        return Err(OnnxError::Run(format!(
+            "the plan gave {} outputs for the model's {} ({:?})",
+            outs.len(),
+            prepared.outputs.len(),
+            prepared.outputs
+        )));
+    }
+    let mut outputs = BTreeMap::new();
+    for (name, value) in prepared.outputs.iter().zip(outs.iter()) {
+        outputs.insert(name.clone(), from_tensor(value)?);
+    }
+    Ok(InferenceOutput {
+        outputs,
+        device: prepared.device.clone(),
+    })
 }
 
 /// Parses, checks, types and prepares `model` for these inputs on runtime `rt`.
@@ -298,9 +364,20 @@ fn prepare_on(
     model: &[u8],
     inputs: &BTreeMap<String, TensorJson>,
     rt: &str,
-) -> Result<(Plan, String), OnnxError> {
-    let inference = tract_onnx::onnx()
-        .model_for_read(&mut &model[..])
+) -> Result<Prepared, OnnxError> {
+    let proto = FRAMEWORK
+        .proto_model_for_read(&mut &model[..])
+        .map_err(model_error)?;
+    let outputs: Vec<String> = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::InvalidModel("the model has no graph".into()))?
+        .output
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let inference = FRAMEWORK
+        .model_for_proto_model(&proto)
         .map_err(model_error)?;
     let names: Vec<String> = inference
         .input_outlets()
@@ -355,10 +432,6 @@ fn prepare_on(
             .set_input_fact(i, InferenceFact::dt_shape(want, t.shape.clone()))
             .map_err(model_error)?;
     }
-    let typed = typed_inputs
-        .into_typed()
-        .and_then(|m| m.into_decluttered())
-        .map_err(model_error)?;
     let runtime = tract_onnx::tract_core::runtime::runtime_for_name(rt)
         .map_err(|e| OnnxError::Run(format!("{e:#}")))?
         .ok_or_else(|| OnnxError::Run(format!("no runtime {rt}")))?;
@@ -366,8 +439,60 @@ fn prepare_on(
         "cpu" => "cpu".to_string(),
         other => format!("{other}:0"),
     };
-    let plan = runtime.prepare(typed).map_err(model_error)?;
-    Ok((Arc::from(plan), device))
+    let ready = |m: InferenceModel| -> TractResult<Plan> {
+        let typed = m.into_typed()?.into_decluttered()?;
+        Ok(Arc::from(runtime.prepare(typed)?))
+    };
+    match ready(typed_inputs) {
+        Ok(plan) => Ok(Prepared {
+            plan,
+            device,
+            inputs: names,
+            outputs,
+            frozen: false,
+        }),
+        Err(e) if refusal(&e).is_some() || names.is_empty() => Err(model_error(e)),
+        Err(e) => {
+            // tract types a model before it runs it, so it needs every value a shape depends
+            // on. ONNX lets such values come from inputs (Resize's scales, BatchNormalization's
+            // parameters): try again with this request's tensors as constants.
+            let frozen = freeze(&inference, &names, inputs)?;
+            match ready(frozen) {
+                Ok(plan) => Ok(Prepared {
+                    plan,
+                    device,
+                    inputs: vec![],
+                    outputs,
+                    frozen: true,
+                }),
+                Err(again) if refusal(&again).is_some() => Err(model_error(again)),
+                Err(_) => Err(model_error(e)),
+            }
+        }
+    }
+}
+
+/// `model` with each of its inputs replaced by the request's tensor, as a constant.
+fn freeze(
+    model: &InferenceModel,
+    names: &[String],
+    inputs: &BTreeMap<String, TensorJson>,
+) -> Result<InferenceModel, OnnxError> {
+    let mut model = model.clone();
+    let outlets = model.input_outlets().map_err(model_error)?.to_vec();
+    for (outlet, name) in outlets.iter().zip(names) {
+        let t = inputs
+            .get(name)
+            .ok_or_else(|| OnnxError::InputNames(format!("missing input {name:?}")))?;
+        let value = to_tensor(name, t)?.into_arc_tensor();
+        let konst =
+            tract_onnx::tract_hir::ops::konst::Const::new(value.clone()).map_err(model_error)?;
+        let node = model.node_mut(outlet.node);
+        node.op = Box::new(konst);
+        node.outputs[0].fact = InferenceFact::try_from(value).map_err(model_error)?;
+    }
+    model.set_input_outlets(&[]).map_err(model_error)?;
+    Ok(model)
 }
 
 // The GPU runtimes register themselves with tract when linked.

@@ -150,3 +150,132 @@ fn broken_inputs_are_typed() {
         OnnxError::InputNames(_)
     ));
 }
+
+// ONNX conformance: cases of ONNX's backend node tests with onnx's expected outputs, and small
+// models that use a refused attribute (tests/onnx-conformance/fixtures/, written by
+// scripts/onnx-conformance-fixtures.py). The whole suite runs through a local network in
+// scripts/onnx-conformance.
+
+fn conformance_fixture(name: &str) -> Vec<u8> {
+    let p = format!(
+        "{}/../tests/onnx-conformance/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn conformance_case(name: &str) -> (Vec<u8>, serde_json::Value) {
+    let doc = serde_json::from_slice(&conformance_fixture(&format!("{name}.json"))).unwrap();
+    (conformance_fixture(&format!("{name}.onnx")), doc)
+}
+
+/// Runs a node test case and holds it to onnx's expected outputs (rtol 1e-3; atol 1e-5, the
+/// float32 tolerance onnxruntime's own backend tests use).
+fn check_conformance(name: &str) {
+    let (model, doc) = conformance_case(name);
+    let inputs: BTreeMap<String, TensorJson> =
+        serde_json::from_value(doc["inputs"].clone()).unwrap();
+    let want: BTreeMap<String, TensorJson> =
+        serde_json::from_value(doc["outputs"].clone()).unwrap();
+    let out = OnnxEngine::new(8)
+        .run(&model, name, &inputs)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        out.outputs.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{name}: output names"
+    );
+    for (output, w) in &want {
+        let g = &out.outputs[output];
+        assert_eq!(
+            (&g.dtype, &g.shape),
+            (&w.dtype, &w.shape),
+            "{name}: {output}"
+        );
+        for (i, (a, b)) in g.data.iter().zip(&w.data).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 + 1e-3 * b.abs(),
+                "{name}: {output}[{i}] = {a}, onnx expects {b}"
+            );
+        }
+    }
+}
+
+fn refusal(name: &str) -> OnnxError {
+    let (model, doc) = conformance_case(name);
+    let inputs: BTreeMap<String, TensorJson> =
+        serde_json::from_value(doc["inputs"].clone()).unwrap();
+    let err = OnnxEngine::new(8)
+        .run(&model, name, &inputs)
+        .expect_err("a refused model ran");
+    assert_eq!(
+        err.kind(),
+        ambient_protocol::FailureKind::UnsupportedOperator,
+        "{name}: {err}"
+    );
+    err
+}
+
+#[test]
+fn reverse_recurrences_run_backwards() {
+    // tract 0.23.9 ignores direction=reverse and runs these forwards.
+    check_conformance("lstm_reverse");
+    check_conformance("gru_reverse");
+    check_conformance("simple_rnn_reverse");
+}
+
+#[test]
+fn space_to_depth_crd_mode() {
+    // tract 0.23.9 ignores `mode` and answers in DCR order.
+    check_conformance("spacetodepth_crd_mode_example");
+}
+
+#[test]
+fn swish_alpha_and_swiglu() {
+    // tract 0.23.9 drops Swish's `alpha` and lacks SwiGLU.
+    check_conformance("swiglu_alpha_expanded");
+    check_conformance("swiglu_alpha");
+}
+
+#[test]
+fn outputs_are_named_by_the_graph() {
+    // `present_key` is an Identity of a value that tract's optimiser merges with others; the
+    // answer must keep the graph's output names.
+    check_conformance("attention_4d_causal_with_past_and_present_expanded");
+}
+
+#[test]
+fn attention_matches_onnx() {
+    // KV cache with present outputs and a bottom-right causal mask; grouped-query 3-D
+    // attention; softcap with the qk_matmul_output output.
+    check_conformance("attention_4d_causal_with_past_and_present");
+    check_conformance("attention_3d_gqa");
+    check_conformance("attention_4d_with_qk_matmul_softcap");
+}
+
+#[test]
+fn lp_pool_and_value_dependent_shapes() {
+    check_conformance("lppool_1d_default");
+    // Resize's scales come as an input: prepared with the request's values as constants.
+    check_conformance("resize_downsample_scales_linear");
+}
+
+#[test]
+fn ignored_attributes_are_refused() {
+    let err = refusal("refuse_lstm_clip");
+    assert!(err.to_string().contains("LSTM with clip=0.5"), "{err}");
+    let err = refusal("refuse_gru_activations");
+    assert!(err.to_string().contains("GRU with activations"), "{err}");
+    let err = refusal("refuse_attention_nonpad");
+    assert!(
+        err.to_string()
+            .contains("Attention with input nonpad_kv_seqlen"),
+        "{err}"
+    );
+    let err = refusal("refuse_attention_contrib");
+    assert!(
+        err.to_string()
+            .contains("Attention from domain com.microsoft"),
+        "{err}"
+    );
+}
