@@ -552,12 +552,15 @@ async fn up(
     })
     .await?;
     let path = data_dir.join("connection.json");
+    // Whole or absent: written aside, then renamed, so a reader never sees it half written.
+    let aside = data_dir.join("connection.json.tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(&path)?
+    opts.open(&aside)?
         .write_all(serde_json::to_string_pretty(&net.connection)?.as_bytes())?;
+    std::fs::rename(&aside, &path)?;
     let c = &net.connection;
     println!(
         "Ambient VCP is up: {agents} agents, API {}, MQTT {}:{}",

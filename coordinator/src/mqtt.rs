@@ -192,6 +192,11 @@ impl Listener {
     }
 
     async fn submit(&self, submitter: &str, payload: Vec<u8>) {
+        // The id the submitter chose, if the payload names one, so that a rejection of a body
+        // that does not check out still says which submission it answers.
+        let named = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| v.get("task_id")?.as_str()?.parse::<uuid::Uuid>().ok());
         let submitted = submission::submit(
             &self.engine,
             &self.store,
@@ -202,7 +207,7 @@ impl Listener {
         .await;
         match submitted {
             Ok(_) | Err(SubmitFailure::ShuttingDown) => {}
-            Err(SubmitFailure::Invalid(e)) => self.reject(submitter, &e, None),
+            Err(SubmitFailure::Invalid(e)) => self.reject(submitter, &e, named),
             Err(SubmitFailure::Refused { error, task_id }) => {
                 self.reject(submitter, &error, task_id)
             }

@@ -1,0 +1,44 @@
+"""zk_proof: a proved result, its proof fetched and verified again."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from ambient_vcp import BadRequestError, Client
+from support import WAIT
+
+
+def test_hash_chain_proof_verifies(client: Client) -> None:
+    circuits = {(c["circuit"], c["n"]) for c in client.circuits()}
+    assert ("hash_chain", 64) in circuits and ("dot", 16) in circuits
+    info = client.submit_zk("hash_chain", x=7, n=64).wait(timeout=WAIT)
+    assert info.status == "completed", info
+    assert info.proof_id
+    out = info.output
+    assert out["circuit"] == "hash_chain" and out["n"] == 64 and int(out["y"]) > 0
+    proof = client.proof(info.proof_id)
+    assert proof["task_id"] == info.task_id and proof["proof"] == out["proof"]
+    assert client.verify_proof("hash_chain", 64, proof["public_inputs"], proof["proof"])
+    # The same proof against other public inputs does not verify.
+    other = list(proof["public_inputs"])
+    other[2] = str(int(other[2]) + 1)
+    assert not client.verify_proof("hash_chain", 64, other, proof["proof"])
+    assert base64.b64decode(proof["proof"])
+
+
+def test_dot_product_is_exact(client: Client) -> None:
+    a = [2**40 + i for i in range(16)]
+    b = [-(3**20) + 7 * i for i in range(16)]
+    info = client.submit_zk("dot", a=a, b=b).wait(timeout=WAIT)
+    assert info.status == "completed", info
+    assert info.proof_id
+    # The exact sum, as a decimal string: it is beyond 2**53.
+    assert info.output["sum"] == str(sum(x * y for x, y in zip(a, b)))
+    assert info.output["circuit"] == "dot" and info.output["n"] == 16
+
+
+def test_unsupported_size_is_refused(client: Client) -> None:
+    with pytest.raises(BadRequestError) as e:
+        client.submit_zk("hash_chain", x=7, n=65)
+    assert e.value.code == "invalid_inputs"
