@@ -10,6 +10,7 @@ fn main() {
             "put_settings",
             "reputation",
             "agent_info",
+            "join",
         ]),
     ))
     .expect("tauri-build failed");

@@ -177,8 +177,18 @@ impl Control {
     pub(crate) async fn serve<B: Backend>(self, backend: Arc<B>, shutdown: CancellationToken) {
         let app = router(Arc::new(Api {
             backend,
-            token: self.token,
+            token: self.token.clone(),
         }));
+        self.serve_router(app, shutdown).await;
+    }
+
+    /// The bearer token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Serves `app` until `shutdown`.
+    pub(crate) async fn serve_router(self, app: Router, shutdown: CancellationToken) {
         if let Err(e) = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -238,11 +248,14 @@ fn router<B: Backend>(api: Shared<B>) -> Router {
         .route("/v1/reputation", get(reputation::<B>))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(api.clone(), auth::<B>))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(api.token.as_str()),
+            auth,
+        ))
         .with_state(api)
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = ApiError {
         error: code.into(),
         message: message.into(),
@@ -258,7 +271,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// Bearer-token check on every request (CORS preflights excepted), and CORS headers on every
 /// answer.
-async fn auth<B: Backend>(State(api): State<Shared<B>>, req: Request, next: Next) -> Response {
+pub(crate) async fn auth(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
@@ -282,7 +295,7 @@ async fn auth<B: Backend>(State(api): State<Shared<B>>, req: Request, next: Next
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(t) if same(t.trim().as_bytes(), api.token.as_bytes()) => next.run(req).await,
+            Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
             Some(_) => error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -303,7 +316,7 @@ async fn auth<B: Backend>(State(api): State<Shared<B>>, req: Request, next: Next
     resp
 }
 
-async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -311,7 +324,7 @@ async fn not_found() -> Response {
     )
 }
 
-async fn method_not_allowed() -> Response {
+pub(crate) async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

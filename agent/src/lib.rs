@@ -23,6 +23,7 @@
 //! - [`config`]: the typed, strict configuration.
 //! - [`creds`]: the broker password and the identity key, from config, OS keyring, or 0600 files.
 //! - [`join`]: `ambient-agent join TOKEN`: enrol with a token and write a complete configuration.
+//! - [`setup`]: `run --wait-for-join`: before the first join, a control API that takes a token.
 //! - [`blobs`]: large artifacts by reference, downloaded from the coordinator with signed requests.
 //! - [`telemetry`]: sysinfo + NVML sampling.
 //! - [`journal`]: the SQLite journal that makes results survive crashes.
@@ -67,6 +68,7 @@ pub mod exec;
 pub mod join;
 pub mod journal;
 pub mod policy;
+pub mod setup;
 pub mod telemetry;
 
 mod agent;

@@ -25,6 +25,14 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// When the configuration does not exist yet, wait for a join token on the control API
+        /// (`POST /v1/join`, what the tray app's "Join a network" sends), then run. Data go to
+        /// `--data-dir`.
+        #[arg(long)]
+        wait_for_join: bool,
+        /// With `--wait-for-join`: where a joined node keeps its data.
+        #[arg(long, default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
     },
     /// Store the node's broker password (read from stdin) in the OS keyring, or in a 0600 file
     /// under the data dir where no keyring exists.
@@ -67,6 +75,14 @@ fn default_data_dir() -> PathBuf {
     xdg("XDG_DATA_HOME", ".local/share").join("ambient-agent")
 }
 
+/// This machine's host name, for the operator's lists.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 fn xdg(var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(var)
         .filter(|v| !v.is_empty())
@@ -90,12 +106,7 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => {
             tracing_subscriber::fmt().with_env_filter(filter).init();
-            let name = name.or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_string())
-                    .filter(|h| !h.is_empty())
-            });
+            let name = name.or_else(host_name);
             let joined = ambient_agent::join::join(&token, &config, &data_dir, name).await?;
             if json {
                 println!(
@@ -131,12 +142,42 @@ async fn main() -> anyhow::Result<()> {
                 cfg.node_id
             );
         }
-        Command::Run { config, log_json } => {
+        Command::Run {
+            config,
+            log_json,
+            wait_for_join,
+            data_dir,
+        } => {
             let builder = tracing_subscriber::fmt().with_env_filter(filter);
             if log_json {
                 builder.json().init();
             } else {
                 builder.init();
+            }
+            if wait_for_join && !config.exists() {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let signal = stop.clone();
+                tokio::spawn(async move {
+                    ambient_service::shutdown_signal().await;
+                    signal.cancel();
+                });
+                let mut control = ambient_agent::config::ControlConfig::default();
+                if let Ok(v) = std::env::var("AMBIENT_CONTROL_LISTEN") {
+                    control.listen = v
+                        .parse()
+                        .with_context(|| format!("AMBIENT_CONTROL_LISTEN={v:?} does not parse"))?;
+                }
+                let joined = ambient_agent::setup::wait_for_join(
+                    &config,
+                    &data_dir,
+                    &control,
+                    host_name(),
+                    stop.clone(),
+                )
+                .await?;
+                if joined.is_none() {
+                    return Ok(());
+                }
             }
             let cfg = ambient_agent::Config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;

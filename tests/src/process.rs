@@ -73,7 +73,9 @@ impl ServiceProcess {
         dir: &Path,
     ) -> Result<ServiceProcess> {
         fs::create_dir_all(dir)?;
-        let name = bin.file_name().map_or("service".into(), |n| n.to_string_lossy());
+        let name = bin
+            .file_name()
+            .map_or("service".into(), |n| n.to_string_lossy());
         let mut p = ServiceProcess {
             child: None,
             runner: runner.map(Path::to_owned),

@@ -187,3 +187,192 @@ async fn dashboard_and_tray_drive_a_real_agent() {
     );
     cluster.shutdown().await;
 }
+
+/// The processes whose command line starts with `exe` (from /proc).
+fn running(exe: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv0 = cmd.split(|&b| b == 0).next()?;
+        (argv0 == exe.as_bytes()).then_some(pid)
+    })
+    .collect()
+}
+
+/// Runs a package command as root (directly, or with `sudo -n`).
+fn as_root(args: &[&str]) -> std::process::Output {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let mut cmd = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-n").arg(args[0]);
+        c
+    };
+    cmd.args(&args[1..])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .expect("runs")
+}
+
+/// Removes the package when the test ends, however it ends.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = as_root(&["apt-get", "remove", "-y", "-qq", "ambient-vcp"]);
+    }
+}
+
+/// The home user's whole path, from the package: `scripts/package-deb` builds it, this test
+/// installs it with apt on this machine, starts the agent as the package's user service starts
+/// it and the tray under Xvfb, joins from the dashboard in headless Chromium by pasting a token,
+/// sees the node contributing, then removes the package and finds nothing of it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_installs_joins_from_the_dashboard_and_leaves_nothing_running() {
+    let Some(deb) = std::env::var_os("AMBIENT_DEB").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("AMBIENT_REQUIRE_TRAY_TESTS").is_none(),
+            "AMBIENT_REQUIRE_TRAY_TESTS is set but AMBIENT_DEB (the package scripts/package-deb \
+             builds) is not"
+        );
+        eprintln!("skipping the package test: set AMBIENT_DEB to a .deb (scripts/test does)");
+        return;
+    };
+    let missing = missing_tools();
+    assert!(missing.is_empty(), "missing {missing:?}");
+    let install = as_root(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        deb.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(
+        install.status.success(),
+        "apt-get install {}: {}",
+        deb.display(),
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let installed = Installed;
+
+    let cluster = Cluster::embedded(0).await.expect("cluster");
+    let token = cluster
+        .admin()
+        .create_token(&ambient_protocol::join::TokenRequest::default())
+        .await
+        .expect("token")
+        .token
+        .expect("the token");
+    let home = tempfile::tempdir().expect("home");
+    // The user service as systemd would start it (no user manager runs here): the unit's own
+    // ExecStart, with %h the user's home.
+    let unit = std::fs::read_to_string("/usr/lib/systemd/user/ambient-agent.service")
+        .expect("the package installs the user unit");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line")
+        .replace("%h", &home.path().display().to_string());
+    let argv: Vec<&str> = exec.split_whitespace().collect();
+    let log = std::fs::File::create(home.path().join("agent.log")).expect("log");
+    let mut agent = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("HOME", home.path())
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("the packaged agent starts");
+    let control = home.path().join(".local/share/ambient-agent/control.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !control.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiting agent wrote no control.json: {}",
+            std::fs::read_to_string(home.path().join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The tray, from the package, on a virtual display with a session bus.
+    let mut tray = Command::new("xvfb-run")
+        .args(["-a", "dbus-run-session", "--", "/usr/bin/ambient-tray"])
+        .env("HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("xvfb-run");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tray.try_wait().expect("tray").is_none(),
+        "the tray app exited"
+    );
+    assert_eq!(
+        running("/usr/bin/ambient-tray").len(),
+        1,
+        "the packaged tray runs"
+    );
+
+    let out_dir = repo().join("target/test-output/tray");
+    std::fs::create_dir_all(&out_dir).expect("output dir");
+    let joined = Command::new("node")
+        .arg(repo().join("tray-app/tests/join.mjs"))
+        .arg("--control")
+        .arg(&control)
+        .arg("--token")
+        .arg(&token)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&joined.stdout).to_string();
+    println!("{stdout}");
+    assert!(
+        joined.status.success(),
+        "the join test failed:\n{stdout}\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&joined.stderr),
+        std::fs::read_to_string(home.path().join("agent.log")).unwrap_or_default()
+    );
+    let node = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("NODE_ID="))
+        .expect("the node id")
+        .to_string();
+    let nodes = cluster.client().nodes().await.expect("nodes");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.node_id == node && n.state == ambient_protocol::NodeState::Online),
+        "{node} is not online at the coordinator: {nodes:?}"
+    );
+
+    // Removing the package stops everything it started.
+    drop(installed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = [
+            running("/usr/bin/ambient-agent"),
+            running("/usr/bin/ambient-tray"),
+        ]
+        .concat();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after the package was removed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.wait().is_ok());
+    let _ = tray.wait();
+    assert!(!Path::new("/usr/bin/ambient-agent").exists());
+    cluster.shutdown().await;
+}

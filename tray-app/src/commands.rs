@@ -20,7 +20,8 @@ pub fn handler() -> impl Fn(tauri::ipc::Invoke) -> bool + Send + Sync + 'static 
         get_settings,
         put_settings,
         reputation,
-        agent_info
+        agent_info,
+        join
     ]
 }
 
@@ -85,6 +86,22 @@ pub async fn put_settings(
 #[tauri::command]
 pub async fn reputation(state: State<'_, AppState>) -> Result<Value, Error> {
     blocking(&state.client, |c| c.get("/v1/reputation")).await
+}
+
+/// `POST /v1/join` with a pasted token: an agent waiting for its first join
+/// (`run --wait-for-join`) enrols this computer, then starts contributing.
+#[tauri::command]
+pub async fn join(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    token: String,
+) -> Result<Value, Error> {
+    let r = blocking(&state.client, move |c| {
+        c.send("POST", "/v1/join", &json!({ "token": token.trim() }))
+    })
+    .await;
+    tray::refresh_soon(&app);
+    r
 }
 
 /// Where the app looks for the agent, for the "no agent" help text.

@@ -83,6 +83,9 @@ pub fn compute_view(client: &Client) -> View {
                     Error::NoAgent { .. } | Error::Unreachable { .. } => {
                         "Agent not running".to_string()
                     }
+                    Error::Api { code, .. } if code == "not_joined" => {
+                        "Not joined: open the dashboard to join a network".to_string()
+                    }
                     other => format!("Agent error: {}", other.code()),
                 },
                 toggle_label: "Pause contributing".to_string(),

@@ -10,6 +10,7 @@ const TAURI_COMMANDS = {
   putSettings: (settings) => ['put_settings', { settings }],
   reputation: () => ['reputation', {}],
   agentInfo: () => ['agent_info', {}],
+  join: (token) => ['join', { token }],
 };
 
 function tauriApi(invoke) {
@@ -65,12 +66,18 @@ function httpApi(loc) {
     putSettings: (settings) => req('PUT', '/v1/settings', settings),
     reputation: () => req('GET', '/v1/reputation'),
     agentInfo: async () => ({ control_path: null, url: base }),
+    join: (token) => req('POST', '/v1/join', { token }),
   };
 }
 
 function normalize(e) {
   if (e && typeof e === 'object' && 'error' in e) return e;
   return { error: 'app_error', message: String(e) };
+}
+
+/** The agent runs, but this computer has not joined a network: show the join form. */
+export function isNotJoined(e) {
+  return (e && e.error) === 'not_joined';
 }
 
 /** Errors that mean "there is no agent to talk to", as opposed to a refused request. */

@@ -1,5 +1,5 @@
 // The dashboard: status every 2 s, reputation every 10 s, and the settings form.
-import { makeApi, isNoAgent } from './api.js';
+import { makeApi, isNoAgent, isNotJoined } from './api.js';
 import { drawChart } from './chart.js';
 
 const api = makeApi();
@@ -24,9 +24,22 @@ function bytes(n) {
 function showNoAgent(e) {
   agentUp = false;
   $('no-agent').hidden = false;
+  $('join').hidden = true;
   $('no-agent-detail').textContent = e.message;
   document.body.dataset.agent = 'down';
   setBadge('disconnected', 'Agent not running');
+  $('toggle').disabled = true;
+}
+
+function showJoin() {
+  agentUp = false;
+  $('no-agent').hidden = true;
+  $('join').hidden = false;
+  // Nothing to show or set before there is a node: only the join form.
+  document.querySelector('main').hidden = true;
+  $('toggle').hidden = true;
+  document.body.dataset.agent = 'not-joined';
+  setBadge('disconnected', 'Not joined');
   $('toggle').disabled = true;
 }
 
@@ -39,6 +52,9 @@ function setBadge(look, text) {
 function renderStatus(s) {
   agentUp = true;
   $('no-agent').hidden = true;
+  $('join').hidden = true;
+  document.querySelector('main').hidden = false;
+  $('toggle').hidden = false;
   document.body.dataset.agent = 'up';
   enabled = !!(s.settings && s.settings.enabled);
   const look = !s.connected ? 'disconnected' : s.contributing ? 'contributing' : 'paused';
@@ -68,10 +84,39 @@ async function pollStatus() {
   try {
     renderStatus(await api.status());
   } catch (e) {
-    if (isNoAgent(e)) showNoAgent(e);
+    if (isNotJoined(e)) showJoin();
+    else if (isNoAgent(e)) showNoAgent(e);
     else setBadge('disconnected', `Error: ${e.message}`);
   }
 }
+
+// ---------- join ----------
+
+$('join-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const token = $('join-token').value.trim();
+  const err = $('join-error');
+  const button = $('join-button');
+  if (!token.startsWith('ambient-join-v1.')) {
+    err.textContent = 'That is not a join token: it should start with ambient-join-v1.';
+    err.hidden = false;
+    return;
+  }
+  err.hidden = true;
+  button.disabled = true;
+  button.textContent = 'Joining…';
+  try {
+    const joined = await api.join(token);
+    setBadge('paused', `Joined as ${joined.node_id}; starting…`);
+    $('join-token').value = '';
+  } catch (e) {
+    err.textContent = `${e.message}${e.error ? ` (${e.error})` : ''}`;
+    err.hidden = false;
+  } finally {
+    button.disabled = false;
+    button.textContent = 'Join';
+  }
+});
 
 // ---------- reputation ----------
 
@@ -232,8 +277,10 @@ form.addEventListener('submit', async (ev) => {
 });
 
 async function loadSettings() {
+  if (!agentUp) return;
   try {
     fillForm(await api.getSettings());
+    clearErrors();
   } catch (e) {
     if (!isNoAgent(e)) showError(e);
   }

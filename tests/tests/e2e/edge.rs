@@ -64,7 +64,11 @@ async fn the_aarch64_agent_joins_and_runs_a_task_under_emulation() {
     let dir = tempfile::tempdir().unwrap();
     // The runner: qemu-user with the aarch64 loader and libc of Debian's cross packages.
     let qemu = dir.path().join("qemu-aarch64");
-    std::fs::write(&qemu, format!("#!/bin/sh\nexec {QEMU} -L {SYSROOT} \"$@\"\n")).unwrap();
+    std::fs::write(
+        &qemu,
+        format!("#!/bin/sh\nexec {QEMU} -L {SYSROOT} \"$@\"\n"),
+    )
+    .unwrap();
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -94,8 +98,7 @@ async fn the_aarch64_agent_joins_and_runs_a_task_under_emulation() {
     .await;
     let joined: serde_json::Value = serde_json::from_str(&joined).unwrap();
     let node = joined["node_id"].as_str().unwrap().to_string();
-    let agent =
-        ServiceProcess::start_under(Some(&qemu), &bin, &config, dir.path()).unwrap();
+    let agent = ServiceProcess::start_under(Some(&qemu), &bin, &config, dir.path()).unwrap();
 
     // Health reported: online, with a health report, within 60 s (emulation is slow).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -123,7 +123,13 @@ pub async fn run_program(
 }
 
 /// `node`'s state in `GET /api/v1/nodes`, if it is listed.
-pub async fn node_state(c: &ambient_e2e::Cluster, node: &str) -> Option<ambient_protocol::NodeState> {
+pub async fn node_state(
+    c: &ambient_e2e::Cluster,
+    node: &str,
+) -> Option<ambient_protocol::NodeState> {
     let nodes = c.client().nodes().await.ok()?;
-    nodes.into_iter().find(|n| n.node_id == node).map(|n| n.state)
+    nodes
+        .into_iter()
+        .find(|n| n.node_id == node)
+        .map(|n| n.state)
 }
