@@ -335,7 +335,9 @@ async fn main() -> anyhow::Result<()> {
         let fleet = fleet.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let kinds = ["broker", "agent", "coordinator"];
+            // The quick restarts first and the broker last (its restart waits for JetStream to
+            // catch up), so that even a short run kills every kind once before it ends.
+            let kinds = ["agent", "coordinator", "broker"];
             let mut k = 0;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(kill_every).await;
