@@ -226,6 +226,28 @@ impl Config {
         format!("http://{addr}")
     }
 
+    /// The options of one of the coordinator's MQTT links: its account and broker addresses,
+    /// with `client_id`, `clean_session` and `subscriptions`.
+    pub fn link_options(
+        &self,
+        client_id: String,
+        clean_session: bool,
+        subscriptions: Vec<String>,
+    ) -> ambient_link::LinkOptions {
+        ambient_link::LinkOptions {
+            host: self.mqtt.host.clone(),
+            port: self.mqtt.port,
+            // Validated with the configuration.
+            failover: ambient_link::parse_failover(&self.mqtt.failover).unwrap_or_default(),
+            client_id,
+            credentials: Some((self.mqtt.username.clone(), self.mqtt.password.clone())),
+            clean_session,
+            keep_alive: std::time::Duration::from_secs(10),
+            last_will: None,
+            subscriptions,
+        }
+    }
+
     /// The broker addresses joining nodes are given ([`EnrolmentConfig::brokers`]).
     pub fn node_brokers(&self) -> Vec<String> {
         if !self.enrolment.brokers.is_empty() {

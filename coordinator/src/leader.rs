@@ -180,18 +180,7 @@ impl Election {
         };
         // The scheduler's two links: the same broker account and addresses.
         let start_link = |client_id: String, clean_session: bool, subscriptions: Vec<String>| {
-            let options = ambient_link::LinkOptions {
-                host: cfg.mqtt.host.clone(),
-                port: cfg.mqtt.port,
-                // Validated with the configuration.
-                failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
-                client_id,
-                credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-                clean_session,
-                keep_alive: Duration::from_secs(10),
-                last_will: None,
-                subscriptions,
-            };
+            let options = cfg.link_options(client_id, clean_session, subscriptions);
             ambient_link::start(options, role.token().clone(), role.tracker())
         };
         let link = start_link(

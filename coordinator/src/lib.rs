@@ -155,17 +155,7 @@ async fn start_with(
         config::BrokerKind::Manual => accounts::BrokerAccounts::Manual,
         config::BrokerKind::MosquittoDynsec => {
             accounts::BrokerAccounts::Dynsec(accounts::Dynsec::start(
-                ambient_link::LinkOptions {
-                    host: cfg.mqtt.host.clone(),
-                    port: cfg.mqtt.port,
-                    failover: ambient_link::parse_failover(&cfg.mqtt.failover).unwrap_or_default(),
-                    client_id: format!("{}-dynsec", cfg.mqtt.client_id),
-                    credentials: Some((cfg.mqtt.username.clone(), cfg.mqtt.password.clone())),
-                    clean_session: true,
-                    keep_alive: Duration::from_secs(10),
-                    last_will: None,
-                    subscriptions: Vec::new(),
-                },
+                cfg.link_options(format!("{}-dynsec", cfg.mqtt.client_id), true, Vec::new()),
                 &shutdown,
             ))
         }

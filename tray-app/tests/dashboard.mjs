@@ -7,13 +7,13 @@
 // reads the agent's state back with its own authorized request, not from the page. Screenshots go
 // to --out (default target/test-output/tray). Exit code 0 only when every check passed.
 import { readFileSync, mkdirSync, existsSync } from 'node:fs';
-import { createServer, request as httpRequest } from 'node:http';
-import { join, dirname, extname, resolve } from 'node:path';
+import { createServer } from 'node:http';
+import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveUi } from './serve.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const ui = resolve(here, '..', 'ui');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const i = args.indexOf(name);
@@ -27,7 +27,6 @@ if (!controlPath) fail('give the agent control file: --control PATH or AMBIENT_A
 if (!chromiumPath) fail('no Chromium found (apt install chromium, or set CHROMIUM)');
 mkdirSync(out, { recursive: true });
 const control = JSON.parse(readFileSync(controlPath, 'utf8'));
-const agent = new URL(control.url);
 
 function fail(msg) {
   console.error(`dashboard test FAILED: ${msg}`);
@@ -59,27 +58,7 @@ async function until(what, f, ms = 10000) {
 
 // ---------- static server + /v1 proxy ----------
 
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml', '.png': 'image/png' };
-const server = createServer((req, res) => {
-  if (req.url.startsWith('/v1/')) {
-    const up = httpRequest({
-      host: agent.hostname, port: agent.port, path: req.url, method: req.method, headers: req.headers,
-    }, (r) => { res.writeHead(r.statusCode, r.headers); r.pipe(res); });
-    up.on('error', (e) => {
-      res.writeHead(502, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ error: 'agent_unreachable', message: `The agent does not answer (${e.code}).` }));
-    });
-    req.pipe(up);
-    return;
-  }
-  const path = new URL(req.url, 'http://x').pathname;
-  const file = join(ui, path === '/' ? 'index.html' : path);
-  if (!file.startsWith(ui) || !existsSync(file)) { res.writeHead(404); res.end(); return; }
-  res.writeHead(200, { 'Content-Type': TYPES[extname(file)] || 'application/octet-stream' });
-  res.end(readFileSync(file));
-});
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const base = `http://127.0.0.1:${server.address().port}`;
+const { base, server } = await serveUi(() => control.url);
 
 // ---------- the browser ----------
 

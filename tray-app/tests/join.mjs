@@ -9,13 +9,12 @@
 // API, and every check reads the agent back with its own authorized request. Screenshots go to
 // --out (default target/test-output/tray). Exit code 0 only when every check passed.
 import { readFileSync, mkdirSync, existsSync } from 'node:fs';
-import { createServer, request as httpRequest } from 'node:http';
-import { join, dirname, extname, resolve } from 'node:path';
+import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveUi } from './serve.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const ui = resolve(here, '..', 'ui');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const i = args.indexOf(name);
@@ -60,28 +59,7 @@ async function until(what, f, ms) {
   fail(`timed out waiting for ${what}`);
 }
 
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.png': 'image/png' };
-const server = createServer((req, res) => {
-  if (req.url.startsWith('/v1/')) {
-    const agent = new URL(control().url);
-    const up = httpRequest({
-      host: agent.hostname, port: agent.port, path: req.url, method: req.method, headers: req.headers,
-    }, (r) => { res.writeHead(r.statusCode, r.headers); r.pipe(res); });
-    up.on('error', (e) => {
-      res.writeHead(502, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ error: 'agent_unreachable', message: `The agent does not answer (${e.code}).` }));
-    });
-    req.pipe(up);
-    return;
-  }
-  const path = new URL(req.url, 'http://x').pathname;
-  const file = join(ui, path === '/' ? 'index.html' : path);
-  if (!file.startsWith(ui) || !existsSync(file)) { res.writeHead(404); res.end(); return; }
-  res.writeHead(200, { 'Content-Type': TYPES[extname(file)] || 'application/octet-stream' });
-  res.end(readFileSync(file));
-});
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const base = `http://127.0.0.1:${server.address().port}`;
+const { base, server } = await serveUi(() => control().url);
 
 const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ['--no-sandbox'] });
 const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
