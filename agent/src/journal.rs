@@ -301,6 +301,7 @@ mod tests {
             },
             duration_ms: 1,
             fuel_consumed: Some(1),
+            macs: None,
         };
         {
             let j = Journal::open(&path).await.unwrap();

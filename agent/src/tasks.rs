@@ -262,6 +262,7 @@ impl Tasks {
                         ),
                         duration_ms: 0,
                         fuel_consumed: None,
+                        macs: None,
                     }
                 }
             };

@@ -58,6 +58,39 @@ pub struct Config {
     /// Scheduling policy.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Credits: what submitters pay and nodes earn.
+    #[serde(default)]
+    pub credits: CreditsConfig,
+}
+
+/// Credits ([`crate::credits`], `docs/credits.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// Credits granted once to each submitter of `api_keys` (the bootstrap keys), the first
+    /// time a coordinator leads with it: what the operator's own submitters start with.
+    pub opening_grant: u64,
+    /// Percent of each charge paid to the nodes that did the work; the rest is the network's
+    /// fee.
+    pub node_share_percent: u32,
+}
+
+impl CreditsConfig {
+    /// The prices it sets.
+    pub fn prices(&self) -> crate::credits::Prices {
+        crate::credits::Prices {
+            node_share_percent: self.node_share_percent,
+        }
+    }
+}
+
+impl Default for CreditsConfig {
+    fn default() -> CreditsConfig {
+        CreditsConfig {
+            opening_grant: 1000,
+            node_share_percent: crate::credits::prices::NODE_SHARE_PERCENT,
+        }
+    }
 }
 
 /// Joining with enrolment tokens.
@@ -377,6 +410,12 @@ impl StrictConfig for Config {
         }
         if self.scheduler.leader_lease_sec < 2 {
             return invalid("scheduler: leader_lease_sec must be at least 2".into());
+        }
+        if self.credits.node_share_percent > 100 {
+            return invalid("credits: node_share_percent must be at most 100".into());
+        }
+        if self.credits.opening_grant > (i64::MAX / ambient_protocol::credits::MICRO) as u64 {
+            return invalid("credits: opening_grant is too large".into());
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

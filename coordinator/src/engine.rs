@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambient_link::{AsyncClient, QoS};
+use ambient_protocol::credits::AccountLimits;
 use ambient_protocol::{AgentEvent, Health, NodeInfo, NodeState, TaskInfo, envelope, topics};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +62,19 @@ pub enum EngineMsg {
     Nodes(oneshot::Sender<Vec<NodeInfo>>),
     /// One node.
     Node(String, oneshot::Sender<Option<NodeInfo>>),
+    /// Mint credits into a submitter (an admin's grant); answered once the grant is written.
+    Grant {
+        /// The submitter.
+        account: String,
+        /// µcredits.
+        amount: i64,
+        /// Why.
+        memo: String,
+        /// Answer: the grant's transaction id, or why it was not written.
+        reply: oneshot::Sender<Result<String, StoreError>>,
+    },
+    /// A submitter's limits changed.
+    Limits(String, AccountLimits),
 }
 
 /// Owns the scheduler and runs until `shutdown`.
@@ -175,6 +189,21 @@ impl Engine {
                 let _ = reply.send(self.sched.node_info(&id, now));
                 return;
             }
+            EngineMsg::Grant {
+                account,
+                amount,
+                memo,
+                reply,
+            } => {
+                let txn = format!("grant:{}", Uuid::new_v4());
+                self.sched.grant(txn.clone(), &account, amount, memo, now);
+                let _ = reply.send(self.try_flush().await.map(|()| txn));
+                return;
+            }
+            EngineMsg::Limits(account, limits) => {
+                self.sched.set_limits(account, limits);
+                return;
+            }
         }
         self.flush().await;
     }
@@ -200,7 +229,12 @@ impl Engine {
         }
         let now = Utc::now();
         kinds::check_against_nodes(&accepted, &self.sched, now)?;
-        let new = kinds::build(submitter, accepted, &self.zk, now)?;
+        let mut new = kinds::build(submitter, accepted, &self.zk, now)?;
+        let shards = match &new {
+            NewTask::Sharded(_, shards) => shards.len(),
+            NewTask::Single(_) => 0,
+        };
+        self.sched.reserve(new.task_mut(), shards, now)?;
         let id = new.task().id;
         info!(task_id = %id, submitter = %new.task().submitter, task_type = %new.task().task_type, "Task accepted.");
         Metrics::inc(&self.metrics.tasks_submitted);
@@ -221,6 +255,11 @@ impl Engine {
 
     /// Persists what changed, then publishes what followed from it.
     async fn flush(&mut self) {
+        let _ = self.try_flush().await;
+    }
+
+    /// [`Engine::flush`], saying whether the changes were written (a failure is logged here).
+    async fn try_flush(&mut self) -> Result<(), StoreError> {
         let effects = self.sched.take_effects();
         let judged: Vec<String> = effects.reputation.iter().map(|e| e.node.clone()).collect();
         for t in &effects.tasks {
@@ -235,6 +274,7 @@ impl Engine {
                 nodes: effects.nodes,
                 events: effects.reputation,
                 checkpoints: effects.fl_checkpoints,
+                postings: effects.postings,
                 fence: Some(self.fence.clone()),
             })
             .await
@@ -243,11 +283,11 @@ impl Engine {
                 // Another coordinator runs the scheduler from the database now; this one is
                 // stopped by its election loop at the next renewal and publishes nothing.
                 warn!("Deposed: another coordinator leads; this change is dropped.");
-                return;
+                return Err(e);
             }
             // Nothing is published: acks stay unsent, so agents re-send and nothing is lost.
             error!(error = %e, "Could not persist scheduler state; withholding acknowledgements.");
-            return;
+            return Err(e);
         }
         self.reputation_changed.extend(judged);
         self.metrics.set_gauges(
@@ -270,6 +310,7 @@ impl Engine {
         for change in release {
             self.artifacts.apply(change).await;
         }
+        Ok(())
     }
 
     async fn publish(&mut self, out: Outbound) {

@@ -32,7 +32,7 @@ use crate::engine::{Engine, EngineMsg};
 use crate::kinds::zk::Zk;
 use crate::metrics::Metrics;
 use crate::store::{Fence, Store};
-use crate::{Config, DRAIN_DEADLINE, StartError, artifacts, kinds, mqtt, scheduler};
+use crate::{Config, DRAIN_DEADLINE, StartError, artifacts, credits, kinds, mqtt, scheduler};
 
 /// What the REST API needs of the scheduler role while this coordinator leads.
 #[derive(Clone)]
@@ -172,7 +172,13 @@ impl Election {
             health_timeout: chrono::Duration::seconds(s.health_timeout_sec as i64),
             min_free_memory_bytes: s.min_free_memory_mib << 20,
         };
-        let sched = scheduler::Scheduler::new(settings, tasks, nodes);
+        let book = credits::Book::new(cfg.credits.prices(), self.store.credit_snapshot().await?);
+        let mut sched = scheduler::Scheduler::new(settings, tasks, nodes).with_book(book);
+        // The bootstrap submitters' opening grants, once each (written with the first flush).
+        let opening = cfg.credits.opening_grant as i64 * ambient_protocol::credits::MICRO;
+        for key in &cfg.api_keys {
+            sched.open_account(&key.submitter, opening, chrono::Utc::now());
+        }
         let submit_filter = if cfg.mqtt.shared_subscription {
             format!("$share/coordinators/{}", topics::ALL_SUBMIT)
         } else {

@@ -26,6 +26,8 @@
 //! - [`scheduler`]: the task lifecycle and node matching as a plain state machine (no I/O, no
 //!   clock).
 //! - [`reputation`]: event-sourced node reputation, its score and its report.
+//! - [`credits`]: the marketplace's accounting: prices, escrow, settlement, the ledger's
+//!   postings.
 //! - [`store`]: the coordinator's state, in a SQLite file or in PostgreSQL.
 //! - [`enrolment`]: joining with enrolment tokens, and revoking nodes.
 //! - [`accounts`]: broker accounts made and removed at run time (embedded broker, mosquitto's
@@ -44,6 +46,7 @@ pub mod artifacts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+pub mod credits;
 pub mod engine;
 pub mod enrolment;
 pub mod kinds;
@@ -197,6 +200,8 @@ async fn start_with(
         nonces: Arc::default(),
         admin_keys: Arc::new(cfg.admin_keys.clone()),
         enroller,
+        prices: cfg.credits.prices(),
+        rate: Arc::default(),
     };
     let app = api::router(state);
     let stop = shutdown.token().clone();

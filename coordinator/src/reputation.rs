@@ -198,6 +198,7 @@ pub fn report(
         node_id: node.node_id,
         at,
         reputation: node.reputation,
+        credits: node.credits,
     }
 }
 
@@ -267,6 +268,7 @@ mod tests {
                 ..ReputationInfo::default()
             },
             identity: None,
+            credits: Default::default(),
         };
         let history = vec![ReputationEventInfo {
             kind: ReputationEventKind::Invalid,

@@ -12,12 +12,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::artifacts;
 use crate::config::Limits;
+use crate::credits::CreditRefusal;
 use crate::engine::EngineMsg;
 use crate::kinds::computation::Reduce;
 use crate::store::Store;
 
 /// Why a submission was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SubmitError {
     /// The body is not JSON, or not a valid submission.
     #[error("invalid JSON: {0}")]
@@ -84,6 +85,17 @@ pub enum SubmitError {
     /// every account publish on its own `submit/{username}`, nodes included).
     #[error("{0:?} is not a submitter of this coordinator")]
     UnknownSubmitter(String),
+    /// The submitter's credits cannot pay for the task, or its account is at a limit.
+    #[error(transparent)]
+    Credits(#[from] CreditRefusal),
+    /// The account submits faster than its limit allows.
+    #[error("more than {per_second} submissions a second; retry in {retry_after} s")]
+    RateLimited {
+        /// The limit.
+        per_second: f64,
+        /// Seconds until one more is allowed.
+        retry_after: u64,
+    },
     /// The coordinator could not persist the task; nothing was accepted.
     #[error("the coordinator cannot accept tasks right now: {0}")]
     Unavailable(String),
@@ -108,6 +120,10 @@ impl SubmitError {
             SubmitError::IdTaken(_) => "task_id_taken",
             SubmitError::Unavailable(_) => "unavailable",
             SubmitError::UnknownSubmitter(_) => "unknown_submitter",
+            SubmitError::Credits(CreditRefusal::Insufficient { .. }) => "insufficient_credits",
+            SubmitError::Credits(CreditRefusal::SpendingCap { .. }) => "spending_cap",
+            SubmitError::Credits(CreditRefusal::InFlight { .. }) => "too_many_tasks",
+            SubmitError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -119,7 +135,19 @@ impl SubmitError {
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
             SubmitError::ProofUnsupported(..) => 422,
+            SubmitError::Credits(CreditRefusal::InFlight { .. })
+            | SubmitError::RateLimited { .. } => 429,
+            SubmitError::Credits(_) => 402,
             _ => 400,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, for a refusal that passes by itself.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            SubmitError::RateLimited { retry_after, .. } => Some(*retry_after),
+            SubmitError::Credits(CreditRefusal::InFlight { .. }) => Some(5),
+            _ => None,
         }
     }
 

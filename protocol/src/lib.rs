@@ -19,6 +19,7 @@
 //! - [`join`]: enrolment tokens, the request a joining node signs, and what it is granted.
 //! - `testkit` (feature `test-util`, off by default): simulated nodes' health reports and
 //!   results, for tests and simulations.
+//! - [`credits`]: accounts, the ledger, prices and task costs, in µcredits.
 //! - [`ApiError`]: the one error body of the REST API and of MQTT rejections.
 //!
 //! # Features
@@ -27,6 +28,7 @@
 //! |---|---|---|
 //! | `test-util` | no | `testkit`: a health report builder for simulated nodes and a successful `finished` event, for tests, examples and test nodes |
 
+pub mod credits;
 pub mod envelope;
 pub mod failure;
 pub mod identity;
@@ -39,6 +41,7 @@ pub mod testkit;
 pub mod topics;
 pub mod wire;
 
+pub use credits::{NodeCredits, TaskCost};
 pub use envelope::DecodeError;
 pub use failure::FailureKind;
 pub use identity::{KeyDirectory, NodeIdentity, NodeKey};

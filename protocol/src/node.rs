@@ -203,6 +203,9 @@ pub struct ReputationReport {
     pub reputation: ReputationInfo,
     /// The most recent events, oldest first.
     pub history: Vec<ReputationEventInfo>,
+    /// What the node has earned, in µcredits.
+    #[serde(default)]
+    pub credits: crate::NodeCredits,
 }
 
 /// A node as the coordinator reports it (`GET /api/v1/nodes`).
@@ -226,4 +229,7 @@ pub struct NodeInfo {
     /// Its ed25519 identity key (hex), as it published it on its identity topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// What it has earned, in µcredits.
+    #[serde(default)]
+    pub credits: crate::NodeCredits,
 }

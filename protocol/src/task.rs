@@ -193,6 +193,9 @@ pub struct TaskInfo {
     /// For sharded `computation` tasks: shards done of total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// What it costs its submitter, in µcredits (`null` on a coordinator with credits off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::TaskCost>,
 }
 
 /// How far a sharded task has come.

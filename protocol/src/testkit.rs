@@ -122,6 +122,7 @@ pub fn finished_success(task_id: Uuid, attempt: u32, output: Value) -> AgentEven
             },
             duration_ms: 1,
             fuel_consumed: None,
+            macs: None,
         },
     }
 }

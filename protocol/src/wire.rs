@@ -73,6 +73,10 @@ pub struct TaskResult {
     /// wasm fuel used, when it ran wasm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
+    /// Multiply-accumulates the model's graph performs, when it ran an ONNX model (its
+    /// operators' cost, as the inference engine counts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs: Option<u64>,
 }
 
 /// What an agent publishes on `nodes/{node}/results`.

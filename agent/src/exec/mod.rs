@@ -143,6 +143,7 @@ impl Executors {
             outcome,
             duration_ms: started.elapsed().as_millis() as u64,
             fuel_consumed: fuel,
+            macs: None,
         };
         let prepared = match self.prepare(&a).await {
             Ok(p) => p,

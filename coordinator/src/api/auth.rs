@@ -1,4 +1,5 @@
-//! Authentication of submitters: `Authorization: Bearer <api key>`, compared in constant time.
+//! Authentication of submitters: `Authorization: Bearer <api key>`, a bootstrap key of the
+//! configuration (compared in constant time) or a key made at run time (found by its sha256).
 //! Operators' admin keys likewise, for the admin routes. (Nodes sign their blob downloads instead:
 //! see [`super::blobs`].)
 
@@ -8,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::{AppState, Failure};
+use crate::credits::keys::key_sha256;
 
 /// The authenticated submitter of a request.
 #[derive(Clone)]
@@ -29,19 +31,29 @@ pub(super) async fn authenticate(
             "missing 'Authorization: Bearer <api key>' header",
         ));
     };
-    let found = state
+    let token = token.trim();
+    let bootstrap = state
         .keys
         .iter()
-        .find(|k| constant_time_eq(k.key.as_bytes(), token.trim().as_bytes()));
-    let Some(key) = found else {
+        .find(|k| constant_time_eq(k.key.as_bytes(), token.as_bytes()))
+        .map(|k| k.submitter.clone());
+    // Keys made at run time are looked up by their sha256 (the store keeps nothing else).
+    let submitter = match bootstrap {
+        Some(s) => Some(s),
+        None => state
+            .store
+            .key_account(key_sha256(token))
+            .await
+            .map_err(Failure::store)?,
+    };
+    let Some(submitter) = submitter else {
         return Err(Failure::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "invalid API key",
         ));
     };
-    req.extensions_mut()
-        .insert(Submitter(key.submitter.clone()));
+    req.extensions_mut().insert(Submitter(submitter));
     Ok(next.run(req).await)
 }
 

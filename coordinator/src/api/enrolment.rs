@@ -32,7 +32,7 @@ impl From<EnrolError> for Failure {
 }
 
 /// The body as a `T`, from a JSON object only (serde would also read a struct from an array).
-fn body<T: serde::de::DeserializeOwned>(
+pub(super) fn body<T: serde::de::DeserializeOwned>(
     json: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<T, Failure> {
     let invalid = |m: String| Failure::new(StatusCode::BAD_REQUEST, "invalid_json", m);

@@ -17,6 +17,15 @@
 //! | `POST /api/v1/admin/tokens`, `GET /api/v1/admin/tokens` | admin key | make, list enrolment tokens |
 //! | `DELETE /api/v1/admin/tokens/{id}` | admin key | revoke a token |
 //! | `POST /api/v1/admin/nodes/{id}/revoke` | admin key | revoke an enrolled node |
+//! | `GET /api/v1/account`, `GET /api/v1/account/ledger` | key | the caller's credits and its ledger (`?after=`, `?limit=`) |
+//! | `GET /api/v1/leaderboard` | key | nodes by recent average credit |
+//! | `GET /api/v1/prices` | none | the price list |
+//! | `POST /api/v1/admin/accounts`, `GET /api/v1/admin/accounts` | admin key | make (with a first API key), list submitter accounts |
+//! | `POST /api/v1/admin/accounts/{name}/keys` | admin key | another API key for an account |
+//! | `GET /api/v1/admin/keys`, `DELETE /api/v1/admin/keys/{id}` | admin key | list, revoke API keys |
+//! | `POST /api/v1/admin/accounts/{name}/grant` | admin key | mint credits into an account |
+//! | `PUT /api/v1/admin/accounts/{name}/limits` | admin key | set an account's limits |
+//! | `GET /api/v1/admin/ledger` | admin key | the whole ledger (`?account=`, `?after=`, `?limit=`) |
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
 //! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
@@ -24,6 +33,8 @@
 //! # Layout
 //! - [`auth`]: API keys and admin keys.
 //! - [`enrolment`]: joining with a token, tokens, node revocation.
+//! - [`credits`]: prices, the caller's account and ledger, the leaderboard, and the admin's
+//!   accounts, keys, grants and limits.
 //! - [`tasks`]: submit, list, read, cancel.
 //! - [`blobs`]: artifact upload and signed download.
 //! - [`nodes`]: nodes, health and reputation.
@@ -35,6 +46,7 @@
 
 mod auth;
 mod blobs;
+mod credits;
 mod enrolment;
 mod forward;
 mod nodes;
@@ -88,6 +100,10 @@ pub struct AppState {
     pub(crate) nonces: Arc<blobs::Nonces>,
     pub(crate) admin_keys: Arc<Vec<String>>,
     pub(crate) enroller: crate::enrolment::Enroller,
+    /// The price list (the leader's scheduler charges by the same).
+    pub(crate) prices: crate::credits::Prices,
+    /// Submissions per second, per account.
+    pub(crate) rate: Arc<crate::credits::rate::RateLimiter>,
 }
 
 impl AppState {
@@ -103,7 +119,7 @@ impl AppState {
 }
 
 /// An error response.
-pub(crate) struct Failure(StatusCode, ApiError);
+pub(crate) struct Failure(StatusCode, ApiError, Option<u64>);
 
 impl Failure {
     pub(crate) fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Failure {
@@ -114,6 +130,7 @@ impl Failure {
                 message: message.into(),
                 task_id: None,
             },
+            None,
         )
     }
 
@@ -133,7 +150,13 @@ impl Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
+        let mut response = (self.0, Json(self.1)).into_response();
+        if let Some(secs) = self.2 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -141,7 +164,7 @@ impl From<SubmitError> for Failure {
     fn from(e: SubmitError) -> Failure {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-        Failure(status, e.to_api_error(None))
+        Failure(status, e.to_api_error(None), e.retry_after())
     }
 }
 
@@ -155,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/nodes/{id}/reputation", get(get_node_reputation))
+        .route("/api/v1/leaderboard", get(credits::leaderboard))
         .route_layer(to_leader());
     let authed = Router::new()
         .merge(scheduled)
@@ -164,6 +188,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
         .route("/api/v1/proofs/{id}", get(get_proof))
         .route("/api/v1/circuits", get(list_circuits))
+        .route("/api/v1/account", get(credits::my_account))
+        .route("/api/v1/account/ledger", get(credits::my_ledger))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Signed blob downloads need the node keys and the nonces seen, which the leader holds.
     let blob = Router::new()
@@ -178,6 +204,19 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/nodes/{id}/revoke",
             axum::routing::post(enrolment::revoke_node),
         )
+        // Grants and limits change what the scheduler's book holds.
+        .route(
+            "/api/v1/admin/accounts",
+            axum::routing::post(credits::create_account),
+        )
+        .route(
+            "/api/v1/admin/accounts/{name}/grant",
+            axum::routing::post(credits::grant_credits),
+        )
+        .route(
+            "/api/v1/admin/accounts/{name}/limits",
+            axum::routing::put(credits::set_limits),
+        )
         .route_layer(to_leader());
     let admin = Router::new()
         .merge(admin_on_leader)
@@ -189,6 +228,17 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/admin/tokens/{id}",
             axum::routing::delete(enrolment::revoke_token),
         )
+        .route("/api/v1/admin/accounts", get(credits::list_accounts))
+        .route(
+            "/api/v1/admin/accounts/{name}/keys",
+            axum::routing::post(credits::create_key),
+        )
+        .route("/api/v1/admin/keys", get(credits::list_keys))
+        .route(
+            "/api/v1/admin/keys/{id}",
+            axum::routing::delete(credits::revoke_key),
+        )
+        .route("/api/v1/admin/ledger", get(credits::admin_ledger))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate_admin,
@@ -199,6 +249,7 @@ pub fn router(state: AppState) -> Router {
         .merge(join)
         .merge(admin)
         .route("/api/v1/health", get(health))
+        .route("/api/v1/prices", get(credits::prices))
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
         .fallback(not_found)
@@ -307,6 +358,18 @@ mod tests {
             ("/api/v1/admin/tokens", "get"),
             ("/api/v1/admin/tokens/{id}", "delete"),
             ("/api/v1/admin/nodes/{id}/revoke", "post"),
+            ("/api/v1/account", "get"),
+            ("/api/v1/account/ledger", "get"),
+            ("/api/v1/leaderboard", "get"),
+            ("/api/v1/prices", "get"),
+            ("/api/v1/admin/accounts", "post"),
+            ("/api/v1/admin/accounts", "get"),
+            ("/api/v1/admin/accounts/{name}/keys", "post"),
+            ("/api/v1/admin/accounts/{name}/grant", "post"),
+            ("/api/v1/admin/accounts/{name}/limits", "put"),
+            ("/api/v1/admin/keys", "get"),
+            ("/api/v1/admin/keys/{id}", "delete"),
+            ("/api/v1/admin/ledger", "get"),
             ("/api/v1/health", "get"),
             ("/metrics", "get"),
             ("/api-docs/openapi.json", "get"),

@@ -73,6 +73,13 @@ impl NewTask {
             NewTask::Single(t) | NewTask::Sharded(t, _) => t,
         }
     }
+
+    /// The task the submitter sees, to change.
+    pub fn task_mut(&mut self) -> &mut TaskRecord {
+        match self {
+            NewTask::Single(t) | NewTask::Sharded(t, _) => t,
+        }
+    }
 }
 
 /// Builds the task records of an accepted submission, whose artifact is in the blob store.

@@ -295,5 +295,6 @@ pub(super) fn node_info(slot: &NodeSlot, now: DateTime<Utc>) -> NodeInfo {
             trusted: rep.score(now) >= reputation::TRUST_THRESHOLD,
         },
         identity: None, // known to the API, which fills it in
+        credits: r.earnings.info(now),
     }
 }

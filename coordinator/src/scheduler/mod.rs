@@ -16,6 +16,7 @@
 //! - [`quorum`]: settling replicated answers, and judging the nodes that gave them.
 //! - [`shards`]: sharded `computation` tasks and their reduction.
 //! - [`fl`]: `federated_learning` tasks, which the federated driver places and runs.
+//! - [`settle`]: reserving a task's cost at submission and paying for its work when it ends.
 //! - this module: the [`Scheduler`] itself, its inputs (health, presence, results, cancels,
 //!   time) and the [`Effects`] it queues.
 
@@ -23,6 +24,7 @@ pub mod fl;
 pub mod matching;
 pub mod quorum;
 pub mod record;
+pub mod settle;
 pub mod shards;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,6 +35,7 @@ use ambient_protocol::{
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use crate::credits::{Book, Posting};
 use crate::reputation::{self, EventKind, Reputation};
 
 use matching::node_info;
@@ -96,6 +99,8 @@ pub struct Effects {
     pub reputation: Vec<reputation::Event>,
     /// Federated jobs' checkpoints to write (JSON), or to delete (`None`).
     pub fl_checkpoints: Vec<(Uuid, Option<String>)>,
+    /// Ledger postings to append.
+    pub postings: Vec<Posting>,
 }
 
 /// Why a cancel was refused.
@@ -124,6 +129,7 @@ pub struct Scheduler {
     publish: Vec<Outbound>,
     judgements: Vec<reputation::Event>,
     fl_checkpoints: Vec<(Uuid, Option<String>)>,
+    book: Book,
 }
 
 impl Scheduler {
@@ -147,6 +153,7 @@ impl Scheduler {
             publish: Vec::new(),
             judgements: Vec::new(),
             fl_checkpoints: Vec::new(),
+            book: Book::default(),
         };
         for task in tasks.into_iter().filter(|t| !t.status.is_terminal()) {
             for a in task.active() {
@@ -232,6 +239,7 @@ impl Scheduler {
                 last_seen: now,
                 health: None,
                 reputation: Reputation::default(),
+                earnings: Default::default(),
             },
             active: 0,
         });
@@ -442,6 +450,7 @@ impl Scheduler {
             publish: std::mem::take(&mut self.publish),
             reputation: std::mem::take(&mut self.judgements),
             fl_checkpoints: std::mem::take(&mut self.fl_checkpoints),
+            postings: self.book.take_postings(),
         }
     }
 
@@ -594,6 +603,7 @@ impl Scheduler {
         task.status_reason = None;
         task.waiting_since = None;
         task.updated_at = now;
+        self.settle(&mut task, now);
         self.publish.extend(task.notification());
         let parent = task.parent;
         let shards = task.sharded().map(|s| s.shards.clone()).unwrap_or_default();

@@ -4,13 +4,15 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ambient_protocol::{
-    Health, NodeState, Outcome, Progress, Requirements, TaskInfo, TaskResult, TaskStatus, TaskType,
+    Health, NodeState, Outcome, Progress, Requirements, TaskCost, TaskInfo, TaskResult, TaskStatus,
+    TaskType,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Outbound;
+use crate::credits::Earnings;
 use crate::kinds::computation::Reduce;
 use crate::reputation::Reputation;
 
@@ -108,6 +110,9 @@ pub struct TaskRecord {
     pub shard: Option<u32>,
     /// What only this kind of task has.
     pub kind: KindState,
+    /// What it costs its submitter: reserved at submission (top-level tasks only; shards are
+    /// paid from their computation's escrow, and tasks from before credits have none).
+    pub cost: Option<TaskCost>,
 }
 
 /// The state that only some kinds of task have.
@@ -225,6 +230,9 @@ struct StoredTask<'a> {
     /// included).
     #[serde(default)]
     fl_progress: Option<Progress>,
+    /// What it costs its submitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cost: Option<TaskCost>,
 }
 
 impl From<StoredTask<'_>> for TaskRecord {
@@ -266,6 +274,7 @@ impl From<StoredTask<'_>> for TaskRecord {
             parent: s.parent,
             shard: s.shard,
             kind,
+            cost: s.cost,
         }
     }
 }
@@ -305,6 +314,7 @@ impl<'a> From<&'a TaskRecord> for StoredTask<'a> {
             proof_id: replicated.and_then(|r| borrowed(&r.proof_id)),
             fl_clients: federated.map_or_else(Cow::default, |f| Cow::Borrowed(&f.clients[..])),
             fl_progress: federated.and_then(|f| f.progress),
+            cost: t.cost,
         }
     }
 }
@@ -350,6 +360,7 @@ impl TaskRecord {
             } else {
                 KindState::Replicated(Replicated::default())
             },
+            cost: None,
         }
     }
 
@@ -419,6 +430,7 @@ impl TaskRecord {
                 KindState::Federated(f) => f.progress,
                 KindState::Replicated(_) => None,
             },
+            cost: self.cost,
         }
     }
 
@@ -498,6 +510,9 @@ pub struct NodeRecord {
     /// The fold of its reputation events.
     #[serde(default)]
     pub reputation: Reputation,
+    /// What it earned.
+    #[serde(default)]
+    pub earnings: Earnings,
 }
 
 pub(super) fn failure_text(a: &AssignmentRecord) -> Option<String> {
@@ -556,6 +571,7 @@ mod tests {
                     },
                     duration_ms: 12,
                     fuel_consumed: Some(3400),
+                    macs: None,
                 }),
                 note: None,
             },
@@ -623,6 +639,7 @@ mod tests {
                 },
                 duration_ms: 3,
                 fuel_consumed: None,
+                macs: None,
             }),
             note: None,
         }];

@@ -24,8 +24,11 @@
 //! - `proofs`: every verified `zk_proof` proof, with the public inputs it was checked against;
 //! - `fl_checkpoints`: the running federated jobs' state, one row per job;
 //! - `join_tokens` and `enrolments`: enrolment tokens and the nodes that joined with them
-//!   ([`enrolment`]).
+//!   ([`enrolment`]);
+//! - `accounts`, `api_keys` and `ledger`: submitter accounts made at run time, their API keys
+//!   (sha256 only) and the double-entry ledger of credits ([`credits`]).
 
+pub mod credits;
 pub mod enrolment;
 mod postgres;
 mod sqlite;
@@ -38,6 +41,7 @@ use ambient_service::sqlite::{Closed, OpenError};
 use uuid::Uuid;
 
 use crate::scheduler::{NodeRecord, TaskRecord};
+pub use credits::{AccountRecord, AccountTotals, KeyRecord, LedgerFilter};
 pub use enrolment::{Enrolment, JoinRefused, TokenRecord};
 
 /// A store failure.
@@ -141,6 +145,14 @@ pub const MIGRATIONS: &[Migration] = &[
             (Dialect::Postgres, postgres::SCHEMA_V3),
         ],
     },
+    Migration {
+        version: 4,
+        name: "credits",
+        sql: &[
+            (Dialect::Sqlite, sqlite::SCHEMA_V4),
+            (Dialect::Postgres, postgres::SCHEMA_V4),
+        ],
+    },
 ];
 
 /// A coordinator's hold on the scheduler: who holds it, and the epoch it was granted in. Every
@@ -196,6 +208,8 @@ pub struct Batch {
     pub events: Vec<crate::reputation::Event>,
     /// Federated jobs' checkpoints to write, or (`None`) delete.
     pub checkpoints: Vec<(Uuid, Option<String>)>,
+    /// Ledger postings to append (a transaction written before is skipped).
+    pub postings: Vec<crate::credits::Posting>,
     /// The writer's hold on the scheduler; `None` for a writer that needs none (tests).
     pub fence: Option<Fence>,
 }
@@ -207,6 +221,7 @@ impl Batch {
             && self.nodes.is_empty()
             && self.events.is_empty()
             && self.checkpoints.is_empty()
+            && self.postings.is_empty()
     }
 }
 
@@ -344,6 +359,65 @@ impl Store {
     /// Marks an enrolled node revoked at `now`; false when no such node is enrolled.
     pub async fn revoke_node(&self, node: String, now: i64) -> Result<bool, StoreError> {
         dispatch!(self.revoke_node(node, now))
+    }
+
+    /// What the scheduler's [`crate::credits::Book`] restarts from.
+    pub async fn credit_snapshot(&self) -> Result<crate::credits::Snapshot, StoreError> {
+        dispatch!(self.credit_snapshot())?.snapshot()
+    }
+
+    /// A submitter's balance, reserved, spent and earned credits.
+    pub async fn account_totals(&self, name: String) -> Result<AccountTotals, StoreError> {
+        dispatch!(self.account_totals(name))
+    }
+
+    /// Up to `limit` postings after `after` (a `seq`), oldest first.
+    pub async fn ledger(
+        &self,
+        filter: LedgerFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ambient_protocol::credits::LedgerEntry>, StoreError> {
+        dispatch!(self.ledger(filter, after, limit))
+    }
+
+    /// Creates an account; false when one has this name.
+    pub async fn put_account(&self, account: AccountRecord) -> Result<bool, StoreError> {
+        dispatch!(self.put_account(account))
+    }
+
+    /// Sets an account's limits; false when there is no such account.
+    pub async fn set_limits(
+        &self,
+        name: String,
+        limits: ambient_protocol::credits::AccountLimits,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.set_limits(name, limits))
+    }
+
+    /// Accounts made at run time (`name`: only that one), by name.
+    pub async fn accounts(&self, name: Option<String>) -> Result<Vec<AccountRecord>, StoreError> {
+        dispatch!(self.accounts(name))
+    }
+
+    /// Stores a new API key.
+    pub async fn put_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        dispatch!(self.put_key(key))
+    }
+
+    /// API keys (`account`: only its own), oldest first.
+    pub async fn keys(&self, account: Option<String>) -> Result<Vec<KeyRecord>, StoreError> {
+        dispatch!(self.keys(account))
+    }
+
+    /// Revokes an API key; false when there is none with this id.
+    pub async fn revoke_key(&self, id: String) -> Result<bool, StoreError> {
+        dispatch!(self.revoke_key(id))
+    }
+
+    /// The account an unrevoked API key with this sha256 acts for.
+    pub async fn key_account(&self, sha256: String) -> Result<Option<String>, StoreError> {
+        dispatch!(self.key_account(sha256))
     }
 
     /// Whether several coordinators can share this store (PostgreSQL), so that one of them must

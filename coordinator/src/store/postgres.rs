@@ -12,6 +12,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use ambient_protocol::credits::{AccountLimits, LedgerEntry};
 use ambient_protocol::{ReputationEventInfo, ReputationEventKind, TaskStatus};
 use ambient_service::migrate::{self, Dialect, MigrateError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -20,6 +21,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use super::credits::{self, AccountRecord, AccountTotals, KeyRecord, LedgerFilter, SnapshotRows};
 use super::{
     Batch, Enrolment, Fence, JoinRefused, LeaderInfo, MIGRATIONS, ProofRecord, StoreError,
     TERMINAL, TokenRecord, corrupt,
@@ -122,6 +124,36 @@ CREATE TABLE enrolments (
     revoked_at BIGINT
 );
 CREATE INDEX enrolments_by_key ON enrolments (ed25519);
+";
+
+/// Version 4: accounts, API keys and the ledger ([`super::credits`]).
+pub(super) const SCHEMA_V4: &str = "
+CREATE TABLE accounts (
+    name TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    limits TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    key_sha256 TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked BOOLEAN NOT NULL
+);
+CREATE TABLE ledger (
+    seq BIGSERIAL PRIMARY KEY,
+    txn TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    account TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    task_id TEXT,
+    memo TEXT NOT NULL,
+    UNIQUE (txn, account, kind)
+);
+CREATE INDEX ledger_by_owner ON ledger (owner, seq);
+CREATE INDEX ledger_by_account ON ledger (account, seq);
 ";
 
 const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
@@ -295,6 +327,26 @@ impl Postgres {
                 tx.execute(
                     &put,
                     &[&e.node, &e.kind.as_str(), &e.task_id, &e.at, &e.score],
+                )
+                .await?;
+            }
+        }
+        if !batch.postings.is_empty() {
+            let put = tx.prepare_cached(credits::PUT_POSTING).await?;
+            for p in &batch.postings {
+                let task_id = p.task_id.map(|t| t.to_string());
+                tx.execute(
+                    &put,
+                    &[
+                        &p.txn,
+                        &p.at.timestamp_millis(),
+                        &p.account,
+                        &p.amount,
+                        &p.kind.as_str(),
+                        &p.owner,
+                        &task_id,
+                        &p.memo,
+                    ],
                 )
                 .await?;
             }
@@ -679,6 +731,185 @@ impl Postgres {
             })
         })
         .transpose()
+    }
+
+    pub(super) async fn credit_snapshot(&self) -> Result<SnapshotRows, StoreError> {
+        let client = self.pool.get().await?;
+        let pairs = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<(String, i64)>, StoreError> {
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        };
+        let balances = pairs(client.query(credits::BALANCES, &[]).await?)?;
+        let spent = pairs(client.query(credits::SPENT, &[]).await?)?;
+        let escrows = client
+            .query(credits::OPEN_ESCROWS, &[])
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let opened = client
+            .query(credits::OPENED, &[])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        drop(client);
+        Ok(SnapshotRows {
+            balances,
+            spent,
+            escrows,
+            accounts: self.accounts(None).await?,
+            opened,
+        })
+    }
+
+    pub(super) async fn account_totals(&self, name: String) -> Result<AccountTotals, StoreError> {
+        let client = self.pool.get().await?;
+        let account = crate::credits::submitter_account(&name);
+        let r = client
+            .query_one(credits::TOTALS, &[&account, &name])
+            .await?;
+        Ok(AccountTotals {
+            balance: r.try_get(0)?,
+            reserved: r.try_get(1)?,
+            spent: r.try_get(2)?,
+            earned: r.try_get(3)?,
+        })
+    }
+
+    pub(super) async fn ledger(
+        &self,
+        filter: LedgerFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let client = self.pool.get().await?;
+        let (owner, account) = filter.binds();
+        let rows = client
+            .query(
+                credits::PAGE,
+                &[&owner, &account, &after, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(credits::entry(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                ))
+            })
+            .collect()
+    }
+
+    pub(super) async fn put_account(&self, a: AccountRecord) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let limits = serde_json::to_string(&a.limits)?;
+        let n = client
+            .execute(
+                "INSERT INTO accounts (name, created_at, limits) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&a.name, &a.created_at, &limits],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn set_limits(
+        &self,
+        name: String,
+        limits: AccountLimits,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let limits = serde_json::to_string(&limits)?;
+        let n = client
+            .execute(
+                "UPDATE accounts SET limits = $2 WHERE name = $1",
+                &[&name, &limits],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn accounts(
+        &self,
+        name: Option<String>,
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT name, created_at, limits FROM accounts
+                 WHERE ($1::TEXT IS NULL OR name = $1) ORDER BY name",
+                &[&name],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccountRecord {
+                    name: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                    limits: serde_json::from_str(r.try_get(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn put_key(&self, k: KeyRecord) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO api_keys (id, account, key_sha256, created_at, revoked)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&k.id, &k.account, &k.key_sha256, &k.created_at, &k.revoked],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn keys(&self, account: Option<String>) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, account, key_sha256, created_at, revoked FROM api_keys
+                 WHERE ($1::TEXT IS NULL OR account = $1) ORDER BY created_at, id",
+                &[&account],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    id: r.try_get(0)?,
+                    account: r.try_get(1)?,
+                    key_sha256: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    revoked: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn revoke_key(&self, id: String) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute("UPDATE api_keys SET revoked = TRUE WHERE id = $1", &[&id])
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn key_account(&self, sha256: String) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT account FROM api_keys WHERE key_sha256 = $1 AND NOT revoked",
+                &[&sha256],
+            )
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub(super) async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {

@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
+use ambient_protocol::credits::{AccountLimits, LedgerEntry};
 use ambient_protocol::{ReputationEventInfo, ReputationEventKind, TaskStatus};
 use ambient_service::sqlite::SqliteActor;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::credits::{self, AccountRecord, AccountTotals, KeyRecord, LedgerFilter, SnapshotRows};
 use super::{
     Batch, Enrolment, JoinRefused, MIGRATIONS, ProofRecord, StoreError, TERMINAL, TokenRecord,
     corrupt,
@@ -101,6 +103,36 @@ CREATE TABLE enrolments (
 CREATE INDEX enrolments_by_key ON enrolments (ed25519);
 ";
 
+/// Version 4: accounts, API keys and the ledger ([`super::credits`]).
+pub(super) const SCHEMA_V4: &str = "
+CREATE TABLE accounts (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    limits TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    key_sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL
+);
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    txn TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    task_id TEXT,
+    memo TEXT NOT NULL,
+    UNIQUE (txn, account, kind)
+);
+CREATE INDEX ledger_by_owner ON ledger (owner, seq);
+CREATE INDEX ledger_by_account ON ledger (account, seq);
+";
+
 const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
 const ENROLMENT_COLUMNS: &str = "node, ed25519, token, password_sha256, enrolled_at, revoked_at";
 
@@ -153,6 +185,7 @@ impl Sqlite {
             nodes,
             events,
             checkpoints,
+            postings,
             fence: _,
         } = batch;
         self.call(move |conn| {
@@ -192,6 +225,19 @@ impl Sqlite {
                         e.task_id.to_string(),
                         e.at.to_rfc3339(),
                         e.score
+                    ])?;
+                }
+                let mut put_posting = tx.prepare_cached(credits::PUT_POSTING)?;
+                for p in &postings {
+                    put_posting.execute(params![
+                        p.txn,
+                        p.at.timestamp_millis(),
+                        p.account,
+                        p.amount,
+                        p.kind.as_str(),
+                        p.owner,
+                        p.task_id.map(|t| t.to_string()),
+                        p.memo,
                     ])?;
                 }
                 for (id, cp) in &checkpoints {
@@ -506,6 +552,160 @@ impl Sqlite {
         .await
     }
 
+    pub(super) async fn credit_snapshot(&self) -> Result<SnapshotRows, StoreError> {
+        self.call(|conn| {
+            let pairs = |sql: &str| -> Result<Vec<(String, i64)>, StoreError> {
+                let mut q = conn.prepare(sql)?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            };
+            let balances = pairs(credits::BALANCES)?;
+            let spent = pairs(credits::SPENT)?;
+            let mut q = conn.prepare(credits::OPEN_ESCROWS)?;
+            let escrows = q
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut q = conn.prepare(credits::OPENED)?;
+            let opened = q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(SnapshotRows {
+                balances,
+                spent,
+                escrows,
+                accounts: accounts(conn, None)?,
+                opened,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn account_totals(&self, name: String) -> Result<AccountTotals, StoreError> {
+        self.call(move |conn| {
+            let account = crate::credits::submitter_account(&name);
+            Ok(
+                conn.query_row(credits::TOTALS, params![account, name], |r| {
+                    Ok(AccountTotals {
+                        balance: r.get(0)?,
+                        reserved: r.get(1)?,
+                        spent: r.get(2)?,
+                        earned: r.get(3)?,
+                    })
+                })?,
+            )
+        })
+        .await
+    }
+
+    pub(super) async fn ledger(
+        &self,
+        filter: LedgerFilter,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.call(move |conn| {
+            let (owner, account) = filter.binds();
+            let mut q = conn.prepare_cached(credits::PAGE)?;
+            let rows = q.query_map(params![owner, account, after, limit], |r| {
+                Ok(credits::entry(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn put_account(&self, a: AccountRecord) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            let limits = serde_json::to_string(&a.limits)?;
+            Ok(conn.execute(
+                "INSERT INTO accounts (name, created_at, limits) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![a.name, a.created_at, limits],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn set_limits(
+        &self,
+        name: String,
+        limits: AccountLimits,
+    ) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            let limits = serde_json::to_string(&limits)?;
+            Ok(conn.execute(
+                "UPDATE accounts SET limits = ?2 WHERE name = ?1",
+                params![name, limits],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn accounts(
+        &self,
+        name: Option<String>,
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        self.call(move |conn| accounts(conn, name)).await
+    }
+
+    pub(super) async fn put_key(&self, k: KeyRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (id, account, key_sha256, created_at, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.id, k.account, k.key_sha256, k.created_at, k.revoked],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn keys(&self, account: Option<String>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.call(move |conn| {
+            let mut q = conn.prepare(
+                "SELECT id, account, key_sha256, created_at, revoked FROM api_keys
+                 WHERE (?1 IS NULL OR account = ?1) ORDER BY created_at, id",
+            )?;
+            let rows = q.query_map([account], |r| {
+                Ok(KeyRecord {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    key_sha256: r.get(2)?,
+                    created_at: r.get(3)?,
+                    revoked: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_key(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            Ok(conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id])? == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn key_account(&self, sha256: String) -> Result<Option<String>, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT account FROM api_keys WHERE key_sha256 = ?1 AND revoked = 0",
+                    [sha256],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     pub(super) async fn proof(&self, id: Uuid) -> Result<Option<ProofRecord>, StoreError> {
         self.call(move |conn| {
             let row = conn
@@ -540,6 +740,25 @@ impl Sqlite {
         })
         .await
     }
+}
+
+fn accounts(conn: &Connection, name: Option<String>) -> Result<Vec<AccountRecord>, StoreError> {
+    let mut q = conn.prepare(
+        "SELECT name, created_at, limits FROM accounts WHERE (?1 IS NULL OR name = ?1) ORDER BY name",
+    )?;
+    let rows = q.query_map([name], |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, created_at, limits) = row?;
+        out.push(AccountRecord {
+            name,
+            created_at,
+            limits: serde_json::from_str(&limits)?,
+        });
+    }
+    Ok(out)
 }
 
 fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {

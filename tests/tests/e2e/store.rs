@@ -2,10 +2,15 @@
 //! PostgreSQL server. Then what only PostgreSQL has to get right: coordinators that start
 //! together on one database, a schema from a newer build, and addresses it cannot serve.
 
+use ambient_coordinator::credits::keys::{key_sha256, new_key};
+use ambient_coordinator::credits::{Book, Prices};
 use ambient_coordinator::reputation::{Event, EventKind};
 use ambient_coordinator::scheduler::{NodeRecord, TaskRecord};
-use ambient_coordinator::store::{Batch, Fence, Location, ProofRecord, Store, StoreError};
+use ambient_coordinator::store::{
+    AccountRecord, Batch, Fence, LedgerFilter, Location, ProofRecord, Store, StoreError,
+};
 use ambient_e2e::postgres::Postgres;
+use ambient_protocol::credits::AccountLimits;
 use ambient_protocol::{NodeState, Requirements, TaskStatus, TaskType};
 use ambient_service::MigrateError;
 use chrono::{DateTime, Utc};
@@ -42,6 +47,7 @@ async fn keeps_the_contract(location: Location) {
         last_seen: at("2026-11-30T10:00:04Z"),
         health: None,
         reputation: Default::default(),
+        earnings: Default::default(),
     };
     let events: Vec<Event> = [
         EventKind::Valid,
@@ -76,6 +82,7 @@ async fn keeps_the_contract(location: Location) {
                 nodes: vec![node.clone()],
                 events: events.clone(),
                 checkpoints: vec![(a, Some("1".into())), (b, Some("2".into()))],
+                postings: Vec::new(),
                 fence: None,
             })
             .await
@@ -148,10 +155,126 @@ async fn keeps_the_contract(location: Location) {
     assert_eq!(history[1].task_id, done.id);
 }
 
+/// The credits' part of the contract: postings written (twice, as a retried write would), the
+/// snapshot the scheduler's book restarts from, an account's figures, ledger pages, accounts and
+/// API keys.
+async fn keeps_the_credits(location: Location) {
+    let store = Store::open(&location).await.unwrap();
+    let mut book = Book::new(Prices::default(), store.credit_snapshot().await.unwrap());
+    let now = at("2026-12-01T10:00:00Z");
+    book.open("acme", 10_000, now);
+    let (done, running) = (Uuid::new_v4(), Uuid::new_v4());
+    book.reserve(done, "acme", 3_000, now).unwrap();
+    book.reserve(running, "acme", 1_000, now).unwrap();
+    let shard = Uuid::new_v4();
+    book.settle(shard, running, &[("n2".into(), 400)], false, now);
+    book.settle(
+        done,
+        done,
+        &[("n1".into(), 1_000), ("n2".into(), 1_000)],
+        true,
+        now,
+    );
+    let postings = book.take_postings();
+    for _ in 0..2 {
+        let batch = Batch {
+            postings: postings.clone(),
+            ..Batch::default()
+        };
+        store.save(batch).await.unwrap();
+    }
+    let snap = store.credit_snapshot().await.unwrap();
+    assert_eq!(snap.balances["acme"], 10_000 - 3_000 - 1_000 + 1_000);
+    assert_eq!(snap.spent["acme"], 2_400);
+    assert_eq!(
+        snap.escrows.len(),
+        1,
+        "the settled escrow is closed: {snap:?}"
+    );
+    let e = &snap.escrows[&running];
+    assert_eq!((e.owner.as_str(), e.reserved, e.left), ("acme", 1_000, 600));
+    assert!(snap.opened.contains("acme"));
+    // A book restarted from it grants no second opening and sees the same balance.
+    let mut again = Book::new(Prices::default(), snap);
+    again.open("acme", 10_000, now);
+    assert!(again.take_postings().is_empty());
+    assert_eq!(again.balance("acme"), 7_000);
+    let totals = store.account_totals("acme".into()).await.unwrap();
+    assert_eq!(
+        (totals.balance, totals.reserved, totals.spent, totals.earned),
+        (7_000, 600, 2_400, 10_000)
+    );
+    let all = store.ledger(LedgerFilter::All, 0, 1000).await.unwrap();
+    assert_eq!(
+        all.len(),
+        postings.len(),
+        "a second write of a transaction adds nothing"
+    );
+    assert_eq!(all.iter().map(|e| e.amount).sum::<i64>(), 0);
+    let first = store
+        .ledger(LedgerFilter::Owner("acme".into()), 0, 3)
+        .await
+        .unwrap();
+    let next = store
+        .ledger(LedgerFilter::Owner("acme".into()), first[2].seq, 1000)
+        .await
+        .unwrap();
+    assert_eq!(first.len() + next.len(), all.len());
+    let n2 = store
+        .ledger(LedgerFilter::Account("node:n2".into()), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        n2.iter().map(|e| e.amount).collect::<Vec<_>>(),
+        vec![360, 900]
+    );
+    assert_eq!(n2[1].task_id, Some(done));
+    // Accounts and keys.
+    let limits = AccountLimits {
+        max_in_flight: Some(2),
+        ..AccountLimits::default()
+    };
+    let acct = AccountRecord {
+        name: "lab".into(),
+        created_at: 1,
+        limits,
+    };
+    assert!(store.put_account(acct.clone()).await.unwrap());
+    assert!(
+        !store.put_account(acct.clone()).await.unwrap(),
+        "names are unique"
+    );
+    let capped = AccountLimits {
+        spending_cap: Some(5),
+        ..limits
+    };
+    assert!(store.set_limits("lab".into(), capped).await.unwrap());
+    assert!(!store.set_limits("nobody".into(), capped).await.unwrap());
+    assert_eq!(
+        store.accounts(Some("lab".into())).await.unwrap()[0].limits,
+        capped
+    );
+    let (key, shown) = new_key("lab", 2);
+    store.put_key(key.clone()).await.unwrap();
+    let sha = key_sha256(&shown.api_key);
+    assert_eq!(
+        store.key_account(sha.clone()).await.unwrap().as_deref(),
+        Some("lab")
+    );
+    assert_eq!(
+        store.keys(Some("lab".into())).await.unwrap(),
+        vec![key.clone()]
+    );
+    assert!(store.revoke_key(key.id.clone()).await.unwrap());
+    assert_eq!(store.key_account(sha).await.unwrap(), None);
+    assert!(!store.revoke_key("key_none".into()).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keeps_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     keeps_the_contract(Location::File(dir.path().join("c.db"))).await;
+    keeps_the_credits(Location::File(dir.path().join("credits.db"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +283,7 @@ async fn postgres_keeps_the_store_contract() {
         return;
     };
     keeps_the_contract(Location::Postgres(pg.create_database("c").unwrap())).await;
+    keeps_the_credits(Location::Postgres(pg.create_database("credits").unwrap())).await;
 }
 
 /// Coordinators that start at the same moment on a fresh database make its tables once, and all
