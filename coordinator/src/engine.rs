@@ -267,6 +267,7 @@ impl Engine {
                 self.metrics.count_terminal(t.status);
             }
         }
+        let credits = Metrics::credit_flows(&effects.postings);
         if let Err(e) = self
             .store
             .save(Batch {
@@ -289,6 +290,7 @@ impl Engine {
             error!(error = %e, "Could not persist scheduler state; withholding acknowledgements.");
             return Err(e);
         }
+        self.metrics.add_credits(credits);
         self.reputation_changed.extend(judged);
         self.metrics.set_gauges(
             self.sched.online_nodes() as u64,

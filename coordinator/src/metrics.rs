@@ -31,6 +31,12 @@ pub struct Metrics {
     pub mqtt_rejected: AtomicU64,
     /// Blob downloads refused: unsigned, stale, unknown node or bad signature.
     pub blob_requests_refused: AtomicU64,
+    /// µcredits minted (grants).
+    pub credits_minted: AtomicU64,
+    /// µcredits charged to submitters for work.
+    pub credits_charged: AtomicU64,
+    /// µcredits paid to nodes.
+    pub credits_paid: AtomicU64,
     /// Nodes online now.
     pub nodes_online: AtomicU64,
     /// Tasks not yet terminal.
@@ -53,6 +59,30 @@ impl Metrics {
             _ => return,
         };
         Metrics::inc(c);
+    }
+
+    /// The credits `postings` move: minted, charged, paid (µcredits), for [`Metrics::add_credits`]
+    /// once they are written.
+    pub fn credit_flows(postings: &[crate::credits::Posting]) -> [u64; 3] {
+        use crate::credits::PostingKind;
+        let mut flows = [0u64; 3];
+        for p in postings {
+            let (i, amount) = match p.kind {
+                PostingKind::Grant if p.account == "mint" => (0, -p.amount),
+                PostingKind::Charge => (1, -p.amount),
+                PostingKind::Pay => (2, p.amount),
+                _ => continue,
+            };
+            flows[i] += amount.max(0) as u64;
+        }
+        flows
+    }
+
+    /// Adds written [`Metrics::credit_flows`].
+    pub fn add_credits(&self, [minted, charged, paid]: [u64; 3]) {
+        self.credits_minted.fetch_add(minted, Ordering::Relaxed);
+        self.credits_charged.fetch_add(charged, Ordering::Relaxed);
+        self.credits_paid.fetch_add(paid, Ordering::Relaxed);
     }
 
     /// Updates the gauges.
@@ -123,6 +153,17 @@ impl Metrics {
             "counter",
             "Blob downloads refused: unsigned, stale, unknown node or bad signature.",
             &[("", get(&self.blob_requests_refused))],
+        );
+        metric(
+            "ambient_credits_total",
+            "counter",
+            "µcredits moved by this coordinator: minted (grants), charged to submitters, paid to \
+             nodes.",
+            &[
+                ("{flow=\"minted\"}", get(&self.credits_minted)),
+                ("{flow=\"charged\"}", get(&self.credits_charged)),
+                ("{flow=\"paid\"}", get(&self.credits_paid)),
+            ],
         );
         metric(
             "ambient_nodes_online",

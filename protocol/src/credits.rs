@@ -116,6 +116,9 @@ pub struct LedgerEntry {
     pub account: String,
     /// µcredits in (positive) or out (negative).
     pub amount: i64,
+    /// `grant`, `reserve`, `charge` (out of escrow for work), `pay` (to a node), `fee` or
+    /// `release` (back from escrow).
+    pub kind: String,
     /// The task it is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<Uuid>,

@@ -11,6 +11,7 @@
 //! - [`Cluster`]: the network under test.
 
 pub mod adversary;
+pub mod ledger;
 pub mod mosquitto;
 pub mod nats;
 pub mod postgres;

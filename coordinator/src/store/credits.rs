@@ -124,7 +124,8 @@ pub(super) const TOTALS: &str = "SELECT
      FROM ledger WHERE owner = $2";
 
 /// A page of postings: `$1` owner or null, `$2` account or null, after `$3`, at most `$4`.
-pub(super) const PAGE: &str = "SELECT seq, txn, at, account, amount, task_id, memo FROM ledger
+pub(super) const PAGE: &str =
+    "SELECT seq, txn, at, account, amount, kind, task_id, memo FROM ledger
      WHERE (CAST($1 AS TEXT) IS NULL OR owner = $1) AND (CAST($2 AS TEXT) IS NULL OR account = $2)
        AND seq > $3
      ORDER BY seq LIMIT $4";
@@ -176,12 +177,14 @@ impl SnapshotRows {
 }
 
 /// Builds a ledger entry from its columns.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn entry(
     seq: i64,
     txn: String,
     at_ms: i64,
     account: String,
     amount: i64,
+    kind: String,
     task_id: Option<String>,
     memo: String,
 ) -> LedgerEntry {
@@ -191,6 +194,7 @@ pub(super) fn entry(
         at: DateTime::<Utc>::from_timestamp_millis(at_ms).unwrap_or_default(),
         account,
         amount,
+        kind,
         task_id: task_id.and_then(|t| Uuid::parse_str(&t).ok()),
         memo,
     }

@@ -802,6 +802,7 @@ impl Postgres {
                     r.try_get(4)?,
                     r.try_get(5)?,
                     r.try_get(6)?,
+                    r.try_get(7)?,
                 ))
             })
             .collect()

@@ -613,6 +613,7 @@ impl Sqlite {
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(7)?,
                 ))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

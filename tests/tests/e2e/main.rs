@@ -5,6 +5,7 @@ mod bad_input;
 mod broker_cluster;
 mod compute;
 mod coordinators;
+mod credits;
 mod docs;
 mod edge;
 mod faults;
