@@ -59,7 +59,7 @@ pub struct View {
     pub toggle_label: String,
     /// False when there is no agent to toggle.
     pub toggle_enabled: bool,
-    /// "Reputation 87 · 120 tasks".
+    /// "Reputation 87 · 120 tasks · 0.42 credits".
     pub reputation_line: String,
 }
 
@@ -110,7 +110,11 @@ pub fn compute_view(client: &Client) -> View {
     let tasks = status.tasks_done;
     let reputation_line = match client.get("/v1/reputation") {
         Ok(r) => match r["reputation"]["score"].as_f64() {
-            Some(score) => format!("Reputation {score:.0} · {tasks} tasks"),
+            Some(score) => {
+                // µcredits, as the coordinator counts them.
+                let earned = r["credits"]["total"].as_f64().unwrap_or(0.0) / 1e6;
+                format!("Reputation {score:.0} · {tasks} tasks · {earned:.2} credits")
+            }
             None => format!("Reputation: none yet · {tasks} tasks"),
         },
         Err(_) => format!("Reputation: none yet · {tasks} tasks"),

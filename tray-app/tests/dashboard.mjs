@@ -161,6 +161,11 @@ try {
   const summary = await page.textContent('#rep-summary');
   check('reputation summary shows the score',
     summary.includes(`Score ${rep.body.reputation.score.toFixed(1)}`), `(${summary})`);
+  const earned = await page.textContent('#credits-summary');
+  check('credits earned are shown beside the reputation',
+    rep.body.credits && rep.body.credits.total > 0 && earned.startsWith('Credits earned: ')
+      && !earned.includes('NaN'),
+    `(${earned}; report ${JSON.stringify(rep.body.credits)})`);
   await page.locator('#reputation-card').screenshot({ path: join(out, '05-reputation-chart.png') });
   await shot('05-dashboard');
 

@@ -120,6 +120,12 @@ $('join-form').addEventListener('submit', async (ev) => {
 
 // ---------- reputation ----------
 
+// µcredits (what the API counts in) as credits, e.g. 0.0042.
+function credits(micro) {
+  const c = Number(micro) / 1e6;
+  return c === 0 ? '0' : c < 0.01 ? c.toPrecision(2) : c.toFixed(2);
+}
+
 async function pollReputation() {
   if (!agentUp) return;
   try {
@@ -132,6 +138,10 @@ async function pollReputation() {
         ? `, ${r.proofs_verified} proofs verified, ${r.proofs_rejected} rejected` : '') +
       ` · streak ${r.streak}`;
     $('rep-summary').classList.remove('muted');
+    const c = rep.credits || { total: 0, recent_average: 0 };
+    $('credits-summary').textContent =
+      `Credits earned: ${credits(c.total)} in total · ${credits(c.recent_average)} a day recently`;
+    $('credits-summary').classList.toggle('muted', c.total === 0);
     drawChart($('rep-chart'), rep.history || []);
   } catch (e) {
     if (e.error === 'no_reputation_yet') {

@@ -9,10 +9,13 @@
 //! node in turn (which one at random) with SIGKILL, and starts it again 2 s later.
 //!
 //! Every task is checked against its known answer; the database is read for judgements recorded
-//! twice. The last line printed is one JSON object:
-//! `{"tasks", "completed", "wrong", "lost", "duplicated", "resubmitted", "kills": {"agent",
-//! "coordinator", "broker"}, "seconds"}`; the exit code is 0 only when wrong, lost and duplicated
-//! are 0 and each kind of kill happened.
+//! twice, and its credits ledger audited ([`ambient_e2e::ledger::Audit`]: unbalanced
+//! transactions, accounts below zero, a node paid twice for a task, a task settled twice, charges
+//! that differ from pay plus fee). The last line printed is one JSON object:
+//! `{"tasks", "completed", "wrong", "lost", "duplicated", "credits": {"charged", "paid", "fee",
+//! "postings", "counted_twice"}, "resubmitted", "kills": {"agent", "coordinator", "broker"},
+//! "seconds"}`; the exit code is 0 only when wrong, lost, duplicated and counted_twice are 0 and
+//! each kind of kill happened.
 //!
 //! `lost` counts tasks that did not complete (failed, expired, or never finished); `resubmitted`
 //! counts MQTT submissions whose answer never came and that the soak sent again over REST with
@@ -30,10 +33,12 @@ use std::time::{Duration, Instant};
 use ambient_cli::client::{Client, ClientError, submit_over_mqtt};
 use ambient_cli::local::{Connection, agent_config};
 use ambient_cli::modules;
+use ambient_e2e::ledger::Audit;
 use ambient_e2e::nats::NatsCluster;
 use ambient_e2e::postgres::Postgres;
 use ambient_e2e::process::{CoordinatorProcess, ServiceProcess};
 use ambient_fl::data::{breast_cancer, non_iid_split, stratified_split};
+use ambient_protocol::credits::LedgerEntry;
 use ambient_protocol::{Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
 use base64::Engine as _;
 use rand::Rng as _;
@@ -460,6 +465,34 @@ async fn main() -> anyhow::Result<()> {
              GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
         )?
         .parse()?;
+    // Credits: every task's settlement written once, whatever was killed mid-way.
+    let rows = pg.psql(
+        "soak",
+        "SELECT seq, txn, at, account, amount, kind, COALESCE(task_id, ''), memo FROM ledger",
+    )?;
+    let entries: Vec<LedgerEntry> = rows
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            anyhow::ensure!(f.len() == 8, "a ledger row of {} fields: {l}", f.len());
+            Ok(LedgerEntry {
+                seq: f[0].parse()?,
+                txn: f[1].into(),
+                at: chrono::DateTime::from_timestamp_millis(f[2].parse()?).unwrap_or_default(),
+                account: f[3].into(),
+                amount: f[4].parse()?,
+                kind: f[5].into(),
+                task_id: Uuid::parse_str(f[6]).ok(),
+                memo: f[7].into(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let audit = Audit::of(&entries);
+    let credits_duplicated = audit.faults() as u64;
+    if credits_duplicated > 0 {
+        eprintln!("soak: CREDITS {audit:?}");
+    }
     let kills = fleet.lock().await.kills.clone();
     let count = |k: &str| kills.get(k).copied().unwrap_or(0);
     let report = json!({
@@ -468,11 +501,13 @@ async fn main() -> anyhow::Result<()> {
         "wrong": wrong,
         "lost": lost,
         "duplicated": duplicated,
+        "credits": {"charged": audit.charged, "paid": audit.paid, "fee": audit.fee,
+                    "postings": audit.entries, "counted_twice": credits_duplicated},
         "resubmitted": resubmitted,
         "kills": {"agent": count("agent"), "coordinator": count("coordinator"), "broker": count("broker")},
         "seconds": started.elapsed().as_secs(),
     });
-    if !(wrong == 0 && lost == 0 && duplicated == 0) {
+    if !(wrong == 0 && lost == 0 && duplicated == 0 && credits_duplicated == 0) {
         // Keep the processes' logs and configurations for a look.
         eprintln!("soak: logs kept in {}", dir.keep().display());
     }
@@ -480,6 +515,7 @@ async fn main() -> anyhow::Result<()> {
     let ok = wrong == 0
         && lost == 0
         && duplicated == 0
+        && credits_duplicated == 0
         && ["agent", "coordinator", "broker"]
             .iter()
             .all(|k| count(k) > 0);
