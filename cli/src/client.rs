@@ -2,6 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use ambient_protocol::credits::{
+    AccountCreate, AccountCreated, AccountInfo, AccountLimits, Grant, KeyCreated, KeyInfo,
+    LeaderboardRow, LedgerPage, PriceList,
+};
 use ambient_protocol::join::{TokenInfo, TokenRequest};
 use ambient_protocol::{ApiError, NodeInfo, ReputationReport, TaskInfo, TaskSubmission};
 use uuid::Uuid;
@@ -210,6 +214,136 @@ impl Client {
         .await
     }
 
+    /// An authenticated request with a JSON body.
+    async fn send<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await?;
+        Self::decode(resp).await
+    }
+
+    /// `GET /api/v1/prices` (no key needed).
+    pub async fn prices(&self) -> Result<PriceList, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/prices").await
+    }
+
+    /// `GET /api/v1/account`: the caller's credits.
+    pub async fn account(&self) -> Result<AccountInfo, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/account").await
+    }
+
+    /// `GET /api/v1/account/ledger`: a page of the caller's ledger after `after`.
+    pub async fn ledger(
+        &self,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<LedgerPage, ClientError> {
+        let query = query(&[
+            ("after", after.map(|a| a.to_string())),
+            ("limit", limit.map(|l| l.to_string())),
+        ]);
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/account/ledger{query}"),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/leaderboard`: nodes by recent average credit.
+    pub async fn leaderboard(
+        &self,
+        limit: Option<u32>,
+    ) -> Result<Vec<LeaderboardRow>, ClientError> {
+        let query = query(&[("limit", limit.map(|l| l.to_string()))]);
+        self.call(reqwest::Method::GET, &format!("/api/v1/leaderboard{query}"))
+            .await
+    }
+
+    /// `POST /api/v1/admin/accounts` (admin key): the account and its first API key.
+    pub async fn create_account(&self, req: &AccountCreate) -> Result<AccountCreated, ClientError> {
+        self.send(reqwest::Method::POST, "/api/v1/admin/accounts", req)
+            .await
+    }
+
+    /// `GET /api/v1/admin/accounts` (admin key).
+    pub async fn accounts(&self) -> Result<Vec<AccountInfo>, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/admin/accounts")
+            .await
+    }
+
+    /// `POST /api/v1/admin/accounts/{name}/grant` (admin key): the account after the grant.
+    pub async fn grant(&self, account: &str, grant: &Grant) -> Result<AccountInfo, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/accounts/{account}/grant"),
+            grant,
+        )
+        .await
+    }
+
+    /// `PUT /api/v1/admin/accounts/{name}/limits` (admin key): replaces all its limits.
+    pub async fn set_limits(
+        &self,
+        account: &str,
+        limits: &AccountLimits,
+    ) -> Result<AccountInfo, ClientError> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/api/v1/admin/accounts/{account}/limits"),
+            limits,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/admin/accounts/{name}/keys` (admin key): a new key, shown once.
+    pub async fn create_key(&self, account: &str) -> Result<KeyCreated, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/admin/accounts/{account}/keys"),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/admin/keys` (admin key).
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/admin/keys").await
+    }
+
+    /// `DELETE /api/v1/admin/keys/{id}` (admin key).
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        self.call_empty(reqwest::Method::DELETE, &format!("/api/v1/admin/keys/{id}"))
+            .await
+    }
+
+    /// `GET /api/v1/admin/ledger` (admin key): a page of the whole ledger, or of one account's
+    /// postings (`node:{id}`, `submitter:{name}`, `fee`, `mint`, …).
+    pub async fn admin_ledger(
+        &self,
+        account: Option<&str>,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<LedgerPage, ClientError> {
+        let query = query(&[
+            ("account", account.map(str::to_string)),
+            ("after", after.map(|a| a.to_string())),
+            ("limit", limit.map(|l| l.to_string())),
+        ]);
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/admin/ledger{query}"),
+        )
+        .await
+    }
+
     async fn call_empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
         let resp = self
             .http
@@ -276,6 +410,25 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A query string (`?a=1&b=x%3Ay`) of the parameters that have a value; empty when none has.
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let mut out = String::new();
+    for (name, value) in params {
+        let Some(value) = value else { continue };
+        out.push(if out.is_empty() { '?' } else { '&' });
+        out.push_str(name);
+        out.push('=');
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// Submits a task by MQTT publish on `ambient/v1/submit/{submitter}` and waits for its terminal
@@ -350,4 +503,26 @@ pub async fn submit_over_mqtt(
     tracker.close();
     tracker.wait().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_skip_absent_values_and_escape_the_rest() {
+        assert_eq!(query(&[("after", None), ("limit", None)]), "");
+        assert_eq!(
+            query(&[
+                ("account", Some("node:node-1".into())),
+                ("after", None),
+                ("limit", Some("10".into())),
+            ]),
+            "?account=node%3Anode-1&limit=10"
+        );
+        assert_eq!(
+            query(&[("a", Some("x y&z=é".into()))]),
+            "?a=x%20y%26z%3D%C3%A9"
+        );
+    }
 }

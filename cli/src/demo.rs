@@ -1,8 +1,10 @@
 //! `ambient demo`: an embedded broker, a coordinator and three agents in this process; then the
-//! seed's `wasm_execution` example and the failure cases, each checked against what it must give.
+//! seed's `wasm_execution` example and the failure cases, each checked against what it must give;
+//! then what the demo's tasks cost and what the nodes were paid, from the ledger.
 
 use std::time::Duration;
 
+use ambient_protocol::credits::{AccountInfo, LedgerEntry, format_credits};
 use ambient_protocol::{NodeInfo, Requirements, TaskStatus, TaskSubmission, TaskType};
 use base64::Engine as _;
 use serde_json::json;
@@ -25,7 +27,40 @@ pub struct Report {
     pub federated: Option<Federated>,
     /// The nodes at the end, with their reputations.
     pub nodes: Vec<NodeInfo>,
+    /// The demo submitter's credits at the end, and what the nodes were paid.
+    pub credits: Option<Credits>,
+    /// Why `credits` is missing: the ledger could not be read (this fails no case).
+    pub credits_warning: Option<String>,
 }
+
+/// What the demo's tasks cost its submitter, and what the nodes were paid, in µcredits.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Credits {
+    /// The submitter's account at the end.
+    pub account: AccountInfo,
+    /// Entries in its ledger.
+    pub entries: usize,
+    /// Its last entries (at most [`RECENT`]).
+    pub recent: Vec<LedgerEntry>,
+    /// Granted to it, per its ledger.
+    pub granted: i64,
+    /// Charged out of its tasks' escrows, per its ledger.
+    pub charged: i64,
+    /// Paid to nodes for its tasks, per its ledger.
+    pub paid: i64,
+    /// The network's fee on its tasks, per its ledger.
+    pub fee: i64,
+    /// The coordinator's node share, in percent of each charge.
+    pub node_share_percent: u32,
+    /// Each node's earnings.
+    pub nodes: Vec<(String, i64)>,
+    /// Where `nodes` comes from: `admin ledger` (the postings into `node:{id}`) or `node
+    /// records` (the nodes' `credits.total`, without an admin key).
+    pub nodes_from: String,
+}
+
+/// How many of the submitter's last ledger entries the demo shows.
+pub const RECENT: usize = 10;
 
 /// One checked case.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -398,13 +433,156 @@ pub async fn run(
     );
 
     let nodes = client.nodes().await?;
+    let admin = net
+        .connection
+        .admin_key
+        .as_deref()
+        .map(|key| Client::new(&net.connection.api_url, key));
+    let (credits, credits_warning) = match credits(&client, admin.as_ref(), &nodes).await {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(format!("cannot read the ledger: {e}"))),
+    };
     net.shutdown().await;
     Ok(Report {
         cases,
         proof_id,
         federated,
         nodes,
+        credits,
+        credits_warning,
     })
+}
+
+/// Reads the submitter's account and ledger, and each node's earnings: from the admin ledger
+/// with an admin key, otherwise from the node records.
+async fn credits(
+    client: &Client,
+    admin: Option<&Client>,
+    nodes: &[NodeInfo],
+) -> Result<Credits, ClientError> {
+    use crate::credits::{Ledger, ledger};
+    // Settlements reach the store with the scheduler's next flush: wait until nothing is held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut account = client.account().await?;
+    while account.reserved != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        account = client.account().await?;
+    }
+    let entries = ledger(client, Ledger::Mine, None, None, true)
+        .await?
+        .entries;
+    let own = format!("submitter:{}", account.account);
+    let sum = |keep: &dyn Fn(&LedgerEntry) -> bool| -> i64 {
+        entries.iter().filter(|e| keep(e)).map(|e| e.amount).sum()
+    };
+    let granted = sum(&|e| e.kind == "grant" && e.account == own);
+    let charged = -sum(&|e| e.kind == "charge");
+    let paid = sum(&|e| e.kind == "pay");
+    let fee = sum(&|e| e.kind == "fee");
+    let node_share_percent = client.prices().await?.node_share_percent;
+    let mut earned = Vec::new();
+    let nodes_from = match admin {
+        Some(admin) => {
+            for n in nodes {
+                let account = format!("node:{}", n.node_id);
+                let page = ledger(admin, Ledger::Admin(Some(&account)), None, None, true).await?;
+                earned.push((
+                    n.node_id.clone(),
+                    page.entries.iter().map(|e| e.amount).sum(),
+                ));
+            }
+            "admin ledger"
+        }
+        None => {
+            earned.extend(nodes.iter().map(|n| (n.node_id.clone(), n.credits.total)));
+            "node records"
+        }
+    };
+    Ok(Credits {
+        account,
+        entries: entries.len(),
+        recent: entries[entries.len().saturating_sub(RECENT)..].to_vec(),
+        granted,
+        charged,
+        paid,
+        fee,
+        node_share_percent,
+        nodes: earned,
+        nodes_from: nodes_from.into(),
+    })
+}
+
+/// The demo's credits: the submitter's figures with a check that they add up, its last ledger
+/// entries, and what each node was paid.
+pub fn credits_report(c: &Credits) -> String {
+    let a = &c.account;
+    let f = format_credits;
+    let mut out = format!(
+        "Account {}: balance {}, reserved {}, spent {} (credits).\n",
+        a.account,
+        f(a.balance),
+        f(a.reserved),
+        f(a.spent)
+    );
+    let left = c.granted - a.spent - a.reserved;
+    out.push_str(&if left == a.balance {
+        format!(
+            "  granted {} − spent {} − reserved {} = balance {}: adds up.\n",
+            f(c.granted),
+            f(a.spent),
+            f(a.reserved),
+            f(a.balance)
+        )
+    } else {
+        format!(
+            "  MISMATCH: granted {} − spent {} − reserved {} = {}, but the balance is {}.\n",
+            f(c.granted),
+            f(a.spent),
+            f(a.reserved),
+            f(left),
+            f(a.balance)
+        )
+    });
+    out.push_str(&format!(
+        "\nThe last {} of its {} ledger entries:\n",
+        c.recent.len(),
+        c.entries
+    ));
+    out.push_str(&crate::credits::ledger_table(&c.recent));
+    out.push_str(&format!(
+        "\nPaid to the nodes (from the {}):\n",
+        c.nodes_from
+    ));
+    let w = c
+        .nodes
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    for (node, paid) in &c.nodes {
+        out.push_str(&format!("  {node:<w$}  {:>14}\n", f(*paid)));
+    }
+    let total: i64 = c.nodes.iter().map(|(_, p)| p).sum();
+    out.push_str(&format!("  {:<w$}  {:>14}\n", "total", f(total)));
+    let share = if c.charged > 0 {
+        100.0 * c.paid as f64 / c.charged as f64
+    } else {
+        0.0
+    };
+    out.push_str(&format!(
+        "  Of {} charged: {} paid to nodes ({share:.2} %, the share is {} %), fee {}{}.\n",
+        f(c.charged),
+        f(c.paid),
+        c.node_share_percent,
+        f(c.fee),
+        if c.paid + c.fee == c.charged && c.charged == a.spent && total == c.paid {
+            ": adds up"
+        } else {
+            ": MISMATCH (charged = paid + fee = spent = the nodes' total must hold)"
+        }
+    ));
+    out
 }
 
 /// Splits the Wisconsin breast cancer data (scikit-learn's copy, `fl/tests/data/`) non-IID over
@@ -644,4 +822,50 @@ pub fn table(cases: &[Case]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use ambient_protocol::credits::AccountLimits;
+
+    use super::*;
+
+    fn credits(balance: i64) -> Credits {
+        Credits {
+            account: AccountInfo {
+                account: "local".into(),
+                balance,
+                reserved: 0,
+                spent: 1_000_000,
+                earned: 1000 * 1_000_000,
+                limits: AccountLimits::default(),
+                created_at: None,
+            },
+            entries: 0,
+            recent: Vec::new(),
+            granted: 1000 * 1_000_000,
+            charged: 1_000_000,
+            paid: 900_000,
+            fee: 100_000,
+            node_share_percent: 90,
+            nodes: vec![("node-1".into(), 600_000), ("node-2".into(), 300_000)],
+            nodes_from: "admin ledger".into(),
+        }
+    }
+
+    #[test]
+    fn the_credits_report_checks_the_sums() {
+        let good = credits_report(&credits(999_000_000));
+        assert!(good.contains("= balance 999.000000: adds up."), "{good}");
+        assert!(good.contains("  total         0.900000\n"), "{good}");
+        assert!(
+            good.contains(
+                "0.900000 paid to nodes (90.00 %, the share is 90 %), fee 0.100000: adds up."
+            ),
+            "{good}"
+        );
+        assert!(!good.contains("MISMATCH"));
+        let bad = credits_report(&credits(999_500_000));
+        assert!(bad.contains("MISMATCH: granted 1000.000000"), "{bad}");
+    }
 }

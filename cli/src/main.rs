@@ -6,15 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ambient_cli::client::Client;
+use ambient_cli::credits::{self, LimitFlags};
 use ambient_cli::local::{Connection, LocalNetwork, LocalOptions};
+use ambient_protocol::credits::{AccountCreate, Grant, format_credits};
 use ambient_protocol::{Requirements, TaskInfo, TaskSubmission, TaskType};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 /// Ambient VCP: an open compute network.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, bin_name = "ambient")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,6 +123,141 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Submitter accounts: their credits and limits. Needs an admin key.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Submitters' API keys. Needs an admin key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Your credits: balance, reserved, spent, earned, and your limits.
+    Balance {
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Your ledger, oldest first: grants, reservations, charges, the nodes' pay and the fee of
+    /// your tasks, and what was released back to you.
+    Ledger {
+        /// Start after this seq (the `seq` column).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<i64>,
+        /// Entries per page (default 100; with --all, 1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=credits::MAX_PAGE as i64))]
+        limit: Option<u32>,
+        /// Follow the pages to the end.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// The price list: what each kind of task costs, and the nodes' share. Needs no key.
+    Prices {
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Nodes by recent average credit.
+    Leaderboard {
+        /// How many nodes (default 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=credits::MAX_PAGE as i64))]
+        limit: Option<u32>,
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Make a submitter account and print its first API key (the only time it is shown).
+    Create {
+        /// Its name (letters, digits, `-`, `_`): the submitter id its tasks carry.
+        name: String,
+        /// An opening grant, in credits (e.g. 12.5).
+        #[arg(
+            long,
+            default_value = "0",
+            value_parser = credits::parse_amount,
+            allow_negative_numbers = true
+        )]
+        credits: i64,
+        #[command(flatten)]
+        limits: LimitFlags,
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the accounts (the configuration's submitters included).
+    List {
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint credits into an account.
+    Grant {
+        /// The account.
+        name: String,
+        /// Credits (e.g. 12.5).
+        #[arg(value_parser = credits::parse_positive_amount, allow_negative_numbers = true)]
+        amount: i64,
+        /// Why, for the ledger.
+        #[arg(long)]
+        memo: Option<String>,
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an account's limits: the flags given change, the others stay (`none` lifts one).
+    Limits {
+        /// The account (one made with `ambient account create`).
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make another API key for an account and print it (the only time it is shown). To rotate
+    /// a key, make one, then revoke the old.
+    Create {
+        /// The account.
+        account: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the API keys made at run time (without the keys themselves).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key: requests with it are refused from now on.
+    Revoke {
+        /// Key id (`key_…`).
+        key_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +361,23 @@ impl Api {
         let c = read_connection(&self.connection, "--api-url/--api-key")?;
         Ok(Client::new(&c.api_url, &c.api_key))
     }
+
+    /// A client for routes that need no key: --api-url alone is enough.
+    fn public_client(&self) -> anyhow::Result<Client> {
+        match &self.api_url {
+            Some(url) => Ok(Client::new(
+                url,
+                self.api_key.as_deref().unwrap_or_default(),
+            )),
+            None => self.client(),
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 #[tokio::main]
@@ -403,6 +557,82 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("Node {id} revoked: disconnected, and its tasks go to other nodes.");
             Ok(())
         }
+        Command::Account { command, admin } => account(command, &admin.client()?).await,
+        Command::Key { command, admin } => {
+            let client = admin.client()?;
+            match command {
+                KeyCommand::Create { account, json } => {
+                    let k = client.create_key(&account).await?;
+                    if json {
+                        print_json(&k)?;
+                    } else {
+                        eprintln!(
+                            "API key {} for account {} (shown only this once; keep it):",
+                            k.key_id, k.account
+                        );
+                        println!("{}", k.api_key);
+                    }
+                }
+                KeyCommand::List { json } => {
+                    let keys = client.keys().await?;
+                    if json {
+                        print_json(&keys)?;
+                    } else {
+                        print!("{}", credits::key_table(&keys));
+                    }
+                }
+                KeyCommand::Revoke { key_id } => {
+                    client.revoke_key(&key_id).await?;
+                    eprintln!("API key {key_id} revoked.");
+                }
+            }
+            Ok(())
+        }
+        Command::Balance { json, api } => {
+            let a = api.client()?.account().await?;
+            if json {
+                print_json(&a)
+            } else {
+                print!("{}", credits::account_summary(&a));
+                Ok(())
+            }
+        }
+        Command::Ledger {
+            after,
+            limit,
+            all,
+            json,
+            api,
+        } => {
+            let client = api.client()?;
+            let page = credits::ledger(&client, credits::Ledger::Mine, after, limit, all).await?;
+            if json {
+                return print_json(&page);
+            }
+            print!("{}", credits::ledger_table(&page.entries));
+            if let Some(next) = page.next_after {
+                eprintln!("More after seq {next}: ambient ledger --after {next} (or --all).");
+            }
+            Ok(())
+        }
+        Command::Prices { json, api } => {
+            let prices = api.public_client()?.prices().await?;
+            if json {
+                print_json(&prices)
+            } else {
+                print!("{}", credits::price_table(&prices));
+                Ok(())
+            }
+        }
+        Command::Leaderboard { limit, json, api } => {
+            let rows = api.client()?.leaderboard(limit).await?;
+            if json {
+                print_json(&rows)
+            } else {
+                print!("{}", credits::leaderboard_table(&rows));
+                Ok(())
+            }
+        }
         Command::Nodes { json, api } => {
             let nodes = api.client()?.nodes().await?;
             if json {
@@ -432,6 +662,102 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ambient account …`, with an admin client.
+async fn account(command: AccountCommand, client: &Client) -> anyhow::Result<()> {
+    match command {
+        AccountCommand::Create {
+            name,
+            credits,
+            limits,
+            json,
+        } => {
+            let created = client
+                .create_account(&AccountCreate {
+                    account: name,
+                    credits,
+                    limits: limits.apply(Default::default()),
+                })
+                .await?;
+            if json {
+                return print_json(&created);
+            }
+            let a = &created.account;
+            eprintln!(
+                "Account {} made: balance {} credits, limits {}.",
+                a.account,
+                format_credits(a.balance),
+                credits::limits_text(&a.limits)
+            );
+            eprintln!(
+                "Its API key {} (shown only this once; keep it):",
+                created.key.key_id
+            );
+            println!("{}", created.key.api_key);
+        }
+        AccountCommand::List { json } => {
+            let accounts = client.accounts().await?;
+            if json {
+                return print_json(&accounts);
+            }
+            print!("{}", credits::account_table(&accounts));
+        }
+        AccountCommand::Grant {
+            name,
+            amount,
+            memo,
+            json,
+        } => {
+            let grant = Grant {
+                amount,
+                memo: memo.unwrap_or_default(),
+            };
+            let a = client.grant(&name, &grant).await?;
+            if json {
+                return print_json(&a);
+            }
+            eprintln!("Granted {} credits to {name}.", format_credits(amount));
+            print!("{}", credits::account_summary(&a));
+        }
+        AccountCommand::Limits { name, limits, json } => {
+            if limits.is_empty() {
+                usage_error(
+                    &["account", "limits"],
+                    "give --max-in-flight, --max-per-second or --spending-cap \
+                     (a value, or none to lift the limit)",
+                );
+            }
+            // The API replaces all the limits at once: start from the account's.
+            let current = client
+                .accounts()
+                .await?
+                .into_iter()
+                .find(|a| a.account == name)
+                .map(|a| a.limits)
+                .unwrap_or_default();
+            let a = client.set_limits(&name, &limits.apply(current)).await?;
+            if json {
+                return print_json(&a);
+            }
+            print!("{}", credits::account_summary(&a));
+        }
+    }
+    Ok(())
+}
+
+/// Exits with a clap usage error for the subcommand at `path`, as if clap had found it.
+fn usage_error(path: &[&str], message: &str) -> ! {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut sub = &mut cmd;
+    for name in path {
+        sub = sub
+            .find_subcommand_mut(name)
+            .expect("the path names subcommands");
+    }
+    sub.error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
 }
 
 /// What a task's `progress` counts: a federated job's rounds (the statistics round and the
@@ -523,6 +849,13 @@ async fn demo(json: bool) -> anyhow::Result<()> {
         }
         println!("\nReputations (valid and invalid include proofs):");
         print!("{}", ambient_cli::demo::reputation_table(&report.nodes));
+        if let Some(c) = &report.credits {
+            println!("\nCredits:");
+            print!("{}", ambient_cli::demo::credits_report(c));
+        }
+    }
+    if let Some(w) = &report.credits_warning {
+        eprintln!("warning: {w}");
     }
     let failed = cases.iter().filter(|c| !c.ok).count();
     if failed > 0 {

@@ -49,4 +49,13 @@ async fn the_demo_passes_on(store: Option<String>) {
     assert_eq!(proofs, 1);
     let rows = ambient_cli::demo::reputation_table(&report.nodes);
     assert_eq!(rows.lines().count(), 4, "{rows}");
+    // The demo's ledger adds up: its submitter paid for the work, the nodes got their share.
+    let c = report.credits.as_ref().expect("the demo read its ledger");
+    assert!(c.charged > 0 && c.charged == c.paid + c.fee, "{c:?}");
+    assert_eq!(c.account.spent, c.charged);
+    assert_eq!(
+        c.account.balance,
+        c.granted - c.account.spent - c.account.reserved
+    );
+    assert_eq!(c.nodes.iter().map(|(_, n)| n).sum::<i64>(), c.paid);
 }

@@ -212,29 +212,37 @@ pub(super) async fn create_account(
         return Err(invalid("credits must not be negative"));
     }
     check_limits(&req.limits)?;
+    let exists = || {
+        Failure::new(
+            StatusCode::CONFLICT,
+            "account_exists",
+            format!("an account {:?} exists already", req.account),
+        )
+    };
+    if state.keys.iter().any(|k| k.submitter == req.account) {
+        return Err(exists());
+    }
     let now = Utc::now().timestamp();
     let record = AccountRecord {
         name: req.account.clone(),
         created_at: now,
         limits: req.limits,
     };
-    let created = state
+    if !state
         .store
         .put_account(record)
         .await
-        .map_err(Failure::store)?;
-    if !created || state.keys.iter().any(|k| k.submitter == req.account) {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            "account_exists",
-            format!("an account {:?} exists already", req.account),
-        ));
+        .map_err(Failure::store)?
+    {
+        return Err(exists());
     }
+    // The key first: should the grant fail (no leader for a moment), the account is usable and
+    // the admin grants again.
+    let key = make_key(&state, &req.account, now).await?;
     set_engine_limits(&state, &req.account, req.limits).await?;
     if req.credits > 0 {
         grant(&state, &req.account, req.credits, "opening grant".into()).await?;
     }
-    let key = make_key(&state, &req.account, now).await?;
     let account = account_info(&state, &req.account).await?;
     Ok((StatusCode::CREATED, Json(AccountCreated { account, key })))
 }

@@ -334,7 +334,6 @@ impl Book {
             },
         );
         let txn = format!("reserve:{task}");
-        let memo = format!("reserved for task {task}");
         let owner = name;
         self.post(
             &txn,
@@ -343,7 +342,7 @@ impl Book {
             PostingKind::Reserve,
             owner,
             Some(task),
-            &memo,
+            "reserved",
             now,
         );
         self.post(
@@ -353,7 +352,7 @@ impl Book {
             PostingKind::Reserve,
             owner,
             Some(task),
-            &memo,
+            "reserved",
             now,
         );
         Ok(())
@@ -398,7 +397,6 @@ impl Book {
         if out.charged > 0 {
             *self.state.spent.entry(owner.clone()).or_default() += out.charged;
             *self.reserved.entry(owner.clone()).or_default() -= out.charged;
-            let memo = format!("charged for task {task}");
             self.post(
                 &txn,
                 from.clone(),
@@ -406,7 +404,7 @@ impl Book {
                 PostingKind::Charge,
                 &owner,
                 task_id,
-                &memo,
+                "charged for valid work",
                 now,
             );
             let mut fee = out.charged;
@@ -414,7 +412,6 @@ impl Book {
                 let pay = self.prices.node_share(*charge);
                 if pay > 0 {
                     fee -= pay;
-                    let memo = format!("paid for task {task}");
                     self.post(
                         &txn,
                         node_account(node),
@@ -422,14 +419,13 @@ impl Book {
                         PostingKind::Pay,
                         &owner,
                         task_id,
-                        &memo,
+                        "paid for valid work",
                         now,
                     );
                     out.paid.push((node.clone(), pay));
                 }
             }
             if fee > 0 {
-                let memo = format!("network fee for task {task}");
                 self.post(
                     &txn,
                     "fee".into(),
@@ -437,7 +433,7 @@ impl Book {
                     PostingKind::Fee,
                     &owner,
                     task_id,
-                    &memo,
+                    "network fee",
                     now,
                 );
             }
@@ -449,7 +445,6 @@ impl Book {
             }
             *self.state.balances.entry(owner.clone()).or_default() += out.released;
             if out.released > 0 {
-                let memo = format!("released from task {task}");
                 self.post(
                     &txn,
                     from,
@@ -457,7 +452,7 @@ impl Book {
                     PostingKind::Release,
                     &owner,
                     task_id,
-                    &memo,
+                    "released",
                     now,
                 );
                 self.post(
@@ -467,7 +462,7 @@ impl Book {
                     PostingKind::Release,
                     &owner,
                     task_id,
-                    &memo,
+                    "released",
                     now,
                 );
             }

@@ -106,6 +106,21 @@ async fn submitters_pay_for_validated_work_and_nodes_earn_it() {
     // A funded account pays for a replicated wasm task: its balance goes down by what was
     // charged, each node that answered validly earns its share, and the ledger shows both.
     let key = api.account("acme", 10 * MICRO, json!({})).await;
+    // A bootstrap submitter's name is taken: refused, and nothing of it is kept.
+    let body = json!({"account": "local", "limits": {"max_in_flight": 1}});
+    let (status, _, v) = api
+        .call("POST", "/api/v1/admin/accounts", &api.admin, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let (status, _, _) = api
+        .call(
+            "POST",
+            "/api/v1/admin/accounts/local/keys",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let acme = Client::new(&conn.api_url, &key);
     let (sub, expected) = sum_task(&[3, 4, 5]);
     let sub = ambient_protocol::TaskSubmission {
