@@ -4,6 +4,8 @@
 //! hour of one core of the reference machine (`docs/credits.md` has the calibration). Amounts are
 //! never floats on the wire, so what the ledger says adds up exactly.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -231,6 +233,94 @@ pub struct Grant {
     /// Why, for the ledger.
     #[serde(default)]
     pub memo: String,
+}
+
+/// An audit of a ledger: what it moved, and every broken invariant (a transaction that does not
+/// sum to zero, an account other than `mint` below zero, a node paid twice for one task, a task
+/// settled under two transactions, charges that differ from pay plus fee). For tests, the soak,
+/// and anyone who reads a ledger over the admin API.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Postings read.
+    pub entries: usize,
+    /// µcredits minted (grants).
+    pub minted: i64,
+    /// µcredits charged out of escrows.
+    pub charged: i64,
+    /// µcredits paid to nodes.
+    pub paid: i64,
+    /// µcredits to the network's fee.
+    pub fee: i64,
+    /// Transactions whose postings do not sum to zero.
+    pub unbalanced: Vec<String>,
+    /// Accounts other than `mint` below zero.
+    pub negative: Vec<String>,
+    /// (task, node) pairs paid more than once: credits counted twice.
+    pub paid_twice: Vec<String>,
+    /// Tasks settled under more than one transaction.
+    pub settled_twice: Vec<String>,
+}
+
+impl Audit {
+    /// Audits `entries` (all of them, in any order).
+    pub fn of(entries: &[LedgerEntry]) -> Audit {
+        let mut a = Audit {
+            entries: entries.len(),
+            ..Audit::default()
+        };
+        let mut txns: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut accounts: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut pays: BTreeMap<(String, &str), u32> = BTreeMap::new();
+        let mut settles: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for e in entries {
+            *txns.entry(&e.txn).or_default() += e.amount;
+            *accounts.entry(&e.account).or_default() += e.amount;
+            let task = e.task_id.map(|t| t.to_string()).unwrap_or_default();
+            match e.kind.as_str() {
+                "grant" if e.account == "mint" => a.minted -= e.amount,
+                "charge" => a.charged -= e.amount,
+                "pay" => {
+                    a.paid += e.amount;
+                    *pays.entry((task.clone(), &e.account)).or_default() += 1;
+                }
+                "fee" => a.fee += e.amount,
+                _ => {}
+            }
+            if matches!(e.kind.as_str(), "charge" | "release") {
+                settles.entry(task).or_default().insert(&e.txn);
+            }
+        }
+        a.unbalanced = txns
+            .into_iter()
+            .filter(|(_, sum)| *sum != 0)
+            .map(|(t, sum)| format!("{t}: {sum}"))
+            .collect();
+        a.negative = accounts
+            .into_iter()
+            .filter(|(acc, sum)| *acc != "mint" && *sum < 0)
+            .map(|(acc, sum)| format!("{acc}: {sum}"))
+            .collect();
+        a.paid_twice = pays
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|((task, node), n)| format!("{node} on {task}: {n} times"))
+            .collect();
+        a.settled_twice = settles
+            .into_iter()
+            .filter(|(_, t)| t.len() > 1)
+            .map(|(task, t)| format!("{task}: {t:?}"))
+            .collect();
+        a
+    }
+
+    /// Credits counted twice or lost: every broken invariant, counted.
+    pub fn faults(&self) -> usize {
+        self.unbalanced.len()
+            + self.negative.len()
+            + self.paid_twice.len()
+            + self.settled_twice.len()
+            + usize::from(self.charged != self.paid + self.fee)
+    }
 }
 
 #[cfg(test)]

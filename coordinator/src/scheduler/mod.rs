@@ -627,4 +627,6 @@ pub(crate) fn round1(x: f64) -> f64 {
 }
 
 #[cfg(test)]
+mod credit_tests;
+#[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@
 //! node in turn (which one at random) with SIGKILL, and starts it again 2 s later.
 //!
 //! Every task is checked against its known answer; the database is read for judgements recorded
-//! twice, and its credits ledger audited ([`ambient_e2e::ledger::Audit`]: unbalanced
+//! twice, and its credits ledger audited ([`ambient_protocol::credits::Audit`]: unbalanced
 //! transactions, accounts below zero, a node paid twice for a task, a task settled twice, charges
 //! that differ from pay plus fee). The last line printed is one JSON object:
 //! `{"tasks", "completed", "wrong", "lost", "duplicated", "credits": {"charged", "paid", "fee",
@@ -33,12 +33,11 @@ use std::time::{Duration, Instant};
 use ambient_cli::client::{Client, ClientError, submit_over_mqtt};
 use ambient_cli::local::{Connection, agent_config};
 use ambient_cli::modules;
-use ambient_e2e::ledger::Audit;
 use ambient_e2e::nats::NatsCluster;
 use ambient_e2e::postgres::Postgres;
 use ambient_e2e::process::{CoordinatorProcess, ServiceProcess};
 use ambient_fl::data::{breast_cancer, non_iid_split, stratified_split};
-use ambient_protocol::credits::LedgerEntry;
+use ambient_protocol::credits::{Audit, LedgerEntry};
 use ambient_protocol::{Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
 use base64::Engine as _;
 use rand::Rng as _;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ambient_cli::client::Client;
 use ambient_cli::local::{LocalNetwork, LocalOptions};
-use ambient_e2e::ledger::{Audit, read_all};
-use ambient_protocol::credits::{AccountInfo, LedgerPage, MICRO, PriceList};
+use ambient_e2e::ledger::read_all;
+use ambient_protocol::credits::{AccountInfo, Audit, LedgerPage, MICRO, PriceList};
 use ambient_protocol::{NodeInfo, Requirements, TaskStatus, TaskType};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
