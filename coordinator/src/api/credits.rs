@@ -178,6 +178,19 @@ fn no_account(name: &str) -> Failure {
     )
 }
 
+/// The most one grant may mint: a billion credits.
+const MAX_GRANT: i64 = 1_000_000_000 * ambient_protocol::credits::MICRO;
+
+/// Refuses a grant past [`MAX_GRANT`], so that no balance nears `i64`'s end.
+fn check_grant(amount: i64) -> Result<(), Failure> {
+    if !(0..=MAX_GRANT).contains(&amount) {
+        return Err(invalid(format!(
+            "a grant is 0 to {MAX_GRANT} µcredits (a billion credits); got {amount}"
+        )));
+    }
+    Ok(())
+}
+
 fn invalid(message: impl Into<String>) -> Failure {
     Failure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
@@ -208,9 +221,7 @@ pub(super) async fn create_account(
 ) -> Result<(StatusCode, Json<AccountCreated>), Failure> {
     let req: AccountCreate = body(req)?;
     keys::check_name(&req.account).map_err(|e| invalid(e.to_string()))?;
-    if req.credits < 0 {
-        return Err(invalid("credits must not be negative"));
-    }
+    check_grant(req.credits)?;
     check_limits(&req.limits)?;
     let exists = || {
         Failure::new(
@@ -350,8 +361,16 @@ pub(super) async fn grant_credits(
     if req.amount <= 0 {
         return Err(invalid("amount must be more than 0 µcredits"));
     }
-    if find_account(&state, &name).await?.is_none() {
+    check_grant(req.amount)?;
+    let Some(before) = find_account(&state, &name).await? else {
         return Err(no_account(&name));
+    };
+    if before.balance > i64::MAX / 4 - req.amount {
+        return Err(invalid(format!(
+            "{name:?} holds {} µcredits already; this grant would take it past what an \
+             account may hold",
+            before.balance
+        )));
     }
     let memo = if req.memo.is_empty() {
         "grant".to_string()

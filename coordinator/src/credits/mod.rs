@@ -304,7 +304,7 @@ impl Book {
         let reserved = self.reserved.get(name).copied().unwrap_or(0);
         let spent = self.state.spent.get(name).copied().unwrap_or(0);
         if let Some(cap) = limits.spending_cap
-            && spent + reserved + amount > cap
+            && spent.saturating_add(reserved).saturating_add(amount) > cap
         {
             return Err(CreditRefusal::SpendingCap {
                 cap,
@@ -375,7 +375,7 @@ impl Book {
             return out;
         };
         let owner = escrow.owner.clone();
-        let asked: i64 = charges.iter().map(|(_, c)| c).sum();
+        let asked = charges.iter().fold(0i64, |a, (_, c)| a.saturating_add(*c));
         let charges: Vec<(String, i64)> = if asked > escrow.left {
             let (left, asked) = (escrow.left as i128, asked as i128);
             charges

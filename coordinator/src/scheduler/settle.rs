@@ -71,16 +71,20 @@ impl Scheduler {
             p.budget(task.task_type, r.max_execution_time_sec),
         );
         let min = i64::from(r.min_nodes);
+        // Saturating: a reservation past any balance is refused, never wrapped.
         match task.task_type {
-            TaskType::WasmExecution => min * replica,
-            TaskType::Computation => shards.max(1) as i64 * min * replica,
+            TaskType::WasmExecution => min.saturating_mul(replica),
+            TaskType::Computation => (shards.max(1) as i64)
+                .saturating_mul(min)
+                .saturating_mul(replica),
             TaskType::Inference => replica,
             TaskType::ZkProof => p.replica(TaskType::ZkProof, zk_constraints(task)),
             TaskType::FederatedLearning => {
                 let (rounds, timeout) = serde_json::from_value::<JobSpec>(task.inputs.clone())
                     .map(|j| (i64::from(j.rounds), j.round_timeout_sec))
                     .unwrap_or((1, r.max_execution_time_sec));
-                min * rounds * p.replica(task.task_type, p.budget(task.task_type, timeout))
+                let round = p.replica(task.task_type, p.budget(task.task_type, timeout));
+                min.saturating_mul(rounds).saturating_mul(round)
             }
         }
     }
