@@ -561,6 +561,7 @@ mod tests {
             node_id: "node-1".into(),
             credits: NodeCredits {
                 total: 2_500_000,
+                today: 0,
                 recent_average: 1_234_567.6,
             },
         }]);

@@ -65,6 +65,9 @@ pub struct TaskCost {
 pub struct NodeCredits {
     /// Everything it was ever paid.
     pub total: i64,
+    /// What it was paid today (UTC).
+    #[serde(default)]
+    pub today: i64,
     /// Recent average credit: µcredits per day, decaying with a one-week half-life (BOINC's RAC).
     pub recent_average: f64,
 }

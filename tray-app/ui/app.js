@@ -138,9 +138,10 @@ async function pollReputation() {
         ? `, ${r.proofs_verified} proofs verified, ${r.proofs_rejected} rejected` : '') +
       ` · streak ${r.streak}`;
     $('rep-summary').classList.remove('muted');
-    const c = rep.credits || { total: 0, recent_average: 0 };
+    const c = rep.credits || { total: 0, today: 0, recent_average: 0 };
     $('credits-summary').textContent =
-      `Credits earned: ${credits(c.total)} in total · ${credits(c.recent_average)} a day recently`;
+      `Credits earned: ${credits(c.today || 0)} today · ${credits(c.total)} in total · ` +
+      `${credits(c.recent_average)} a day recently`;
     $('credits-summary').classList.toggle('muted', c.total === 0);
     drawChart($('rep-chart'), rep.history || []);
   } catch (e) {

@@ -505,12 +505,19 @@ pub struct Earnings {
     pub rac: f64,
     /// When `rac` was last brought up to date.
     pub rac_at: Option<DateTime<Utc>>,
+    /// What it was paid on the (UTC) day of `rac_at`.
+    #[serde(default)]
+    pub day: i64,
 }
 
 impl Earnings {
     /// Adds a payment at `now` (BOINC's `update_average`).
     pub fn pay(&mut self, amount: i64, now: DateTime<Utc>) {
         self.total += amount;
+        if self.rac_at.map(|at| at.date_naive()) != Some(now.date_naive()) {
+            self.day = 0;
+        }
+        self.day += amount;
         let work = amount as f64;
         match self.rac_at {
             None => self.rac = work * std::f64::consts::LN_2 * 86_400.0 / RAC_HALF_LIFE_SEC,
@@ -537,8 +544,10 @@ impl Earnings {
             }
             None => 0.0,
         };
+        let today = self.rac_at.map(|at| at.date_naive()) == Some(now.date_naive());
         NodeCredits {
             total: self.total,
+            today: if today { self.day } else { 0 },
             recent_average: (decayed * 1000.0).round() / 1000.0,
         }
     }

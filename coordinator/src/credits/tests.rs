@@ -243,3 +243,25 @@ fn fold(postings: &[Posting]) -> Snapshot {
     }
     s
 }
+
+#[test]
+fn earnings_count_today_and_a_recent_average_that_halves_in_a_week() {
+    let mut e = Earnings::default();
+    let midnight = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let day = |d: i64, h: i64| midnight + chrono::Duration::days(d) + chrono::Duration::hours(h);
+    e.pay(1_000, day(0, 1));
+    e.pay(500, day(0, 2));
+    let now = e.info(day(0, 3));
+    assert_eq!((now.total, now.today), (1_500, 1_500));
+    assert!(now.recent_average > 0.0);
+    let next_day = e.info(day(1, 0) + chrono::Duration::hours(1));
+    assert_eq!(next_day.today, 0, "a new day starts at zero");
+    e.pay(10, day(2, 0));
+    assert_eq!(e.info(day(2, 1)).today, 10);
+    // No pay for a week: the recent average halves.
+    let (a, b) = (e.info(day(2, 0)), e.info(day(9, 0)));
+    let ratio = b.recent_average / a.recent_average;
+    assert!((ratio - 0.5).abs() < 0.01, "{ratio}");
+}
