@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use ambient_protocol::join::{TokenInfo, TokenRequest};
-
-use crate::client::{Client, ClientError};
+use ambient_protocol::join::TokenInfo;
 
 /// Reads a duration as people write it: `90s`, `30m`, `12h`, `7d`, `2w` (a bare number is
 /// seconds).
@@ -28,22 +26,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(n.saturating_mul(scale)))
-}
-
-/// Makes a token for `uses` nodes that lives `expires`.
-pub async fn create_token(
-    admin: &Client,
-    uses: u32,
-    expires: Duration,
-    note: Option<String>,
-) -> Result<TokenInfo, ClientError> {
-    admin
-        .create_token(&TokenRequest {
-            uses: Some(uses),
-            expires_in_sec: Some(expires.as_secs()),
-            note,
-        })
-        .await
 }
 
 /// The token table `ambient token list` prints.

@@ -446,6 +446,7 @@ mod tests {
             reserved: 250_000,
             spent: 1_250_000,
             earned: 1000 * 1_000_000,
+            nodes: Vec::new(),
             limits,
             created_at: None,
         }

@@ -838,6 +838,7 @@ mod tests {
                 reserved: 0,
                 spent: 1_000_000,
                 earned: 1000 * 1_000_000,
+                nodes: Vec::new(),
                 limits: AccountLimits::default(),
                 created_at: None,
             },

@@ -112,6 +112,7 @@ impl LocalNetwork {
                 uses: Some(10),
                 expires_in_sec: None,
                 note: Some("written by ambient up".into()),
+                operator: None,
             })
             .await
             .context("making the join token")?

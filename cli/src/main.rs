@@ -9,6 +9,7 @@ use ambient_cli::client::Client;
 use ambient_cli::credits::{self, LimitFlags};
 use ambient_cli::local::{Connection, LocalNetwork, LocalOptions};
 use ambient_protocol::credits::{AccountCreate, Grant, format_credits};
+use ambient_protocol::join::TokenRequest;
 use ambient_protocol::{Requirements, TaskInfo, TaskSubmission, TaskType};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -273,6 +274,10 @@ enum TokenCommand {
         /// A note for yourself ("lab PCs").
         #[arg(long)]
         note: Option<String>,
+        /// The account that operates the nodes joining with it (made with `ambient account
+        /// create`): their earnings show on its account.
+        #[arg(long)]
+        operator: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -519,9 +524,16 @@ async fn main() -> anyhow::Result<()> {
                     uses,
                     expires,
                     note,
+                    operator,
                     json,
                 } => {
-                    let t = ambient_cli::admin::create_token(&client, uses, expires, note).await?;
+                    let req = TokenRequest {
+                        uses: Some(uses),
+                        expires_in_sec: Some(expires.as_secs()),
+                        note,
+                        operator,
+                    };
+                    let t = client.create_token(&req).await?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&t)?);
                     } else {

@@ -73,6 +73,13 @@ impl Enroller {
         if req.note.as_ref().is_some_and(|n| n.chars().count() > 200) {
             return Err(EnrolError::Invalid("note: at most 200 characters".into()));
         }
+        if let Some(op) = &req.operator
+            && self.store.accounts(Some(op.clone())).await?.is_empty()
+        {
+            return Err(EnrolError::Invalid(format!(
+                "operator: no account {op:?}; make it first (ambient account create)"
+            )));
+        }
         let now = Utc::now().timestamp();
         let secret = join::token_secret();
         let record = TokenRecord {
@@ -84,6 +91,7 @@ impl Enroller {
             expires_at: now.saturating_add(life as i64),
             revoked: false,
             note: req.note,
+            operator: req.operator,
         };
         self.store.put_token(record.clone()).await?;
         let token = JoinToken {

@@ -98,8 +98,11 @@ pub struct AccountInfo {
     pub reserved: i64,
     /// Charged for its tasks so far.
     pub spent: i64,
-    /// Paid to it (grants included).
+    /// Granted to it, and paid to the nodes it operates.
     pub earned: i64,
+    /// The nodes it operates: enrolled with a token made for it, and not revoked.
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// Its limits.
     pub limits: AccountLimits,
     /// When it was created (`null` for a submitter from the configuration file that was never

@@ -123,6 +123,10 @@ pub struct TokenRequest {
     /// A note for the operator ("lab PCs").
     #[serde(default)]
     pub note: Option<String>,
+    /// The account (made with `ambient account create`) that operates the nodes joining with
+    /// it: their earnings show on its account.
+    #[serde(default)]
+    pub operator: Option<String>,
 }
 
 /// A token as the admin API lists it (the secret only when it is created).
@@ -143,6 +147,9 @@ pub struct TokenInfo {
     /// The operator's note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The account that operates the nodes joining with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     /// The whole token to paste, present only in the answer that created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -159,6 +159,7 @@ async fn find_account(state: &AppState, name: &str) -> Result<Option<AccountInfo
         reserved: totals.reserved,
         spent: totals.spent,
         earned: totals.earned,
+        nodes: totals.nodes,
         limits: record.as_ref().map(|r| r.limits).unwrap_or_default(),
         created_at: record.and_then(|r| DateTime::<Utc>::from_timestamp(r.created_at, 0)),
     }))

@@ -52,7 +52,7 @@ impl KeyRecord {
 }
 
 /// An account's figures, from its postings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountTotals {
     /// Spendable.
     pub balance: i64,
@@ -60,8 +60,10 @@ pub struct AccountTotals {
     pub reserved: i64,
     /// Charged.
     pub spent: i64,
-    /// Granted or paid to it.
+    /// Granted to it, and paid to the nodes it operates.
     pub earned: i64,
+    /// The nodes it operates.
+    pub nodes: Vec<String>,
 }
 
 /// Which postings a ledger page holds.
@@ -122,6 +124,17 @@ pub(super) const TOTALS: &str = "SELECT
         CAST(COALESCE(SUM(CASE WHEN account = $1 AND kind = 'grant' THEN amount ELSE 0 END), 0)
              AS BIGINT)
      FROM ledger WHERE owner = $2";
+
+/// The nodes account `$1` operates: enrolled with one of its tokens, not revoked.
+pub(super) const OPERATED_NODES: &str = "SELECT e.node FROM enrolments e
+     JOIN join_tokens t ON e.token = t.id
+     WHERE t.operator = $1 AND e.revoked_at IS NULL ORDER BY e.node";
+
+/// What the nodes account `$1` operates were paid.
+pub(super) const OPERATED_EARNED: &str = "SELECT CAST(COALESCE(SUM(l.amount), 0) AS BIGINT)
+     FROM ledger l JOIN enrolments e ON l.account = 'node:' || e.node
+     JOIN join_tokens t ON e.token = t.id
+     WHERE t.operator = $1 AND l.kind = 'pay'";
 
 /// A page of postings: `$1` owner or null, `$2` account or null, after `$3`, at most `$4`.
 pub(super) const PAGE: &str =

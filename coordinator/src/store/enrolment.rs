@@ -26,6 +26,8 @@ pub struct TokenRecord {
     pub revoked: bool,
     /// The operator's note.
     pub note: Option<String>,
+    /// The account that operates the nodes joining with it.
+    pub operator: Option<String>,
 }
 
 /// A node enrolled with a token.
@@ -106,6 +108,7 @@ impl TokenRecord {
             expires_at: time(self.expires_at),
             revoked: self.revoked,
             note: self.note.clone(),
+            operator: self.operator.clone(),
             token: None,
         }
     }
@@ -126,6 +129,7 @@ mod tests {
             expires_at: 100,
             revoked: false,
             note: None,
+            operator: None,
         };
         assert_eq!(t.admits("aa", 99), Ok(()));
         assert_eq!(t.admits("ab", 99), Err(JoinRefused::Unknown));

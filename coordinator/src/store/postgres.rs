@@ -154,9 +154,11 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_by_owner ON ledger (owner, seq);
 CREATE INDEX ledger_by_account ON ledger (account, seq);
+ALTER TABLE join_tokens ADD COLUMN operator TEXT;
 ";
 
-const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
+const TOKEN_COLUMNS: &str =
+    "id, secret_sha256, uses, used, created_at, expires_at, revoked, note, operator";
 const ENROLMENT_COLUMNS: &str = "node, ed25519, token, password_sha256, enrolled_at, revoked_at";
 
 fn token_row(r: &tokio_postgres::Row) -> Result<TokenRecord, StoreError> {
@@ -173,6 +175,7 @@ fn token_row(r: &tokio_postgres::Row) -> Result<TokenRecord, StoreError> {
         expires_at: r.try_get(5)?,
         revoked: r.try_get(6)?,
         note: r.try_get(7)?,
+        operator: r.try_get(8)?,
     })
 }
 
@@ -550,7 +553,7 @@ impl Postgres {
         client
             .execute(
                 &format!(
-                    "INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    "INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                 ),
                 &[
                     &t.id,
@@ -561,6 +564,7 @@ impl Postgres {
                     &t.expires_at,
                     &t.revoked,
                     &t.note,
+                    &t.operator,
                 ],
             )
             .await?;
@@ -770,11 +774,22 @@ impl Postgres {
         let r = client
             .query_one(credits::TOTALS, &[&account, &name])
             .await?;
+        let nodes = client
+            .query(credits::OPERATED_NODES, &[&name])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let operated: i64 = client
+            .query_one(credits::OPERATED_EARNED, &[&name])
+            .await?
+            .try_get(0)?;
         Ok(AccountTotals {
             balance: r.try_get(0)?,
             reserved: r.try_get(1)?,
             spent: r.try_get(2)?,
-            earned: r.try_get(3)?,
+            earned: r.try_get::<_, i64>(3)? + operated,
+            nodes,
         })
     }
 

@@ -131,9 +131,11 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_by_owner ON ledger (owner, seq);
 CREATE INDEX ledger_by_account ON ledger (account, seq);
+ALTER TABLE join_tokens ADD COLUMN operator TEXT;
 ";
 
-const TOKEN_COLUMNS: &str = "id, secret_sha256, uses, used, created_at, expires_at, revoked, note";
+const TOKEN_COLUMNS: &str =
+    "id, secret_sha256, uses, used, created_at, expires_at, revoked, note, operator";
 const ENROLMENT_COLUMNS: &str = "node, ed25519, token, password_sha256, enrolled_at, revoked_at";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -146,6 +148,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         expires_at: r.get(5)?,
         revoked: r.get(6)?,
         note: r.get(7)?,
+        operator: r.get(8)?,
     })
 }
 
@@ -458,8 +461,8 @@ impl Sqlite {
     pub(super) async fn put_token(&self, t: TokenRecord) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.execute(
-                &format!("INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-                params![t.id, t.secret_sha256, t.uses, t.used, t.created_at, t.expires_at, t.revoked, t.note],
+                &format!("INSERT INTO join_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![t.id, t.secret_sha256, t.uses, t.used, t.created_at, t.expires_at, t.revoked, t.note, t.operator],
             )?;
             Ok(())
         })
@@ -581,16 +584,22 @@ impl Sqlite {
     pub(super) async fn account_totals(&self, name: String) -> Result<AccountTotals, StoreError> {
         self.call(move |conn| {
             let account = crate::credits::submitter_account(&name);
-            Ok(
-                conn.query_row(credits::TOTALS, params![account, name], |r| {
-                    Ok(AccountTotals {
-                        balance: r.get(0)?,
-                        reserved: r.get(1)?,
-                        spent: r.get(2)?,
-                        earned: r.get(3)?,
-                    })
-                })?,
-            )
+            let mut totals = conn.query_row(credits::TOTALS, params![account, name], |r| {
+                Ok(AccountTotals {
+                    balance: r.get(0)?,
+                    reserved: r.get(1)?,
+                    spent: r.get(2)?,
+                    earned: r.get(3)?,
+                    nodes: Vec::new(),
+                })
+            })?;
+            let mut q = conn.prepare_cached(credits::OPERATED_NODES)?;
+            totals.nodes = q
+                .query_map([&name], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let operated: i64 = conn.query_row(credits::OPERATED_EARNED, [&name], |r| r.get(0))?;
+            totals.earned += operated;
+            Ok(totals)
         })
         .await
     }

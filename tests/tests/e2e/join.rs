@@ -6,9 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ambient_cli::client::Client;
 use ambient_e2e::process::{ServiceProcess, binary};
 use ambient_e2e::{ADMIN_KEY, Cluster};
 use ambient_link::{Incoming, LinkOptions, LinkState};
+use ambient_protocol::credits::AccountCreate;
 use ambient_protocol::join::{JoinRequest, JoinToken, TokenRequest, join_message};
 use ambient_protocol::{NodeKey, NodeState};
 
@@ -62,7 +64,16 @@ async fn connects(c: &Cluster, client_id: &str, user: &str, password: &str) -> b
 async fn join_run_revoke(c: &Cluster) {
     let dir = tempfile::tempdir().unwrap();
     let api = c.conn.api_url.clone();
-    // 1. The operator makes a token with the CLI.
+    // 1. The operator has an account, and makes a token for its nodes with the CLI.
+    let ops = c
+        .admin()
+        .create_account(&AccountCreate {
+            account: "lab-ops".into(),
+            credits: 0,
+            limits: Default::default(),
+        })
+        .await
+        .unwrap();
     let created = run(
         "ambient",
         [
@@ -72,6 +83,8 @@ async fn join_run_revoke(c: &Cluster) {
             "1",
             "--expires",
             "1h",
+            "--operator",
+            "lab-ops",
             "--json",
         ]
         .iter()
@@ -86,6 +99,7 @@ async fn join_run_revoke(c: &Cluster) {
     )
     .await;
     let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(created["operator"], "lab-ops");
     let token = created["token"].as_str().expect("the token").to_string();
     assert!(!token.contains(char::is_whitespace), "one line: {token}");
 
@@ -130,6 +144,20 @@ async fn join_run_revoke(c: &Cluster) {
     let done = submit_and_wait(&c.client(), &task).await;
     assert_eq!(output_sum(&done), expected);
     assert_eq!(done.assigned_nodes, vec![node.clone()]);
+    // Its earnings show on its operator's account.
+    let operator = Client::new(&api, &ops.key.api_key).account().await.unwrap();
+    assert_eq!(operator.nodes, vec![node.clone()]);
+    let nodes = c.client().nodes().await.unwrap();
+    let paid = nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .unwrap()
+        .credits
+        .total;
+    assert!(
+        paid > 0 && operator.earned == paid,
+        "{operator:?}, node paid {paid}"
+    );
 
     // The token was for one node: a second join with it is refused, and nothing is written.
     let again = dir.path().join("again.toml");
