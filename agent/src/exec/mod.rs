@@ -27,7 +27,6 @@ pub mod zk;
 pub mod fl;
 
 use std::sync::Arc;
-#[cfg(any(feature = "wasm", feature = "onnx", feature = "zk"))]
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Instant;
 
@@ -91,6 +90,15 @@ pub(crate) struct Executors {
     knobs: Arc<Knobs>,
 }
 
+/// What an executor measured of the work it did, reported with its result.
+#[derive(Debug, Default)]
+struct Metered {
+    /// wasmi fuel, for wasm.
+    fuel: Option<u64>,
+    /// The model's multiply-accumulates, for inference.
+    macs: Option<u64>,
+}
+
 /// What the async side got ready for the blocking executor.
 enum Prepared {
     #[cfg(feature = "wasm")]
@@ -137,17 +145,17 @@ impl Executors {
         cancel: Arc<AtomicBool>,
     ) -> Result<TaskResult, tokio::task::JoinError> {
         let started = Instant::now();
-        let result = move |a: &Assignment, (outcome, fuel): (Outcome, Option<u64>)| TaskResult {
+        let result = move |a: &Assignment, (outcome, metered): (Outcome, Metered)| TaskResult {
             task_id: a.task_id,
             attempt: a.attempt,
             outcome,
             duration_ms: started.elapsed().as_millis() as u64,
-            fuel_consumed: fuel,
-            macs: None,
+            fuel_consumed: metered.fuel,
+            macs: metered.macs,
         };
         let prepared = match self.prepare(&a).await {
             Ok(p) => p,
-            Err(failed) => return Ok(result(&a, (failed, None))),
+            Err(failed) => return Ok(result(&a, (failed, Metered::default()))),
         };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -190,15 +198,21 @@ impl Executors {
         a: &Assignment,
         prepared: Prepared,
         cancel: &AtomicBool,
-    ) -> (Outcome, Option<u64>) {
+    ) -> (Outcome, Metered) {
         let _ = (a, cancel);
         match prepared {
             #[cfg(feature = "wasm")]
-            Prepared::Wasm(fetched) => self.execute_wasm(a, fetched, cancel),
+            Prepared::Wasm(fetched) => {
+                let (outcome, fuel) = self.execute_wasm(a, fetched, cancel);
+                (outcome, Metered { fuel, macs: None })
+            }
             #[cfg(feature = "onnx")]
-            Prepared::Onnx(fetched) => (self.execute_onnx(a, fetched), None),
+            Prepared::Onnx(fetched) => {
+                let (outcome, macs) = self.execute_onnx(a, fetched);
+                (outcome, Metered { fuel: None, macs })
+            }
             #[cfg(feature = "zk")]
-            Prepared::Zk(job, fetched) => (self.execute_zk(a, job, fetched), None),
+            Prepared::Zk(job, fetched) => (self.execute_zk(a, job, fetched), Metered::default()),
         }
     }
 
@@ -244,16 +258,17 @@ impl Executors {
     }
 
     #[cfg(feature = "onnx")]
-    fn execute_onnx(&self, a: &Assignment, fetched: Fetched) -> Outcome {
+    fn execute_onnx(&self, a: &Assignment, fetched: Fetched) -> (Outcome, Option<u64>) {
         let model = match artifact(a, fetched) {
             Ok(m) => m,
-            Err(failed) => return failed,
+            Err(failed) => return (failed, None),
         };
         let inputs: ambient_protocol::InferenceInputs =
             match serde_json::from_value(a.inputs.clone()) {
                 Ok(i) => i,
                 Err(e) => {
-                    return failure(FailureKind::InvalidInput, format!("inference inputs: {e}"));
+                    let message = format!("inference inputs: {e}");
+                    return (failure(FailureKind::InvalidInput, message), None);
                 }
             };
         let sha = a.artifact_sha256.clone().unwrap_or_default();
@@ -262,14 +277,15 @@ impl Executors {
             .gpu_enabled
             .load(std::sync::atomic::Ordering::Relaxed);
         match self.onnx.run_on(&model, &sha, &inputs.tensors, allow_gpu) {
-            Ok(out) => {
-                let bytes = serde_json::to_vec(&out.outputs).unwrap_or_default();
-                Outcome::Success {
-                    output: serde_json::to_value(&out).unwrap_or_default(),
+            Ok(ran) => {
+                let bytes = serde_json::to_vec(&ran.output.outputs).unwrap_or_default();
+                let outcome = Outcome::Success {
+                    output: serde_json::to_value(&ran.output).unwrap_or_default(),
                     output_sha256: ambient_protocol::sha256_hex(&bytes),
-                }
+                };
+                (outcome, ran.macs)
             }
-            Err(e) => failure(e.kind(), e.to_string()),
+            Err(e) => (failure(e.kind(), e.to_string()), None),
         }
     }
 

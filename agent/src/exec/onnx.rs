@@ -3,7 +3,9 @@
 //! A model is parsed, checked against the request (input names, dtypes, ranks and fixed
 //! dimensions), typed with the request's concrete shapes, optimised and made runnable. The
 //! runnable plan is cached by (model sha256, input shapes and dtypes), so a batch of requests of
-//! one shape pays for optimisation once.
+//! one shape pays for optimisation once. Beside the plan the cache keeps the model's
+//! multiply-accumulates for those shapes ([`count_macs`]), which the result reports so that the
+//! work can be priced by what it computed.
 //!
 //! With the `gpu-cuda` feature (or `gpu-metal` on macOS) the plan is prepared on tract's GPU
 //! runtime when one is usable (`runtime_for_name("gpu-or-cpu")`: Metal, then CUDA). If preparing or running on the GPU fails (an operator the
@@ -113,6 +115,53 @@ struct Prepared {
     outputs: Vec<String>,
     /// The request's tensors are constants of this plan: it serves only those values.
     frozen: bool,
+    /// [`count_macs`] of the model for these shapes; `None` when tract could not count them.
+    macs: Option<u64>,
+}
+
+/// An inference's answer and the work it took.
+#[derive(Debug)]
+pub struct Inference {
+    /// The named outputs and the device that computed them.
+    pub output: InferenceOutput,
+    /// Multiply-accumulates of the model's graph for the request's shapes ([`count_macs`]);
+    /// `None` when tract could not count them.
+    pub macs: Option<u64>,
+}
+
+/// Multiply-accumulates `model` performs in one run: the sum of tract's own cost model
+/// (`Cost::FMA` of [`TypedOp::cost`]) over its nodes, for the shapes its facts carry, a loop
+/// body counted once per iteration.
+///
+/// Counted on the decluttered model, before a runtime optimises it, so that the figure is the
+/// graph's and not the kernels': the same on every CPU and GPU, and for one model and one set of
+/// input shapes always the same. It fails when a count depends on a symbol (a dimension
+/// the shapes leave open) or an operator cannot cost itself.
+pub fn count_macs(model: &TypedModel) -> TractResult<u64> {
+    use tract_onnx::tract_core::ops::{Cost, scan};
+    let concrete = |n: &TDim| -> TractResult<u64> {
+        n.to_i64()
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| TractError::msg(format!("a cost of {n} is not a count")))
+    };
+    let mut total = 0u64;
+    for node in model.nodes() {
+        let inputs = model.node_input_facts(node.id)?;
+        for (cost, n) in node.op.cost(&inputs)? {
+            if matches!(cost, Cost::FMA(_)) {
+                total = total.saturating_add(concrete(&n)?);
+            }
+        }
+        if let Some(scan) = node.op_as::<scan::Scan>() {
+            let iterations = match scan::iteration_count(&scan.input_mapping, &inputs) {
+                Some(n) => concrete(&n)?,
+                None => 1,
+            };
+            total = total.saturating_add(count_macs(&scan.body)?.saturating_mul(iterations));
+        }
+    }
+    Ok(total)
 }
 
 /// The engine: the plan cache and the chosen runtime.
@@ -223,18 +272,18 @@ impl OnnxEngine {
         model_sha256: &str,
         inputs: &BTreeMap<String, TensorJson>,
     ) -> Result<InferenceOutput, OnnxError> {
-        self.run_on(model, model_sha256, inputs, true)
+        Ok(self.run_on(model, model_sha256, inputs, true)?.output)
     }
 
-    /// [`OnnxEngine::run`], on the CPU only when `allow_gpu` is false (the owner turned the GPU
-    /// off in the contribution policy).
+    /// [`OnnxEngine::run`], with the work it took, and on the CPU only when `allow_gpu` is false
+    /// (the owner turned the GPU off in the contribution policy).
     pub fn run_on(
         &self,
         model: &[u8],
         model_sha256: &str,
         inputs: &BTreeMap<String, TensorJson>,
         allow_gpu: bool,
-    ) -> Result<InferenceOutput, OnnxError> {
+    ) -> Result<Inference, OnnxError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.run_unguarded(model, model_sha256, inputs, allow_gpu)
         }))
@@ -254,7 +303,7 @@ impl OnnxEngine {
         model_sha256: &str,
         inputs: &BTreeMap<String, TensorJson>,
         allow_gpu: bool,
-    ) -> Result<InferenceOutput, OnnxError> {
+    ) -> Result<Inference, OnnxError> {
         let key = format!(
             "{model_sha256}:{}:{}",
             if allow_gpu { "any" } else { "cpu" },
@@ -285,7 +334,7 @@ impl OnnxEngine {
             }
         };
         let values = input_values(&prepared, inputs)?;
-        match prepared.plan.run(values.clone()) {
+        let output = match prepared.plan.run(values.clone()) {
             Ok(outs) => finish(outs, &prepared),
             Err(e) if prepared.device != "cpu" => {
                 tracing::warn!(error = %format!("{e:#}"), "GPU run failed; running on the CPU.");
@@ -298,7 +347,11 @@ impl OnnxEngine {
                 finish(outs, &cpu)
             }
             Err(e) => Err(OnnxError::Run(format!("{e:#}"))),
-        }
+        }?;
+        Ok(Inference {
+            output,
+            macs: prepared.macs,
+        })
     }
 
     fn prepare(
@@ -439,17 +492,21 @@ fn prepare_on(
         "cpu" => "cpu".to_string(),
         other => format!("{other}:0"),
     };
-    let ready = |m: InferenceModel| -> TractResult<Plan> {
+    let ready = |m: InferenceModel| -> TractResult<(Plan, Option<u64>)> {
         let typed = m.into_typed()?.into_decluttered()?;
-        Ok(Arc::from(runtime.prepare(typed)?))
+        let macs = count_macs(&typed)
+            .inspect_err(|e| tracing::debug!(error = %format!("{e:#}"), "MACs not counted."))
+            .ok();
+        Ok((Arc::from(runtime.prepare(typed)?), macs))
     };
     match ready(typed_inputs) {
-        Ok(plan) => Ok(Prepared {
+        Ok((plan, macs)) => Ok(Prepared {
             plan,
             device,
             inputs: names,
             outputs,
             frozen: false,
+            macs,
         }),
         Err(e) if refusal(&e).is_some() || names.is_empty() => Err(model_error(e)),
         Err(e) => {
@@ -458,12 +515,13 @@ fn prepare_on(
             // parameters): try again with this request's tensors as constants.
             let frozen = freeze(&inference, &names, inputs)?;
             match ready(frozen) {
-                Ok(plan) => Ok(Prepared {
+                Ok((plan, macs)) => Ok(Prepared {
                     plan,
                     device,
                     inputs: vec![],
                     outputs,
                     frozen: true,
+                    macs,
                 }),
                 Err(again) if refusal(&again).is_some() => Err(model_error(again)),
                 Err(_) => Err(model_error(e)),

@@ -12,13 +12,20 @@ use ambient_protocol::{FUEL_PER_SECOND, TaskType};
 pub const REFERENCE: &str = "one core of a 2-core x86_64 cloud machine (the project's CI class): \
      wasmi, tract, arkworks and the FL client measured by the agent's calibrate example";
 
-/// wasm fuel the reference core executes per second (wasmi, the agent's sandbox).
-pub const WASM_FUEL_PER_SEC: u64 = 400_000_000;
-/// Multiply-accumulates per second (tract, the agent's inference path).
-pub const INFERENCE_MACS_PER_SEC: u64 = 5_000_000_000;
-/// Groth16 constraints proved per second (ambient-zk, `hash_chain`).
-pub const ZK_CONSTRAINTS_PER_SEC: u64 = 21_000;
-/// Federated learning steps (sample × epoch × parameter) per second of local training.
+// The reference rates: medians of `cargo run --release --locked -p ambient-agent --example
+// calibrate` on the reference machine, 7 runs each, rounded to two or three figures (the run and
+// its spread are in BENCHMARKS.md, "Credits: the calibration of the unit").
+
+/// wasm fuel the reference core executes per second (wasmi, the agent's sandbox; measured
+/// 1.360e9, runs from 1.283e9 to 1.393e9).
+pub const WASM_FUEL_PER_SEC: u64 = 1_360_000_000;
+/// Multiply-accumulates per second (tract, the agent's inference path, PaddleOCR's classifier;
+/// measured 9.14e9).
+pub const INFERENCE_MACS_PER_SEC: u64 = 9_100_000_000;
+/// Groth16 constraints proved per second (ambient-zk, `hash_chain` at n = 64; measured 27,198).
+pub const ZK_CONSTRAINTS_PER_SEC: u64 = 27_000;
+/// Federated learning steps (sample × epoch × parameter) per second of local training
+/// (logistic regression, the default model; measured 1.98e8).
 pub const FL_STEPS_PER_SEC: u64 = 200_000_000;
 
 /// µcredits for each replica that answers validly, on top of its measured work: 0.36 s of the

@@ -93,6 +93,46 @@ fn dynamic_batch_matches_onnxruntime() {
     assert_eq!(engine.cached_plans(), 2, "one plan per input shape");
 }
 
+/// The model's multiply-accumulates for `batch` copies of the first row of its reference input.
+fn macs(name: &str, batch: usize) -> Option<u64> {
+    let mut inputs = reference(name).inputs;
+    let x = inputs.get_mut("x").unwrap();
+    x.data = x.data[..x.shape[1..].iter().product()].repeat(batch);
+    x.shape[0] = batch;
+    let ran = OnnxEngine::new(8).run_on(&fixture(name), name, &inputs, false);
+    ran.unwrap().macs
+}
+
+#[test]
+fn macs_are_the_graphs_multiply_accumulates() {
+    // Gemm x[N,4]·w1ᵀ[4,8], then Gemm [N,8]·w2ᵀ[8,3]: N·(4·8 + 8·3). The bias adds, Relu and
+    // Softmax cost no multiply-accumulate in tract's cost model.
+    assert_eq!(macs("mlp_dynamic.onnx", 1), Some(56));
+    assert_eq!(
+        macs("mlp_dynamic.onnx", 2),
+        Some(2 * 56),
+        "the batch counts"
+    );
+    assert_eq!(macs("mlp_dynamic.onnx", 5), Some(5 * 56));
+    // Conv 1→4 channels, 3×3, padded, over 8×8: 64 points · 4 · 9; then Gemm [1,64]·[64,10].
+    assert_eq!(macs("cnn.onnx", 1), Some(64 * 4 * 9 + 64 * 10));
+    // A loop body counts once per step: LSTM of hidden size 3 over 3 steps of 2 features, each
+    // step X·Wᵀ [1,2]·[2,12] and H·Rᵀ [1,3]·[3,12] (tract's fused cell epilogue costs none).
+    let (model, doc) = conformance_case("lstm_reverse");
+    let inputs = serde_json::from_value(doc["inputs"].clone()).unwrap();
+    let ran = OnnxEngine::new(8).run_on(&model, "lstm", &inputs, false);
+    assert_eq!(ran.unwrap().macs, Some(3 * (2 * 12 + 3 * 12)));
+    // Cached beside the plan: the second run reports the same count.
+    let engine = OnnxEngine::new(8);
+    let r = reference("mlp.onnx");
+    let model = fixture("mlp.onnx");
+    for _ in 0..2 {
+        let ran = engine.run_on(&model, "mlp", &r.inputs, false).unwrap();
+        assert_eq!(ran.macs, Some(56));
+    }
+    assert_eq!(engine.cached_plans(), 1);
+}
+
 #[test]
 fn pretrained_paddleocr_classifier_matches_onnxruntime() {
     check("ppocr_cls.onnx", 1e-4);
