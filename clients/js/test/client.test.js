@@ -276,7 +276,9 @@ describe('mqtt', () => {
       const task = await mq.submitWasm(SUM, inputs, { minNodes: 2 });
       const seen = [];
       const info = await task.wait({ timeoutMs: WAIT, onProgress: (i) => seen.push(i.status) });
-      assert.equal(info.status, 'completed');
+      // On failure, say why, and how the nodes stood (a quorum needs trusted nodes).
+      const why = async () => JSON.stringify({ info, nodes: (await client.nodes()).map((n) => [n.node_id, n.state, n.reputation]) });
+      assert.equal(info.status, 'completed', info.status === 'completed' ? '' : await why());
       assert.deepEqual(info.output, { sum: expectedSum(inputs) });
       assert.ok(['pending', 'assigned'].includes(seen[0]), seen.join());
       assert.deepEqual((await client.info(task.id)).output, { sum: 142 });

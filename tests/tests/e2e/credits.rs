@@ -196,6 +196,35 @@ async fn submitters_pay_for_validated_work_and_nodes_earn_it() {
     assert_eq!(failed.cost.unwrap().charged, Some(0));
     assert_eq!(api.balance(&key).await.balance, after.balance);
 
+    // An inference is charged by the multiply-accumulates of the model's graph, as its node
+    // counted them: the MLP fixture does 4·8 + 8·3 = 56 for one row.
+    let fixtures = format!("{}/fixtures/onnx", env!("CARGO_MANIFEST_DIR"));
+    let model = std::fs::read(format!("{fixtures}/mlp.onnx")).unwrap();
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(format!("{fixtures}/mlp.json")).unwrap()).unwrap();
+    let mut inputs = json!({"model_base64": base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD, &model)});
+    inputs["tensors"] = reference["inputs"].clone();
+    let inference = ambient_protocol::TaskSubmission {
+        task_type: TaskType::Inference,
+        wasm_module: None,
+        inputs,
+        requirements: Requirements::default(),
+        task_id: None,
+    };
+    let ran = submit_and_wait(&acme, &inference).await;
+    assert_eq!(ran.status, TaskStatus::Completed, "{ran:?}");
+    let onnx = prices
+        .kinds
+        .iter()
+        .find(|k| k.task_type == TaskType::Inference)
+        .unwrap();
+    let macs_price = (56 * MICRO as u128).div_ceil(u128::from(onnx.units_per_credit)) as i64;
+    assert_eq!(
+        ran.cost.unwrap().charged,
+        Some(onnx.per_replica + macs_price)
+    );
+
     // An account whose credits cannot cover the reservation gets 402 with the figures, and its
     // task never exists.
     let poor_key = api.account("poor", 10, json!({})).await;
