@@ -313,29 +313,28 @@ mod tests {
         let (k2, again) = identity(&node, dir.path()).unwrap();
         assert_eq!(k1.verifying_key(), k2.verifying_key());
         assert_eq!(src, again);
-        match &src {
-            Source::File(path) => {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = std::fs::metadata(path).unwrap().permissions().mode();
-                assert_eq!(mode & 0o777, 0o600);
-                // A corrupt key is an error that says what to do, never a silent new identity.
-                std::fs::write(path, "not a key").unwrap();
-                let e = identity(&node, dir.path()).err().unwrap().to_string();
-                assert!(e.contains("corrupt"), "{e}");
-                // Nor is a missing secret while the node is known to have an identity (as with
-                // a keyring that cannot be read today).
-                std::fs::remove_file(path).unwrap();
-                let e = identity(&node, dir.path()).err().unwrap().to_string();
-                assert!(e.contains("delete"), "{e}");
-                std::fs::remove_file(identity_public_path(dir.path(), &node)).unwrap();
-                let (k3, _) = identity(&node, dir.path()).unwrap();
-                assert_ne!(k3.verifying_key(), k1.verifying_key());
-            }
-            _ => {
-                #[cfg(feature = "keyring")]
-                let _ = keyring::Entry::new(SERVICE, &identity_account(&node))
-                    .and_then(|e| e.delete_credential());
-            }
+        if let Source::File(path) = &src {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            // A corrupt key is an error that says what to do, never a silent new identity.
+            std::fs::write(path, "not a key").unwrap();
+            let e = identity(&node, dir.path()).err().unwrap().to_string();
+            assert!(e.contains("corrupt"), "{e}");
+            // Nor is a missing secret while the node is known to have an identity (as with
+            // a keyring that cannot be read today).
+            std::fs::remove_file(path).unwrap();
+            let e = identity(&node, dir.path()).err().unwrap().to_string();
+            assert!(e.contains("delete"), "{e}");
+            std::fs::remove_file(identity_public_path(dir.path(), &node)).unwrap();
+            let (k3, _) = identity(&node, dir.path()).unwrap();
+            assert_ne!(k3.verifying_key(), k1.verifying_key());
+        }
+        // A key in the keyring outlives the test's directory: take it out.
+        #[cfg(feature = "keyring")]
+        if !matches!(src, Source::File(_)) {
+            let _ = keyring::Entry::new(SERVICE, &identity_account(&node))
+                .and_then(|e| e.delete_credential());
         }
     }
 
