@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod client;
 pub mod credits;
+pub mod datasets;
 pub mod demo;
 pub mod local;
 pub mod modules;

@@ -52,6 +52,11 @@ enum Command {
         /// DIR/coordinator/coordinator.db.
         #[arg(long, env = "AMBIENT_DATABASE_URL", hide_env_values = true)]
         store: Option<String>,
+        /// A data set for federated learning, NAME=PATH.csv[:LABEL] (label column `target` by
+        /// default): its rows are split across the agents, stratified by label, each agent
+        /// holding only its part. Repeat for more.
+        #[arg(long, value_parser = ambient_cli::datasets::parse_arg)]
+        dataset: Vec<ambient_cli::datasets::DatasetArg>,
     },
     /// Submit a task and wait for its result.
     Submit {
@@ -418,7 +423,8 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             mqtt_addr,
             store,
-        } => up(data_dir, agents, http_addr, mqtt_addr, store).await,
+            dataset,
+        } => up(data_dir, agents, http_addr, mqtt_addr, store, dataset).await,
         Command::Submit {
             file,
             wasm,
@@ -884,28 +890,22 @@ async fn up(
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
     store: Option<String>,
+    datasets: Vec<ambient_cli::datasets::DatasetArg>,
 ) -> anyhow::Result<()> {
     ambient_service::private::create_dir(&data_dir)?;
+    let datasets = ambient_cli::datasets::split(&datasets, agents, &data_dir)?;
     let net = LocalNetwork::start(LocalOptions {
         data_dir: data_dir.clone(),
         agents,
         http_addr,
         mqtt_addr,
         health_interval_sec: 5.0,
-        datasets: Vec::new(),
+        datasets,
         store,
     })
     .await?;
     let path = data_dir.join("connection.json");
-    // Whole or absent: written aside, then renamed, so a reader never sees it half written.
-    let aside = data_dir.join("connection.json.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(&aside)?
-        .write_all(serde_json::to_string_pretty(&net.connection)?.as_bytes())?;
-    std::fs::rename(&aside, &path)?;
+    ambient_service::private::write_file(&path, serde_json::to_string_pretty(&net.connection)?)?;
     let c = &net.connection;
     println!(
         "Ambient VCP is up: {agents} agents, API {}, MQTT {}:{}",

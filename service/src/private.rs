@@ -19,6 +19,21 @@ pub fn create_dir(path: &Path) -> io::Result<()> {
     builder.create(path)
 }
 
+/// Writes `contents` to `path` as a file only its owner may read (`0600` on Unix), whole or not
+/// at all: written beside it, then renamed over it, so a reader never sees it half written.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".tmp");
+    let aside = std::path::PathBuf::from(aside);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&aside)?.write_all(contents.as_ref())?;
+    std::fs::rename(&aside, path)
+}
+
 /// Makes the database file at `path` readable and writable by its owner only: creates it empty
 /// with mode `0600` when it does not exist, and takes the group's and others' rights away from
 /// it and from its `-wal` and `-shm` files when they have any. Run before SQLite opens the file.

@@ -228,6 +228,42 @@ describe('federated_learning', () => {
   });
 });
 
+describe('ambient up --dataset', () => {
+  // A data scientist's own CSV, split across the local agents: a wasm task, an inference with
+  // typed-array tensors and a federated job over the CSV, with this client only.
+  const ROWS = 300;
+  let own;
+  let ownClient;
+  before(async () => {
+    const csv = path.join(tmpdir(), `claims-${randomUUID()}.csv`);
+    writeFileSync(csv, separableCsv(ROWS, 7));
+    own = await startNetwork(['--dataset', `claims=${csv}:target`]);
+    ownClient = await Client.fromConnection(own.connectionPath);
+  });
+  after(async () => { await own?.stop(); });
+
+  test('wasm, inference and a federated job on ones own data', async () => {
+    const held = (await ownClient.nodes()).flatMap((n) => n.health?.datasets ?? []);
+    assert.equal(held.length, 3);
+    assert.equal(held.reduce((a, d) => a + d.rows, 0), ROWS);
+    const inputs = { numbers: [7, 8, 9] };
+    const wasm = await ownClient.submitWasm(SUM, inputs).then((t) => t.wait({ timeoutMs: WAIT }));
+    assert.deepEqual(wasm.output, { sum: expectedSum(inputs) });
+    const reference = JSON.parse(readFileSync(path.join(REPO, 'tests', 'fixtures', 'onnx', 'mlp.json'), 'utf8'));
+    const x = tensor(Float32Array.from(reference.inputs.x.data), reference.inputs.x.shape);
+    const model = path.join(REPO, 'tests', 'fixtures', 'onnx', 'mlp.onnx');
+    const ran = await ownClient.submitInference(model, { x }).then((t) => t.wait({ timeoutMs: WAIT }));
+    assert.equal(ran.status, 'completed', ran.error ?? '');
+    assert.ok(ran.tensors().y.data instanceof Float32Array);
+    const job = await ownClient.submitFederated('claims', {
+      minNodes: 3, rounds: 3, eval_csv: separableCsv(200, 8), eval_label: 'target', seed: 5,
+    }).then((t) => t.wait({ timeoutMs: WAIT }));
+    assert.equal(job.status, 'completed', job.error ?? '');
+    assert.equal(job.output.total_rows, ROWS);
+    assert.ok(job.output.rounds.at(-1).eval_accuracy >= 0.85, JSON.stringify(job.output.rounds));
+  });
+});
+
 describe('errors', () => {
   test('invalid wasm is a bad request with its code', async () => {
     await assert.rejects(client.submitWasm(Buffer.from('not wasm')), (e) => {

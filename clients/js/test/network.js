@@ -30,10 +30,10 @@ export function expectedSum(inputs) {
 }
 
 /**
- * Starts `ambient up` in a fresh directory; resolves once connection.json is written and every
- * agent is online. Returns {connectionPath, connection, binary, stop()}.
+ * Starts `ambient up` (with `extraArgs`) in a fresh directory; resolves once connection.json is
+ * written and every agent is online. Returns {connectionPath, connection, binary, stop()}.
  */
-export async function startNetwork() {
+export async function startNetwork(extraArgs = []) {
   const binary = ambientBin();
   if (!existsSync(binary)) {
     throw new Error(`no ambient binary at ${binary}: build it with \`cargo build -p ambient-cli\` or set AMBIENT_BIN`);
@@ -43,7 +43,7 @@ export async function startNetwork() {
   const logPath = path.join(dir, 'ambient-up.log');
   const log = openSync(logPath, 'w');
   const child = spawn(binary, ['up', '--data-dir', dataDir, '--agents', String(AGENTS),
-    '--http-addr', '127.0.0.1:0', '--mqtt-addr', '127.0.0.1:0'], {
+    '--http-addr', '127.0.0.1:0', '--mqtt-addr', '127.0.0.1:0', ...extraArgs], {
     stdio: ['ignore', log, log],
     env: { ...process.env, RUST_LOG: 'warn,rumqttd=off', NO_COLOR: '1' },
   });

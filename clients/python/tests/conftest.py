@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,19 +49,15 @@ def _log_tail(log: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-@pytest.fixture(scope="session")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    binary = ambient_bin()
-    if not binary.exists():
-        pytest.fail(f"no ambient binary at {binary}: build it with `cargo build -p ambient-cli` "
-                    f"or set AMBIENT_BIN", pytrace=False)
-    data_dir = tmp_path_factory.mktemp("ambient-up")
-    log = data_dir.parent / "ambient-up.log"
+@contextmanager
+def running_up(binary: Path, data_dir: Path, *args: str) -> Iterator[Network]:
+    """`ambient up` with ``args``, on free loopback ports, until the block ends."""
+    log = data_dir.parent / f"{data_dir.name}.log"
     env = dict(os.environ, RUST_LOG="warn,rumqttd=off", NO_COLOR="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(binary), "up", "--data-dir", str(data_dir), "--agents", str(AGENTS),
-             "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+             "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
     path = data_dir / "connection.json"
@@ -92,6 +89,16 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    binary = ambient_bin()
+    if not binary.exists():
+        pytest.fail(f"no ambient binary at {binary}: build it with `cargo build -p ambient-cli` "
+                    f"or set AMBIENT_BIN", pytrace=False)
+    with running_up(binary, tmp_path_factory.mktemp("ambient-up")) as net:
+        yield net
 
 
 @pytest.fixture(scope="session")
