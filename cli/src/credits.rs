@@ -147,14 +147,14 @@ pub fn account_summary(a: &AccountInfo) -> String {
     )
 }
 
+/// The width of a column: its longest cell, and at least `min` (the heading's).
+fn width<T>(rows: &[T], cell: impl Fn(&T) -> usize, min: usize) -> usize {
+    rows.iter().map(cell).max().unwrap_or(0).max(min)
+}
+
 /// The accounts table of `ambient account list`.
 pub fn account_table(accounts: &[AccountInfo]) -> String {
-    let w = accounts
-        .iter()
-        .map(|a| a.account.len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let w = width(accounts, |a| a.account.len(), 7);
     let mut out = format!(
         "{:<w$}  {:>16}  {:>16}  {:>16}  {:>16}  limits\n",
         "account", "balance", "reserved", "spent", "earned"
@@ -175,12 +175,7 @@ pub fn account_table(accounts: &[AccountInfo]) -> String {
 
 /// The API keys table of `ambient key list`.
 pub fn key_table(keys: &[KeyInfo]) -> String {
-    let w = keys
-        .iter()
-        .map(|k| k.account.len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let w = width(keys, |k| k.account.len(), 7);
     let mut out = format!(
         "{:<20}  {:<w$}  {:<20}  state\n",
         "key", "account", "created"
@@ -208,18 +203,8 @@ pub fn signed_credits(micro: i64) -> String {
 
 /// The ledger table of `ambient ledger` (and the demo's).
 pub fn ledger_table(entries: &[LedgerEntry]) -> String {
-    let wt = entries
-        .iter()
-        .map(|e| e.txn.len())
-        .max()
-        .unwrap_or(0)
-        .max(3);
-    let wa = entries
-        .iter()
-        .map(|e| e.account.len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let wt = width(entries, |e| e.txn.len(), 3);
+    let wa = width(entries, |e| e.account.len(), 7);
     let mut out = format!(
         "{:>6}  {:<19}  {:<wt$}  {:<wa$}  {:>15}  memo\n",
         "seq", "time (UTC)", "txn", "account", "amount"
@@ -244,20 +229,8 @@ pub fn price_table(p: &PriceList) -> String {
         "1 {} = 1 hour of {}; nodes are paid {} % of each charge.\n",
         p.unit, p.reference, p.node_share_percent
     );
-    let wk = p
-        .kinds
-        .iter()
-        .map(|k| k.task_type.to_string().len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let wu = p
-        .kinds
-        .iter()
-        .map(|k| k.unit.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let wk = width(&p.kinds, |k| k.task_type.as_str().len(), 4);
+    let wu = width(&p.kinds, |k| k.unit.len(), 4);
     out.push_str(&format!(
         "{:<wk$}  {:<wu$}  {:>16}  {:>14}  reservation\n",
         "kind", "unit", "units per credit", "per replica"
@@ -277,12 +250,7 @@ pub fn price_table(p: &PriceList) -> String {
 
 /// The table of `ambient leaderboard`: best first, as the API ranks them.
 pub fn leaderboard_table(rows: &[LeaderboardRow]) -> String {
-    let w = rows
-        .iter()
-        .map(|r| r.node_id.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let w = width(rows, |r| r.node_id.len(), 4);
     let mut out = format!(
         "{:>4}  {:<w$}  {:>16}  {:>16}\n",
         "rank", "node", "total", "recent per day"

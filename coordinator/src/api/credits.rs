@@ -109,15 +109,8 @@ pub(super) async fn leaderboard(
     let Query(p) = params
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = checked_limit(p.limit, 100)? as usize;
-    let (reply, rx) = oneshot::channel();
-    state
-        .engine()?
-        .send(EngineMsg::Nodes(reply))
-        .await
-        .map_err(|_| Failure::unavailable())?;
-    let mut rows: Vec<LeaderboardRow> = rx
-        .await
-        .map_err(|_| Failure::unavailable())?
+    let mut rows: Vec<LeaderboardRow> = super::nodes::all_nodes(&state)
+        .await?
         .into_iter()
         .map(|n| LeaderboardRow {
             node_id: n.node_id,

@@ -16,17 +16,22 @@ use crate::reputation;
 pub(super) async fn list_nodes(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<NodeInfo>>, Failure> {
+    let mut nodes = all_nodes(&state).await?;
+    for n in &mut nodes {
+        n.identity = state.identities.hex(&n.node_id);
+    }
+    Ok(Json(nodes))
+}
+
+/// Every node the engine knows.
+pub(super) async fn all_nodes(state: &AppState) -> Result<Vec<NodeInfo>, Failure> {
     let (reply, rx) = oneshot::channel();
     state
         .engine()?
         .send(EngineMsg::Nodes(reply))
         .await
         .map_err(|_| Failure::unavailable())?;
-    let mut nodes = rx.await.map_err(|_| Failure::unavailable())?;
-    for n in &mut nodes {
-        n.identity = state.identities.hex(&n.node_id);
-    }
-    Ok(Json(nodes))
+    rx.await.map_err(|_| Failure::unavailable())
 }
 
 pub(super) async fn get_node(
