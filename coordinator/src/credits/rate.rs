@@ -1,5 +1,7 @@
 //! Submissions per second per account: a token bucket per account, as large as one second of
-//! its rate. Each coordinator keeps its own buckets (a submission is counted where it arrives).
+//! its rate. REST submissions run on the coordinator that leads (the others forward them), so
+//! its buckets count every coordinator's; MQTT submissions are not counted (their account's
+//! balance, in-flight limit and spending cap still apply).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
