@@ -136,7 +136,7 @@ pub fn limits_text(l: &AccountLimits) -> String {
 
 /// One account, a line a figure (`ambient balance`, and after `account grant|limits`).
 pub fn account_summary(a: &AccountInfo) -> String {
-    format!(
+    let mut out = format!(
         "account   {}\nbalance   {} credits\nreserved  {}\nspent     {}\nearned    {}\nlimits    {}\n",
         a.account,
         format_credits(a.balance),
@@ -144,7 +144,11 @@ pub fn account_summary(a: &AccountInfo) -> String {
         format_credits(a.spent),
         format_credits(a.earned),
         limits_text(&a.limits)
-    )
+    );
+    if !a.nodes.is_empty() {
+        out.push_str(&format!("nodes     {}\n", a.nodes.join(", ")));
+    }
+    out
 }
 
 /// The width of a column: its longest cell, and at least `min` (the heading's).

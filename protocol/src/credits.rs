@@ -72,9 +72,10 @@ pub struct NodeCredits {
     pub recent_average: f64,
 }
 
-/// Per-account limits. `None` is no limit.
+/// Per-account limits. `None` is no limit. Read from a JSON object only (serde would also read
+/// a struct from an array of its fields in order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct AccountLimits {
     /// Top-level tasks it may have not yet ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +86,31 @@ pub struct AccountLimits {
     /// The most it may ever spend, reservations included, in µcredits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spending_cap: Option<i64>,
+}
+
+/// [`AccountLimits`]' fields, as serde reads them once they are known to be an object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitFields {
+    #[serde(default)]
+    max_in_flight: Option<u32>,
+    #[serde(default)]
+    max_per_second: Option<f64>,
+    #[serde(default)]
+    spending_cap: Option<i64>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for AccountLimits {
+    type Error = serde_json::Error;
+
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let f: LimitFields = serde_json::from_value(serde_json::Value::Object(map))?;
+        Ok(AccountLimits {
+            max_in_flight: f.max_in_flight,
+            max_per_second: f.max_per_second,
+            spending_cap: f.spending_cap,
+        })
+    }
 }
 
 /// A submitter account as its owner (`GET /api/v1/account`) or an admin sees it.
@@ -332,6 +358,25 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_read_from_an_object_only() {
+        let l: AccountLimits =
+            serde_json::from_str(r#"{"max_in_flight": 2, "spending_cap": null}"#).unwrap();
+        assert_eq!(l.max_in_flight, Some(2));
+        assert_eq!(
+            serde_json::from_str::<AccountLimits>("{}").unwrap(),
+            AccountLimits::default()
+        );
+        for bad in [
+            "[null, null]",
+            "[1]",
+            r#"{"nope": 1}"#,
+            r#"{"max_in_flight": -1}"#,
+        ] {
+            assert!(serde_json::from_str::<AccountLimits>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn credits_round_trip_through_text() {

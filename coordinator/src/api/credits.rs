@@ -42,9 +42,17 @@ pub(super) struct PageParams {
 }
 
 fn page_params(params: Result<Query<PageParams>, QueryRejection>) -> Result<PageParams, Failure> {
-    params
+    let p = params
         .map(|Query(p)| p)
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if p.after.is_some_and(|a| a < 0) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "after is a ledger seq: 0 (the beginning) or more",
+        ));
+    }
+    Ok(p)
 }
 
 async fn page(
