@@ -201,7 +201,6 @@ async fn start_with(
         admin_keys: Arc::new(cfg.admin_keys.clone()),
         enroller,
         prices: cfg.credits.prices(),
-        rate: Arc::default(),
     };
     let app = api::router(state);
     let stop = shutdown.token().clone();

@@ -88,14 +88,6 @@ pub enum SubmitError {
     /// The submitter's credits cannot pay for the task, or its account is at a limit.
     #[error(transparent)]
     Credits(#[from] CreditRefusal),
-    /// The account submits faster than its limit allows.
-    #[error("more than {per_second} submissions a second; retry in {retry_after} s")]
-    RateLimited {
-        /// The limit.
-        per_second: f64,
-        /// Seconds until one more is allowed.
-        retry_after: u64,
-    },
     /// The coordinator could not persist the task; nothing was accepted.
     #[error("the coordinator cannot accept tasks right now: {0}")]
     Unavailable(String),
@@ -123,7 +115,7 @@ impl SubmitError {
             SubmitError::Credits(CreditRefusal::Insufficient { .. }) => "insufficient_credits",
             SubmitError::Credits(CreditRefusal::SpendingCap { .. }) => "spending_cap",
             SubmitError::Credits(CreditRefusal::InFlight { .. }) => "too_many_tasks",
-            SubmitError::RateLimited { .. } => "rate_limited",
+            SubmitError::Credits(CreditRefusal::RateLimited { .. }) => "rate_limited",
         }
     }
 
@@ -135,8 +127,9 @@ impl SubmitError {
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
             SubmitError::ProofUnsupported(..) => 422,
-            SubmitError::Credits(CreditRefusal::InFlight { .. })
-            | SubmitError::RateLimited { .. } => 429,
+            SubmitError::Credits(
+                CreditRefusal::InFlight { .. } | CreditRefusal::RateLimited { .. },
+            ) => 429,
             SubmitError::Credits(_) => 402,
             _ => 400,
         }
@@ -145,7 +138,9 @@ impl SubmitError {
     /// Seconds a client should wait before trying again, for a refusal that passes by itself.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            SubmitError::RateLimited { retry_after, .. } => Some(*retry_after),
+            SubmitError::Credits(CreditRefusal::RateLimited { retry_after, .. }) => {
+                Some(*retry_after)
+            }
             SubmitError::Credits(CreditRefusal::InFlight { .. }) => Some(5),
             _ => None,
         }

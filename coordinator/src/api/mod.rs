@@ -102,8 +102,6 @@ pub struct AppState {
     pub(crate) enroller: crate::enrolment::Enroller,
     /// The price list (the leader's scheduler charges by the same).
     pub(crate) prices: crate::credits::Prices,
-    /// Submissions per second, per account.
-    pub(crate) rate: Arc<crate::credits::rate::RateLimiter>,
 }
 
 impl AppState {

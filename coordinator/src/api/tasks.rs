@@ -31,7 +31,6 @@ pub(super) async fn submit(
             Failure::new(r.status(), "bad_request", r.body_text())
         }
     })?;
-    rate_limit(&state, &submitter).await?;
     let info = submission::submit(
         &state.engine()?,
         &state.store,
@@ -49,29 +48,6 @@ pub(super) async fn submit(
         SubmitFailure::ShuttingDown => Failure::unavailable(),
     })?;
     Ok((StatusCode::CREATED, Json(info)))
-}
-
-/// Refuses a submission past the account's `max_per_second` (accounts made at run time only).
-async fn rate_limit(state: &AppState, submitter: &str) -> Result<(), Failure> {
-    let limits = state
-        .store
-        .accounts(Some(submitter.to_string()))
-        .await
-        .map_err(Failure::store)?
-        .pop()
-        .map(|a| a.limits);
-    let Some(per_second) = limits.and_then(|l| l.max_per_second) else {
-        return Ok(());
-    };
-    state
-        .rate
-        .take(submitter, per_second, std::time::Instant::now())
-        .map_err(|retry_after| {
-            Failure::from(SubmitError::RateLimited {
-                per_second,
-                retry_after,
-            })
-        })
 }
 
 #[derive(Deserialize)]

@@ -116,8 +116,8 @@ pub fn escrow_account(task: Uuid) -> String {
     format!("escrow:{task}")
 }
 
-/// Why a submission cannot be paid for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a submission cannot be paid for, or its account takes no more now.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CreditRefusal {
     /// The balance does not cover the reservation.
     #[error(
@@ -154,6 +154,14 @@ pub enum CreditRefusal {
     InFlight {
         /// The limit.
         max: u32,
+    },
+    /// The account submits faster than its limit allows.
+    #[error("more than {per_second} submissions a second; retry in {retry_after} s")]
+    RateLimited {
+        /// The limit.
+        per_second: f64,
+        /// Seconds until one more is allowed.
+        retry_after: u64,
     },
 }
 
@@ -203,6 +211,8 @@ pub struct Book {
     reserved: HashMap<String, i64>,
     /// Escrows held, by submitter.
     in_flight: HashMap<String, u32>,
+    /// Submissions per second, by submitter.
+    rate: rate::RateLimiter,
     postings: Vec<Posting>,
 }
 
@@ -286,7 +296,8 @@ impl Book {
         }
     }
 
-    /// Reserves `amount` of `name`'s credits for top-level task `task`, within its limits.
+    /// Reserves `amount` of `name`'s credits for top-level task `task`, within its limits (a
+    /// submission refused for want of credits still counts towards its rate).
     pub fn reserve(
         &mut self,
         task: Uuid,
@@ -295,6 +306,14 @@ impl Book {
         now: DateTime<Utc>,
     ) -> Result<(), CreditRefusal> {
         let limits = self.state.limits.get(name).copied().unwrap_or_default();
+        if let Some(per_second) = limits.max_per_second {
+            self.rate
+                .take(name, per_second, now)
+                .map_err(|retry_after| CreditRefusal::RateLimited {
+                    per_second,
+                    retry_after,
+                })?;
+        }
         let in_flight = self.in_flight.get(name).copied().unwrap_or(0);
         if let Some(max) = limits.max_in_flight
             && in_flight >= max

@@ -265,3 +265,25 @@ fn earnings_count_today_and_a_recent_average_that_halves_in_a_week() {
     let ratio = b.recent_average / a.recent_average;
     assert!((ratio - 0.5).abs() < 0.01, "{ratio}");
 }
+
+#[test]
+fn a_rate_limited_account_is_refused_with_the_wait_and_nothing_moves() {
+    let mut b = Book::new(Prices::default(), Snapshot::default());
+    b.grant("g".into(), "fast", 10_000, String::new(), t(0));
+    let limits = AccountLimits {
+        max_per_second: Some(1.0),
+        ..AccountLimits::default()
+    };
+    b.set_limits("fast".into(), limits);
+    b.reserve(Uuid::new_v4(), "fast", 10, t(1)).unwrap();
+    assert_eq!(
+        b.reserve(Uuid::new_v4(), "fast", 10, t(1)),
+        Err(CreditRefusal::RateLimited {
+            per_second: 1.0,
+            retry_after: 1
+        })
+    );
+    assert_eq!(b.balance("fast"), 9_990);
+    b.reserve(Uuid::new_v4(), "fast", 10, t(2)).unwrap();
+    check_invariants(&b.take_postings());
+}
