@@ -19,7 +19,7 @@
 //!
 //! What is charged: for each valid replica, up to the `min_nodes` the submitter asked for,
 //! [`Prices::replica`] of the work the replicas agreed on (wasm fuel, inference MACs,
-//! constraints, FL steps), never more than its share of the reservation. A task that fails,
+//! constraints, FL steps), never more than what is left of the reservation. A task that fails,
 //! expires or is cancelled is charged nothing: even a failure every replica agreed on (a trap,
 //! fuel run out) costs its submitter nothing and earns its nodes reputation, not credits. The
 //! shards of a computation are settled one by one, as they complete, so the nodes of shards that
@@ -27,9 +27,15 @@
 //!
 //! # Who writes
 //! Only the scheduler (on the one coordinator that leads) moves credits, through [`Book`], its
-//! in-memory view of what it needs to decide (balances, escrows, spending, limits), restored from
-//! the ledger when it starts ([`Snapshot`]). The ledger is the truth; the book is a cache of it
-//! that is written through in the same transactions.
+//! in-memory view of what it needs to decide (balances, escrows, spending, limits and the rate
+//! limit's buckets), restored from the ledger when it starts ([`Snapshot`]). The ledger is the
+//! truth; the book is a cache of it that is written through in the same transactions.
+//!
+//! # Layout
+//! - this module: [`Book`], [`Posting`], [`CreditRefusal`], a node's [`Earnings`];
+//! - [`prices`]: the unit, the reference rates, what a replica costs;
+//! - [`keys`]: account names and the API keys made at run time;
+//! - [`rate`]: submissions per second.
 
 pub mod keys;
 pub mod prices;
