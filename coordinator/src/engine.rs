@@ -196,12 +196,14 @@ impl Engine {
                 reply,
             } => {
                 let txn = format!("grant:{}", Uuid::new_v4());
-                self.sched.grant(txn.clone(), &account, amount, memo, now);
+                self.sched
+                    .book_mut()
+                    .grant(txn.clone(), &account, amount, memo, now);
                 let _ = reply.send(self.try_flush().await.map(|()| txn));
                 return;
             }
             EngineMsg::Limits(account, limits) => {
-                self.sched.set_limits(account, limits);
+                self.sched.book_mut().set_limits(account, limits);
                 return;
             }
         }

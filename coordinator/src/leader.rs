@@ -172,13 +172,14 @@ impl Election {
             health_timeout: chrono::Duration::seconds(s.health_timeout_sec as i64),
             min_free_memory_bytes: s.min_free_memory_mib << 20,
         };
-        let book = credits::Book::new(cfg.credits.prices(), self.store.credit_snapshot().await?);
-        let mut sched = scheduler::Scheduler::new(settings, tasks, nodes).with_book(book);
+        let mut book =
+            credits::Book::new(cfg.credits.prices(), self.store.credit_snapshot().await?);
         // The bootstrap submitters' opening grants, once each (written with the first flush).
         let opening = cfg.credits.opening_grant as i64 * ambient_protocol::credits::MICRO;
         for key in &cfg.api_keys {
-            sched.open_account(&key.submitter, opening, chrono::Utc::now());
+            book.open(&key.submitter, opening, chrono::Utc::now());
         }
+        let sched = scheduler::Scheduler::new(settings, tasks, nodes).with_book(book);
         let submit_filter = if cfg.mqtt.shared_subscription {
             format!("$share/coordinators/{}", topics::ALL_SUBMIT)
         } else {

@@ -31,10 +31,9 @@ fn settings() -> SchedulerSettings {
 /// submitter's opening grant (given once).
 async fn restart(store: &Store, now: DateTime<Utc>) -> Scheduler {
     let (tasks, nodes) = store.load_active().await.unwrap();
-    let book = Book::new(Prices::default(), store.credit_snapshot().await.unwrap());
-    let mut s = Scheduler::new(settings(), tasks, nodes).with_book(book);
-    s.open_account("acme", GRANT, now);
-    s
+    let mut book = Book::new(Prices::default(), store.credit_snapshot().await.unwrap());
+    book.open("acme", GRANT, now);
+    Scheduler::new(settings(), tasks, nodes).with_book(book)
 }
 
 async fn flush(s: &mut Scheduler, store: &Store) {

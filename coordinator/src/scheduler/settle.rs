@@ -21,27 +21,10 @@ impl Scheduler {
         &self.book
     }
 
-    /// Mints `amount` µcredits into submitter `name` (an admin's grant, or an opening grant)
-    /// under transaction `txn`.
-    pub fn grant(
-        &mut self,
-        txn: String,
-        name: &str,
-        amount: i64,
-        memo: String,
-        now: DateTime<Utc>,
-    ) {
-        self.book.grant(txn, name, amount, memo, now);
-    }
-
-    /// Grants submitter `name` its opening `amount` µcredits, unless it had it.
-    pub fn open_account(&mut self, name: &str, amount: i64, now: DateTime<Utc>) {
-        self.book.open(name, amount, now);
-    }
-
-    /// Sets a submitter's limits.
-    pub fn set_limits(&mut self, name: String, limits: ambient_protocol::credits::AccountLimits) {
-        self.book.set_limits(name, limits);
+    /// The book, for what changes it without a task (grants, limits): its postings are written
+    /// with the scheduler's next effects.
+    pub fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
     }
 
     /// Reserves what `task` (top-level; `shards` when it is a computation) can cost from its
