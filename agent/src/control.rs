@@ -256,11 +256,7 @@ fn router<B: Backend>(api: Shared<B>) -> Router {
 }
 
 pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = ApiError {
-        error: code.into(),
-        message: message.into(),
-        task_id: None,
-    };
+    let body = ApiError::new(code, message);
     (status, axum::Json(body)).into_response()
 }
 

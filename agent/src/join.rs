@@ -139,11 +139,7 @@ async fn request_grant(api: &str, request: &JoinRequest) -> Result<JoinGrant, Jo
         });
     }
     Err(JoinError::Refused(serde_json::from_str(&text).unwrap_or(
-        ApiError {
-            error: format!("http_{}", status.as_u16()),
-            message: text,
-            task_id: None,
-        },
+        ApiError::new(format!("http_{}", status.as_u16()), text),
     )))
 }
 

@@ -70,11 +70,8 @@ impl Client {
             return Ok(resp.json().await?);
         }
         let text = resp.text().await?;
-        let body = serde_json::from_str(&text).unwrap_or(ApiError {
-            error: "http_error".into(),
-            message: text,
-            task_id: None,
-        });
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| ApiError::new("http_error", text));
         Err(ClientError::Api {
             status: status.as_u16(),
             body,

@@ -19,8 +19,23 @@ export declare class AmbientError extends Error {
   /** The task concerned, when one is. */
   taskId: string | null;
 }
+/** One thing to add or change in a refused submission. */
+export interface FieldProblem {
+  /** The field, as a path in the body: `inputs.dataset`, `requirements.min_nodes`. */
+  field: string;
+  problem: 'missing' | 'unknown' | 'wrong_type' | 'invalid' | 'conflict';
+  /** What the field must be. */
+  expected: string;
+  /** What was sent, shortened. */
+  got?: string;
+  /** A value that would do. */
+  example?: unknown;
+}
 /** The coordinator refused a request with its {error, message} body. */
-export declare class ApiError extends AmbientError {}
+export declare class ApiError extends AmbientError {
+  /** For a refused submission: every field to add or change; empty otherwise. */
+  problems: FieldProblem[];
+}
 /** 400: invalid_json, invalid_wasm, invalid_inputs, invalid_requirements, unknown_model, … */
 export declare class BadRequestError extends ApiError {}
 /** 401: unauthorized. */

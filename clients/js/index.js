@@ -40,7 +40,17 @@ export class AmbientError extends Error {
 }
 
 /** The coordinator refused a request with its {error, message} body. */
-export class ApiError extends AmbientError {}
+export class ApiError extends AmbientError {
+  /**
+   * @param {string} message
+   * @param {{code?: string|null, status?: number|null, taskId?: string|null, problems?: object[]}} [opts]
+   */
+  constructor(message, opts = {}) {
+    super(message, opts);
+    /** For a refused submission: every field to add or change ({field, problem, expected, got?, example?}). */
+    this.problems = opts.problems ?? [];
+  }
+}
 /** 400: malformed request or invalid task (invalid_wasm, invalid_inputs, …). */
 export class BadRequestError extends ApiError {}
 /** 401: missing or wrong API key (unauthorized). */
@@ -109,14 +119,16 @@ export function apiError(status, body, text = '') {
   let code = 'http_error';
   let message = text.trim().slice(0, 500) || `HTTP ${status}`;
   let taskId = null;
+  let problems = [];
   if (body && typeof body === 'object' && typeof body.error === 'string') {
     code = body.error;
     message = String(body.message || code);
     taskId = body.task_id ?? null;
+    problems = Array.isArray(body.problems) ? body.problems : [];
   }
   const effective = status ?? CODE_STATUS[code] ?? null;
   const Cls = BY_STATUS[effective] ?? (effective >= 500 ? ServerError : ApiError);
-  const err = new Cls(message, { code, status, taskId });
+  const err = new Cls(message, { code, status, taskId, problems });
   return err;
 }
 

@@ -2,11 +2,15 @@
 //! stores the artifact and hands the task to the engine; each transport only turns the outcome
 //! into its own answer (an HTTP status and JSON, or a rejection on the submitter's topic).
 //!
-//! The checks ([`check`]) are size, JSON depth, task type and requirements here, then the checks
-//! of the task's kind ([`crate::kinds::check`]). Every refusal is a [`SubmitError`] with a stable
-//! code, an HTTP status and a sentence for the submitter.
+//! The checks ([`check`]) are size and JSON depth here, then the body's shape against the
+//! OpenAPI document ([`schema::diagnose`], which names every field to add or change at once) and
+//! the configured limits, then the checks of the task's kind ([`crate::kinds::check`]) on what
+//! the shape cannot say. Every refusal is a [`SubmitError`] with a stable code, an HTTP status
+//! and a sentence for the submitter.
 
-use ambient_protocol::{ApiError, TaskInfo, TaskSubmission, TaskType};
+pub mod schema;
+
+use ambient_protocol::{ApiError, FieldProblem, ProblemKind, TaskInfo, TaskSubmission};
 use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,6 +27,10 @@ pub enum SubmitError {
     /// The body is not JSON, or not a valid submission.
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// Fields of the body are missing, unknown, of the wrong type or not allowed: every one of
+    /// them, with what each must be.
+    #[error("{0}")]
+    Problems(schema::Problems),
     /// The body is nested deeper than allowed.
     #[error("JSON nested deeper than {max} levels")]
     TooDeep {
@@ -37,21 +45,6 @@ pub enum SubmitError {
         /// The limit.
         max: usize,
     },
-    /// `task_type` names no kind of the protocol.
-    #[error("unknown task_type {got:?}; known types: {known}")]
-    UnknownTaskType {
-        /// What was sent.
-        got: String,
-        /// What exists.
-        known: String,
-    },
-    /// `require_proof` was set, but no circuit covers this computation.
-    #[error(
-        "require_proof is not supported for {0}: no zero-knowledge circuit covers it. Proofs are \
-         supported for task type zk_proof, whose results always come with a verified Groth16 \
-         proof, with the circuits {1}"
-    )]
-    ProofUnsupported(TaskType, String),
     /// A `wasm_execution` task without a module.
     #[error("wasm_execution needs a wasm_module (base64)")]
     MissingModule,
@@ -98,10 +91,9 @@ impl SubmitError {
     pub fn code(&self) -> &'static str {
         match self {
             SubmitError::InvalidJson(_) => "invalid_json",
+            SubmitError::Problems(p) => p.code(),
             SubmitError::TooDeep { .. } => "json_too_deep",
             SubmitError::BodyTooLarge { .. } => "payload_too_large",
-            SubmitError::UnknownTaskType { .. } => "unknown_task_type",
-            SubmitError::ProofUnsupported(..) => "proof_unsupported",
             SubmitError::MissingModule => "missing_module",
             SubmitError::InvalidBase64(_) => "invalid_base64",
             SubmitError::ModuleTooLarge { .. } => "module_too_large",
@@ -126,7 +118,7 @@ impl SubmitError {
             SubmitError::IdTaken(_) => 409,
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
-            SubmitError::ProofUnsupported(..) => 422,
+            SubmitError::Problems(p) => p.http_status(),
             SubmitError::Credits(
                 CreditRefusal::InFlight { .. } | CreditRefusal::RateLimited { .. },
             ) => 429,
@@ -149,9 +141,12 @@ impl SubmitError {
     /// The wire form.
     pub fn to_api_error(&self, task_id: Option<uuid::Uuid>) -> ApiError {
         ApiError {
-            error: self.code().into(),
-            message: self.to_string(),
             task_id,
+            problems: match self {
+                SubmitError::Problems(p) => p.list.clone(),
+                _ => Vec::new(),
+            },
+            ..ApiError::new(self.code(), self.to_string())
         }
     }
 }
@@ -246,38 +241,25 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
         });
     }
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| SubmitError::InvalidJson(e.to_string()))?;
-    // Name an unknown task type plainly, rather than as serde's "unknown variant".
-    match value.get("task_type") {
-        Some(serde_json::Value::String(t)) if TaskType::from_wire(t).is_none() => {
-            return Err(SubmitError::UnknownTaskType {
-                got: t.clone(),
-                known: list(&TaskType::ALL),
-            });
+        serde_json::from_slice(body).map_err(|e| SubmitError::InvalidJson(json_error(body, &e)))?;
+    let mut problems = schema::diagnose(&value);
+    problems.list.extend(limit_problems(&value, limits));
+    // The circuits zk_proof serves are the zk module's to say, not the document's.
+    for p in &mut problems.list {
+        if p.field == "requirements.require_proof" {
+            p.expected.push_str(&format!(
+                " zk_proof's circuits: {}.",
+                crate::kinds::zk::supported_list()
+            ));
         }
-        _ => {}
     }
+    if !problems.list.is_empty() {
+        return Err(SubmitError::Problems(problems));
+    }
+    // The shape is right, so this parses; were the document and the types ever to disagree,
+    // serde's sentence is still an answer.
     let submission: TaskSubmission =
         serde_json::from_value(value).map_err(|e| SubmitError::InvalidJson(e.to_string()))?;
-    let r = &submission.requirements;
-    if r.min_nodes == 0 || r.min_nodes > limits.max_min_nodes {
-        return Err(SubmitError::InvalidRequirements(format!(
-            "min_nodes must be between 1 and {}",
-            limits.max_min_nodes
-        )));
-    }
-    if r.max_execution_time_sec == 0 || r.max_execution_time_sec > limits.max_execution_time_sec {
-        return Err(SubmitError::InvalidRequirements(format!(
-            "max_execution_time_sec must be between 1 and {}",
-            limits.max_execution_time_sec
-        )));
-    }
-    if r.require_proof && submission.task_type != TaskType::ZkProof {
-        return Err(SubmitError::ProofUnsupported(
-            submission.task_type,
-            crate::kinds::zk::supported_list(),
-        ));
-    }
     let mut accepted = Accepted {
         artifact: None,
         artifact_ref: None,
@@ -311,12 +293,55 @@ pub(crate) fn decode(b64: &str, max: usize) -> Result<Vec<u8>, SubmitError> {
     Ok(bytes)
 }
 
-fn list(types: &[TaskType]) -> String {
-    types
-        .iter()
-        .map(|t| t.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The requirements beyond this coordinator's limits, which the OpenAPI document cannot state.
+fn limit_problems(body: &serde_json::Value, limits: &Limits) -> Vec<FieldProblem> {
+    let over = |field: &str, max: u64, what: &str| {
+        let v = body.pointer(&format!("/requirements/{field}"))?.as_u64()?;
+        (v > max).then(|| FieldProblem {
+            field: format!("requirements.{field}"),
+            problem: ProblemKind::Invalid,
+            got: Some(v.to_string()),
+            expected: format!("an integer from 1 to {max}: {what} (this coordinator's limit)"),
+            example: Some(max.into()),
+        })
+    };
+    [
+        over(
+            "min_nodes",
+            u64::from(limits.max_min_nodes),
+            "the distinct nodes that run the task",
+        ),
+        over(
+            "max_execution_time_sec",
+            limits.max_execution_time_sec,
+            "seconds one run may take",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// serde's sentence about a body that is not JSON, with the text where it stopped, and a word
+/// about a `...` placeholder copied from an example.
+fn json_error(body: &[u8], e: &serde_json::Error) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Some(line) = text.lines().nth(e.line().saturating_sub(1)) else {
+        return e.to_string();
+    };
+    let col = e.column().saturating_sub(1);
+    let chars: Vec<char> = line.chars().collect();
+    let from = col.saturating_sub(30);
+    let to = (col + 30).min(chars.len());
+    let near: String = chars.get(from..to).unwrap_or_default().iter().collect();
+    let mut msg = format!("{e}, here: `{}`", near.trim());
+    if near.contains("...") || near.contains('…') {
+        msg.push_str(
+            "; `...` is a placeholder from an example, not JSON: write the value itself (an \
+             object, array, string or number)",
+        );
+    }
+    msg
 }
 
 /// Deepest nesting of arrays and objects in `body`, found without parsing it (so a hostile body

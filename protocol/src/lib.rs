@@ -79,6 +79,71 @@ pub struct ApiError {
     /// The task the error is about, when there is one (MQTT rejections name the submitter's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<uuid::Uuid>,
+    /// For a refused submission: every field to add or change, all at once (`message` says the
+    /// same in sentences). Empty for other errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<FieldProblem>,
+}
+
+impl ApiError {
+    /// An error about no task, with no field problems.
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            error: error.into(),
+            message: message.into(),
+            task_id: None,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// One thing wrong with one field of a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldProblem {
+    /// The field, as a path in the submitter's body: `inputs.dataset`, `requirements.min_nodes`,
+    /// `inputs.tensors.x.shape[1]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: ProblemKind,
+    /// What was sent, as compact JSON cut to about 80 characters; absent for a missing field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub got: Option<String>,
+    /// What the field must be, for a person: its meaning, type and range.
+    pub expected: String,
+    /// A value that would do, when the field has one to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<serde_json::Value>,
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A required field is absent.
+    Missing,
+    /// The field is not one this kind takes.
+    Unknown,
+    /// The field has the wrong JSON type.
+    WrongType,
+    /// The value has the right type but is not allowed (out of range, not one of the choices,
+    /// not supported for this kind).
+    Invalid,
+    /// Fields that exclude each other are both given.
+    Conflict,
+}
+
+impl ProblemKind {
+    /// The snake_case name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Missing => "missing",
+            ProblemKind::Unknown => "unknown",
+            ProblemKind::WrongType => "wrong_type",
+            ProblemKind::Invalid => "invalid",
+            ProblemKind::Conflict => "conflict",
+        }
+    }
 }
 
 /// Lower-case hex sha256 of `bytes`: the content address of modules and the hash results are

@@ -283,6 +283,24 @@ describe('errors', () => {
     await assert.rejects(client.submitWasm(SUM, {}, { minNodes: 1000 }), (e) => e.code === 'invalid_requirements');
   });
 
+  test('a refused submission names every field to fix (the seed\'s photo example, verbatim)', async () => {
+    const userImage = 'the user\'s photo';
+    await assert.rejects(client.submit({
+      task_type: 'wasm_execution',
+      wasm_module: '<base64-encoded-filter-algorithm>',
+      inputs: { image: userImage },
+      requirements: {
+        min_nodes: 1,
+        max_execution_time_sec: 30,
+        require_gpu: true,
+        require_proof: false
+      }
+    }), (e) => e instanceof BadRequestError && e.code === 'invalid_base64'
+      && e.problems.length === 1 && e.problems[0].field === 'wasm_module'
+      && e.problems[0].problem === 'invalid' && /base64/.test(e.problems[0].expected)
+      && /wasm_module/.test(e.message));
+  });
+
   test('wrong key, unknown task, no coordinator', async () => {
     const bad = new Client({ apiUrl: client.apiUrl, apiKey: 'not-the-key' });
     await assert.rejects(bad.tasks(), (e) => e instanceof AuthenticationError && e.status === 401 && e.code === 'unauthorized');

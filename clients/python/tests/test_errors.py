@@ -99,3 +99,20 @@ def test_health_and_nodes(client: Client) -> None:
     with pytest.raises(NotFoundError) as e:
         client.node("no-such-node")
     assert e.value.code == "node_not_found"
+
+
+def test_a_refused_submission_names_every_field(client: Client) -> None:
+    """The seed's bank consortium example, verbatim: the answer names both fields to fix."""
+    task = {
+        'task_type': 'federated_learning',
+        'inputs': {'model': 'fraud_detection_v1'},
+        'requirements': {'min_nodes': 3}
+    }
+    with pytest.raises(BadRequestError) as e:
+        client.submit(task)
+    err = e.value
+    assert err.code == "invalid_inputs"
+    assert [(p["field"], p["problem"]) for p in err.problems] == [
+        ("inputs.dataset", "missing"), ("inputs.model", "wrong_type")]
+    assert err.problems[1]["example"] == {"type": "logistic"}
+    assert "inputs.dataset is missing" in err.message and "inputs.model" in err.message

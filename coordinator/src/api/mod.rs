@@ -121,15 +121,7 @@ pub(crate) struct Failure(StatusCode, ApiError, Option<u64>);
 
 impl Failure {
     pub(crate) fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Failure {
-        Failure(
-            status,
-            ApiError {
-                error: error.into(),
-                message: message.into(),
-                task_id: None,
-            },
-            None,
-        )
+        Failure(status, ApiError::new(error, message), None)
     }
 
     pub(crate) fn unavailable() -> Failure {

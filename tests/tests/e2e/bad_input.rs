@@ -127,6 +127,136 @@ async fn bad_submissions_get_typed_errors() {
     c.shutdown().await;
 }
 
+/// The examples of the seed's "Who creates tasks", sent as their authors wrote them (the
+/// JavaScript and Python ones as those languages serialise them, the curl one byte for byte):
+/// each answer names every field to add or change, with what it must be and an example, and
+/// no task is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_examples_get_answers_that_teach() {
+    let c = Cluster::embedded(1).await.unwrap();
+    let client = c.client();
+    let refusal = async |body: &str| match client.submit_raw(body.as_bytes().to_vec()).await {
+        Err(ClientError::Api { status, body }) => (status, body),
+        other => panic!("expected a refusal of {body}, got {other:?}"),
+    };
+    let fields = |e: &ambient_protocol::ApiError| -> Vec<(String, String)> {
+        e.problems
+            .iter()
+            .map(|p| (p.field.clone(), p.problem.as_str().to_string()))
+            .collect()
+    };
+    let pairs = |l: &[(&str, &str)]| -> Vec<(String, String)> {
+        l.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    // Every problem says what is expected and, in the message, where.
+    let teaches = |e: &ambient_protocol::ApiError| {
+        for p in &e.problems {
+            assert!(!p.expected.is_empty(), "{p:?}");
+            assert!(
+                e.message.contains(&p.field),
+                "{} does not name {}",
+                e.message,
+                p.field
+            );
+        }
+    };
+
+    // The photo app's backend (JavaScript's JSON.stringify).
+    let (status, e) = refusal(
+        r#"{"task_type":"wasm_execution","wasm_module":"<base64-encoded-filter-algorithm>","inputs":{"image":"data:image/png;base64,iVBORw0KGgo="},"requirements":{"min_nodes":1,"max_execution_time_sec":30,"require_gpu":true,"require_proof":false}}"#,
+    )
+    .await;
+    assert_eq!((status, e.error.as_str()), (400, "invalid_base64"));
+    assert_eq!(fields(&e), pairs(&[("wasm_module", "invalid")]));
+    teaches(&e);
+
+    // The hospitals' data scientist (Python's requests, json=).
+    let (status, e) = refusal(
+        r#"{"task_type": "federated_learning", "inputs": {"model_name": "patient_diagnosis_v2", "rounds": 10, "epsilon": 1.0, "delta": 0.001}, "requirements": {"min_nodes": 5, "max_execution_time_sec": 3600, "require_gpu": true, "require_proof": true}}"#,
+    )
+    .await;
+    assert_eq!((status, e.error.as_str()), (400, "invalid_inputs"));
+    assert_eq!(
+        fields(&e),
+        pairs(&[
+            ("inputs.dataset", "missing"),
+            ("inputs.model_name", "unknown"),
+            ("requirements.require_gpu", "invalid"),
+            ("requirements.require_proof", "invalid"),
+        ])
+    );
+    assert!(e.message.contains("did you mean model?"), "{}", e.message);
+    teaches(&e);
+
+    // The climate researchers' curl, byte for byte: `{...}` is not JSON.
+    let climate = r#"{
+    "task_type": "computation",
+    "inputs": {
+      "simulation_params": {...},
+      "scenario": "climate_2050_high_emissions"
+    },
+    "requirements": {
+      "min_nodes": 10,
+      "max_execution_time_sec": 1800,
+      "require_gpu": false,
+      "require_proof": true
+    }
+  }"#;
+    let (status, e) = refusal(climate).await;
+    assert_eq!((status, e.error.as_str()), (400, "invalid_json"));
+    assert!(
+        e.message.contains("line 4")
+            && e.message.contains("{...}")
+            && e.message.contains("placeholder"),
+        "{}",
+        e.message
+    );
+    // With the placeholder written as `{}`, every field to change.
+    let (status, e) = refusal(&climate.replace("{...}", "{}")).await;
+    assert_eq!((status, e.error.as_str()), (400, "invalid_inputs"));
+    assert_eq!(
+        fields(&e),
+        pairs(&[
+            ("inputs.kernel_base64", "missing"),
+            ("inputs.scenario", "unknown"),
+            ("inputs.shards or inputs.range", "missing"),
+            ("inputs.simulation_params", "unknown"),
+            ("requirements.require_proof", "invalid"),
+        ])
+    );
+    teaches(&e);
+
+    // The bank consortium (a Python dict, sent with json=).
+    let (status, e) = refusal(
+        r#"{"task_type": "federated_learning", "inputs": {"model": "fraud_detection_v1"}, "requirements": {"min_nodes": 3}}"#,
+    )
+    .await;
+    assert_eq!((status, e.error.as_str()), (400, "invalid_inputs"));
+    assert_eq!(
+        fields(&e),
+        pairs(&[
+            ("inputs.dataset", "missing"),
+            ("inputs.model", "wrong_type")
+        ])
+    );
+    assert_eq!(e.problems[1].example, Some(json!({"type": "logistic"})));
+    assert_eq!(e.problems[1].got.as_deref(), Some("\"fraud_detection_v1\""));
+    teaches(&e);
+
+    // The generic example with its placeholder type.
+    let (status, e) = refusal(
+        r#"{"task_type": "your_chosen_type", "inputs": {}, "requirements": {"min_nodes": 1, "max_execution_time_sec": 60}}"#,
+    )
+    .await;
+    assert_eq!((status, e.error.as_str()), (400, "unknown_task_type"));
+    assert!(e.message.contains("federated_learning"), "{}", e.message);
+
+    // Nothing was made.
+    assert!(client.tasks().await.unwrap().is_empty());
+}
+
 /// Connects to the cluster's broker as `user`.
 async fn connect_as(
     c: &Cluster,

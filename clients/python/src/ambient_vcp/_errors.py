@@ -1,7 +1,7 @@
 """The exceptions the client raises. Every one is an :class:`AmbientError`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 if TYPE_CHECKING:
     from ._models import TaskInfo
@@ -69,7 +69,20 @@ class ApiError(AmbientError):
     Over REST ``status`` is the HTTP status; over MQTT (a rejection published on
     ``ambient/v1/submitters/{submitter}/rejections``) it is ``None``, and the subclass is chosen
     from the code as the REST API would have answered it.
+
+    Attributes:
+        problems: for a refused submission, every field to add or change, each a dict with
+            ``field``, ``problem`` (``missing``, ``unknown``, ``wrong_type``, ``invalid``,
+            ``conflict``), ``expected``, and maybe ``got`` and ``example``; the message says the
+            same in sentences. Empty for other errors.
     """
+
+    problems: List[Dict[str, Any]]
+
+    def __init__(self, message: str, *, problems: Optional[List[Dict[str, Any]]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.problems = list(problems or [])
 
 
 class BadRequestError(ApiError):
@@ -172,10 +185,12 @@ def api_error(status: Optional[int], body: Any, *, text: str = "") -> ApiError:
         code: str = body["error"]
         message = str(body.get("message") or code)
         task_id = body.get("task_id")
+        problems = body.get("problems") if isinstance(body.get("problems"), list) else []
     else:
         code = "http_error"
         message = text.strip()[:500] or f"HTTP {status}"
         task_id = None
+        problems = []
     effective = status if status is not None else CODE_STATUS.get(code)
     if effective in _BY_STATUS:
         cls = _BY_STATUS[effective]
@@ -183,4 +198,4 @@ def api_error(status: Optional[int], body: Any, *, text: str = "") -> ApiError:
         cls = ServerError
     else:
         cls = ApiError
-    return cls(message, code=code, status=status, task_id=task_id)
+    return cls(message, code=code, status=status, task_id=task_id, problems=problems)
