@@ -228,6 +228,32 @@ impl Client {
         Self::decode(resp).await
     }
 
+    /// `GET /api/v1/templates`: the coordinator's task templates.
+    pub async fn templates(&self) -> Result<Vec<ambient_protocol::TemplateInfo>, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/templates").await
+    }
+
+    /// `POST /api/v1/templates/{name}/render`: template `name`'s submission body with the values
+    /// in `req` (nothing is submitted).
+    pub async fn render_template(
+        &self,
+        name: &str,
+        req: &ambient_protocol::TemplateRender,
+    ) -> Result<ambient_protocol::RenderedTemplate, ClientError> {
+        let name: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let path = format!("/api/v1/templates/{name}/render");
+        self.send(reqwest::Method::POST, &path, req).await
+    }
+
     /// `GET /api/v1/prices` (no key needed).
     pub async fn prices(&self) -> Result<PriceList, ClientError> {
         self.call(reqwest::Method::GET, "/api/v1/prices").await

@@ -9,6 +9,7 @@
 //! - [`credits`]: accounts, API keys, balances, the ledger, prices and the leaderboard.
 //! - [`demo`]: the end-to-end demo and its checks.
 //! - [`modules`]: the bundled WAT modules.
+//! - [`templates`]: the coordinator's task templates: `templates list`/`show`, `submit --template`.
 
 pub mod admin;
 pub mod client;
@@ -17,3 +18,4 @@ pub mod datasets;
 pub mod demo;
 pub mod local;
 pub mod modules;
+pub mod templates;

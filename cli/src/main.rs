@@ -60,8 +60,19 @@ enum Command {
     },
     /// Submit a task and wait for its result.
     Submit {
-        /// A task JSON file (the REST body). Or build one with --wasm.
+        /// A task JSON file (the REST body). Or build one with --wasm, --model or --template.
         file: Option<PathBuf>,
+        /// A task template of the coordinator's (`ambient templates list`), rendered by the
+        /// coordinator with the --set values.
+        #[arg(long, conflicts_with_all = [
+            "file", "wasm", "model", "inputs", "min_nodes", "max_execution_time_sec"
+        ])]
+        template: Option<String>,
+        /// A template parameter, NAME=VALUE: JSON when it reads as JSON (1e9, [1,2]), else text;
+        /// @PATH sends the file in base64. Repeat for more.
+        #[arg(long = "set", value_name = "NAME=VALUE", requires = "template",
+              value_parser = ambient_cli::templates::parse_set)]
+        set: Vec<ambient_cli::templates::SetArg>,
         /// A wasm module (.wasm, or .wat text compiled here) for a wasm_execution task.
         #[arg(long, conflicts_with_all = ["file", "model"])]
         wasm: Option<PathBuf>,
@@ -86,6 +97,12 @@ enum Command {
         json: bool,
         #[command(flatten)]
         api: Api,
+    },
+    /// Task templates the coordinator serves: ready-made tasks to run with
+    /// `ambient submit --template NAME`.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
     },
     /// Follow a task until it ends, with a progress bar for sharded computations.
     Watch {
@@ -183,6 +200,28 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=credits::MAX_PAGE as i64))]
         limit: Option<u32>,
         /// Print JSON (amounts in µcredits).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// List the templates.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// One template: what it does, its parameters and defaults, its expected output and source.
+    Show {
+        /// The template's name.
+        name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -427,6 +466,8 @@ async fn main() -> anyhow::Result<()> {
         } => up(data_dir, agents, http_addr, mqtt_addr, store, dataset).await,
         Command::Submit {
             file,
+            template,
+            set,
             wasm,
             model,
             inputs,
@@ -479,9 +520,12 @@ async fn main() -> anyhow::Result<()> {
                         task_id: None,
                     })?
                 }
-                (None, None, None) => {
-                    bail!("give a task JSON file, --wasm MODULE, or --model MODEL.onnx")
-                }
+                (None, None, None) => match template {
+                    Some(name) => ambient_cli::templates::render(&client, &name, &set).await?,
+                    None => bail!(
+                        "give a task JSON file, --wasm MODULE, --model MODEL.onnx or --template NAME"
+                    ),
+                },
             };
             let info = client.submit_raw(body).await?;
             let info = if no_wait {
@@ -499,6 +543,28 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Templates { command } => match command {
+            TemplatesCommand::List { json, api } => {
+                let templates = api.client()?.templates().await?;
+                if json {
+                    print_json(&templates)
+                } else {
+                    print!("{}", ambient_cli::templates::list_table(&templates));
+                    Ok(())
+                }
+            }
+            TemplatesCommand::Show { name, json, api } => {
+                let templates = api.client()?.templates().await?;
+                let t =
+                    ambient_cli::templates::find(&templates, &name).map_err(anyhow::Error::msg)?;
+                if json {
+                    print_json(t)
+                } else {
+                    print!("{}", ambient_cli::templates::show_text(t));
+                    Ok(())
+                }
+            }
+        },
         Command::Status { task_id, json, api } => {
             let client = api.client()?;
             match task_id {

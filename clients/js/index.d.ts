@@ -277,6 +277,12 @@ export declare class Client {
   uploadBlob(data: BytesOrPath): Promise<Blob>;
   proof(id: string): Promise<Record<string, any>>;
   verifyProof(args: { circuit: string; n: number; publicInputs: string[]; proof: string }): Promise<boolean>;
+  /** The coordinator's task templates (GET /api/v1/templates). */
+  templates(): Promise<Array<Record<string, any>>>;
+  /** A template's task body with `params` set; submits nothing. */
+  renderTemplate(name: string, params?: Record<string, unknown>): Promise<Record<string, any>>;
+  /** Renders a template and submits it. */
+  submitTemplate(name: string, params?: Record<string, unknown>): Promise<Task>;
   circuits(): Promise<Array<Record<string, any>>>;
   nodes(): Promise<Array<Record<string, any>>>;
   node(id: string): Promise<Record<string, any>>;

@@ -527,6 +527,17 @@ export class Client {
   }
 
   /** The circuits zk_proof accepts. */
+  /** The coordinator's task templates, with their parameters, defaults and expected outputs. */
+  templates() { return this.#request('GET', '/api/v1/templates'); }
+  /** Template `name`'s task body with `params` set (the rest at their defaults); submits nothing. */
+  async renderTemplate(name, params = {}) {
+    const r = await this.#request('POST', `/api/v1/templates/${encodeURIComponent(name)}/render`, { json: { set: params } });
+    return r.submission;
+  }
+  /** Renders template `name` with `params` and submits it: `client.submitTemplate('pi', { samples: 1e9 })`. */
+  async submitTemplate(name, params = {}) {
+    return this.submit(await this.renderTemplate(name, params));
+  }
   circuits() { return this.#request('GET', '/api/v1/circuits'); }
   /** Nodes with state, health and reputation. */
   nodes() { return this.#request('GET', '/api/v1/nodes'); }

@@ -12,6 +12,7 @@
 //!
 //! - [`config`]: the typed, strict configuration.
 //! - [`api`]: the REST API (axum), one module per resource, and the OpenAPI document.
+//! - [`console`]: the web console served at `/console/`, and its event stream.
 //! - [`mqtt`]: the MQTT [`mqtt::Listener`]: node health, presence, results and identities, and
 //!   submissions.
 //! - [`submission`]: checks of a submission shared by REST and MQTT, and [`submission::SubmitError`].
@@ -32,6 +33,7 @@
 //! - [`enrolment`]: joining with enrolment tokens, and revoking nodes.
 //! - [`accounts`]: broker accounts made and removed at run time (embedded broker, mosquitto's
 //!   dynamic-security plugin).
+//! - [`templates`]: the task templates of `templates/`, built in, and their rendering.
 //! - [`metrics`]: Prometheus counters.
 //! - [`broker`]: the embedded rumqttd broker (feature `embedded-broker`).
 //!
@@ -46,6 +48,7 @@ pub mod artifacts;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod credits;
 pub mod engine;
 pub mod enrolment;
@@ -57,6 +60,7 @@ pub mod reputation;
 pub mod scheduler;
 pub mod store;
 pub mod submission;
+pub mod templates;
 
 /// `zk_proof`'s module under its old path, which the end-to-end tests use.
 pub use kinds::zk;
@@ -201,6 +205,7 @@ async fn start_with(
         admin_keys: Arc::new(cfg.admin_keys.clone()),
         enroller,
         prices: cfg.credits.prices(),
+        console: console::Console::new(shutdown.token().clone()),
     };
     let app = api::router(state);
     let stop = shutdown.token().clone();

@@ -9,6 +9,8 @@
 //! - [`task`]: what a submitter sends ([`TaskSubmission`]) and gets back ([`TaskInfo`]).
 //! - [`node`]: what an agent reports ([`NodeStatus`], [`Health`]).
 //! - [`tensor`]: tensors as JSON for `inference`.
+//! - [`templates`]: task templates as listed ([`TemplateInfo`]) and rendered ([`TemplateRender`],
+//!   [`RenderedTemplate`]).
 //! - [`wire`]: coordinator ↔ agent messages ([`Assignment`], [`AgentEvent`], [`Control`]).
 //! - [`failure`]: why a run failed ([`FailureKind`]) and which failures are deterministic.
 //! - [`envelope`]: the `{"v", "body"}` envelope every agent ↔ coordinator message travels in
@@ -35,6 +37,7 @@ pub mod identity;
 pub mod join;
 pub mod node;
 pub mod task;
+pub mod templates;
 pub mod tensor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testkit;
@@ -50,6 +53,7 @@ pub use node::{
     ReputationEventKind, ReputationInfo, ReputationReport, Temperature,
 };
 pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
+pub use templates::{RenderedTemplate, TemplateInfo, TemplateParam, TemplateRender};
 pub use tensor::{InferenceInputs, InferenceOutput, TensorJson};
 pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
 

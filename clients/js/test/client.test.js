@@ -136,6 +136,33 @@ describe('computation', () => {
   });
 });
 
+describe('templates', () => {
+  // The π template's count, computed here with BigInt: point i is splitmix64(i + 1) in two halves.
+  const piHits = (n) => {
+    const M = (1n << 64n) - 1n;
+    let hits = 0;
+    for (let s = 0n; s < BigInt(n); s++) {
+      let z = ((s + 1n) * 0x9E3779B97F4A7C15n) & M;
+      z = ((z ^ (z >> 30n)) * 0xBF58476D1CE4E5B9n) & M;
+      z = ((z ^ (z >> 27n)) * 0x94D049BB133111EBn) & M;
+      z ^= z >> 31n;
+      const [x, y] = [z >> 32n, z & 0xFFFFFFFFn];
+      if (x * x <= (~(y * y) & M)) hits++;
+    }
+    return hits;
+  };
+
+  test('listed, rendered with parameters, submitted', async () => {
+    const names = (await client.templates()).map((t) => t.name);
+    for (const n of ['pi', 'photo-filter', 'onnx-mlp', 'zk-hash-chain', 'federated']) assert.ok(names.includes(n), n);
+    const body = await client.renderTemplate('pi', { samples: 5000, shards: 2 });
+    assert.deepEqual(body.inputs.range, { start: 0, end: 5000, shards: 2 });
+    const info = await client.submitTemplate('pi', { samples: 5000, shards: 2 }).then((t) => t.wait({ timeoutMs: WAIT }));
+    assert.deepEqual(info.output, { hits: piHits(5000), samples: 5000 });
+    await assert.rejects(client.renderTemplate('nope'), (e) => e instanceof NotFoundError && e.code === 'unknown_template');
+  });
+});
+
 describe('inference', () => {
   const model = path.join(REPO, 'tests', 'fixtures', 'onnx', 'mlp.onnx');
   const reference = JSON.parse(readFileSync(path.join(REPO, 'tests', 'fixtures', 'onnx', 'mlp.json'), 'utf8'));

@@ -13,6 +13,9 @@
 //! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
 //! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
 //! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
+//! | `GET /api/v1/templates` | key | the built-in task templates, with their parameters ([`crate::templates`]) |
+//! | `POST /api/v1/templates/{name}/render` | key | a template's submission body with the parameters given (submits nothing) |
+//! | `GET /api/v1/events` | key | the caller's task changes, as server-sent events ([`crate::console::events`]) |
 //! | `POST /api/v1/join` | join token, node signature | a node enrols |
 //! | `POST /api/v1/admin/tokens`, `GET /api/v1/admin/tokens` | admin key | make, list enrolment tokens |
 //! | `DELETE /api/v1/admin/tokens/{id}` | admin key | revoke a token |
@@ -29,6 +32,7 @@
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
 //! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
+//! | `GET /console/` (and its files) | none; the page asks for a key | the web console ([`crate::console`]) |
 //!
 //! # Layout
 //! - [`auth`]: API keys and admin keys.
@@ -39,6 +43,7 @@
 //! - [`blobs`]: artifact upload and signed download.
 //! - [`nodes`]: nodes, health and reputation.
 //! - [`proofs`]: proofs and circuits of `zk_proof` tasks.
+//! - [`templates`]: task templates, listed and rendered.
 //! - [`forward`]: on a coordinator that does not run the scheduler, what needs it goes to the
 //!   one that does.
 //! - this module: the router, shared state, error responses, health, metrics and the OpenAPI
@@ -52,6 +57,7 @@ mod forward;
 mod nodes;
 mod proofs;
 mod tasks;
+mod templates;
 
 use std::sync::Arc;
 
@@ -102,6 +108,8 @@ pub struct AppState {
     pub(crate) enroller: crate::enrolment::Enroller,
     /// The price list (the leader's scheduler charges by the same).
     pub(crate) prices: crate::credits::Prices,
+    /// The web console's event streams.
+    pub(crate) console: crate::console::Console,
 }
 
 impl AppState {
@@ -178,8 +186,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
         .route("/api/v1/proofs/{id}", get(get_proof))
         .route("/api/v1/circuits", get(list_circuits))
+        .route("/api/v1/templates", get(templates::list_templates))
+        .route(
+            "/api/v1/templates/{name}/render",
+            axum::routing::post(templates::render_template),
+        )
         .route("/api/v1/account", get(credits::my_account))
         .route("/api/v1/account/ledger", get(credits::my_ledger))
+        .route("/api/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Signed blob downloads need the node keys and the nonces seen, which the leader holds.
     let blob = Router::new()
@@ -242,6 +256,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/prices", get(credits::prices))
         .route("/metrics", get(metrics))
         .route("/api-docs/openapi.json", get(openapi))
+        .merge(crate::console::router())
         .fallback(not_found)
         // The handlers apply the configured limit themselves with a clear 413. This layer only
         // stops bodies far beyond it from being buffered at all. The 4 MiB of slack lets a body a
@@ -285,6 +300,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// `GET /api/v1/events`: served from the store on any coordinator ([`crate::console::events`]).
+async fn events(
+    State(state): State<AppState>,
+    axum::Extension(auth::Submitter(submitter)): axum::Extension<auth::Submitter>,
+) -> Response {
+    crate::console::events(&state, submitter)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -343,6 +366,9 @@ mod tests {
             ("/api/v1/proofs/{id}", "get"),
             ("/api/v1/proofs/verify", "post"),
             ("/api/v1/circuits", "get"),
+            ("/api/v1/templates", "get"),
+            ("/api/v1/templates/{name}/render", "post"),
+            ("/api/v1/events", "get"),
             ("/api/v1/join", "post"),
             ("/api/v1/admin/tokens", "post"),
             ("/api/v1/admin/tokens", "get"),

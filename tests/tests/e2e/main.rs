@@ -15,5 +15,6 @@ mod join;
 mod kernels;
 mod policy;
 mod store;
+mod templates;
 mod util;
 mod zk;

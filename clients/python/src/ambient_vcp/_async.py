@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
@@ -276,6 +277,20 @@ class AsyncClient:
         body = {"circuit": circuit, "n": n, "public_inputs": list(public_inputs), "proof": proof}
         return bool((await self._request("POST", "/api/v1/proofs/verify",
                                          json_body=body))["valid"])
+
+    async def templates(self) -> List[Dict[str, Any]]:
+        """The coordinator's task templates."""
+        return await self._request("GET", "/api/v1/templates")  # type: ignore[no-any-return]
+
+    async def render_template(self, name: str, **params: Any) -> Dict[str, Any]:
+        """Template ``name``'s task body with ``params`` set; nothing is submitted."""
+        rendered = await self._request(
+            "POST", f"/api/v1/templates/{quote(name, safe='')}/render", json_body={"set": params})
+        return rendered["submission"]  # type: ignore[no-any-return]
+
+    async def submit_template(self, name: str, **params: Any) -> AsyncTask:
+        """Renders template ``name`` with ``params`` and submits it."""
+        return await self.submit(await self.render_template(name, **params))
 
     async def circuits(self) -> List[Dict[str, Any]]:
         """The circuits ``zk_proof`` accepts."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import quote
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
@@ -368,6 +369,23 @@ class Client:
         (``POST /api/v1/proofs/verify``)."""
         body = {"circuit": circuit, "n": n, "public_inputs": list(public_inputs), "proof": proof}
         return bool(self._request("POST", "/api/v1/proofs/verify", json_body=body)["valid"])
+
+    def templates(self) -> List[Dict[str, Any]]:
+        """The coordinator's task templates, with their parameters, defaults and expected
+        outputs (``GET /api/v1/templates``)."""
+        return self._request("GET", "/api/v1/templates")  # type: ignore[no-any-return]
+
+    def render_template(self, name: str, **params: Any) -> Dict[str, Any]:
+        """Template ``name``'s task body with ``params`` set (the rest at their defaults),
+        ready for :meth:`submit`; nothing is submitted (``POST /api/v1/templates/{name}/render``)."""
+        rendered = self._request("POST", f"/api/v1/templates/{quote(name, safe='')}/render",
+                                 json_body={"set": params})
+        return rendered["submission"]  # type: ignore[no-any-return]
+
+    def submit_template(self, name: str, **params: Any) -> Task:
+        """Renders template ``name`` with ``params`` and submits it:
+        ``client.submit_template("pi", samples=10**9)``."""
+        return self.submit(self.render_template(name, **params))
 
     def circuits(self) -> List[Dict[str, Any]]:
         """The circuits ``zk_proof`` accepts, with their sizes and verification keys."""

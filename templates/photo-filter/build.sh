@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds filter.wasm from filter.c: clang's wasm32-wasi target (WASI preview 1, the ABI the agent runs)
+# with Debian's wasi-libc (apt-get install clang lld wasi-libc; clang 14.0.6 made the committed
+# filter.wasm). Writes OUT, by default filter.wasm beside this script.
+#
+#   templates/photo-filter/build.sh [OUT.wasm]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(realpath -m "${1:-$here/filter.wasm}")
+cd "$here"
+clang --target=wasm32-wasi -O2 -Wall -Wextra -Werror -Wl,--strip-all -o "$out" filter.c
