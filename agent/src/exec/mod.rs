@@ -8,7 +8,8 @@
 //! runs the executor. Executors are blocking code and never run on the async workers.
 //!
 //! # Layout
-//! - [`wasm`]: the wasmi sandbox with WASI preview1 stdio (`wasm_execution`).
+//! - [`wasm`]: the sandbox with WASI preview1 stdio (`wasm_execution`, and `computation` shards),
+//!   on wasmi, or on wasmtime's JIT with `wasm-jit`: one front end and host, two engines.
 //! - [`onnx`]: ONNX inference on tract (`inference`).
 //! - [`zk`]: Groth16 proofs of registered circuits (`zk_proof`).
 //! - [`fl`]: this node's clients of `federated_learning` jobs (driven by messages, not by
@@ -54,6 +55,16 @@ pub fn supported_task_types() -> Vec<TaskType> {
     v
 }
 
+/// The engine this build runs `wasm_execution` tasks on, with its version (`wasmtime-48.0.8`
+/// with `wasm-jit`, `wasmi-2.0.0` without), for health reports and results; `None` without
+/// `wasm`. Results agree across engines, so this is for operators, not for the scheduler.
+pub fn wasm_engine() -> Option<&'static str> {
+    #[cfg(feature = "wasm")]
+    return Some(wasm::WasmEngine::DEFAULT.name());
+    #[cfg(not(feature = "wasm"))]
+    None
+}
+
 /// A failure outcome of kind `kind` (e.g. [`FailureKind::TransferError`]).
 pub(crate) fn failure(kind: FailureKind, message: impl Into<String>) -> Outcome {
     Outcome::Failure {
@@ -69,6 +80,13 @@ pub(crate) struct Knobs {
     pub(crate) duty_pct: AtomicU32,
     /// Whether inference may use a GPU.
     pub(crate) gpu_enabled: AtomicBool,
+}
+
+#[cfg(feature = "wasm")]
+impl wasm::DutyCycle for Knobs {
+    fn duty_pct(&self) -> u32 {
+        self.duty_pct.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Every executor this build has, with the limits and the blob cache they share.
@@ -115,9 +133,13 @@ impl Executors {
     /// The executors for `limits` (the `[execution]` config), downloading through `blobs` and
     /// reading the owner's live settings from `knobs`.
     pub(crate) fn new(limits: &ExecutionConfig, blobs: Arc<Blobs>, knobs: Arc<Knobs>) -> Executors {
+        #[cfg(feature = "wasm")]
+        let sandbox = wasm::WasmSandbox::new(limits.module_cache);
+        #[cfg(feature = "wasm")]
+        tracing::info!(engine = %sandbox.engine(), "wasm sandbox ready");
         Executors {
             #[cfg(feature = "wasm")]
-            sandbox: wasm::WasmSandbox::new(limits.module_cache),
+            sandbox,
             #[cfg(feature = "onnx")]
             onnx: onnx::OnnxEngine::new(limits.module_cache),
             #[cfg(feature = "zk")]
@@ -150,7 +172,7 @@ impl Executors {
         };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let out = this.execute(&a, prepared, &cancel);
+            let out = this.execute(&a, prepared, cancel);
             result(&a, out)
         })
         .await
@@ -188,9 +210,9 @@ impl Executors {
         &self,
         a: &Assignment,
         prepared: Prepared,
-        cancel: &AtomicBool,
+        cancel: Arc<AtomicBool>,
     ) -> (Outcome, Option<u64>) {
-        let _ = (a, cancel);
+        let _ = (a, &cancel);
         match prepared {
             #[cfg(feature = "wasm")]
             Prepared::Wasm(fetched) => self.execute_wasm(a, fetched, cancel),
@@ -206,7 +228,7 @@ impl Executors {
         &self,
         a: &Assignment,
         fetched: Fetched,
-        cancel: &AtomicBool,
+        cancel: Arc<AtomicBool>,
     ) -> (Outcome, Option<u64>) {
         let module = match artifact(a, fetched) {
             Ok(m) => m,
@@ -222,10 +244,8 @@ impl Executors {
             max_output_bytes: (exec.max_output_kib << 10) as usize,
             wall_clock: std::time::Duration::from_secs(a.max_execution_time_sec),
         };
-        match self
-            .sandbox
-            .run_paced(&module, &stdin, &limits, cancel, &self.knobs.duty_pct)
-        {
+        let control = wasm::RunControl::new(cancel).paced(self.knobs.clone());
+        match self.sandbox.run_with(&module, &stdin, &limits, control) {
             Ok(out) => {
                 let output = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
                     serde_json::Value::String(String::from_utf8_lossy(&out.stdout).into_owned())
