@@ -181,7 +181,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Agent, St
         shutdown.tracker(),
     );
     let outbox = Outbox::new(link.client.clone(), &node, identity.clone());
-    let exec = Arc::new(Executors::new(&cfg.execution, blobs, contribution.knobs()));
+    let exec = Arc::new(Executors::new(
+        &cfg.execution,
+        blobs,
+        contribution.knobs(),
+        cfg.data_dir.join("wasm-code"),
+    ));
     let tasks = Arc::new(Tasks::new(journal, exec, outbox.clone(), shutdown.clone()));
     let node = Arc::new(Node {
         #[cfg(feature = "fl")]

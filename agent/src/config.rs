@@ -161,6 +161,11 @@ pub struct ExecutionConfig {
     /// Disk space for artifacts downloaded by reference (`<data_dir>/blobs/`), in MiB; past it
     /// the least recently used go.
     pub blob_cache_mib: u64,
+    /// The engine that runs wasm: `"wasmtime"` (a JIT, in builds with the `wasm-jit` feature,
+    /// their default) or `"wasmi"` (the interpreter every build has, the lean build's default).
+    /// Results, failures and fuel are the same on both; only the speed differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_engine: Option<String>,
 }
 
 impl Default for ExecutionConfig {
@@ -171,6 +176,7 @@ impl Default for ExecutionConfig {
             max_output_kib: 1024,
             module_cache: 32,
             blob_cache_mib: 1024,
+            wasm_engine: None,
         }
     }
 }
@@ -235,6 +241,9 @@ impl StrictConfig for Config {
         let e = &self.execution;
         if e.max_concurrent_tasks == 0 || e.max_memory_mib == 0 || e.max_output_kib == 0 {
             return bad("execution limits must be positive");
+        }
+        if let Some(name) = &e.wasm_engine {
+            crate::exec::check_wasm_engine(name).map_err(ConfigError::Invalid)?;
         }
         if !(100..=5000).contains(&self.policy.evaluate_ms) {
             return bad("policy.evaluate_ms must be 100-5000");

@@ -82,6 +82,7 @@ impl Node {
             accepting: policy.accepting,
             paused_reason: policy.paused_reason,
             wasm_memory_limit_bytes: exec.max_memory_mib << 20,
+            wasm_engine: self.tasks.wasm_engine().map(String::from),
             #[cfg(feature = "fl")]
             datasets: self.fl.infos(),
             #[cfg(not(feature = "fl"))]

@@ -302,6 +302,7 @@ mod tests {
             duration_ms: 1,
             fuel_consumed: Some(1),
             macs: None,
+            engine: None,
         };
         {
             let j = Journal::open(&path).await.unwrap();

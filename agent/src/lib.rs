@@ -41,7 +41,8 @@
 //! # Features
 //! | Feature | Default | |
 //! |---|---|---|
-//! | `wasm` | yes | `wasm_execution` tasks on wasmi |
+//! | `wasm` | yes | `wasm_execution` tasks in the sandbox, on the wasmi interpreter |
+//! | `wasm-jit` | yes | the same on wasmtime's Cranelift JIT (the default engine when built) |
 //! | `onnx` | yes | `inference` tasks on tract (CPU) |
 //! | `zk` | yes | `zk_proof` tasks: Groth16 proofs with `ambient-zk` |
 //! | `gpu-cuda` | no | `inference` on NVIDIA GPUs with tract-cuda, CPU fallback |

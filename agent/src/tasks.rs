@@ -66,6 +66,11 @@ impl Tasks {
         lock(&self.running)
     }
 
+    /// The engine this node's wasm runs on, with its version.
+    pub(crate) fn wasm_engine(&self) -> Option<&'static str> {
+        self.exec.wasm_engine()
+    }
+
     /// How many assignments are executing now.
     pub(crate) fn running_count(&self) -> usize {
         self.lock_running().len()
@@ -263,6 +268,7 @@ impl Tasks {
                         duration_ms: 0,
                         fuel_consumed: None,
                         macs: None,
+                        engine: None,
                     }
                 }
             };

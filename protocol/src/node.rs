@@ -88,6 +88,11 @@ pub struct Health {
     pub paused_reason: Option<String>,
     /// Largest wasm linear memory the agent grants a task.
     pub wasm_memory_limit_bytes: u64,
+    /// The engine this node runs wasm on, with its version (`wasmtime-48.0.8`, the JIT;
+    /// `wasmi-2.0.0`, the interpreter); absent on a node without wasm. Replicas agree whichever
+    /// engines ran them, so this is for operators, not for the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_engine: Option<String>,
     /// Data sets the node holds for `federated_learning` (names and sizes, never rows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datasets: Vec<DatasetInfo>,

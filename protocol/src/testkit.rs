@@ -33,6 +33,7 @@ impl HealthBuilder {
             accepting: true,
             paused_reason: None,
             wasm_memory_limit_bytes: 64 << 20,
+            wasm_engine: None,
             datasets: vec![],
         })
     }
@@ -123,6 +124,7 @@ pub fn finished_success(task_id: Uuid, attempt: u32, output: Value) -> AgentEven
             duration_ms: 1,
             fuel_consumed: None,
             macs: None,
+            engine: None,
         },
     }
 }

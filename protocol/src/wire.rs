@@ -77,6 +77,10 @@ pub struct TaskResult {
     /// operators' cost, as the inference engine counts it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macs: Option<u64>,
+    /// The wasm engine that ran it, with its version (`wasmtime-48.0.8`, `wasmi-2.0.0`), for a
+    /// wasm task; results are compared across engines by hash, so this only says who ran what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// What an agent publishes on `nodes/{node}/results`.

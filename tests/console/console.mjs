@@ -273,8 +273,9 @@ try {
   const rampPath = join(rampDir, 'ramp.pgm');
   writeFileSync(rampPath, ramp);
   await page.setInputFiles('#param-image', rampPath);
-  rmSync(rampDir, { recursive: true });
+  // Chromium reads the file when the page asks for it, so it stays until the page has it.
   await untilBody('carried the chosen image', (b) => b.inputs?.image === ramp.toString('base64'));
+  rmSync(rampDir, { recursive: true });
   check('a chosen file is sent as the parameter, base64', true);
 
   // --- bad JSON is refused before sending; the API's refusal is shown ---

@@ -8,7 +8,8 @@
 //! runs the executor. Executors are blocking code and never run on the async workers.
 //!
 //! # Layout
-//! - [`wasm`]: the wasmi sandbox with WASI preview1 stdio (`wasm_execution`).
+//! - [`wasm`]: the sandbox with WASI preview1 stdio (`wasm_execution`, and `computation` shards),
+//!   on wasmi, or on wasmtime's JIT with `wasm-jit`: one front end and host, two engines.
 //! - [`onnx`]: ONNX inference on tract (`inference`).
 //! - [`zk`]: Groth16 proofs of registered circuits (`zk_proof`).
 //! - [`fl`]: this node's clients of `federated_learning` jobs (driven by messages, not by
@@ -53,6 +54,29 @@ pub fn supported_task_types() -> Vec<TaskType> {
     v
 }
 
+/// Checks the config's `[execution] wasm_engine` against the engines this build has.
+pub(crate) fn check_wasm_engine(name: &str) -> Result<(), String> {
+    #[cfg(feature = "wasm")]
+    if wasm::WasmEngine::from_short_name(name).is_some() {
+        return Ok(());
+    }
+    #[cfg(feature = "wasm")]
+    let have: Vec<&str> = wasm::WasmEngine::ALL
+        .iter()
+        .map(|e| e.short_name())
+        .collect();
+    #[cfg(not(feature = "wasm"))]
+    let have: Vec<&str> = Vec::new();
+    Err(format!(
+        "execution.wasm_engine = {name:?}: this build has {}",
+        if have.is_empty() {
+            "no wasm engine".to_string()
+        } else {
+            have.join(", ")
+        }
+    ))
+}
+
 /// A failure outcome of kind `kind` (e.g. [`FailureKind::TransferError`]).
 pub(crate) fn failure(kind: FailureKind, message: impl Into<String>) -> Outcome {
     Outcome::Failure {
@@ -68,6 +92,13 @@ pub(crate) struct Knobs {
     pub(crate) duty_pct: AtomicU32,
     /// Whether inference may use a GPU.
     pub(crate) gpu_enabled: AtomicBool,
+}
+
+#[cfg(feature = "wasm")]
+impl wasm::DutyCycle for Knobs {
+    fn duty_pct(&self) -> u32 {
+        self.duty_pct.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Every executor this build has, with the limits and the blob cache they share.
@@ -93,8 +124,10 @@ pub(crate) struct Executors {
 /// What an executor measured of the work it did, reported with its result.
 #[derive(Debug, Default)]
 struct Metered {
-    /// wasmi fuel, for wasm.
+    /// Fuel, for wasm (the same on every engine).
     fuel: Option<u64>,
+    /// The wasm engine that ran it.
+    engine: Option<&'static str>,
     /// The model's multiply-accumulates, for inference.
     macs: Option<u64>,
 }
@@ -122,10 +155,31 @@ enum Fetched {
 impl Executors {
     /// The executors for `limits` (the `[execution]` config), downloading through `blobs` and
     /// reading the owner's live settings from `knobs`.
-    pub(crate) fn new(limits: &ExecutionConfig, blobs: Arc<Blobs>, knobs: Arc<Knobs>) -> Executors {
+    /// Compiled wasm is kept in `code_dir` too, when the engine compiles to native code.
+    pub(crate) fn new(
+        limits: &ExecutionConfig,
+        blobs: Arc<Blobs>,
+        knobs: Arc<Knobs>,
+        code_dir: std::path::PathBuf,
+    ) -> Executors {
+        #[cfg(feature = "wasm")]
+        let sandbox = {
+            // The config was validated: a name it gives is one of this build's engines.
+            let engine = limits
+                .wasm_engine
+                .as_deref()
+                .and_then(wasm::WasmEngine::from_short_name)
+                .unwrap_or(wasm::WasmEngine::DEFAULT);
+            let sandbox = wasm::WasmSandbox::with_engine(engine, limits.module_cache)
+                .with_code_cache(code_dir);
+            tracing::info!(engine = %sandbox.engine(), "wasm sandbox ready");
+            sandbox
+        };
+        #[cfg(not(feature = "wasm"))]
+        let _ = code_dir;
         Executors {
             #[cfg(feature = "wasm")]
-            sandbox: wasm::WasmSandbox::new(limits.module_cache),
+            sandbox,
             #[cfg(feature = "onnx")]
             onnx: onnx::OnnxEngine::new(limits.module_cache),
             #[cfg(feature = "zk")]
@@ -134,6 +188,14 @@ impl Executors {
             limits: limits.clone(),
             knobs,
         }
+    }
+
+    /// The engine wasm runs on here, with its version; `None` without `wasm`.
+    pub(crate) fn wasm_engine(&self) -> Option<&'static str> {
+        #[cfg(feature = "wasm")]
+        return Some(self.sandbox.engine().name());
+        #[cfg(not(feature = "wasm"))]
+        None
     }
 
     /// Runs one assignment to a result: fetches what it needs here, then executes it on a
@@ -152,6 +214,7 @@ impl Executors {
             duration_ms: started.elapsed().as_millis() as u64,
             fuel_consumed: metered.fuel,
             macs: metered.macs,
+            engine: metered.engine.map(String::from),
         };
         let prepared = match self.prepare(&a).await {
             Ok(p) => p,
@@ -159,7 +222,7 @@ impl Executors {
         };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let out = this.execute(&a, prepared, &cancel);
+            let out = this.execute(&a, prepared, cancel);
             result(&a, out)
         })
         .await
@@ -197,19 +260,33 @@ impl Executors {
         &self,
         a: &Assignment,
         prepared: Prepared,
-        cancel: &AtomicBool,
+        cancel: Arc<AtomicBool>,
     ) -> (Outcome, Metered) {
-        let _ = (a, cancel);
+        let _ = (a, &cancel);
         match prepared {
             #[cfg(feature = "wasm")]
             Prepared::Wasm(fetched) => {
                 let (outcome, fuel) = self.execute_wasm(a, fetched, cancel);
-                (outcome, Metered { fuel, macs: None })
+                let engine = Some(self.sandbox.engine().name());
+                (
+                    outcome,
+                    Metered {
+                        fuel,
+                        engine,
+                        macs: None,
+                    },
+                )
             }
             #[cfg(feature = "onnx")]
             Prepared::Onnx(fetched) => {
                 let (outcome, macs) = self.execute_onnx(a, fetched);
-                (outcome, Metered { fuel: None, macs })
+                (
+                    outcome,
+                    Metered {
+                        macs,
+                        ..Metered::default()
+                    },
+                )
             }
             #[cfg(feature = "zk")]
             Prepared::Zk(job, fetched) => (self.execute_zk(a, job, fetched), Metered::default()),
@@ -221,7 +298,7 @@ impl Executors {
         &self,
         a: &Assignment,
         fetched: Fetched,
-        cancel: &AtomicBool,
+        cancel: Arc<AtomicBool>,
     ) -> (Outcome, Option<u64>) {
         let module = match artifact(a, fetched) {
             Ok(m) => m,
@@ -237,10 +314,8 @@ impl Executors {
             max_output_bytes: (exec.max_output_kib << 10) as usize,
             wall_clock: std::time::Duration::from_secs(a.max_execution_time_sec),
         };
-        match self
-            .sandbox
-            .run_paced(&module, &stdin, &limits, cancel, &self.knobs.duty_pct)
-        {
+        let control = wasm::RunControl::new(cancel).paced(self.knobs.clone());
+        match self.sandbox.run_with(&module, &stdin, &limits, control) {
             Ok(out) => {
                 let output = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
                     serde_json::Value::String(String::from_utf8_lossy(&out.stdout).into_owned())

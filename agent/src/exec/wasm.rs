@@ -1,4 +1,8 @@
-//! Sandboxed execution of `wasm_execution` tasks on the [`wasmi`] interpreter.
+//! Sandboxed execution of `wasm_execution` tasks (and `computation` shards, which run as
+//! `wasm_execution`) on one of two engines with one contract: the [`wasmi`] interpreter, which
+//! every build has, and wasmtime's Cranelift JIT with the `wasm-jit` feature, which desktops and
+//! servers build by default. The same module and stdin give the same stdout, the same failure
+//! kind and message, and the same fuel on both, so replicas on either engine compare by hash.
 //!
 //! A task is a WebAssembly binary that follows the WASI preview1 *command* ABI: it exports
 //! `_start` (taking and returning nothing) and `memory`. The task's input bytes are its stdin and
@@ -14,50 +18,73 @@
 //!   refused before anything runs ([`WasmError::UnsupportedImport`]).
 //! - Use one linear memory up to [`WasmLimits::max_memory_bytes`] (tables count against the same
 //!   guard). A `memory.grow` past the cap traps instead of returning -1, so the outcome is always
-//!   [`WasmError::MemoryLimit`].
+//!   [`WasmError::MemoryLimit`]. A grow past the memory's own declared maximum returns -1, as the
+//!   spec says.
+//! - Use the Wasm proposals both engines run alike: mutable globals, sign extension, saturating
+//!   conversions, multi-value, bulk memory, reference types (`funcref` only), tail calls,
+//!   extended constants, memory64. Floating-point NaNs are canonicalised, so float results are
+//!   the same bits everywhere. SIMD, threads, GC types and exceptions are refused
+//!   ([`WasmError::InvalidModule`]).
 //!
 //! # What it may not do
 //!
 //! - Touch a filesystem (there are no preopens), the network, the clock or randomness: those calls
 //!   answer `ENOSYS`/`EBADF`, so a run is a pure function of (module, stdin) and re-running it
-//!   elsewhere gives the same output and the same [`WasmOutput::fuel_consumed`].
+//!   elsewhere, on either engine, gives the same output and the same
+//!   [`WasmOutput::fuel_consumed`].
 //! - Have arguments or environment variables (both are empty).
 //! - Carry a wasm `start` section: only `_start` runs, so every instruction is interruptible.
 //! - Run past its fuel ([`WasmError::OutOfFuel`]), its wall clock ([`WasmError::WallClock`]),
-//!   its output cap ([`WasmError::OutputTooLarge`], stdout and stderr together) or a cancel
-//!   request ([`WasmError::Cancelled`]). Execution runs in fuel slices of [`FUEL_SLICE`] through
-//!   wasmi's resumable calls; the clock and the cancel flag are checked between slices. Slicing
-//!   does not change fuel accounting: the run stops at exactly the same instruction as a single
-//!   call given the whole budget.
+//!   its output cap ([`WasmError::OutputTooLarge`], stdout and stderr together), a cancel
+//!   request ([`WasmError::Cancelled`]) or its stack ([`WasmError::Trap`] `call stack
+//!   exhausted`). Fuel and the stack are metered by code the front end compiles into the module
+//!   (`meter`), not by the engine, so they are the same on both engines: the budget is handed
+//!   out in slices of [`FUEL_SLICE`], and the clock, the cancel flag and the duty cycle are
+//!   checked between slices. Slicing does not change fuel accounting: a run succeeds exactly
+//!   when the fuel it was charged is within its budget.
 //!
 //! Guest pointers are bounds-checked; a bad one makes the call return `EFAULT`, never a host panic.
-//! Modules are compiled eagerly (lazy compilation would charge translation fuel on the first run
-//! only) and cached by the SHA-256 of their bytes.
+//! Traps carry one message per kind on both engines (wasmi 2.0's wording). Modules are checked,
+//! metered and compiled once and cached by the SHA-256 of their bytes; with the JIT, compiled
+//! code can also be kept on disk ([`WasmSandbox::with_code_cache`]).
+//!
+//! # Layout
+//! - `meter`: the front end: validation, import and entry checks, fuel and stack metering.
+//! - `interp`: the wasmi engine.
+//! - `jit`: the wasmtime engine (`wasm-jit`), and its on-disk code cache.
 //!
 //! Build note: wasmi dispatches by tail calls, which LLVM only turns into jumps when wasmi is built
 //! optimised *and* without debug assertions. Otherwise every executed instruction adds a native
 //! stack frame and a long loop overflows the thread's stack (the process aborts), so dev/test
 //! profiles need `[profile.dev.package.wasmi] debug-assertions = false`.
 
+#[cfg(test)]
+mod corpus;
+mod interp;
+#[cfg(feature = "wasm-jit")]
+mod jit;
+mod meter;
+#[cfg(test)]
+mod tests;
+
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
-use wasmi::{
-    Caller, CompilationMode, Config, Engine, Error, ExternType, IntoFunc, Linker, Memory, Module,
-    Store, StoreLimits, StoreLimitsBuilder, TrapCode, TypedResumableCall, ValType,
-    errors::{ErrorKind, InstantiationError, MemoryError, TableError},
-};
 
 use ambient_protocol::FailureKind;
 
-/// Fuel handed to the interpreter per slice; the wall clock and cancel flag are checked between
-/// slices. wasmi burns roughly 1-4 G fuel/s in release builds, so a slice is a few milliseconds.
+pub use meter::{FRAME_BASE, STACK_UNITS};
+
+/// Fuel handed to a run per slice; the wall clock, the cancel flag and the duty cycle are checked
+/// between slices. The interpreter burns roughly 0.3–1 G fuel/s and the JIT 2–5 G fuel/s, so a
+/// slice is a few milliseconds.
 pub const FUEL_SLICE: u64 = 10_000_000;
 
 /// How much of stderr [`WasmError::Exit`] keeps (the tail).
@@ -74,31 +101,79 @@ const EINVAL: i32 = 28;
 const ENOSYS: i32 = 52;
 const ESPIPE: i32 = 70;
 
-/// The supported imports and their signatures: `i` = i32, `I` = i64, results after `:`.
-const WASI_IMPORTS: &[(&str, &str)] = &[
-    ("args_get", "ii:i"),
-    ("args_sizes_get", "ii:i"),
-    ("environ_get", "ii:i"),
-    ("environ_sizes_get", "ii:i"),
-    ("clock_res_get", "ii:i"),
-    ("clock_time_get", "iIi:i"),
-    ("fd_close", "i:i"),
-    ("fd_fdstat_get", "ii:i"),
-    ("fd_prestat_get", "ii:i"),
-    ("fd_prestat_dir_name", "iii:i"),
-    ("fd_read", "iiii:i"),
-    ("fd_seek", "iIii:i"),
-    ("fd_write", "iiii:i"),
-    ("poll_oneoff", "iiii:i"),
-    ("proc_exit", "i:"),
-    ("random_get", "ii:i"),
-    ("sched_yield", ":i"),
+/// The supported imports, their signatures (`i` = i32, `I` = i64, results after `:`) and what
+/// implements them.
+const WASI_IMPORTS: &[(&str, &str, Wasi)] = &[
+    ("args_get", "ii:i", Wasi::Succeed),
+    ("args_sizes_get", "ii:i", Wasi::ZeroSizes),
+    ("environ_get", "ii:i", Wasi::Succeed),
+    ("environ_sizes_get", "ii:i", Wasi::ZeroSizes),
+    ("clock_res_get", "ii:i", Wasi::NoSys),
+    ("clock_time_get", "iIi:i", Wasi::NoSys),
+    ("fd_close", "i:i", Wasi::FdClose),
+    ("fd_fdstat_get", "ii:i", Wasi::FdFdstatGet),
+    ("fd_prestat_get", "ii:i", Wasi::BadFd),
+    ("fd_prestat_dir_name", "iii:i", Wasi::BadFd),
+    ("fd_read", "iiii:i", Wasi::FdRead),
+    ("fd_seek", "iIii:i", Wasi::FdSeek),
+    ("fd_write", "iiii:i", Wasi::FdWrite),
+    ("poll_oneoff", "iiii:i", Wasi::NoSys),
+    ("proc_exit", "i:", Wasi::ProcExit),
+    ("random_get", "ii:i", Wasi::NoSys),
+    ("sched_yield", ":i", Wasi::Succeed),
 ];
+
+/// What a WASI import does; one implementation for both engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wasi {
+    /// Returns success and writes nothing (`args_get`, `environ_get`, `sched_yield`).
+    Succeed,
+    /// Writes two zero counts (`args_sizes_get`, `environ_sizes_get`).
+    ZeroSizes,
+    /// `ENOSYS`: no clock, randomness or polling.
+    NoSys,
+    /// `EBADF`: no preopened directories.
+    BadFd,
+    FdClose,
+    FdFdstatGet,
+    FdRead,
+    FdSeek,
+    FdWrite,
+    ProcExit,
+}
+
+/// A host function of the sandbox, as both engines link it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostFn {
+    /// A function of the WASI subset.
+    Wasi(Wasi),
+    /// `ambient:meter` `refuel`: the metered tank ran dry.
+    Refuel,
+    /// `ambient:meter` `stack_exhausted`: the metered stack is full.
+    StackExhausted,
+}
+
+/// Every host function: (module, name, signature, function).
+fn host_functions() -> impl Iterator<Item = (&'static str, &'static str, &'static str, HostFn)> {
+    WASI_IMPORTS
+        .iter()
+        .map(|&(name, sig, f)| (WASI, name, sig, HostFn::Wasi(f)))
+        .chain([
+            (meter::METER_MODULE, meter::REFUEL, "I:I", HostFn::Refuel),
+            (
+                meter::METER_MODULE,
+                meter::STACK_EXHAUSTED,
+                ":",
+                HostFn::StackExhausted,
+            ),
+        ])
+}
 
 /// Resource limits for one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WasmLimits {
-    /// Fuel budget (roughly one unit per executed instruction); deterministic across machines.
+    /// Fuel budget (one unit per executed Wasm operator, as `meter` counts them); the same on
+    /// every machine and on both engines.
     pub fuel: u64,
     /// Cap on linear memory, in bytes (also applied to table elements).
     pub max_memory_bytes: usize,
@@ -115,10 +190,12 @@ pub struct WasmOutput {
     pub stdout: Vec<u8>,
     /// Bytes written to fd 2 (diagnostics).
     pub stderr: Vec<u8>,
-    /// Fuel spent, instantiation included.
+    /// Fuel charged: the same on both engines.
     pub fuel_consumed: u64,
     /// Lower-case hex SHA-256 of the module bytes.
     pub module_sha256: String,
+    /// The engine that ran it.
+    pub engine: WasmEngine,
 }
 
 /// Why a module was refused or a run failed.
@@ -150,7 +227,8 @@ pub enum WasmError {
         /// The cap in bytes.
         limit_bytes: usize,
     },
-    /// The module trapped (unreachable, out-of-bounds access, stack overflow, ...).
+    /// The module trapped (unreachable, out-of-bounds access, stack exhausted, ...); the message
+    /// is the same on both engines.
     #[error("trap: {0}")]
     Trap(String),
     /// The module called `proc_exit` with a non-zero code.
@@ -196,40 +274,247 @@ impl WasmError {
     }
 }
 
+/// A trap, in words both engines share. The messages are wasmi 2.0's, so agents of this release
+/// agree with the wasmi-only agents before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrapKind {
+    Unreachable,
+    MemoryOutOfBounds,
+    TableOutOfBounds,
+    IndirectCallToNull,
+    IntegerDivisionByZero,
+    IntegerOverflow,
+    BadConversionToInteger,
+    StackOverflow,
+    BadSignature,
+}
+
+impl TrapKind {
+    fn message(self) -> &'static str {
+        match self {
+            Self::Unreachable => "wasm `unreachable` instruction executed",
+            Self::MemoryOutOfBounds => "out of bounds memory access",
+            Self::TableOutOfBounds => "undefined element: out of bounds table access",
+            Self::IndirectCallToNull => "uninitialized element 2",
+            Self::IntegerDivisionByZero => "integer divide by zero",
+            Self::IntegerOverflow => "integer overflow",
+            Self::BadConversionToInteger => "invalid conversion to integer",
+            Self::StackOverflow => "call stack exhausted",
+            Self::BadSignature => "indirect call type mismatch",
+        }
+    }
+}
+
+/// The engine that runs modules. Both run the same metered module under the same host, so the
+/// choice changes speed, not results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WasmEngine {
+    /// wasmi 2.0, an interpreter: small, portable, quick to start. Every build has it.
+    Wasmi,
+    /// wasmtime 48 with Cranelift, a JIT: about ten times faster on compute-bound modules.
+    #[cfg(feature = "wasm-jit")]
+    Wasmtime,
+}
+
+impl WasmEngine {
+    /// The engine this build runs tasks on: wasmtime with `wasm-jit`, wasmi otherwise.
+    pub const DEFAULT: WasmEngine = {
+        #[cfg(feature = "wasm-jit")]
+        {
+            WasmEngine::Wasmtime
+        }
+        #[cfg(not(feature = "wasm-jit"))]
+        {
+            WasmEngine::Wasmi
+        }
+    };
+
+    /// Every engine this build has.
+    pub const ALL: &'static [WasmEngine] = &[
+        WasmEngine::Wasmi,
+        #[cfg(feature = "wasm-jit")]
+        WasmEngine::Wasmtime,
+    ];
+
+    /// Name and version, for health reports, results and logs: `wasmi-2.0.0` or
+    /// `wasmtime-48.0.8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WasmEngine::Wasmi => "wasmi-2.0.0",
+            #[cfg(feature = "wasm-jit")]
+            WasmEngine::Wasmtime => "wasmtime-48.0.8",
+        }
+    }
+}
+
+impl WasmEngine {
+    /// The name in the agent's config (`[execution] wasm_engine`): `wasmi` or `wasmtime`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            WasmEngine::Wasmi => "wasmi",
+            #[cfg(feature = "wasm-jit")]
+            WasmEngine::Wasmtime => "wasmtime",
+        }
+    }
+
+    /// The engine of this build called `name` in the config.
+    pub fn from_short_name(name: &str) -> Option<WasmEngine> {
+        WasmEngine::ALL
+            .iter()
+            .copied()
+            .find(|e| e.short_name() == name)
+    }
+}
+
+impl std::fmt::Display for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The share of a core a run may use, read before every slice so that it may change while the
+/// run goes on.
+pub trait DutyCycle: Send + Sync {
+    /// The duty cycle in percent, 1–100 (values outside are clamped).
+    fn duty_pct(&self) -> u32;
+}
+
+impl DutyCycle for AtomicU32 {
+    fn duty_pct(&self) -> u32 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// What a run watches while it runs: the caller's cancel flag and, optionally, a duty cycle.
+/// Both are shared handles, since the run's host state outlives no borrow.
+#[derive(Clone)]
+pub struct RunControl {
+    cancel: Arc<AtomicBool>,
+    duty: Option<Arc<dyn DutyCycle>>,
+}
+
+impl RunControl {
+    /// Runs at full speed until `cancel` is set.
+    pub fn new(cancel: Arc<AtomicBool>) -> RunControl {
+        RunControl { cancel, duty: None }
+    }
+
+    /// Runs under a duty cycle: after each fuel slice the thread sleeps so that it computes at
+    /// most `duty` percent of the wall-clock time. Time spent sleeping does not count against
+    /// [`WasmLimits::wall_clock`], and fuel accounting is unchanged.
+    pub fn paced(mut self, duty: Arc<dyn DutyCycle>) -> RunControl {
+        self.duty = Some(duty);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn duty_pct(&self) -> u32 {
+        self.duty
+            .as_ref()
+            .map_or(100, |d| d.duty_pct())
+            .clamp(1, 100)
+    }
+}
+
+impl std::fmt::Debug for RunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunControl")
+            .field("cancelled", &self.cancelled())
+            .field("duty_pct", &self.duty_pct())
+            .finish()
+    }
+}
+
 /// Runs WASI command modules under fuel, memory, output and time limits.
 ///
-/// Holds one fuel-metering engine, the WASI linker and a bounded cache of compiled modules.
-/// It is `Send + Sync`; share it behind an `Arc` and call [`WasmSandbox::run`] from blocking threads.
+/// Holds one engine with the WASI host linked, and a bounded cache of checked, metered and
+/// compiled modules. It is `Send + Sync`; share it behind an `Arc` and call [`WasmSandbox::run`]
+/// or [`WasmSandbox::run_with`] from blocking threads.
 pub struct WasmSandbox {
-    engine: Engine,
-    linker: Linker<Host>,
+    backend: Backend,
     cache: Mutex<Cache>,
     capacity: usize,
 }
 
+/// An engine with the host linked.
+enum Backend {
+    Wasmi(interp::Interp),
+    #[cfg(feature = "wasm-jit")]
+    Wasmtime(jit::Jit),
+}
+
+/// A module compiled for one engine (cheap to clone).
+#[derive(Clone)]
+enum Compiled {
+    Wasmi(wasmi::Module),
+    #[cfg(feature = "wasm-jit")]
+    Wasmtime(wasmtime::Module),
+}
+
 #[derive(Default)]
 struct Cache {
-    modules: HashMap<String, (Module, u64)>,
+    modules: HashMap<String, (Compiled, u64)>,
     tick: u64,
 }
 
 impl WasmSandbox {
-    /// Creates a sandbox caching up to `cache_capacity` compiled modules (0 disables the cache).
+    /// Creates a sandbox on this build's engine ([`WasmEngine::DEFAULT`]) caching up to
+    /// `cache_capacity` compiled modules (0 disables the cache).
     pub fn new(cache_capacity: usize) -> Self {
-        let engine = Engine::new(&engine_config());
-        let linker = wasi_linker(&engine);
+        Self::with_engine(WasmEngine::DEFAULT, cache_capacity)
+    }
+
+    /// Creates a sandbox on `engine`, caching up to `cache_capacity` compiled modules.
+    /// Should the JIT not start on this machine (a target Cranelift lacks), it runs on wasmi,
+    /// with a warning: [`WasmSandbox::engine`] says which it got.
+    pub fn with_engine(engine: WasmEngine, cache_capacity: usize) -> Self {
+        let backend = match engine {
+            WasmEngine::Wasmi => Backend::Wasmi(interp::Interp::new()),
+            #[cfg(feature = "wasm-jit")]
+            WasmEngine::Wasmtime => match jit::Jit::new() {
+                Ok(jit) => Backend::Wasmtime(jit),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no JIT on this machine: wasm runs on wasmi");
+                    Backend::Wasmi(interp::Interp::new())
+                }
+            },
+        };
         Self {
-            engine,
-            linker,
+            backend,
             cache: Mutex::default(),
             capacity: cache_capacity,
         }
     }
 
+    /// Keeps compiled code in `dir` as well (created 0700 if missing), so that a restarted agent
+    /// does not compile a module again. Only the JIT has code worth keeping: on wasmi this does
+    /// nothing.
+    pub fn with_code_cache(self, dir: PathBuf) -> Self {
+        #[cfg(feature = "wasm-jit")]
+        if let Backend::Wasmtime(jit) = &self.backend {
+            jit.set_code_cache(dir);
+            return self;
+        }
+        let _ = dir;
+        self
+    }
+
+    /// The engine this sandbox runs modules on.
+    pub fn engine(&self) -> WasmEngine {
+        match self.backend {
+            Backend::Wasmi(_) => WasmEngine::Wasmi,
+            #[cfg(feature = "wasm-jit")]
+            Backend::Wasmtime(_) => WasmEngine::Wasmtime,
+        }
+    }
+
     /// Runs `module` with `stdin` as its input until `_start` returns or calls `proc_exit(0)`.
     ///
-    /// Blocking: callers run it on a blocking thread. Setting `cancel` stops the run within one
-    /// fuel slice.
+    /// Blocking: callers run it on a blocking thread. `cancel` is read when the run starts; to
+    /// stop a run while it goes on, use [`WasmSandbox::run_with`].
     pub fn run(
         &self,
         module: &[u8],
@@ -237,139 +522,53 @@ impl WasmSandbox {
         limits: &WasmLimits,
         cancel: &AtomicBool,
     ) -> Result<WasmOutput, WasmError> {
-        self.run_paced(module, stdin, limits, cancel, &AtomicU32::new(100))
+        let cancel = Arc::new(AtomicBool::new(cancel.load(Ordering::Relaxed)));
+        self.run_with(module, stdin, limits, RunControl::new(cancel))
     }
 
-    /// [`WasmSandbox::run`] under a duty cycle: after each fuel slice the thread sleeps so that it
-    /// computes at most `duty_pct` percent (1–100, read before every slice, so it may change
-    /// during the run) of the wall-clock time. Time spent sleeping does not count against
-    /// [`WasmLimits::wall_clock`], and fuel accounting is unchanged.
-    pub fn run_paced(
+    /// [`WasmSandbox::run`] under `control`: setting its cancel flag stops the run within one
+    /// fuel slice, and its duty cycle paces it.
+    pub fn run_with(
         &self,
         module: &[u8],
         stdin: &[u8],
         limits: &WasmLimits,
-        cancel: &AtomicBool,
-        duty_pct: &AtomicU32,
+        control: RunControl,
     ) -> Result<WasmOutput, WasmError> {
         let started = Instant::now();
-        if cancel.load(Ordering::Relaxed) {
+        if control.cancelled() {
             return Err(WasmError::Cancelled);
         }
-        let (module, module_sha256) = self.module(module)?;
-        let limiter = StoreLimitsBuilder::new()
-            .memory_size(limits.max_memory_bytes)
-            .table_elements(limits.max_memory_bytes / 8)
-            .instances(1)
-            .memories(1)
-            .tables(16)
-            .trap_on_grow_failure(true)
-            .build();
-        let host = Host {
-            stdin: stdin.to_vec(),
-            stdin_pos: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            max_output: limits.max_output_bytes,
-            limiter,
-            abort: None,
+        let (compiled, module_sha256) = self.module(module)?;
+        let host = Host::new(stdin, limits, control, started);
+        let (host, end) = match (&self.backend, &compiled) {
+            (Backend::Wasmi(engine), Compiled::Wasmi(module)) => engine.run(module, host),
+            #[cfg(feature = "wasm-jit")]
+            (Backend::Wasmtime(engine), Compiled::Wasmtime(module)) => engine.run(module, host),
+            // A sandbox only ever compiles for its own engine.
+            #[cfg(feature = "wasm-jit")]
+            _ => {
+                return Err(WasmError::InvalidModule(
+                    "compiled for another engine".into(),
+                ));
+            }
         };
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limiter);
-        let pace = Pace {
-            duty_pct,
-            cancel,
-            slept: Duration::ZERO,
-        };
-        let result = self.execute(&mut store, &module, limits, pace, started);
+        let result = conclude(host, end, limits);
         tracing::debug!(
             module = %module_sha256,
+            engine = %self.engine(),
             outcome = %result.as_ref().map_or_else(|e| e.kind().to_string(), |_| "ok".into()),
             elapsed_ms = started.elapsed().as_millis(),
             "wasm run finished"
         );
-        let fuel_consumed = result?;
-        let host = store.into_data();
+        let (host, fuel_consumed) = result?;
         Ok(WasmOutput {
             stdout: host.stdout,
             stderr: host.stderr,
             fuel_consumed,
             module_sha256,
+            engine: self.engine(),
         })
-    }
-
-    /// Instantiates `module` and drives `_start` in fuel slices; returns the fuel consumed.
-    fn execute(
-        &self,
-        store: &mut Store<Host>,
-        module: &Module,
-        limits: &WasmLimits,
-        mut pace: Pace<'_>,
-        started: Instant,
-    ) -> Result<u64, WasmError> {
-        let cancel = pace.cancel;
-        let internal = |e: Error| WasmError::Trap(e.to_string());
-        // Fuel not yet handed to the store; the store never holds more than about one slice.
-        let mut reserve = limits.fuel;
-        let first = reserve.min(FUEL_SLICE);
-        reserve -= first;
-        store.set_fuel(first).map_err(internal)?;
-        let instance = match self.linker.instantiate_and_start(&mut *store, module) {
-            Ok(instance) => instance,
-            Err(e) => {
-                return Err(match classify(&e, store.data_mut(), limits) {
-                    Some(err @ (WasmError::MemoryLimit { .. } | WasmError::OutOfFuel { .. })) => {
-                        err
-                    }
-                    _ => WasmError::InvalidModule(e.to_string()),
-                });
-            }
-        };
-        let start = instance
-            .get_typed_func::<(), ()>(&*store, "_start")
-            .map_err(|_| WasmError::NoEntryPoint)?;
-        let mut slice_started = Instant::now();
-        let mut call = start.call_resumable(&mut *store, ());
-        loop {
-            let resumable = match call {
-                Ok(TypedResumableCall::Finished(())) => break,
-                Ok(TypedResumableCall::OutOfFuel(resumable)) => resumable,
-                // Our host functions only fail to stop the guest (exit, output cap).
-                Ok(TypedResumableCall::HostTrap(trap)) => {
-                    match classify(trap.host_error(), store.data_mut(), limits) {
-                        None => break,
-                        Some(err) => return Err(err),
-                    }
-                }
-                Err(e) => match classify(&e, store.data_mut(), limits) {
-                    None => break,
-                    Some(err) => return Err(err),
-                },
-            };
-            // The store holds `have` < `required_fuel`; a single call with the whole budget
-            // would trap here exactly when the reserve cannot cover the difference.
-            let have = store.get_fuel().map_err(internal)?;
-            let need = resumable.required_fuel().saturating_sub(have);
-            if reserve == 0 || reserve < need {
-                return Err(WasmError::OutOfFuel { fuel: limits.fuel });
-            }
-            pace.rest(slice_started.elapsed());
-            if cancel.load(Ordering::Relaxed) {
-                return Err(WasmError::Cancelled);
-            }
-            if started.elapsed().saturating_sub(pace.slept) >= limits.wall_clock {
-                return Err(WasmError::WallClock {
-                    limit: limits.wall_clock,
-                });
-            }
-            let add = need.max(FUEL_SLICE).min(reserve);
-            reserve -= add;
-            store.set_fuel(have + add).map_err(internal)?;
-            slice_started = Instant::now();
-            call = resumable.resume(&mut *store);
-        }
-        let left = store.get_fuel().map_err(internal)?;
-        Ok(limits.fuel - reserve - left)
     }
 
     /// Number of compiled modules currently cached.
@@ -381,8 +580,9 @@ impl WasmSandbox {
             .len()
     }
 
-    /// Returns the compiled module for `bytes` and its hex SHA-256, compiling it on a cache miss.
-    fn module(&self, bytes: &[u8]) -> Result<(Module, String), WasmError> {
+    /// Returns the compiled module for `bytes` and its hex SHA-256, checking, metering and
+    /// compiling it on a cache miss.
+    fn module(&self, bytes: &[u8]) -> Result<(Compiled, String), WasmError> {
         let sha = hex::encode(Sha256::digest(bytes));
         {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -393,8 +593,8 @@ impl WasmSandbox {
                 return Ok((module.clone(), sha));
             }
         }
-        // Compile outside the lock: it can take a while for a big module.
-        let module = compile(&self.engine, bytes)?;
+        // Meter and compile outside the lock: it can take a while for a big module.
+        let module = self.compile(bytes, &sha)?;
         if self.capacity > 0 {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             while cache.modules.len() >= self.capacity {
@@ -409,26 +609,369 @@ impl WasmSandbox {
         }
         Ok((module, sha))
     }
+
+    /// Checks and meters `bytes` (the front end both engines share), then compiles the result.
+    fn compile(&self, bytes: &[u8], sha: &str) -> Result<Compiled, WasmError> {
+        #[cfg(feature = "wasm-jit")]
+        if let Backend::Wasmtime(jit) = &self.backend
+            && let Some(module) = jit.cached(sha)
+        {
+            return Ok(Compiled::Wasmtime(module));
+        }
+        let metered = meter::prepare(bytes)?;
+        // The front end validated the module, so an engine that refuses the metered one is a
+        // bug of ours; it is still only this module's failure.
+        let refused = |e: String| {
+            tracing::warn!(module = %sha, engine = %self.engine(), error = %e, "metered module refused");
+            WasmError::InvalidModule(format!("the engine refused the metered module: {e}"))
+        };
+        Ok(match &self.backend {
+            Backend::Wasmi(engine) => {
+                Compiled::Wasmi(engine.compile(&metered.wasm).map_err(refused)?)
+            }
+            #[cfg(feature = "wasm-jit")]
+            Backend::Wasmtime(engine) => {
+                Compiled::Wasmtime(engine.compile(&metered.wasm, sha).map_err(refused)?)
+            }
+        })
+    }
 }
 
-/// The duty cycle of one run.
-struct Pace<'a> {
-    duty_pct: &'a AtomicU32,
-    cancel: &'a AtomicBool,
+impl std::fmt::Debug for WasmSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmSandbox")
+            .field("engine", &self.engine())
+            .field("cached_modules", &self.cached_modules())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an engine's run of `_start` ended, before the shared classification.
+struct Ended {
+    /// The fuel global when it ended (absent when instantiation failed).
+    fuel: Option<i64>,
+    /// The engine's error, if the run did not return normally.
+    error: Option<EngineError>,
+}
+
+/// An engine error, reduced to what both engines can say alike.
+struct EngineError {
+    /// It happened while instantiating (data or element segments), not while running.
+    instantiating: bool,
+    /// The trap, when it was one.
+    trap: Option<TrapKind>,
+    /// The engine's own words, for logs only: they differ between engines.
+    detail: String,
+}
+
+/// Turns how a run ended into its result, the same way for both engines: the reason a host
+/// function stopped the guest comes first, then the engine's error, then the fuel budget.
+fn conclude(mut host: Host, end: Ended, limits: &WasmLimits) -> Result<(Host, u64), WasmError> {
+    match (host.stop.take(), end.error) {
+        (Some(Stop::Fail(e)), _) => Err(e),
+        (Some(Stop::Exit(code)), _) if code != 0 => {
+            let tail = &host.stderr[host.stderr.len().saturating_sub(STDERR_TAIL)..];
+            Err(WasmError::Exit {
+                code,
+                stderr: String::from_utf8_lossy(tail).into_owned(),
+            })
+        }
+        (None, Some(e)) => {
+            tracing::debug!(error = %e.detail, "wasm engine error");
+            let what = e.trap.map_or("failed", TrapKind::message);
+            Err(if e.instantiating {
+                WasmError::InvalidModule(format!("instantiation: {what}"))
+            } else {
+                WasmError::Trap(what.to_owned())
+            })
+        }
+        // `_start` returned, or called `proc_exit(0)`.
+        _ => {
+            let consumed = host.meter.settle(end.fuel.unwrap_or(0), limits)?;
+            Ok((host, consumed))
+        }
+    }
+}
+
+/// Why a host function stopped the guest. The first reason wins.
+enum Stop {
+    /// `proc_exit(code)`.
+    Exit(i32),
+    /// A limit, a cancel request, or the metered stack.
+    Fail(WasmError),
+}
+
+/// The guest was stopped by a host function; the reason is in [`Host::stop`].
+struct Stopped;
+
+/// Per-run state of the guest's world, the same for both engines: stdio, the fuel meter, the
+/// memory guard, and why the guest was stopped.
+struct Host {
+    stdin: Vec<u8>,
+    stdin_pos: usize,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    max_output: usize,
+    max_memory: usize,
+    max_table_elements: usize,
+    meter: Meter,
+    stop: Option<Stop>,
+}
+
+impl Host {
+    fn new(stdin: &[u8], limits: &WasmLimits, control: RunControl, started: Instant) -> Host {
+        Host {
+            stdin: stdin.to_vec(),
+            stdin_pos: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            max_output: limits.max_output_bytes,
+            max_memory: limits.max_memory_bytes,
+            max_table_elements: limits.max_memory_bytes / 8,
+            meter: Meter {
+                budget: limits.fuel,
+                handed: 0,
+                wall_clock: limits.wall_clock,
+                control,
+                started,
+                slice_started: Instant::now(),
+                slept: Duration::ZERO,
+            },
+            stop: None,
+        }
+    }
+
+    /// Stops the guest for `reason` (the first reason is kept).
+    fn stop(&mut self, reason: Stop) -> Stopped {
+        self.stop.get_or_insert(reason);
+        Stopped
+    }
+
+    /// The memory guard: whether linear memory may grow to `desired` bytes. Over the cap it
+    /// stops the guest (`Err`); past the memory's own `maximum` it refuses (`memory.grow`
+    /// returns -1), before the cap is looked at, so both engines agree whatever they check
+    /// first.
+    fn memory_growing(&mut self, desired: usize, maximum: Option<usize>) -> Result<bool, Stopped> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        if desired > self.max_memory {
+            return Err(self.stop(Stop::Fail(WasmError::MemoryLimit {
+                limit_bytes: self.max_memory,
+            })));
+        }
+        Ok(true)
+    }
+
+    /// The same guard for table elements.
+    fn table_growing(&mut self, desired: usize, maximum: Option<usize>) -> Result<bool, Stopped> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        if desired > self.max_table_elements {
+            return Err(self.stop(Stop::Fail(WasmError::MemoryLimit {
+                limit_bytes: self.max_memory,
+            })));
+        }
+        Ok(true)
+    }
+
+    /// Calls host function `f` with `args` (i32s sign-extended); `mem` is the guest's exported
+    /// `memory`, when it has one. Returns the result, if the function has one.
+    fn call(
+        &mut self,
+        f: HostFn,
+        args: &[i64],
+        mem: Option<&mut [u8]>,
+    ) -> Result<Option<i64>, Stopped> {
+        let arg = |i: usize| args.get(i).copied().unwrap_or_default() as i32;
+        let errno = |r: Result<(), i32>| Ok(Some(i64::from(r.err().unwrap_or(SUCCESS))));
+        let wasi = match f {
+            HostFn::Refuel => {
+                let fuel = args.first().copied().unwrap_or_default();
+                return match self.meter.refuel(fuel) {
+                    Ok(fuel) => Ok(Some(fuel)),
+                    Err(e) => Err(self.stop(Stop::Fail(e))),
+                };
+            }
+            HostFn::StackExhausted => {
+                let trap = WasmError::Trap(TrapKind::StackOverflow.message().into());
+                return Err(self.stop(Stop::Fail(trap)));
+            }
+            HostFn::Wasi(wasi) => wasi,
+        };
+        match wasi {
+            Wasi::Succeed => errno(Ok(())),
+            Wasi::NoSys => errno(Err(ENOSYS)),
+            Wasi::BadFd => errno(Err(EBADF)),
+            Wasi::ProcExit => Err(self.stop(Stop::Exit(arg(0)))),
+            Wasi::FdClose => errno(if (0..=2).contains(&arg(0)) {
+                Ok(())
+            } else {
+                Err(EBADF)
+            }),
+            Wasi::FdSeek => errno(Err(if (0..=2).contains(&arg(0)) {
+                ESPIPE
+            } else {
+                EBADF
+            })),
+            Wasi::ZeroSizes => errno(mem.ok_or(EFAULT).and_then(|mem| {
+                write_bytes(mem, arg(0), &0u32.to_le_bytes())?;
+                write_bytes(mem, arg(1), &0u32.to_le_bytes())
+            })),
+            Wasi::FdFdstatGet => {
+                // fdstat: filetype u8 (2 = character_device), flags u16 @2, rights u64 @8 and @16.
+                let rights: u64 = match arg(0) {
+                    0 => 1 << 1,     // fd_read
+                    1 | 2 => 1 << 6, // fd_write
+                    _ => return errno(Err(EBADF)),
+                };
+                let mut stat = [0u8; 24];
+                stat[0] = 2;
+                stat[8..16].copy_from_slice(&rights.to_le_bytes());
+                errno(
+                    mem.ok_or(EFAULT)
+                        .and_then(|mem| write_bytes(mem, arg(1), &stat)),
+                )
+            }
+            Wasi::FdRead => errno(self.fd_read(mem, arg(0), arg(1), arg(2), arg(3))),
+            Wasi::FdWrite => match self.fd_write(mem, arg(0), arg(1), arg(2), arg(3)) {
+                Ok(r) => errno(r),
+                Err(stopped) => Err(stopped),
+            },
+        }
+    }
+
+    /// `fd_read`: fills the iovecs from the rest of stdin; reads past the end return 0 bytes.
+    fn fd_read(
+        &mut self,
+        mem: Option<&mut [u8]>,
+        fd: i32,
+        iovs: i32,
+        count: i32,
+        nread: i32,
+    ) -> Result<(), i32> {
+        if fd != 0 {
+            return Err(EBADF);
+        }
+        let mem = mem.ok_or(EFAULT)?;
+        let buffers = iovecs(mem, iovs, count)?;
+        guest_range(mem, nread, 4)?;
+        let mut total = 0;
+        for buffer in buffers {
+            let input = self.stdin.get(self.stdin_pos..).unwrap_or_default();
+            let n = input.len().min(buffer.len());
+            let dest = mem.get_mut(buffer.start..buffer.start + n).ok_or(EFAULT)?;
+            dest.copy_from_slice(input.get(..n).unwrap_or_default());
+            self.stdin_pos += n;
+            total += n;
+            if n < buffer.len() {
+                break;
+            }
+        }
+        write_size(mem, nread, total)
+    }
+
+    /// `fd_write`: appends the iovecs to stdout/stderr, or stops the guest past the output cap.
+    fn fd_write(
+        &mut self,
+        mem: Option<&mut [u8]>,
+        fd: i32,
+        iovs: i32,
+        count: i32,
+        nwritten: i32,
+    ) -> Result<Result<(), i32>, Stopped> {
+        if fd != 1 && fd != 2 {
+            return Ok(Err(EBADF));
+        }
+        let Some(mem) = mem else {
+            return Ok(Err(EFAULT));
+        };
+        let buffers = match iovecs(mem, iovs, count).and_then(|b| {
+            guest_range(mem, nwritten, 4)?;
+            Ok(b)
+        }) {
+            Ok(b) => b,
+            Err(errno) => return Ok(Err(errno)),
+        };
+        let total: usize = buffers.iter().map(|b| b.len()).sum();
+        if self.stdout.len() + self.stderr.len() + total > self.max_output {
+            let limit = self.max_output;
+            return Err(self.stop(Stop::Fail(WasmError::OutputTooLarge { limit })));
+        }
+        let sink = if fd == 1 {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        for buffer in buffers {
+            match mem.get(buffer) {
+                Some(bytes) => sink.extend_from_slice(bytes),
+                None => return Ok(Err(EFAULT)),
+            }
+        }
+        Ok(write_size(mem, nwritten, total))
+    }
+}
+
+/// The fuel budget of one run and the pace it runs at.
+struct Meter {
+    budget: u64,
+    /// Fuel handed to the module's tank so far.
+    handed: u64,
+    wall_clock: Duration,
+    control: RunControl,
+    started: Instant,
+    slice_started: Instant,
+    /// Time spent sleeping for the duty cycle (not counted against the wall clock).
     slept: Duration,
 }
 
-impl Pace<'_> {
+impl Meter {
+    /// The module's tank is at `fuel` (< 0: overdrawn): stops the run if the fuel charged so far
+    /// is over the budget, then rests for the duty cycle, checks the cancel flag and the wall
+    /// clock, and returns the tank refilled with the next slice (never more than the budget).
+    fn refuel(&mut self, fuel: i64) -> Result<i64, WasmError> {
+        let deficit = if fuel < 0 { fuel.unsigned_abs() } else { 0 };
+        let reserve = self.budget - self.handed;
+        if deficit > reserve {
+            return Err(WasmError::OutOfFuel { fuel: self.budget });
+        }
+        self.rest(self.slice_started.elapsed());
+        if self.control.cancelled() {
+            return Err(WasmError::Cancelled);
+        }
+        if self.started.elapsed().saturating_sub(self.slept) >= self.wall_clock {
+            return Err(WasmError::WallClock {
+                limit: self.wall_clock,
+            });
+        }
+        let add = FUEL_SLICE.max(deficit).min(reserve);
+        self.handed += add;
+        self.slice_started = Instant::now();
+        Ok(fuel.saturating_add_unsigned(add))
+    }
+
+    /// The run ended with the tank at `fuel`: the fuel it was charged, if within the budget.
+    fn settle(&self, fuel: i64, limits: &WasmLimits) -> Result<u64, WasmError> {
+        let consumed = i128::from(self.handed) - i128::from(fuel);
+        u64::try_from(consumed)
+            .ok()
+            .filter(|&c| c <= self.budget)
+            .ok_or(WasmError::OutOfFuel { fuel: limits.fuel })
+    }
+
     /// After a slice that computed for `ran`, sleeps `ran × (100 − duty) / duty`, in short naps
     /// that watch the cancel flag.
     fn rest(&mut self, ran: Duration) {
-        let duty = self.duty_pct.load(Ordering::Relaxed).clamp(1, 100);
+        let duty = self.control.duty_pct();
         if duty == 100 {
             return;
         }
         let until = Instant::now() + ran * (100 - duty) / duty;
         let start = Instant::now();
-        while !self.cancel.load(Ordering::Relaxed) {
+        while !self.control.cancelled() {
             let now = Instant::now();
             if now >= until {
                 break;
@@ -437,207 +980,6 @@ impl Pace<'_> {
         }
         self.slept += start.elapsed();
     }
-}
-
-impl std::fmt::Debug for WasmSandbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmSandbox")
-            .field("cached_modules", &self.cached_modules())
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Fuel metering on, eager compilation (fuel must not depend on cache state), no `start` section.
-fn engine_config() -> Config {
-    let mut config = Config::default();
-    config
-        .consume_fuel(true)
-        .compilation_mode(CompilationMode::Eager)
-        .allow_start_fn(false);
-    config
-}
-
-/// Compiles `bytes` and checks its imports and entry point.
-fn compile(engine: &Engine, bytes: &[u8]) -> Result<Module, WasmError> {
-    // wasmi's default `wat` feature would otherwise accept the text format as well.
-    if !bytes.starts_with(b"\0asm") {
-        return Err(WasmError::InvalidModule("not a WebAssembly binary".into()));
-    }
-    let module = Module::new(engine, bytes).map_err(|e| WasmError::InvalidModule(e.to_string()))?;
-    for import in module.imports() {
-        let signature = WASI_IMPORTS.iter().find(|(name, _)| *name == import.name());
-        let supported = match (import.ty(), signature) {
-            (ExternType::Func(ty), Some((_, signature))) if import.module() == WASI => {
-                let (params, results) = signature.split_once(':').unwrap_or_default();
-                let types = |s: &str| -> Vec<ValType> {
-                    s.chars()
-                        .map(|c| if c == 'I' { ValType::I64 } else { ValType::I32 })
-                        .collect()
-                };
-                ty.params() == types(params) && ty.results() == types(results)
-            }
-            _ => false,
-        };
-        if !supported {
-            return Err(WasmError::UnsupportedImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
-            });
-        }
-    }
-    match module.get_export("_start") {
-        Some(ExternType::Func(ty)) if ty.params().is_empty() && ty.results().is_empty() => {
-            Ok(module)
-        }
-        _ => Err(WasmError::NoEntryPoint),
-    }
-}
-
-/// Maps a wasmi error to the sandbox's error; `None` means a clean `proc_exit(0)`.
-fn classify(error: &Error, host: &mut Host, limits: &WasmLimits) -> Option<WasmError> {
-    if let Some(abort) = host.abort.take() {
-        return Some(abort);
-    }
-    if let Some(code) = error.i32_exit_status() {
-        if code == 0 {
-            return None;
-        }
-        let tail = &host.stderr[host.stderr.len().saturating_sub(STDERR_TAIL)..];
-        return Some(WasmError::Exit {
-            code,
-            stderr: String::from_utf8_lossy(tail).into_owned(),
-        });
-    }
-    // A memory or table whose initial size is over the cap fails instantiation.
-    let memory_denied = matches!(
-        error.kind(),
-        ErrorKind::Memory(MemoryError::ResourceLimiterDeniedAllocation)
-            | ErrorKind::Instantiation(
-                InstantiationError::FailedToInstantiateMemory(
-                    MemoryError::ResourceLimiterDeniedAllocation
-                ) | InstantiationError::FailedToInstantiateTable(
-                    TableError::ResourceLimiterDeniedAllocation
-                )
-            )
-    );
-    Some(match error.as_trap_code() {
-        _ if memory_denied => WasmError::MemoryLimit {
-            limit_bytes: limits.max_memory_bytes,
-        },
-        Some(TrapCode::GrowthOperationLimited) => WasmError::MemoryLimit {
-            limit_bytes: limits.max_memory_bytes,
-        },
-        Some(TrapCode::OutOfFuel) => WasmError::OutOfFuel { fuel: limits.fuel },
-        _ => WasmError::Trap(error.to_string()),
-    })
-}
-
-/// Per-run state of the guest's WASI world.
-struct Host {
-    stdin: Vec<u8>,
-    stdin_pos: usize,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    max_output: usize,
-    limiter: StoreLimits,
-    /// Set by a host function that stops the guest for a reason wasmi cannot express.
-    abort: Option<WasmError>,
-}
-
-/// Builds the `wasi_snapshot_preview1` linker. Every name in [`WASI_IMPORTS`] is defined here.
-fn wasi_linker(engine: &Engine) -> Linker<Host> {
-    type C<'a> = Caller<'a, Host>;
-    fn def<P, R>(linker: &mut Linker<Host>, name: &str, func: impl IntoFunc<Host, P, R>) {
-        // Cannot fail: shadowing is allowed, so a duplicate name would replace, not error.
-        let _ = linker.func_wrap(WASI, name, func);
-    }
-    let mut l = Linker::new(engine);
-    l.allow_shadowing(true);
-    def(
-        &mut l,
-        "fd_read",
-        |c: C, fd: i32, iovs: i32, n: i32, out: i32| errno(fd_read(c, fd, iovs, n, out)),
-    );
-    def(&mut l, "fd_write", fd_write);
-    def(
-        &mut l,
-        "proc_exit",
-        |_: C, code: i32| -> Result<(), Error> { Err(Error::i32_exit(code)) },
-    );
-    for name in ["args_sizes_get", "environ_sizes_get"] {
-        def(&mut l, name, |mut c: C, count: i32, size: i32| {
-            errno(with_memory(&mut c, |mem, _| {
-                write_bytes(mem, count, &0u32.to_le_bytes())?;
-                write_bytes(mem, size, &0u32.to_le_bytes())
-            }))
-        });
-    }
-    for name in ["args_get", "environ_get"] {
-        def(&mut l, name, |_: C, _: i32, _: i32| SUCCESS);
-    }
-    def(&mut l, "fd_fdstat_get", |mut c: C, fd: i32, out: i32| {
-        // fdstat: filetype u8 (2 = character_device), flags u16 @2, rights u64 @8 and @16.
-        let rights: u64 = match fd {
-            0 => 1 << 1,     // fd_read
-            1 | 2 => 1 << 6, // fd_write
-            _ => return EBADF,
-        };
-        let mut stat = [0u8; 24];
-        stat[0] = 2;
-        stat[8..16].copy_from_slice(&rights.to_le_bytes());
-        errno(with_memory(&mut c, |mem, _| write_bytes(mem, out, &stat)))
-    });
-    def(&mut l, "fd_close", |_: C, fd: i32| {
-        if (0..=2).contains(&fd) {
-            SUCCESS
-        } else {
-            EBADF
-        }
-    });
-    def(
-        &mut l,
-        "fd_seek",
-        |_: C, fd: i32, _: i64, _: i32, _: i32| {
-            if (0..=2).contains(&fd) { ESPIPE } else { EBADF }
-        },
-    );
-    def(&mut l, "fd_prestat_get", |_: C, _: i32, _: i32| EBADF);
-    def(
-        &mut l,
-        "fd_prestat_dir_name",
-        |_: C, _: i32, _: i32, _: i32| EBADF,
-    );
-    def(&mut l, "random_get", |_: C, _: i32, _: i32| ENOSYS);
-    def(&mut l, "clock_res_get", |_: C, _: i32, _: i32| ENOSYS);
-    def(&mut l, "clock_time_get", |_: C, _: i32, _: i64, _: i32| {
-        ENOSYS
-    });
-    def(
-        &mut l,
-        "poll_oneoff",
-        |_: C, _: i32, _: i32, _: i32, _: i32| ENOSYS,
-    );
-    def(&mut l, "sched_yield", |_: C| SUCCESS);
-    l
-}
-
-/// Turns a host-call result into the errno returned to the guest.
-fn errno(result: Result<(), i32>) -> i32 {
-    result.err().unwrap_or(SUCCESS)
-}
-
-/// Runs `f` on the guest's exported `memory` and the host state; `EFAULT` without a memory.
-fn with_memory<R>(
-    caller: &mut Caller<'_, Host>,
-    f: impl FnOnce(&mut [u8], &mut Host) -> Result<R, i32>,
-) -> Result<R, i32> {
-    let memory: Memory = caller
-        .get_export("memory")
-        .and_then(|e| e.into_memory())
-        .ok_or(EFAULT)?;
-    let (mem, host) = memory.data_and_store_mut(caller);
-    f(mem, host)
 }
 
 /// The guest range `[ptr, ptr + len)`, or `EFAULT` if any of it is outside memory.
@@ -688,632 +1030,9 @@ fn iovecs(mem: &[u8], iovs: i32, count: i32) -> Result<Vec<std::ops::Range<usize
         .collect()
 }
 
-/// `fd_read`: fills the iovecs from the rest of stdin; reads past the end return 0 bytes.
-fn fd_read(
-    mut caller: Caller<'_, Host>,
-    fd: i32,
-    iovs: i32,
-    count: i32,
-    nread: i32,
-) -> Result<(), i32> {
-    if fd != 0 {
-        return Err(EBADF);
-    }
-    with_memory(&mut caller, |mem, host| {
-        let buffers = iovecs(mem, iovs, count)?;
-        guest_range(mem, nread, 4)?;
-        let mut total = 0;
-        for buffer in buffers {
-            let input = host.stdin.get(host.stdin_pos..).unwrap_or_default();
-            let n = input.len().min(buffer.len());
-            let dest = mem.get_mut(buffer.start..buffer.start + n).ok_or(EFAULT)?;
-            dest.copy_from_slice(input.get(..n).unwrap_or_default());
-            host.stdin_pos += n;
-            total += n;
-            if n < buffer.len() {
-                break;
-            }
-        }
-        write_size(mem, nread, total)
-    })
-}
-
-/// `fd_write`: appends the iovecs to stdout/stderr, or stops the guest past the output cap.
-fn fd_write(
-    mut caller: Caller<'_, Host>,
-    fd: i32,
-    iovs: i32,
-    count: i32,
-    nwritten: i32,
-) -> Result<i32, Error> {
-    if fd != 1 && fd != 2 {
-        return Ok(EBADF);
-    }
-    let written = with_memory(&mut caller, |mem, host| {
-        let buffers = iovecs(mem, iovs, count)?;
-        guest_range(mem, nwritten, 4)?;
-        let total: usize = buffers.iter().map(|b| b.len()).sum();
-        if host.stdout.len() + host.stderr.len() + total > host.max_output {
-            host.abort = Some(WasmError::OutputTooLarge {
-                limit: host.max_output,
-            });
-            return Ok(None);
-        }
-        let sink = if fd == 1 {
-            &mut host.stdout
-        } else {
-            &mut host.stderr
-        };
-        for buffer in buffers {
-            sink.extend_from_slice(mem.get(buffer).ok_or(EFAULT)?);
-        }
-        write_size(mem, nwritten, total).map(|()| Some(()))
-    });
-    match written {
-        Ok(Some(())) => Ok(SUCCESS),
-        Ok(None) => Err(Error::new("output limit exceeded")),
-        Err(errno) => Ok(errno),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::{sync::Arc, thread};
-
-    const IMPORTS: &str = r#"
-        (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-        (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-        (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))"#;
-
-    /// Reads stdin in 7-byte chunks and writes it back upper-cased.
-    const UPPER: &str = r#"
-        (memory (export "memory") 1)
-        (func (export "_start") (local $n i32) (local $i i32) (local $c i32)
-          (loop $read
-            (i32.store (i32.const 0) (i32.const 1024))
-            (i32.store (i32.const 4) (i32.const 7))
-            (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
-            (local.set $n (i32.load (i32.const 16)))
-            (if (local.get $n) (then
-              (local.set $i (i32.const 0))
-              (block $done (loop $up
-                (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-                (local.set $c (i32.load8_u (i32.add (i32.const 1024) (local.get $i))))
-                (if (i32.and (i32.ge_u (local.get $c) (i32.const 97)) (i32.le_u (local.get $c) (i32.const 122)))
-                  (then (i32.store8 (i32.add (i32.const 1024) (local.get $i)) (i32.sub (local.get $c) (i32.const 32)))))
-                (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                (br $up)))
-              (i32.store (i32.const 32) (i32.const 1024))
-              (i32.store (i32.const 36) (local.get $n))
-              (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 20)))
-              (br $read)))))"#;
-
-    /// Writes the sum of all stdin bytes as decimal ASCII.
-    const BYTE_SUM: &str = r#"
-        (memory (export "memory") 1)
-        (func (export "_start") (local $n i32) (local $i i32) (local $sum i32) (local $p i32)
-          (loop $read
-            (i32.store (i32.const 0) (i32.const 1024))
-            (i32.store (i32.const 4) (i32.const 4096))
-            (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
-            (local.set $n (i32.load (i32.const 16)))
-            (local.set $i (i32.const 0))
-            (block $done (loop $add
-              (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-              (local.set $sum (i32.add (local.get $sum) (i32.load8_u (i32.add (i32.const 1024) (local.get $i)))))
-              (local.set $i (i32.add (local.get $i) (i32.const 1)))
-              (br $add)))
-            (br_if $read (local.get $n)))
-          ;; digits are written backwards, ending at 200
-          (local.set $p (i32.const 200))
-          (loop $digit
-            (local.set $p (i32.sub (local.get $p) (i32.const 1)))
-            (i32.store8 (local.get $p) (i32.add (i32.const 48) (i32.rem_u (local.get $sum) (i32.const 10))))
-            (local.set $sum (i32.div_u (local.get $sum) (i32.const 10)))
-            (br_if $digit (local.get $sum)))
-          (i32.store (i32.const 32) (local.get $p))
-          (i32.store (i32.const 36) (i32.sub (i32.const 200) (local.get $p)))
-          (drop (call $fd_write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 20))))"#;
-
-    const SPIN: &str = r#"(memory (export "memory") 1) (func (export "_start") (loop $l (br $l)))"#;
-
-    fn module(body: &str) -> Vec<u8> {
-        wat::parse_str(format!("(module {IMPORTS} {body})")).expect("test WAT must parse")
-    }
-
-    fn limits() -> WasmLimits {
-        WasmLimits {
-            fuel: 100_000_000,
-            max_memory_bytes: 16 << 20,
-            max_output_bytes: 1 << 20,
-            wall_clock: Duration::from_secs(60),
-        }
-    }
-
-    fn run(body: &str, stdin: &[u8], limits: &WasmLimits) -> Result<WasmOutput, WasmError> {
-        WasmSandbox::new(4).run(&module(body), stdin, limits, &AtomicBool::new(false))
-    }
-
-    /// Calls `call` (a WAT expression returning i32) and exits with its result as the code.
-    fn probe(imports: &str, call: &str) -> i32 {
-        let body = format!(
-            r#"{imports} (memory (export "memory") 1)
-               (func (export "_start") (call $proc_exit {call}))"#
-        );
-        match run(&body, b"", &limits()) {
-            Ok(_) => 0,
-            Err(WasmError::Exit { code, .. }) => code,
-            Err(other) => panic!("probe failed: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn uppercases_stdin() {
-        let input = b"Hello, wasm sandbox! 123 abc_xyz {}";
-        let out = run(UPPER, input, &limits()).expect("run");
-        assert_eq!(out.stdout, input.to_ascii_uppercase());
-        assert!(out.stderr.is_empty());
-        assert!(out.fuel_consumed > 0);
-        assert_eq!(
-            out.module_sha256,
-            hex::encode(Sha256::digest(module(UPPER)))
-        );
-    }
-
-    #[test]
-    fn byte_sum_matches_rust() {
-        let inputs: [&[u8]; 4] = [b"", b"a", br#"{"a":12,"b":30}"#, &[0xff; 10_000]];
-        for input in inputs {
-            let out = run(BYTE_SUM, input, &limits()).expect("run");
-            let expected: u32 = input.iter().map(|&b| u32::from(b)).sum();
-            assert_eq!(
-                String::from_utf8(out.stdout).expect("ascii"),
-                expected.to_string()
-            );
-        }
-    }
-
-    #[test]
-    fn fuel_is_deterministic_and_exact_across_slices() {
-        // A few fuel per iteration over 10M iterations: several slices.
-        let body = r#"(memory (export "memory") 1)
-            (func (export "_start") (local $i i32)
-              (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                       (br_if $l (i32.lt_u (local.get $i) (i32.const 10000000)))))"#;
-        let sandbox = WasmSandbox::new(4);
-        let (wasm, cancel) = (module(body), AtomicBool::new(false));
-        let first = sandbox.run(&wasm, b"", &limits(), &cancel).expect("run");
-        assert!(
-            first.fuel_consumed > 3 * FUEL_SLICE,
-            "{}",
-            first.fuel_consumed
-        );
-        let again = sandbox.run(&wasm, b"", &limits(), &cancel).expect("run");
-        assert_eq!(first.fuel_consumed, again.fuel_consumed);
-        let exact = WasmLimits {
-            fuel: first.fuel_consumed,
-            ..limits()
-        };
-        assert_eq!(
-            sandbox
-                .run(&wasm, b"", &exact, &cancel)
-                .expect("run")
-                .fuel_consumed,
-            exact.fuel
-        );
-        let short = WasmLimits {
-            fuel: first.fuel_consumed - 1,
-            ..limits()
-        };
-        let err = sandbox
-            .run(&wasm, b"", &short, &cancel)
-            .expect_err("one short");
-        assert!(
-            matches!(err, WasmError::OutOfFuel { fuel } if fuel == short.fuel),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn infinite_loop_runs_out_of_fuel() {
-        let err = run(
-            SPIN,
-            b"",
-            &WasmLimits {
-                fuel: 10_000,
-                ..limits()
-            },
-        )
-        .expect_err("spins");
-        assert!(
-            matches!(err, WasmError::OutOfFuel { fuel: 10_000 }),
-            "{err:?}"
-        );
-        assert_eq!(err.kind(), FailureKind::OutOfFuel);
-    }
-
-    #[test]
-    fn infinite_loop_is_cancelled_from_another_thread() {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let setter = Arc::clone(&cancel);
-        let handle = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(100));
-            setter.store(true, Ordering::Relaxed);
-        });
-        let started = Instant::now();
-        let lim = WasmLimits {
-            fuel: u64::MAX,
-            ..limits()
-        };
-        let err = WasmSandbox::new(1)
-            .run(&module(SPIN), b"", &lim, &cancel)
-            .expect_err("spins");
-        handle.join().expect("setter thread");
-        assert!(matches!(err, WasmError::Cancelled), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    /// This thread's CPU time (user + system) from procfs, in clock ticks of 10 ms.
-    #[cfg(target_os = "linux")]
-    fn thread_cpu() -> Duration {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("procfs");
-        let after = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<u64> = after
-            .split(' ')
-            .skip(11)
-            .take(2)
-            .map(|x| x.parse().expect("tick count"))
-            .collect();
-        Duration::from_millis((f[0] + f[1]) * 10)
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn duty_cycle_gives_the_cpu_back() {
-        let body = r#"(memory (export "memory") 1)
-            (func (export "_start") (local $i i32)
-              (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                       (br_if $l (i32.lt_u (local.get $i) (i32.const 100000000)))))"#;
-        let sandbox = WasmSandbox::new(4);
-        let (wasm, cancel) = (module(body), AtomicBool::new(false));
-        let lim = WasmLimits {
-            fuel: u64::MAX,
-            // Shorter than the paced run takes: sleeping does not count against it.
-            wall_clock: Duration::from_secs(60),
-            ..limits()
-        };
-        let full = sandbox.run(&wasm, b"", &lim, &cancel).expect("run");
-        let duty = AtomicU32::new(25);
-        let (cpu0, t0) = (thread_cpu(), Instant::now());
-        let paced = sandbox
-            .run_paced(&wasm, b"", &lim, &cancel, &duty)
-            .expect("paced run");
-        let (cpu, wall) = (thread_cpu() - cpu0, t0.elapsed());
-        assert_eq!(
-            paced.fuel_consumed, full.fuel_consumed,
-            "pacing changes no fuel"
-        );
-        assert!(
-            wall >= Duration::from_millis(200),
-            "too short to measure: {wall:?}"
-        );
-        let share = cpu.as_secs_f64() / wall.as_secs_f64();
-        assert!(
-            share < 0.40,
-            "used {share:.2} of a core at a 25% duty cycle ({cpu:?} of {wall:?})"
-        );
-
-        // Cancelling while it sleeps stops it promptly.
-        let duty = AtomicU32::new(1);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let setter = Arc::clone(&cancel);
-        let stopper = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(300));
-            setter.store(true, Ordering::Relaxed);
-            Instant::now()
-        });
-        let err = sandbox
-            .run_paced(&module(SPIN), b"", &lim, &cancel, &duty)
-            .expect_err("spins");
-        let set_at = stopper.join().expect("stopper");
-        assert!(matches!(err, WasmError::Cancelled), "{err:?}");
-        assert!(
-            set_at.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            set_at.elapsed()
-        );
-    }
-
-    #[test]
-    fn infinite_loop_hits_the_wall_clock() {
-        let started = Instant::now();
-        let wall_clock = Duration::from_millis(200);
-        let err = run(
-            SPIN,
-            b"",
-            &WasmLimits {
-                fuel: u64::MAX,
-                wall_clock,
-                ..limits()
-            },
-        )
-        .expect_err("spins");
-        assert!(
-            matches!(err, WasmError::WallClock { limit } if limit == wall_clock),
-            "{err:?}"
-        );
-        let elapsed = started.elapsed();
-        assert!(
-            elapsed >= wall_clock && elapsed < Duration::from_secs(10),
-            "{elapsed:?}"
-        );
-    }
-
-    #[test]
-    fn memory_bombs_hit_the_memory_limit() {
-        let trapping = r#"(memory (export "memory") 1)
-            (func (export "_start")
-              (loop $g (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
-                       (br $g)))"#;
-        let looping = r#"(memory (export "memory") 1)
-            (func (export "_start") (loop $g (drop (memory.grow (i32.const 1))) (br $g)))"#;
-        let too_big_at_start = r#"(memory (export "memory") 512) (func (export "_start"))"#;
-        for body in [trapping, looping, too_big_at_start] {
-            let err = run(body, b"", &limits()).expect_err("bomb");
-            assert!(
-                matches!(err, WasmError::MemoryLimit { limit_bytes } if limit_bytes == 16 << 20),
-                "{err:?}"
-            );
-        }
-        // Growing up to the cap is fine: 1 + 255 pages = 16 MiB.
-        let within = r#"(memory (export "memory") 1)
-            (func (export "_start") (if (i32.eq (memory.grow (i32.const 255)) (i32.const -1))
-                                        (then unreachable)))"#;
-        run(within, b"", &limits()).expect("within the cap");
-    }
-
-    #[test]
-    fn refuses_bad_modules() {
-        let sandbox = WasmSandbox::new(4);
-        let go = |wasm: &[u8]| sandbox.run(wasm, b"", &limits(), &AtomicBool::new(false));
-        assert!(matches!(
-            go(b"definitely not wasm"),
-            Err(WasmError::InvalidModule(_))
-        ));
-        assert!(matches!(
-            go(b"\0asm\x01\0\0\0\x05"),
-            Err(WasmError::InvalidModule(_))
-        ));
-        assert!(
-            matches!(go(b"(module)"), Err(WasmError::InvalidModule(_))),
-            "text format"
-        );
-        let start_section = module(r#"(func $s) (start $s) (func (export "_start"))"#);
-        assert!(matches!(
-            go(&start_section),
-            Err(WasmError::InvalidModule(_))
-        ));
-
-        let env =
-            wat::parse_str(r#"(module (import "env" "foo" (func)) (func (export "_start")))"#)
-                .expect("wat");
-        let err = go(&env).expect_err("env import");
-        assert!(
-            matches!(&err, WasmError::UnsupportedImport { module, name }
-            if module == "env" && name == "foo"),
-            "{err:?}"
-        );
-        assert_eq!(err.kind(), FailureKind::UnsupportedImport);
-        for import in [
-            r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32) (result i32)))"#,
-            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32) (result i32)))"#,
-            r#"(import "wasi_snapshot_preview1" "memory" (memory 1))"#,
-        ] {
-            let wasm = wat::parse_str(format!(r#"(module {import} (func (export "_start")))"#))
-                .expect("wat");
-            assert!(
-                matches!(go(&wasm), Err(WasmError::UnsupportedImport { .. })),
-                "{import}"
-            );
-        }
-
-        for body in [
-            r#"(func (export "main"))"#,
-            r#"(func (export "_start") (param i32))"#,
-        ] {
-            assert!(
-                matches!(go(&module(body)), Err(WasmError::NoEntryPoint)),
-                "{body}"
-            );
-        }
-        assert!(compile(&sandbox.engine, &module(UPPER)).is_ok());
-        assert_eq!(
-            sandbox.cached_modules(),
-            0,
-            "refused modules are not cached"
-        );
-    }
-
-    #[test]
-    fn proc_exit_codes() {
-        let body = |code: i32| {
-            format!(
-                r#"(memory (export "memory") 1) (data (i32.const 100) "boom")
-                (func (export "_start")
-                  (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 4))
-                  (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
-                  (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-                  (call $proc_exit (i32.const {code})) unreachable)"#
-            )
-        };
-        let err = run(&body(3), b"", &limits()).expect_err("exit 3");
-        assert!(
-            matches!(&err, WasmError::Exit { code: 3, stderr } if stderr == "boom"),
-            "{err:?}"
-        );
-        assert_eq!(err.kind(), FailureKind::Exit);
-        let out = run(&body(0), b"", &limits()).expect("exit 0 is success");
-        assert_eq!(
-            (out.stdout.as_slice(), out.stderr.as_slice()),
-            (&b"boom"[..], &b"boom"[..])
-        );
-    }
-
-    #[test]
-    fn traps_are_reported() {
-        let err = run(r#"(func (export "_start") unreachable)"#, b"", &limits()).expect_err("trap");
-        assert!(
-            matches!(&err, WasmError::Trap(msg) if msg.contains("unreachable")),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn output_cap() {
-        // Writes 100 bytes `$times` times.
-        let body = |times: i32| {
-            format!(
-                r#"(memory (export "memory") 1)
-                (func (export "_start") (local $i i32)
-                  (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 100))
-                  (loop $w
-                    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                    (br_if $w (i32.lt_s (local.get $i) (i32.const {times})))))"#
-            )
-        };
-        let lim = WasmLimits {
-            max_output_bytes: 1000,
-            ..limits()
-        };
-        assert_eq!(
-            run(&body(10), b"", &lim)
-                .expect("exactly at the cap")
-                .stdout
-                .len(),
-            1000
-        );
-        let err = run(&body(i32::MAX), b"", &lim).expect_err("too much");
-        assert!(
-            matches!(err, WasmError::OutputTooLarge { limit: 1000 }),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn wasi_calls_return_the_right_errno() {
-        let write = |fd: i32, iovs: u32| {
-            format!(
-                "(call $fd_write (i32.const {fd}) (i32.const {iovs}) (i32.const 1) (i32.const 8))"
-            )
-        };
-        assert_eq!(
-            probe("", &write(1, 0xffff_fff0)),
-            EFAULT,
-            "iovec array out of memory"
-        );
-        let oob_buffer =
-            "(i32.store (i32.const 0) (i32.const 65530)) (i32.store (i32.const 4) (i32.const 100))";
-        assert_eq!(
-            probe(
-                "",
-                &format!("(block (result i32) {oob_buffer} {})", write(1, 0))
-            ),
-            EFAULT
-        );
-        assert_eq!(probe("", &write(3, 0)), EBADF);
-        assert_eq!(probe("", &write(1, 0)), SUCCESS, "zero-length write");
-        let read = "(call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 70000))";
-        assert_eq!(probe("", read), EFAULT, "nread pointer out of memory");
-
-        let wasi = |name: &str, sig: &str| {
-            format!(r#"(import "wasi_snapshot_preview1" "{name}" (func ${name} {sig}))"#)
-        };
-        let ii = "(param i32 i32) (result i32)";
-        let calls = [
-            (wasi("fd_seek", "(param i32 i64 i32 i32) (result i32)"),
-             "(call $fd_seek (i32.const 1) (i64.const 0) (i32.const 0) (i32.const 0))", ESPIPE),
-            (wasi("fd_prestat_get", ii), "(call $fd_prestat_get (i32.const 3) (i32.const 0))", EBADF),
-            (wasi("random_get", ii), "(call $random_get (i32.const 0) (i32.const 8))", ENOSYS),
-            (wasi("clock_time_get", "(param i32 i64 i32) (result i32)"),
-             "(call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 0))", ENOSYS),
-            (wasi("fd_fdstat_get", ii), "(call $fd_fdstat_get (i32.const 5) (i32.const 0))", EBADF),
-            (wasi("fd_fdstat_get", ii),
-             "(block (result i32) (drop (call $fd_fdstat_get (i32.const 1) (i32.const 0))) (i32.load8_u (i32.const 0)))",
-             2),
-            (wasi("args_sizes_get", ii),
-             "(block (result i32) (i32.store (i32.const 0) (i32.const -1)) (i32.store (i32.const 4) (i32.const -1))
-               (drop (call $args_sizes_get (i32.const 0) (i32.const 4)))
-               (i32.add (i32.load (i32.const 0)) (i32.load (i32.const 4))))", 0),
-            (wasi("environ_sizes_get", ii), "(call $environ_sizes_get (i32.const 65535) (i32.const 0))", EFAULT),
-        ];
-        for (import, call, expected) in calls {
-            assert_eq!(probe(&import, call), expected, "{call}");
-        }
-    }
-
-    #[test]
-    fn every_supported_import_links() {
-        let imports: String = WASI_IMPORTS
-            .iter()
-            .map(|(name, sig)| {
-                let (params, results) = sig.split_once(':').expect("sig");
-                let ty = |s: &str| {
-                    s.chars()
-                        .map(|c| if c == 'I' { " i64" } else { " i32" })
-                        .collect::<String>()
-                };
-                format!(
-                    r#"(import "wasi_snapshot_preview1" "{name}" (func (param{}) (result{})))"#,
-                    ty(params),
-                    ty(results)
-                )
-            })
-            .collect();
-        let wasm = wat::parse_str(format!(
-            r#"(module {imports} (memory (export "memory") 1) (func (export "_start")))"#
-        ))
-        .expect("wat");
-        let out = WasmSandbox::new(1).run(&wasm, b"", &limits(), &AtomicBool::new(false));
-        assert!(out.is_ok(), "{out:?}");
-    }
-
-    #[test]
-    fn caches_modules_by_hash() {
-        let sandbox = WasmSandbox::new(2);
-        let cancel = AtomicBool::new(false);
-        for _ in 0..2 {
-            sandbox
-                .run(&module(UPPER), b"x", &limits(), &cancel)
-                .expect("run");
-        }
-        assert_eq!(sandbox.cached_modules(), 1);
-        sandbox
-            .run(&module(BYTE_SUM), b"x", &limits(), &cancel)
-            .expect("run");
-        sandbox
-            .run(
-                &module(SPIN),
-                b"",
-                &WasmLimits {
-                    fuel: 10,
-                    ..limits()
-                },
-                &cancel,
-            )
-            .expect_err("spin");
-        assert_eq!(sandbox.cached_modules(), 2, "capacity bound");
-        let uncached = WasmSandbox::new(0);
-        uncached
-            .run(&module(UPPER), b"x", &limits(), &cancel)
-            .expect("run");
-        assert_eq!(uncached.cached_modules(), 0);
-    }
-
-    #[test]
-    fn sandbox_is_shareable_across_threads() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<WasmSandbox>();
-    }
+/// Value kinds of a host signature (`i`/`I` letters).
+fn sig_kinds(sig: &str) -> (Vec<bool>, Vec<bool>) {
+    let (params, results) = sig.split_once(':').unwrap_or_default();
+    let wide = |s: &str| s.chars().map(|c| c == 'I').collect();
+    (wide(params), wide(results))
 }

@@ -76,6 +76,7 @@ fn answer(task_id: Uuid, attempt: u32, rng: &mut StdRng) -> AgentEvent {
             // Deterministic per task, as fuel is: honest replicas agree.
             fuel_consumed: Some(u64::from(task_id.as_bytes()[0]) * 1_000_000),
             macs: None,
+            engine: None,
         },
     }
 }

@@ -101,6 +101,15 @@ impl Scheduler {
         };
         let (won, lost): (Vec<_>, Vec<_>) = answers.iter().partition(|(_, h)| *h == winning);
         let winners: Vec<String> = won.iter().map(|(a, _)| a.node_id.clone()).collect();
+        // Which wasm engine each agreeing replica ran on (a JIT node and an interpreter node
+        // agree byte for byte), for the submitter to see.
+        let engines: serde_json::Map<String, serde_json::Value> = won
+            .iter()
+            .filter_map(|(a, _)| {
+                let engine = a.result.as_ref()?.engine.clone()?;
+                Some((a.node_id.clone(), engine.into()))
+            })
+            .collect();
         let losers: Vec<String> = lost.iter().map(|(a, _)| a.node_id.clone()).collect();
         let Some(r) = won[0].0.result.clone() else {
             return;
@@ -128,6 +137,7 @@ impl Scheduler {
                     "rejected_nodes": losers,
                     "duration_ms": r.duration_ms,
                     "fuel_consumed": r.fuel_consumed,
+                    "engines": engines,
                 });
                 self.finish(task_id, TaskStatus::Completed, Some(result), None, now);
             }

@@ -572,6 +572,7 @@ mod tests {
                     duration_ms: 12,
                     fuel_consumed: Some(3400),
                     macs: None,
+                    engine: None,
                 }),
                 note: None,
             },
@@ -640,6 +641,7 @@ mod tests {
                 duration_ms: 3,
                 fuel_consumed: None,
                 macs: None,
+                engine: None,
             }),
             note: None,
         }];

@@ -61,6 +61,7 @@ fn failure(task_id: Uuid, attempt: u32, kind: &str) -> AgentEvent {
             duration_ms: 5,
             fuel_consumed: None,
             macs: None,
+            engine: None,
         },
     }
 }

@@ -8,6 +8,7 @@ mod coordinators;
 mod credits;
 mod docs;
 mod edge;
+mod engines;
 mod faults;
 mod fl;
 mod flow;
