@@ -11,6 +11,7 @@
 //! - [`Cluster`]: the network under test.
 
 pub mod adversary;
+pub mod browser;
 pub mod ledger;
 pub mod mosquitto;
 pub mod nats;

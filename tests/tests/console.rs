@@ -21,47 +21,14 @@
 //! all three and sets `AMBIENT_REQUIRE_TRAY_TESTS=1`: then a missing tool fails the test instead
 //! of skipping it.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
+use ambient_e2e::browser::{self, repo};
 use ambient_protocol::{Requirements, TaskSubmission, TaskType};
 use base64::Engine as _;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e package lives in the repository")
-        .to_path_buf()
-}
-
-/// What the browser test needs and this machine lacks.
-fn missing_tools() -> Vec<String> {
-    let mut missing = Vec::new();
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !node {
-        missing.push("node".to_string());
-    }
-    if !["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-        && std::env::var_os("CHROMIUM").is_none()
-    {
-        missing.push("chromium".into());
-    }
-    if !repo()
-        .join("tray-app/tests/node_modules/playwright-core")
-        .exists()
-    {
-        missing.push("playwright-core (npm ci in tray-app/tests)".into());
-    }
-    missing
-}
 
 /// One server-sent event: its name and its data parsed as JSON.
 type SseEvent = (String, serde_json::Value);
@@ -346,13 +313,7 @@ async fn a_follower_streams_the_leaders_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_submits_a_template_in_chromium() {
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("AMBIENT_REQUIRE_TRAY_TESTS").is_none(),
-            "AMBIENT_REQUIRE_TRAY_TESTS is set but these are missing: {missing:?}"
-        );
-        eprintln!("skipping the console test: missing {missing:?} (scripts/test installs them)");
+    if browser::skip("the console test", &browser::missing_tools()) {
         return;
     }
     let cluster = Cluster::embedded(2).await.expect("cluster");

@@ -19,43 +19,18 @@ use std::time::Duration;
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
+use ambient_e2e::browser::{self, repo};
 use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TaskType};
 use base64::Engine as _;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the e2e package lives in the repository")
-        .to_path_buf()
-}
-
-/// Why the tray tests cannot run here, if they cannot.
+/// Why the tray tests cannot run here, if they cannot: the browser's tools, and Xvfb, a D-Bus
+/// session, python3-gi and the tray binary.
 fn missing_tools() -> Vec<String> {
-    let root = repo();
-    let mut missing = Vec::new();
-    let on_path = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    for tool in ["node", "Xvfb", "dbus-run-session"] {
-        if !on_path(tool) {
+    let mut missing = browser::missing_tools();
+    for tool in ["Xvfb", "dbus-run-session"] {
+        if !browser::on_path(tool) {
             missing.push(tool.to_string());
         }
-    }
-    if !["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .any(|p| Path::new(p).exists())
-        && std::env::var_os("CHROMIUM").is_none()
-    {
-        missing.push("chromium".into());
-    }
-    if !root
-        .join("tray-app/tests/node_modules/playwright-core")
-        .exists()
-    {
-        missing.push("playwright-core (npm ci in tray-app/tests)".into());
     }
     if !Command::new("/usr/bin/python3")
         .args(["-c", "from gi.repository import Gio"])
@@ -134,13 +109,7 @@ fn run_script(what: &str, cmd: &mut Command) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_tray_drive_a_real_agent() {
-    let missing = missing_tools();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("AMBIENT_REQUIRE_TRAY_TESTS").is_none(),
-            "AMBIENT_REQUIRE_TRAY_TESTS is set but these are missing: {missing:?}"
-        );
-        eprintln!("skipping the tray tests: missing {missing:?} (scripts/test installs them)");
+    if browser::skip("the tray tests", &missing_tools()) {
         return;
     }
 

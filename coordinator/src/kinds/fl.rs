@@ -43,19 +43,11 @@ use crate::scheduler::fl::FlOutcome;
 use crate::scheduler::{Outbound, Scheduler};
 use crate::submission::{Accepted, SubmitError};
 
-/// Checks a `federated_learning` submission: its job spec, privacy budget and client count.
+/// Checks a `federated_learning` submission beyond its shape (which `submission::schema`
+/// checked: no module, no GPU, the job's fields): its privacy budget, client count and
+/// hyper-parameters.
 pub(crate) fn check(accepted: &mut Accepted) -> Result<(), SubmitError> {
     let submission = &accepted.submission;
-    if submission.wasm_module.is_some() {
-        return Err(SubmitError::InvalidInputs(
-            "federated_learning takes no wasm_module".into(),
-        ));
-    }
-    if submission.requirements.require_gpu {
-        return Err(SubmitError::InvalidRequirements(
-            "federated_learning trains on the CPU; require_gpu is not supported".into(),
-        ));
-    }
     let job: JobSpec = serde_json::from_value(submission.inputs.clone())
         .map_err(|e| SubmitError::InvalidInputs(format!("federated_learning inputs: {e}")))?;
     // A budget that cannot be met, too few clients, bad hyper-parameters: refused now.
