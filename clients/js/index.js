@@ -174,7 +174,8 @@ function tensorToJson(name, t) {
       if (v > MAX_EXACT || v < -MAX_EXACT) throw new RangeError(`tensor ${name}: int64 values beyond 2**53 would lose precision`);
       return Number(v);
     }
-    if (!Number.isFinite(v)) throw new RangeError(`tensor ${name}: NaN and infinities cannot travel as JSON numbers`);
+    // JSON numbers lack NaN and ±infinity: they travel as their names.
+    if (!Number.isFinite(v)) return Number.isNaN(v) ? 'NaN' : (v > 0 ? 'Infinity' : '-Infinity');
     return v;
   });
   const n = shape.reduce((a, b) => a * b, 1);
@@ -188,7 +189,7 @@ function tensorFromJson(t) {
   if (!Cls) throw new TypeError(`unknown dtype ${t.dtype}`);
   const data = Cls === BigInt64Array
     ? BigInt64Array.from(t.data, (v) => BigInt(Math.round(v)))
-    : Cls.from(t.data);
+    : Cls.from(t.data, Number); // "NaN", "Infinity", "-Infinity" → the values
   return { dtype: t.dtype, shape: [...t.shape], data };
 }
 

@@ -79,9 +79,6 @@ def test_no_coordinator_is_a_transport_error() -> None:
 
 
 def test_values_json_cannot_carry_are_refused_before_sending(client: Client) -> None:
-    with pytest.raises(ValueError, match="NaN"):
-        client.submit_inference(b"model", {"x": np.array([np.nan], dtype=np.float32)},
-                                inline=True)
     with pytest.raises(ValueError, match="float16"):
         client.submit_inference(b"model", {"x": np.zeros(2, dtype=np.float16)}, inline=True)
     with pytest.raises(ValueError, match="cannot be sent as JSON"):

@@ -83,3 +83,15 @@ def test_unknown_model_is_refused(client: Client) -> None:
     with pytest.raises(BadRequestError) as e:
         client.submit_inference(None, {"x": X}, model_sha256="0" * 64)
     assert e.value.code == "unknown_model"
+
+
+def test_nan_and_infinities_travel_both_ways(client: Client) -> None:
+    """JSON numbers lack NaN and ±∞; they go in and come back as their names, bit-exact."""
+    x = np.array([[np.nan, 1.0, 2.0], [np.inf, -np.inf, 0.5], [1.0, 2.0, 3.0], [0, 0, 0]],
+                 dtype=np.float32)
+    out = client.submit_inference(MODEL, {"x": x, "k": K}, inline=True).wait(timeout=WAIT)
+    y = out.raise_for_status().tensors["y"]
+    expected = x @ W + B + K.astype(np.float32)
+    assert np.isnan(y[0]).all() and np.isnan(expected[0]).all()
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    np.testing.assert_allclose(y[2:], expected[2:], rtol=1e-5, atol=1e-5)

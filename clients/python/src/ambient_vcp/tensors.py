@@ -1,10 +1,12 @@
 """numpy arrays to and from the API's JSON tensors, ``{"dtype", "shape", "data"}``.
 
 The coordinator carries tensor values as JSON numbers (IEEE doubles), so integers are exact up to
-2**53 and NaN or infinities cannot travel; both are refused here, before anything is sent.
+2**53 (larger ones are refused here, before anything is sent); NaN and ±infinity, which JSON
+numbers lack, travel as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -28,7 +30,7 @@ def to_json(array: Any, name: str = "tensor") -> Dict[str, Any]:
     :func:`numpy.asarray` takes) of a dtype in :data:`DTYPES`; ``name`` only labels errors.
 
     Raises:
-        ValueError: another dtype, a non-finite float, or an integer beyond 2**53.
+        ValueError: another dtype, or an integer beyond 2**53.
     """
     arr = np.asarray(array)
     wire = next((k for k, d in DTYPES.items() if d == arr.dtype), None)
@@ -36,11 +38,19 @@ def to_json(array: Any, name: str = "tensor") -> Dict[str, Any]:
         raise ValueError(
             f"tensor {name}: dtype {arr.dtype} is not supported; use one of {', '.join(DTYPES)}"
         )
-    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"tensor {name}: NaN and infinities cannot travel as JSON numbers")
     if arr.dtype == np.int64 and arr.size and int(np.abs(arr).max()) > _EXACT:
         raise ValueError(f"tensor {name}: int64 values beyond 2**53 would lose precision")
-    return {"dtype": wire, "shape": list(arr.shape), "data": arr.ravel(order="C").tolist()}
+    data: list = arr.ravel(order="C").tolist()
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        data = [v if math.isfinite(v) else _NON_FINITE_NAME[_name_key(v)] for v in data]
+    return {"dtype": wire, "shape": list(arr.shape), "data": data}
+
+
+_NON_FINITE_NAME = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _name_key(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
 def from_json(tensor: Mapping[str, Any], name: str = "tensor") -> "np.ndarray[Any, Any]":
@@ -51,6 +61,7 @@ def from_json(tensor: Mapping[str, Any], name: str = "tensor") -> "np.ndarray[An
         data = tensor["data"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"tensor {name}: not a {{dtype, shape, data}} tensor: {e}") from None
+    # numpy reads "NaN", "Infinity" and "-Infinity" as the values they name.
     return np.asarray(data, dtype=np.float64).astype(dtype).reshape(shape)
 
 
