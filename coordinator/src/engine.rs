@@ -111,6 +111,7 @@ impl Engine {
                 },
                 _ = tick.tick() => {
                     let now = Utc::now();
+                    kinds::zk::release_waiting(&self.zk, &mut self.sched, now);
                     self.sched.tick(now);
                     cpu_bound(|| self.fl.tick(&mut self.sched, now));
                     self.flush().await;

@@ -86,9 +86,6 @@ pub enum StartError {
     /// The database could not be opened or read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// The Groth16 keys of a supported circuit could not be loaded or made.
-    #[error("zero-knowledge keys: {0}")]
-    Zk(#[from] kinds::zk::KeysError),
     /// The data dir or the HTTP port could not be used.
     #[error("{what}: {source}")]
     Io {
@@ -143,7 +140,7 @@ async fn start_with(
         source,
     })?;
     let store = store::Store::open(&cfg.store_location()).await?;
-    let zk = Arc::new(kinds::zk::Zk::load(&cfg.data_dir, &store).await?);
+    let zk = Arc::new(kinds::zk::Zk::new(cfg.data_dir.clone(), store.clone()));
     let shutdown = Shutdown::with_token(token);
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await

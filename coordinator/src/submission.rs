@@ -426,9 +426,10 @@ mod tests {
             "invalid_inputs"
         );
         assert_eq!(code(json!({"task_type": "zk_proof"})), "invalid_inputs");
+        let (_, max) = ambient_zk::CircuitId::HashChain.size_range();
         assert_eq!(
             code(json!({"task_type": "zk_proof",
-                        "inputs": {"circuit": "hash_chain", "x": "7", "n": 65}})),
+                        "inputs": {"circuit": "hash_chain", "x": "7", "n": max + 1}})),
             "invalid_inputs"
         );
         assert_eq!(

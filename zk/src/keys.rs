@@ -162,6 +162,18 @@ pub fn verifying_key_from_bytes(bytes: &[u8]) -> Result<VerifyingKey<Bn254>, ZkE
     Ok(vk)
 }
 
+/// The verifying key at the head of a compressed proving key ([`Keys::to_bytes`]), fully
+/// validated (on curve, in subgroup), without decoding the rest.
+///
+/// A compressed proving key starts with its verifying key, so this costs microseconds where
+/// [`Keys::from_bytes`] takes seconds on a large key: what a verifier needs of keys made
+/// elsewhere. It does not check the proving key's shape; a node decoding it does.
+pub fn verifying_key_from_proving_key(bytes: &[u8]) -> Result<VerifyingKey<Bn254>, ZkError> {
+    let vk = VerifyingKey::<Bn254>::deserialize_compressed(bytes)?;
+    check_verifying_key(&vk, "(unknown)")?;
+    Ok(vk)
+}
+
 /// Writes a compressed verifying key to `path`.
 pub fn save_verifying_key(vk: &VerifyingKey<Bn254>, path: &Path) -> Result<(), ZkError> {
     write_file(path, &verifying_key_to_bytes(vk)?)

@@ -28,8 +28,8 @@ pub fn parse_field(s: &str) -> Result<Fr, String> {
     Ok(f)
 }
 
-/// Parses `zk_proof` inputs into a circuit instance and its inputs (any registered size; see
-/// [`check_supported`] for what this coordinator runs).
+/// Parses `zk_proof` inputs into a circuit instance and its inputs, refusing a size outside
+/// the circuit's range ([`CircuitId::size_range`]; the error names the range).
 ///
 /// `{"circuit": "hash_chain", "x": "<decimal field element>", "n": <steps>}` or
 /// `{"circuit": "dot", "a": [i64...], "b": [i64...]}`.

@@ -10,8 +10,8 @@ from support import WAIT
 
 
 def test_hash_chain_proof_verifies(client: Client) -> None:
-    circuits = {(c["circuit"], c["n"]) for c in client.circuits()}
-    assert ("hash_chain", 64) in circuits and ("dot", 16) in circuits
+    ranges = {c["circuit"]: (c["n_min"], c["n_max"]) for c in client.circuits()}
+    assert ranges["hash_chain"][0] == 1 and ranges["hash_chain"][1] >= 64
     info = client.submit_zk("hash_chain", x=7, n=64).wait(timeout=WAIT)
     assert info.status == "completed", info
     assert info.proof_id
@@ -25,6 +25,9 @@ def test_hash_chain_proof_verifies(client: Client) -> None:
     other[2] = str(int(other[2]) + 1)
     assert not client.verify_proof("hash_chain", 64, other, proof["proof"])
     assert base64.b64decode(proof["proof"])
+    # The size proved has keys now.
+    chain = next(c for c in client.circuits() if c["circuit"] == "hash_chain")
+    assert 64 in {i["n"] for i in chain["instances"]}
 
 
 def test_dot_product_is_exact(client: Client) -> None:
@@ -39,6 +42,8 @@ def test_dot_product_is_exact(client: Client) -> None:
 
 
 def test_unsupported_size_is_refused(client: Client) -> None:
+    n_max = next(c["n_max"] for c in client.circuits() if c["circuit"] == "hash_chain")
     with pytest.raises(BadRequestError) as e:
-        client.submit_zk("hash_chain", x=7, n=65)
+        client.submit_zk("hash_chain", x=7, n=n_max + 1)
     assert e.value.code == "invalid_inputs"
+    assert f"from 1 to {n_max}" in str(e.value)

@@ -12,7 +12,7 @@
 //! | `GET /api/v1/nodes/{id}/reputation` | key | a node's score, counts and recent history (`?limit=`) |
 //! | `GET /api/v1/proofs/{id}` | key | a verified proof of one of the caller's `zk_proof` tasks, with snarkjs JSON |
 //! | `POST /api/v1/proofs/verify` | key | check a proof against public inputs |
-//! | `GET /api/v1/circuits` | key | supported circuits and their snarkjs verification keys |
+//! | `GET /api/v1/circuits` | key | each circuit's size range, and the sizes whose keys exist with their snarkjs verification keys |
 //! | `GET /api/v1/templates` | key | the built-in task templates, with their parameters ([`crate::templates`]) |
 //! | `POST /api/v1/templates/{name}/render` | key | a template's submission body with the parameters given (submits nothing) |
 //! | `GET /api/v1/events` | key | the caller's task changes, as server-sent events ([`crate::console::events`]) |

@@ -1,6 +1,7 @@
 //! `/api/v1/proofs` and `/api/v1/circuits`: verified proofs of `zk_proof` tasks, checks of
-//! proofs against public inputs, and the supported circuits. The JSON of proofs and circuits
-//! is [`crate::kinds::zk`]'s.
+//! proofs against public inputs, and the circuits with their size ranges and the sizes whose
+//! keys exist. Keys are read from the store (any coordinator of it serves these), never made
+//! here. The JSON of proofs and circuits is [`crate::kinds::zk`]'s.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -35,11 +36,13 @@ pub(super) async fn get_proof(
         Some(t) if t.submitter == submitter => {}
         _ => return Err(not_found(&id.to_string())),
     }
-    let circuit = ambient_zk::CircuitId::parse(&p.circuit)
+    let circuit = match ambient_zk::CircuitId::parse(&p.circuit)
         .and_then(|c| ambient_zk::CircuitSpec::new(c, p.size as usize))
-        .ok()
-        .and_then(|spec| state.zk.circuit(&spec));
-    zk::proof_json(&p, circuit)
+    {
+        Ok(spec) => state.zk.circuit(&spec).await.map_err(keys_failure)?,
+        Err(_) => None,
+    };
+    zk::proof_json(&p, circuit.as_deref())
         .map(Json)
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
@@ -63,13 +66,13 @@ pub(super) async fn verify_proof(
     let spec = ambient_zk::CircuitId::parse(&req.circuit)
         .and_then(|c| ambient_zk::CircuitSpec::new(c, req.n))
         .map_err(|e| bad(e.to_string()))?;
-    let Some(circuit) = state.zk.circuit(&spec) else {
+    let Some(circuit) = state.zk.circuit(&spec).await.map_err(keys_failure)? else {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
             "unsupported_circuit",
             format!(
-                "no keys for {spec}; supported circuits: {}",
-                zk::supported_list()
+                "no keys for {} yet: a size's keys are made for its first zk_proof task",
+                zk::describe(&spec)
             ),
         ));
     };
@@ -105,7 +108,17 @@ pub(super) async fn verify_proof(
     Ok(Json(serde_json::json!({"valid": valid})))
 }
 
-pub(super) async fn list_circuits(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let list: Vec<serde_json::Value> = state.zk.circuits().iter().map(zk::circuit_json).collect();
-    Json(serde_json::Value::Array(list))
+/// Every circuit with its size range, and the sizes whose keys exist (those the store names,
+/// whichever coordinator made them).
+pub(super) async fn list_circuits(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    let instances = state.zk.instances().await.map_err(keys_failure)?;
+    Ok(Json(zk::circuits_json(&instances)))
+}
+
+/// Keys the store names but that cannot be read.
+fn keys_failure(e: zk::KeysError) -> Failure {
+    tracing::error!(error = %e, "Could not load Groth16 keys.");
+    Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }

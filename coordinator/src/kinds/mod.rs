@@ -82,16 +82,17 @@ impl NewTask {
     }
 }
 
-/// Builds the task records of an accepted submission, whose artifact is in the blob store.
+/// Builds the task records of an accepted submission, whose artifact is in the blob store (for
+/// `zk_proof`, once its circuit's keys are made: [`zk::attach_keys`]).
 pub(crate) fn build(
     submitter: String,
     accepted: Accepted,
-    zk: &zk::Zk,
+    zk: &Arc<zk::Zk>,
     now: DateTime<Utc>,
 ) -> Result<NewTask, SubmitError> {
     let sub = accepted.submission;
     let artifact = match sub.task_type {
-        TaskType::ZkProof => Some(zk::artifact(zk, &sub.inputs)?),
+        TaskType::ZkProof => None,
         TaskType::WasmExecution
         | TaskType::Computation
         | TaskType::Inference
@@ -100,7 +101,7 @@ pub(crate) fn build(
             .map(|(sha, _)| sha)
             .or(accepted.artifact_ref),
     };
-    let task = TaskRecord::new(
+    let mut task = TaskRecord::new(
         sub.task_id.unwrap_or_else(Uuid::new_v4),
         submitter,
         sub.task_type,
@@ -109,6 +110,9 @@ pub(crate) fn build(
         artifact,
         now,
     );
+    if task.task_type == TaskType::ZkProof {
+        zk::attach_keys(zk, &mut task)?;
+    }
     Ok(match accepted.shards {
         None => NewTask::Single(task),
         Some((inputs, reduce)) => {

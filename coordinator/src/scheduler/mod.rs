@@ -17,6 +17,7 @@
 //! - [`shards`]: sharded `computation` tasks and their reduction.
 //! - [`fl`]: `federated_learning` tasks, which the federated driver places and runs.
 //! - [`settle`]: reserving a task's cost at submission and paying for its work when it ends.
+//! - [`zk`]: `zk_proof` tasks waiting for their circuit's Groth16 keys.
 //! - this module: the [`Scheduler`] itself, its inputs (health, presence, results, cancels,
 //!   time) and the [`Effects`] it queues.
 
@@ -26,6 +27,7 @@ pub mod quorum;
 pub mod record;
 pub mod settle;
 pub mod shards;
+pub mod zk;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -398,6 +398,14 @@ impl TaskRecord {
         }
     }
 
+    /// A `zk_proof` task whose circuit's Groth16 keys are not ready yet: it has no artifact
+    /// (the proving key) and is not placed until it has one.
+    pub fn waits_for_keys(&self) -> bool {
+        self.task_type == TaskType::ZkProof
+            && self.artifact_sha256.is_none()
+            && !self.status.is_terminal()
+    }
+
     /// The submitter's view of the task.
     pub fn info(&self) -> TaskInfo {
         let mut assigned_nodes: Vec<String> = match &self.kind {
@@ -491,6 +499,9 @@ impl TaskRecord {
         let KindState::Replicated(r) = &self.kind else {
             return 0; // shards are placed themselves; federated tasks by their driver
         };
+        if self.waits_for_keys() {
+            return 0; // placed once its circuit's keys are made (`Scheduler::zk_keys_ready`)
+        }
         let have = (self.active().count() + self.answers().count()) as u32;
         (self.replicas() + r.extra_replicas).saturating_sub(have)
     }

@@ -855,3 +855,59 @@ fn failed_federated_task_keeps_its_progress() {
     assert_eq!(rec.status, TaskStatus::Failed);
     assert_eq!(rec.info().progress, Some(Progress { done: 2, total: 4 }));
 }
+
+#[test]
+fn zk_task_waits_for_its_keys_then_is_placed() {
+    let zk_node = |at: DateTime<Utc>| {
+        HealthBuilder::new("n1", at)
+            .cpu(10.0, 4)
+            .kinds(&[TaskType::ZkProof])
+            .build()
+    };
+    let mut s = Scheduler::new(settings(), vec![], vec![]);
+    s.on_health(zk_node(t0()), t0());
+    let mut t = task(1);
+    t.task_type = TaskType::ZkProof;
+    t.artifact_sha256 = None;
+    t.status_reason = Some("making keys".into());
+    t.waiting_since = None;
+    let id = t.id;
+    s.submit(t, t0());
+    // Not placed while it waits, and its queue timeout does not run down.
+    s.on_health(zk_node(secs(600)), secs(600));
+    s.tick(secs(600));
+    let e = s.take_effects();
+    assert!(dispatches(&e).is_empty());
+    let rec = s.task(&id).unwrap();
+    assert_eq!(rec.status, TaskStatus::Pending);
+    assert_eq!(rec.status_reason.as_deref(), Some("making keys"));
+    assert_eq!(s.zk_waiting().len(), 1);
+    s.zk_waiting_reason(id, "still making keys".into(), secs(601));
+    assert_eq!(
+        persisted(&s.take_effects(), id).status_reason.as_deref(),
+        Some("still making keys")
+    );
+    // Keys ready: the proving key is its artifact, and it goes out at once.
+    s.on_health(zk_node(secs(602)), secs(602));
+    s.take_effects();
+    s.zk_keys_ready(id, "cd".repeat(32), secs(602));
+    let e = s.take_effects();
+    assert_eq!(dispatches(&e), vec![("n1".to_string(), 1)]);
+    let rec = persisted(&e, id);
+    assert_eq!(rec.artifact_sha256, Some("cd".repeat(32)));
+    assert_eq!(rec.status, TaskStatus::Assigned);
+    assert!(s.zk_waiting().is_empty());
+
+    // Keys that cannot be made fail the task, saying why.
+    let mut t = task(1);
+    t.task_type = TaskType::ZkProof;
+    t.artifact_sha256 = None;
+    let id = t.id;
+    s.submit(t, secs(603));
+    s.zk_keys_failed(id, "disk full".into(), secs(604));
+    let rec = persisted(&s.take_effects(), id);
+    assert_eq!(
+        (rec.status, rec.error.as_deref()),
+        (TaskStatus::Failed, Some("disk full"))
+    );
+}

@@ -317,6 +317,12 @@ impl Store {
         dispatch!(self.zk_keys(circuit))
     }
 
+    /// Every circuit instance the store names keys for, as `(circuit, sha256)` (e.g.
+    /// `("hash_chain-64", …)`), by name.
+    pub async fn all_zk_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self.all_zk_keys())
+    }
+
     /// Names blob `sha256` as `circuit`'s keys, unless another coordinator named its own first;
     /// returns the keys that stand.
     pub async fn put_zk_keys(&self, circuit: String, sha256: String) -> Result<String, StoreError> {

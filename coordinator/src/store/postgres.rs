@@ -530,6 +530,16 @@ impl Postgres {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
+    pub(super) async fn all_zk_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT circuit, sha256 FROM zk_keys ORDER BY circuit", &[])
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub(super) async fn put_zk_keys(
         &self,
         circuit: String,

@@ -439,6 +439,15 @@ impl Sqlite {
         .await
     }
 
+    pub(super) async fn all_zk_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(|conn| {
+            let mut q = conn.prepare("SELECT circuit, sha256 FROM zk_keys ORDER BY circuit")?;
+            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     pub(super) async fn put_zk_keys(
         &self,
         circuit: String,

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
-    let key_bytes = circuits[0]["proving_key_bytes"].clone();
+    let key_bytes = circuits[0]["instances"][0]["proving_key_bytes"].clone();
     println!(
         "| `zk_proof` (hash chain, n = 64; proving key {key_bytes} bytes) | First task | Median of the next {} |",
         n - 1

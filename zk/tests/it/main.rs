@@ -213,6 +213,32 @@ fn keys_round_trip_through_bytes_and_files() {
 }
 
 #[test]
+fn the_verifying_key_is_read_from_the_head_of_the_proving_key() {
+    let spec = small_chain();
+    let keys = keys(spec);
+    let bytes = keys.to_bytes().unwrap();
+    assert_eq!(
+        verifying_key_from_proving_key(&bytes).unwrap(),
+        keys.verifying_key
+    );
+    // Too short to hold one, or not a key at all: an error, never a key.
+    assert!(verifying_key_from_proving_key(&bytes[..100]).is_err());
+    assert!(verifying_key_from_proving_key(&[0xff; 4096]).is_err());
+}
+
+#[test]
+fn sizes_outside_the_range_are_refused_naming_it() {
+    for &id in CircuitId::all() {
+        let (min, max) = id.size_range();
+        assert_eq!(min, 1);
+        assert!(CircuitSpec::new(id, max).is_ok());
+        let err = CircuitSpec::new(id, max + 1).unwrap_err();
+        assert!(matches!(err, ZkError::BadSize { .. }));
+        assert!(err.to_string().contains(&format!("(1..={max})")), "{err}");
+    }
+}
+
+#[test]
 fn a_verifying_key_for_another_instance_rejects() {
     let spec = small_chain();
     let inputs = Inputs::HashChain { x: Fr::from(5u64) };
