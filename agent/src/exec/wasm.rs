@@ -90,6 +90,14 @@ pub const FUEL_SLICE: u64 = 10_000_000;
 /// How much of stderr [`WasmError::Exit`] keeps (the tail).
 const STDERR_TAIL: usize = 1024;
 
+/// `": <what stderr says>"`, or nothing when it said nothing.
+fn said(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
+}
+
 /// Most `iovec`s accepted by one `fd_read`/`fd_write` (POSIX `IOV_MAX`).
 const IOV_MAX: u32 = 1024;
 
@@ -231,8 +239,9 @@ pub enum WasmError {
     /// is the same on both engines.
     #[error("trap: {0}")]
     Trap(String),
-    /// The module called `proc_exit` with a non-zero code.
-    #[error("exited with code {code}")]
+    /// The module called `proc_exit` with a non-zero code. What it wrote last on stderr is part
+    /// of the message (the same on every engine), so the submitter reads why.
+    #[error("exited with code {code}{}", said(.stderr))]
     Exit {
         /// The exit code.
         code: i32,

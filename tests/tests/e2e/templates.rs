@@ -557,6 +557,20 @@ async fn every_template_runs_and_gives_its_expected_output() {
         let image = Image::parse(&unb64(&output(&done)["image"]));
         assert_eq!((image.width, image.height, image.channels), (29, 17, 1));
     }
+    // A bad image fails the task with the filter's own sentence from stderr.
+    let body = render(&client, "photo-filter", json!({"image": b64(b"GIF89a")})).await;
+    let failed = client
+        .submit_raw(serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+    let failed = client.wait(failed.task_id, wait, |_| {}).await.unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed, "{failed:?}");
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.starts_with("exit: exited with code 1: ")
+            && error.len() > "exit: exited with code 1: ".len(),
+        "{error}"
+    );
 
     // onnx-mlp: the default input against numpy's reference, and probabilities for another.
     let reference: Value =

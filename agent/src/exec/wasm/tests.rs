@@ -458,6 +458,7 @@ fn proc_exit_codes() {
         "{err:?}"
     );
     assert_eq!(err.kind(), FailureKind::Exit);
+    assert_eq!(err.to_string(), "exited with code 3: boom");
     let out = run(&body(0), b"", &limits()).expect("exit 0 is success");
     assert_eq!(
         (out.stdout.as_slice(), out.stderr.as_slice()),
