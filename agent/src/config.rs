@@ -165,7 +165,17 @@ pub struct ExecutionConfig {
     /// their default) or `"wasmi"` (the interpreter every build has, the lean build's default).
     /// Results, failures and fuel are the same on both; only the speed differs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wasm_engine: Option<String>,
+    pub wasm_engine: Option<WasmEngineChoice>,
+}
+
+/// The wasm engine the config asks for (`[execution] wasm_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmEngineChoice {
+    /// The interpreter, which every build with `wasm` has.
+    Wasmi,
+    /// The JIT, in builds with `wasm-jit`.
+    Wasmtime,
 }
 
 impl Default for ExecutionConfig {
@@ -242,8 +252,17 @@ impl StrictConfig for Config {
         if e.max_concurrent_tasks == 0 || e.max_memory_mib == 0 || e.max_output_kib == 0 {
             return bad("execution limits must be positive");
         }
-        if let Some(name) = &e.wasm_engine {
-            crate::exec::check_wasm_engine(name).map_err(ConfigError::Invalid)?;
+        match e.wasm_engine {
+            Some(_) if !cfg!(feature = "wasm") => {
+                return bad("execution.wasm_engine is set, but this build runs no wasm");
+            }
+            Some(WasmEngineChoice::Wasmtime) if !cfg!(feature = "wasm-jit") => {
+                return bad(
+                    "execution.wasm_engine = \"wasmtime\": this build has no JIT (the \
+                     wasm-jit feature); use \"wasmi\"",
+                );
+            }
+            _ => {}
         }
         if !(100..=5000).contains(&self.policy.evaluate_ms) {
             return bad("policy.evaluate_ms must be 100-5000");
@@ -287,6 +306,23 @@ mod tests {
         let cfg: Config = toml::from_str(EXAMPLE).unwrap();
         cfg.validate().unwrap();
         assert!(toml::from_str::<Config>(&format!("{EXAMPLE}\nextra = 1")).is_err());
+    }
+
+        #[test]
+    fn the_wasm_engine_is_one_this_build_has() {
+        let with = |engine: &str| {
+            let text = EXAMPLE.replace(
+                "[execution]\n",
+                &format!("[execution]\nwasm_engine = \"{engine}\"\n"),
+            );
+            toml::from_str::<Config>(&text).map_err(|e| e.to_string())
+        };
+        let cfg = with("wasmi").unwrap();
+        assert_eq!(cfg.execution.wasm_engine, Some(WasmEngineChoice::Wasmi));
+        cfg.validate().unwrap();
+        let jit = with("wasmtime").unwrap().validate();
+        assert_eq!(jit.is_ok(), cfg!(feature = "wasm-jit"), "{jit:?}");
+        assert!(with("v8").unwrap_err().contains("wasmi"));
     }
 
     #[test]

@@ -527,8 +527,7 @@ export class Client {
     return r.valid === true;
   }
 
-  /** The circuits zk_proof accepts. */
-  /** The coordinator's task templates, with their parameters, defaults and expected outputs. */
+    /** The coordinator's task templates, with their parameters, defaults and expected outputs. */
   templates() { return this.#request('GET', '/api/v1/templates'); }
   /** Template `name`'s task body with `params` set (the rest at their defaults); submits nothing. */
   async renderTemplate(name, params = {}) {
@@ -539,6 +538,7 @@ export class Client {
   async submitTemplate(name, params = {}) {
     return this.submit(await this.renderTemplate(name, params));
   }
+    /** The circuits zk_proof accepts: each one's size range and the sizes whose keys exist. */
   circuits() { return this.#request('GET', '/api/v1/circuits'); }
   /** Nodes with state, health and reputation. */
   nodes() { return this.#request('GET', '/api/v1/nodes'); }

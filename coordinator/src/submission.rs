@@ -243,7 +243,7 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| SubmitError::InvalidJson(json_error(body, &e)))?;
     let mut problems = schema::diagnose(&value);
-    problems.list.extend(limit_problems(&value, limits));
+    problems.add(limit_problems(&value, limits));
     // The circuits zk_proof serves are the zk module's to say, not the document's.
     for p in &mut problems.list {
         if p.field == "requirements.require_proof" {
@@ -253,7 +253,7 @@ pub fn check(body: &[u8], limits: &Limits) -> Result<Accepted, SubmitError> {
             ));
         }
     }
-    if !problems.list.is_empty() {
+    if !problems.is_empty() {
         return Err(SubmitError::Problems(problems));
     }
     // The shape is right, so this parses; were the document and the types ever to disagree,
@@ -329,11 +329,17 @@ fn json_error(body: &[u8], e: &serde_json::Error) -> String {
     let Some(line) = text.lines().nth(e.line().saturating_sub(1)) else {
         return e.to_string();
     };
-    let col = e.column().saturating_sub(1);
-    let chars: Vec<char> = line.chars().collect();
-    let from = col.saturating_sub(30);
-    let to = (col + 30).min(chars.len());
-    let near: String = chars.get(from..to).unwrap_or_default().iter().collect();
+    // serde's column counts bytes; 30 bytes either side, widened to whole characters.
+    let col = e.column().saturating_sub(1).min(line.len());
+    let mut from = col.saturating_sub(30);
+    while !line.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (col + 30).min(line.len());
+    while !line.is_char_boundary(to) {
+        to += 1;
+    }
+    let near = &line[from..to];
     let mut msg = format!("{e}, here: `{}`", near.trim());
     if near.contains("...") || near.contains('…') {
         msg.push_str(

@@ -54,29 +54,6 @@ pub fn supported_task_types() -> Vec<TaskType> {
     v
 }
 
-/// Checks the config's `[execution] wasm_engine` against the engines this build has.
-pub(crate) fn check_wasm_engine(name: &str) -> Result<(), String> {
-    #[cfg(feature = "wasm")]
-    if wasm::WasmEngine::from_short_name(name).is_some() {
-        return Ok(());
-    }
-    #[cfg(feature = "wasm")]
-    let have: Vec<&str> = wasm::WasmEngine::ALL
-        .iter()
-        .map(|e| e.short_name())
-        .collect();
-    #[cfg(not(feature = "wasm"))]
-    let have: Vec<&str> = Vec::new();
-    Err(format!(
-        "execution.wasm_engine = {name:?}: this build has {}",
-        if have.is_empty() {
-            "no wasm engine".to_string()
-        } else {
-            have.join(", ")
-        }
-    ))
-}
-
 /// A failure outcome of kind `kind` (e.g. [`FailureKind::TransferError`]).
 pub(crate) fn failure(kind: FailureKind, message: impl Into<String>) -> Outcome {
     Outcome::Failure {
@@ -164,12 +141,7 @@ impl Executors {
     ) -> Executors {
         #[cfg(feature = "wasm")]
         let sandbox = {
-            // The config was validated: a name it gives is one of this build's engines.
-            let engine = limits
-                .wasm_engine
-                .as_deref()
-                .and_then(wasm::WasmEngine::from_short_name)
-                .unwrap_or(wasm::WasmEngine::DEFAULT);
+            let engine = wasm::WasmEngine::chosen(limits.wasm_engine);
             let sandbox = wasm::WasmSandbox::with_engine(engine, limits.module_cache)
                 .with_code_cache(code_dir);
             tracing::info!(engine = %sandbox.engine(), "wasm sandbox ready");

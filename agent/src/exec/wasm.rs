@@ -354,24 +354,18 @@ impl WasmEngine {
             WasmEngine::Wasmtime => "wasmtime-48.0.8",
         }
     }
-}
 
-impl WasmEngine {
-    /// The name in the agent's config (`[execution] wasm_engine`): `wasmi` or `wasmtime`.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            WasmEngine::Wasmi => "wasmi",
+    /// The engine the config chose (validated: a build without the JIT refuses `wasmtime`).
+    pub fn chosen(choice: Option<crate::config::WasmEngineChoice>) -> WasmEngine {
+        use crate::config::WasmEngineChoice;
+        match choice {
+            None => WasmEngine::DEFAULT,
+            Some(WasmEngineChoice::Wasmi) => WasmEngine::Wasmi,
             #[cfg(feature = "wasm-jit")]
-            WasmEngine::Wasmtime => "wasmtime",
+            Some(WasmEngineChoice::Wasmtime) => WasmEngine::Wasmtime,
+            #[cfg(not(feature = "wasm-jit"))]
+            Some(WasmEngineChoice::Wasmtime) => WasmEngine::Wasmi,
         }
-    }
-
-    /// The engine of this build called `name` in the config.
-    pub fn from_short_name(name: &str) -> Option<WasmEngine> {
-        WasmEngine::ALL
-            .iter()
-            .copied()
-            .find(|e| e.short_name() == name)
     }
 }
 

@@ -278,7 +278,9 @@ function onEvent(name, data) {
   } catch {
     return;
   }
-  if (name === 'snapshot') {
+    if (name === 'snapshot') {
+    // A snapshot is the whole window: tasks that left it are not kept, out of date.
+    tasks.clear();
     for (const t of value) tasks.set(t.task_id, t);
     renderTasks();
   } else if (name === 'task') {
@@ -762,7 +764,8 @@ $('send-form').addEventListener('submit', async (ev) => {
   $('send').disabled = true;
   try {
     const t = await api('POST', 'tasks', JSON.stringify(body));
-    sessionStorage.setItem(SENT + t.task_id, $('body').value);
+        // The task exists now: a full storage must not make it look refused.
+    try { sessionStorage.setItem(SENT + t.task_id, $('body').value); } catch { /* shown without inputs */ }
     tasks.set(t.task_id, { ...t, result: undefined, ...(tasks.get(t.task_id) || {}) });
     renderTasks();
     sent.replaceChildren('Submitted: ', h('a', { href: `#/task/${t.task_id}`, id: 'sent-link' },

@@ -553,18 +553,7 @@ impl Zk {
 /// Every result carries a proof, whether or not the submitter asked for one.
 pub(crate) fn check(accepted: &mut Accepted) -> Result<(), SubmitError> {
     let submission = &mut accepted.submission;
-    if submission.requirements.min_nodes != 1 {
-        return Err(SubmitError::InvalidRequirements(
-            "zk_proof runs on one node (min_nodes = 1): its result is checked by \
-             verifying the proof, not by replicating the work"
-                .into(),
-        ));
-    }
-    if submission.wasm_module.is_some() {
-        return Err(SubmitError::InvalidInputs(
-            "zk_proof takes no wasm_module; its artifact is the circuit's proving key".into(),
-        ));
-    }
+
     parse_inputs(&submission.inputs).map_err(|e| {
         SubmitError::InvalidInputs(format!(
             "zk_proof: {e}; supported circuits: {}",

@@ -20,7 +20,6 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use ambient_protocol::{FieldProblem, ProblemKind, TaskType};
-use base64::Engine as _;
 use serde_json::{Map, Value};
 
 /// The parsed OpenAPI document.
@@ -28,16 +27,44 @@ static DOC: LazyLock<Value> = LazyLock::new(|| {
     serde_json::from_str(crate::api::OPENAPI).expect("openapi.json is JSON (a unit test checks)")
 });
 
+/// Most problems one answer lists; past it, the answer says how many more there were.
+pub const MAX_LISTED: usize = 50;
+
+/// Most problems looked for among the items of one array (a tensor's data, say): one bad value
+/// of many is enough to say what is wrong, and a body of millions of bad values would otherwise
+/// make millions of problems.
+const MAX_PER_ARRAY: usize = 3;
+
 /// Every field problem of a refused submission, for [`crate::submission::SubmitError`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problems {
     /// The task type, when the body named a known one.
     pub task_type: Option<TaskType>,
-    /// The problems, ordered by field.
+    /// The problems, one per field, ordered by field, at most [`MAX_LISTED`].
     pub list: Vec<FieldProblem>,
+    /// How many more were found than `list` holds.
+    pub more: usize,
 }
 
 impl Problems {
+    /// Adds `found` to the list: one problem per field (the first found), ordered by field, at
+    /// most [`MAX_LISTED`] kept.
+    pub fn add(&mut self, found: impl IntoIterator<Item = FieldProblem>) {
+        let mut all = std::mem::take(&mut self.list);
+        all.extend(found);
+        let mut seen = BTreeSet::new();
+        all.retain(|p| seen.insert(p.field.clone()));
+        all.sort_by(|a, b| a.field.cmp(&b.field));
+        self.more += all.len().saturating_sub(MAX_LISTED);
+        all.truncate(MAX_LISTED);
+        self.list = all;
+    }
+
+    /// True when nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     /// The stable code of the refusal: that of its first problem (`missing_module`,
     /// `invalid_inputs`, `invalid_requirements`, …), and `proof_unsupported` only when a proof
     /// that cannot be made is the only trouble.
@@ -80,10 +107,13 @@ impl fmt::Display for Problems {
         );
         match self.list.len() {
             1 => write!(f, "1 thing to fix in {what}:")?,
-            n => write!(f, "{n} things to fix in {what}:")?,
+            n => write!(f, "{} things to fix in {what}:", n + self.more)?,
         }
         for p in &self.list {
             write!(f, "\n- {}", sentence(p))?;
+        }
+        if self.more > 0 {
+            write!(f, "\n- and {} more not listed", self.more)?;
         }
         Ok(())
     }
@@ -165,13 +195,13 @@ pub fn diagnose(body: &Value) -> Problems {
         },
     }
     // One problem per field (an `allOf` can find the same field wrong twice), in field order.
-    let mut seen = BTreeSet::new();
-    out.retain(|p| seen.insert(p.field.clone()));
-    out.sort_by(|a, b| a.field.cmp(&b.field));
-    Problems {
+    let mut problems = Problems {
         task_type,
-        list: out,
-    }
+        list: Vec::new(),
+        more: 0,
+    };
+    problems.add(out);
+    problems
 }
 
 /// The schema of one kind's submission: the branch of `TaskSubmission`'s `oneOf` whose
@@ -235,7 +265,11 @@ fn value(schema: &Value, v: &Value, path: &str, out: &mut Vec<FieldProblem>) {
                 return;
             }
             if let Some(items) = schema.get("items") {
+                let start = out.len();
                 for (k, item) in a.iter().enumerate() {
+                    if out.len() - start >= MAX_PER_ARRAY {
+                        break;
+                    }
                     value(items, item, &format!("{path}[{k}]"), out);
                 }
             }
@@ -251,9 +285,7 @@ fn value(schema: &Value, v: &Value, path: &str, out: &mut Vec<FieldProblem>) {
         Value::String(s) => {
             let ok = match schema.get("format").and_then(Value::as_str) {
                 Some("uuid") => uuid::Uuid::parse_str(s).is_ok(),
-                Some("byte") => base64::engine::general_purpose::STANDARD
-                    .decode(s.trim())
-                    .is_ok(),
+                Some("byte") => looks_like_base64(s.trim()),
                 _ => true,
             };
             if !ok {
@@ -573,6 +605,17 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
+/// Standard padded base64 by its alphabet and length, without decoding it (the module is decoded
+/// once, by the kind's check, which also refuses non-canonical trailing bits).
+fn looks_like_base64(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    s.len().is_multiple_of(4)
+        && s.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 /// `v` as compact JSON, cut to about `max` characters.
 fn short(v: &Value, max: usize) -> String {
     let s = v.to_string();
@@ -602,10 +645,6 @@ mod tests {
         }
     }
 
-    fn problem_fields(body: Value) -> Vec<(String, ProblemKind)> {
-        fields(body)
-    }
-
     use ProblemKind::{Invalid, Missing, Unknown, WrongType};
 
     fn f(field: &str, kind: ProblemKind) -> (String, ProblemKind) {
@@ -618,7 +657,7 @@ mod tests {
     fn the_seeds_examples_hear_of_every_field() {
         // The photo app (JavaScript): a placeholder where the module goes.
         assert_eq!(
-            problem_fields(json!({"task_type": "wasm_execution",
+            fields(json!({"task_type": "wasm_execution",
                 "wasm_module": "<base64-encoded-filter-algorithm>",
                 "inputs": {"image": "<the user's image>"},
                 "requirements": {"min_nodes": 1, "max_execution_time_sec": 30,
@@ -632,7 +671,7 @@ mod tests {
             "requirements": {"min_nodes": 5, "max_execution_time_sec": 3600,
                              "require_gpu": true, "require_proof": true}});
         assert_eq!(
-            problem_fields(hospital.clone()),
+            fields(hospital.clone()),
             [
                 f("inputs.dataset", Missing),
                 f("inputs.model_name", Unknown),
@@ -646,7 +685,7 @@ mod tests {
         // The climate researchers (curl), with their `{...}` written as `{}`: parameters of
         // their own where a kernel and its shards go, and a proof.
         assert_eq!(
-            problem_fields(json!({"task_type": "computation",
+            fields(json!({"task_type": "computation",
                 "inputs": {"simulation_params": {}, "scenario": "climate_2050_high_emissions"},
                 "requirements": {"min_nodes": 10, "max_execution_time_sec": 1800,
                                  "require_gpu": false, "require_proof": true}})),
@@ -662,7 +701,7 @@ mod tests {
         let fraud = json!({"task_type": "federated_learning",
             "inputs": {"model": "fraud_detection_v1"}, "requirements": {"min_nodes": 3}});
         assert_eq!(
-            problem_fields(fraud.clone()),
+            fields(fraud.clone()),
             [f("inputs.dataset", Missing), f("inputs.model", WrongType)]
         );
         let p = diagnose(&fraud);
@@ -676,42 +715,72 @@ mod tests {
     fn choices_are_named() {
         // A discriminator that matches no branch.
         assert_eq!(
-            problem_fields(
-                json!({"task_type": "zk_proof", "inputs": {"circuit": "sha", "x": "1"}})
-            ),
+            fields(json!({"task_type": "zk_proof", "inputs": {"circuit": "sha", "x": "1"}})),
             [f("inputs.circuit", Invalid)]
         );
         // The branch the discriminator picks speaks.
         assert_eq!(
-            problem_fields(json!({"task_type": "zk_proof", "inputs": {"circuit": "hash_chain"}})),
+            fields(json!({"task_type": "zk_proof", "inputs": {"circuit": "hash_chain"}})),
             [f("inputs.n", Missing), f("inputs.x", Missing)]
         );
         assert_eq!(
-            problem_fields(json!({"task_type": "federated_learning",
+            fields(json!({"task_type": "federated_learning",
                 "inputs": {"dataset": "d", "model": {"type": "cnn"}}})),
             [f("inputs.model.type", Invalid)]
         );
         // Both alternatives given.
         assert_eq!(
-            problem_fields(json!({"task_type": "computation", "inputs": {
+            fields(json!({"task_type": "computation", "inputs": {
                 "kernel_base64": "AGFzbQEAAAA=", "shards": [1],
                 "range": {"start": 0, "end": 2, "shards": 2}}})),
             [f("inputs", ProblemKind::Conflict)]
         );
         assert_eq!(
-            problem_fields(json!({"task_type": "teleport"})),
+            fields(json!({"task_type": "teleport"})),
             [f("task_type", Invalid)]
         );
-        assert_eq!(problem_fields(json!({})), [f("task_type", Missing)]);
-        assert_eq!(problem_fields(json!([1])), [f("(body)", WrongType)]);
+        assert_eq!(fields(json!({})), [f("task_type", Missing)]);
+        assert_eq!(fields(json!([1])), [f("(body)", WrongType)]);
         assert_eq!(
-            problem_fields(json!({"task_type": "inference", "inputs": {"tensors": {
+            fields(json!({"task_type": "inference", "inputs": {"tensors": {
                 "x": {"dtype": "float32", "shape": [-1], "data": ["a"]}}}})),
             [
                 f("inputs.model_sha256 or inputs.model_base64", Missing),
                 f("inputs.tensors.x.data[0]", WrongType),
                 f("inputs.tensors.x.shape[0]", Invalid),
             ]
+        );
+    }
+
+    /// A body of a million bad values makes a bounded answer: a few problems per array, at most
+    /// [`MAX_LISTED`] listed, the rest counted.
+    #[test]
+    fn answers_are_bounded() {
+        let data = vec![true; 1_000_000];
+        let p = diagnose(
+            &json!({"task_type": "inference", "inputs": {"model_sha256": "a",
+            "tensors": {"x": {"dtype": "float32", "shape": [1_000_000], "data": data}}}}),
+        );
+        assert_eq!(p.list.len(), MAX_PER_ARRAY, "{p}");
+        let mut tensors = serde_json::Map::new();
+        for k in 0..200 {
+            tensors.insert(
+                format!("t{k}"),
+                json!({"dtype": "float32", "shape": [1], "data": "x"}),
+            );
+        }
+        let p = diagnose(&json!({"task_type": "inference",
+            "inputs": {"model_sha256": "a", "tensors": tensors}}));
+        assert_eq!((p.list.len(), p.more), (MAX_LISTED, 150));
+        assert!(
+            p.to_string().starts_with("200 things to fix")
+                && p.to_string().ends_with("and 150 more not listed"),
+            "{p}"
+        );
+        assert!(
+            looks_like_base64("AGFzbQEAAAA=")
+                && !looks_like_base64("AGFzbQEAAAA")
+                && !looks_like_base64("<b64>")
         );
     }
 

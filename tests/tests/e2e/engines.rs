@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use ambient_agent::config::WasmEngineChoice;
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
 use ambient_protocol::{Requirements, TaskStatus, TaskSubmission, TemplateRender};
@@ -16,9 +17,12 @@ use crate::util::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_the_interpreter_and_the_jit_reach_quorum() {
     let mut c = Cluster::embedded(2).await.unwrap();
-    for (i, engine) in [(0, "wasmi"), (1, "wasmtime")] {
+    for (i, engine) in [
+        (0, WasmEngineChoice::Wasmi),
+        (1, WasmEngineChoice::Wasmtime),
+    ] {
         c.stop_agent(i).await;
-        c.start_agent_with(i, |cfg| cfg.execution.wasm_engine = Some(engine.into()))
+        c.start_agent_with(i, |cfg| cfg.execution.wasm_engine = Some(engine))
             .await
             .unwrap();
     }

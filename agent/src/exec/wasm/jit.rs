@@ -220,13 +220,26 @@ fn prune(dir: &Path) {
     }
 }
 
-/// Creates `dir` readable by this user only, if it is missing.
+/// Creates `dir` readable by this user only, if it is missing, and refuses one that others may
+/// read or write: code loaded from it runs as this agent ([`load`]).
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "its mode is {:o}: others may write code there; make it 0700",
+                mode & 0o777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A wasmtime value as an i64 (i32s sign-extended).

@@ -282,15 +282,17 @@ class AsyncClient:
         """The coordinator's task templates."""
         return await self._request("GET", "/api/v1/templates")  # type: ignore[no-any-return]
 
-    async def render_template(self, name: str, **params: Any) -> Dict[str, Any]:
+    async def render_template(self, name: str, /, params: Optional[Mapping[str, Any]] = None,
+                        **more: Any) -> Dict[str, Any]:
         """Template ``name``'s task body with ``params`` set; nothing is submitted."""
         rendered = await self._request(
-            "POST", f"/api/v1/templates/{quote(name, safe='')}/render", json_body={"set": params})
+            "POST", f"/api/v1/templates/{quote(name, safe='')}/render", json_body={"set": {**(params or {}), **more}})
         return rendered["submission"]  # type: ignore[no-any-return]
 
-    async def submit_template(self, name: str, **params: Any) -> AsyncTask:
+    async def submit_template(self, name: str, /, params: Optional[Mapping[str, Any]] = None,
+                              **more: Any) -> AsyncTask:
         """Renders template ``name`` with ``params`` and submits it."""
-        return await self.submit(await self.render_template(name, **params))
+        return await self.submit(await self.render_template(name, params, **more))
 
     async def circuits(self) -> List[Dict[str, Any]]:
         """The circuits ``zk_proof`` accepts."""

@@ -375,17 +375,20 @@ class Client:
         outputs (``GET /api/v1/templates``)."""
         return self._request("GET", "/api/v1/templates")  # type: ignore[no-any-return]
 
-    def render_template(self, name: str, **params: Any) -> Dict[str, Any]:
-        """Template ``name``'s task body with ``params`` set (the rest at their defaults),
-        ready for :meth:`submit`; nothing is submitted (``POST /api/v1/templates/{name}/render``)."""
+    def render_template(self, name: str, /, params: Optional[Mapping[str, Any]] = None,
+                        **more: Any) -> Dict[str, Any]:
+                """Template ``name``'s task body with its parameters set from ``params`` (a mapping, for
+        names that are not Python identifiers) and keyword arguments, the rest at their defaults;
+        ready for :meth:`submit`, nothing is submitted (``POST /api/v1/templates/{name}/render``)."""
         rendered = self._request("POST", f"/api/v1/templates/{quote(name, safe='')}/render",
-                                 json_body={"set": params})
+                                 json_body={"set": {**(params or {}), **more}})
         return rendered["submission"]  # type: ignore[no-any-return]
 
-    def submit_template(self, name: str, **params: Any) -> Task:
+    def submit_template(self, name: str, /, params: Optional[Mapping[str, Any]] = None,
+                        **more: Any) -> Task:
         """Renders template ``name`` with ``params`` and submits it:
         ``client.submit_template("pi", samples=10**9)``."""
-        return self.submit(self.render_template(name, **params))
+        return self.submit(self.render_template(name, params, **more))
 
     def circuits(self) -> List[Dict[str, Any]]:
         """The circuits ``zk_proof`` accepts, with their sizes and verification keys."""

@@ -42,15 +42,13 @@ def to_json(array: Any, name: str = "tensor") -> Dict[str, Any]:
         raise ValueError(f"tensor {name}: int64 values beyond 2**53 would lose precision")
     data: list = arr.ravel(order="C").tolist()
     if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-        data = [v if math.isfinite(v) else _NON_FINITE_NAME[_name_key(v)] for v in data]
+                data = [v if math.isfinite(v) else _name(v) for v in data]
     return {"dtype": wire, "shape": list(arr.shape), "data": data}
 
 
-_NON_FINITE_NAME = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def _name_key(v: float) -> str:
-    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+def _name(v: float) -> str:
+    """NaN or ±infinity by the name the API takes it under."""
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
 
 
 def from_json(tensor: Mapping[str, Any], name: str = "tensor") -> "np.ndarray[Any, Any]":
