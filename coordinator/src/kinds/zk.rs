@@ -302,6 +302,52 @@ pub enum KeysError {
     /// The setup thread panicked.
     #[error("{0}")]
     Crashed(#[from] tokio::task::JoinError),
+    /// Making keys for one more size would take the keys this coordinator keeps past its
+    /// budget ([`KEY_BUDGET_BYTES`], [`KEY_BUDGET_SIZES`]).
+    #[error(
+        "this coordinator keeps Groth16 keys for at most {max_sizes} circuit sizes and about \
+         {max_mb} MB of proving keys, and {spec} would take it past that (it holds keys for: \
+         {held}); use a size it has keys for, or ask its operator"
+    )]
+    OverBudget {
+        /// The size asked for.
+        spec: CircuitSpec,
+        /// The sizes whose keys the store names.
+        held: String,
+        /// [`KEY_BUDGET_SIZES`].
+        max_sizes: usize,
+        /// [`KEY_BUDGET_BYTES`] in MB.
+        max_mb: u64,
+    },
+}
+
+/// Most circuit sizes whose keys a coordinator's store keeps: any submitter may ask for a new
+/// size, and each one's keys are kept for good.
+pub const KEY_BUDGET_SIZES: usize = 32;
+/// Most bytes of proving keys the store keeps, as estimated from the sizes' constraints (205
+/// bytes each, measured): 14 of the largest sizes' 306 MB keys.
+pub const KEY_BUDGET_BYTES: u64 = 4 << 30;
+/// Compressed proving-key bytes per constraint (BENCHMARKS "zk_proof at any size").
+const KEY_BYTES_PER_CONSTRAINT: u64 = 205;
+
+/// Whether the store's keys (`held`, by instance name) leave room for `spec`'s.
+fn within_budget(spec: &CircuitSpec, held: &[(String, String)]) -> Result<(), KeysError> {
+    let specs: Vec<CircuitSpec> = held.iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let bytes = |s: &CircuitSpec| s.expected_constraints() as u64 * KEY_BYTES_PER_CONSTRAINT;
+    let total: u64 = specs.iter().map(bytes).sum::<u64>() + bytes(spec);
+    if specs.len() < KEY_BUDGET_SIZES && total <= KEY_BUDGET_BYTES {
+        return Ok(());
+    }
+    Err(KeysError::OverBudget {
+        spec: *spec,
+        held: specs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        max_sizes: KEY_BUDGET_SIZES,
+        max_mb: KEY_BUDGET_BYTES >> 20,
+    })
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeysError {
@@ -460,6 +506,7 @@ impl Zk {
         if let Some(c) = self.load(spec).await? {
             return Ok(c);
         }
+        within_budget(&spec, &self.store.all_zk_keys().await?)?;
         self.set_phase(spec, Phase::Making(estimate));
         let path = keys_path(&self.data_dir, &spec);
         let made = tokio::task::spawn_blocking(move || load_or_setup(&path, &spec)).await??;
@@ -775,6 +822,29 @@ mod tests {
     use crate::store::Location;
     use ambient_zk::{Fr, Inputs};
     use serde_json::json;
+
+    /// Keys for new sizes stop at the budget, by count and by bytes, naming the sizes held.
+    #[test]
+    fn key_setups_stop_at_the_budget() {
+        let spec = |n| CircuitSpec::new(CircuitId::HashChain, n).unwrap();
+        let held = |sizes: &[usize]| -> Vec<(String, String)> {
+            sizes
+                .iter()
+                .map(|&n| (spec(n).to_string(), "sha".to_string()))
+                .collect()
+        };
+        within_budget(&spec(1000), &held(&[64, 256])).unwrap();
+        let many: Vec<usize> = (1..=KEY_BUDGET_SIZES).collect();
+        let err = within_budget(&spec(1000), &held(&many)).unwrap_err();
+        assert!(
+            err.to_string().contains("at most 32 circuit sizes"),
+            "{err}"
+        );
+        // 14 of the largest size fit in the bytes, a 15th does not.
+        within_budget(&spec(4096), &held(&[4096; 13])).unwrap();
+        let err = within_budget(&spec(4096), &held(&[4096; 14])).unwrap_err();
+        assert!(err.to_string().contains("hash_chain-4096"), "{err}");
+    }
 
     #[test]
     fn field_elements_are_canonical_and_below_r() {
