@@ -308,7 +308,7 @@ mod tests {
         assert!(toml::from_str::<Config>(&format!("{EXAMPLE}\nextra = 1")).is_err());
     }
 
-        #[test]
+    #[test]
     fn the_wasm_engine_is_one_this_build_has() {
         let with = |engine: &str| {
             let text = EXAMPLE.replace(
