@@ -538,7 +538,7 @@ export class Client {
   async submitTemplate(name, params = {}) {
     return this.submit(await this.renderTemplate(name, params));
   }
-    /** The circuits zk_proof accepts: each one's size range and the sizes whose keys exist. */
+  /** The circuits zk_proof accepts: each one's size range and the sizes whose keys exist. */
   circuits() { return this.#request('GET', '/api/v1/circuits'); }
   /** Nodes with state, health and reputation. */
   nodes() { return this.#request('GET', '/api/v1/nodes'); }

@@ -278,7 +278,7 @@ function onEvent(name, data) {
   } catch {
     return;
   }
-    if (name === 'snapshot') {
+  if (name === 'snapshot') {
     // A snapshot is the whole window: tasks that left it are not kept, out of date.
     tasks.clear();
     for (const t of value) tasks.set(t.task_id, t);
@@ -764,7 +764,7 @@ $('send-form').addEventListener('submit', async (ev) => {
   $('send').disabled = true;
   try {
     const t = await api('POST', 'tasks', JSON.stringify(body));
-        // The task exists now: a full storage must not make it look refused.
+    // The task exists now: a full storage must not make it look refused.
     try { sessionStorage.setItem(SENT + t.task_id, $('body').value); } catch { /* shown without inputs */ }
     tasks.set(t.task_id, { ...t, result: undefined, ...(tasks.get(t.task_id) || {}) });
     renderTasks();

@@ -377,7 +377,7 @@ class Client:
 
     def render_template(self, name: str, /, params: Optional[Mapping[str, Any]] = None,
                         **more: Any) -> Dict[str, Any]:
-                """Template ``name``'s task body with its parameters set from ``params`` (a mapping, for
+        """Template ``name``'s task body with its parameters set from ``params`` (a mapping, for
         names that are not Python identifiers) and keyword arguments, the rest at their defaults;
         ready for :meth:`submit`, nothing is submitted (``POST /api/v1/templates/{name}/render``)."""
         rendered = self._request("POST", f"/api/v1/templates/{quote(name, safe='')}/render",

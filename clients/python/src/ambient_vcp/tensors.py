@@ -42,7 +42,7 @@ def to_json(array: Any, name: str = "tensor") -> Dict[str, Any]:
         raise ValueError(f"tensor {name}: int64 values beyond 2**53 would lose precision")
     data: list = arr.ravel(order="C").tolist()
     if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
-                data = [v if math.isfinite(v) else _name(v) for v in data]
+        data = [v if math.isfinite(v) else _name(v) for v in data]
     return {"dtype": wire, "shape": list(arr.shape), "data": data}
 
 
