@@ -58,6 +58,50 @@
 //! stack frame and a long loop overflows the thread's stack (the process aborts), so dev/test
 //! profiles need `[profile.dev.package.wasmi] debug-assertions = false`.
 
+/// Links the sandbox's host functions into a linker of either engine. wasmi and wasmtime spell
+/// linkers, values and memories alike; they differ only in how a function type and an error are
+/// made, which the caller gives: `link_host!(linker, |params, results| <FuncType>, <Error>)`.
+/// The call site provides `host_functions`, `sig_kinds`, `value`, `Stopped`, `Val` and `ValType`.
+macro_rules! link_host {
+    ($linker:expr, |$params:ident, $results:ident| $func_type:expr, $stopped:expr) => {
+        for (module, name, sig, f) in host_functions() {
+            let (params, results) = sig_kinds(sig);
+            let types = |wide: &[bool]| -> Vec<ValType> {
+                wide.iter()
+                    .map(|&w| if w { ValType::I64 } else { ValType::I32 })
+                    .collect()
+            };
+            let ($params, $results) = (types(&params), types(&results));
+            let ty = $func_type;
+            let wide_result = results.first().copied();
+            // Names are unique, so linking cannot fail.
+            let _ = $linker.func_new(module, name, ty, move |mut caller, args, out| {
+                let args: Vec<i64> = args.iter().map(value).collect();
+                let memory = caller.get_export("memory").and_then(|e| e.into_memory());
+                let result = match memory {
+                    Some(memory) => {
+                        let (mem, host) = memory.data_and_store_mut(&mut caller);
+                        host.call(f, &args, Some(mem))
+                    }
+                    None => caller.data_mut().call(f, &args, None),
+                };
+                match (result, out.first_mut(), wide_result) {
+                    (Err(Stopped), ..) => Err($stopped),
+                    (Ok(Some(v)), Some(slot), Some(true)) => {
+                        *slot = Val::I64(v);
+                        Ok(())
+                    }
+                    (Ok(Some(v)), Some(slot), _) => {
+                        *slot = Val::I32(v as i32);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            });
+        }
+    };
+}
+
 #[cfg(test)]
 mod corpus;
 mod interp;

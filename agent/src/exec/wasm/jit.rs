@@ -52,40 +52,11 @@ impl Jit {
             .wasm_relaxed_simd(false);
         let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
         let mut linker = Linker::<Host>::new(&engine);
-        for (module, name, sig, f) in host_functions() {
-            let (params, results) = sig_kinds(sig);
-            let ty = |wide: &[bool]| -> Vec<ValType> {
-                wide.iter()
-                    .map(|&w| if w { ValType::I64 } else { ValType::I32 })
-                    .collect()
-            };
-            let ty = FuncType::new(&engine, ty(&params), ty(&results));
-            let wide_result = results.first().copied();
-            // Names are unique, so linking cannot fail.
-            let _ = linker.func_new(module, name, ty, move |mut caller, args, out| {
-                let args: Vec<i64> = args.iter().map(value).collect();
-                let memory = caller.get_export("memory").and_then(|e| e.into_memory());
-                let result = match memory {
-                    Some(memory) => {
-                        let (mem, host) = memory.data_and_store_mut(&mut caller);
-                        host.call(f, &args, Some(mem))
-                    }
-                    None => caller.data_mut().call(f, &args, None),
-                };
-                match (result, out.first_mut(), wide_result) {
-                    (Err(Stopped), ..) => Err(Error::msg("stopped by the host")),
-                    (Ok(Some(v)), Some(slot), Some(true)) => {
-                        *slot = Val::I64(v);
-                        Ok(())
-                    }
-                    (Ok(Some(v)), Some(slot), _) => {
-                        *slot = Val::I32(v as i32);
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                }
-            });
-        }
+        link_host!(
+            linker,
+            |params, results| FuncType::new(&engine, params, results),
+            Error::msg("stopped by the host")
+        );
         let mut h = std::collections::hash_map::DefaultHasher::new();
         super::WasmEngine::Wasmtime.name().hash(&mut h);
         meter::METER_VERSION.hash(&mut h);
