@@ -77,6 +77,59 @@ pub enum EngineMsg {
     Limits(String, AccountLimits),
 }
 
+/// The most messages one write carries ([`Engine::handle_batch`]).
+const BATCH: usize = 64;
+
+/// What [`Engine::submit`] made of a submission.
+enum Submitted {
+    /// A new task, answered once it is written.
+    New(Uuid),
+    /// The submitter's task with that id, which exists already.
+    Existing(Box<TaskInfo>),
+}
+
+/// An answer that waits until the batch's changes are written.
+enum Reply {
+    /// A new task: its record as the write left it, or why it was not written.
+    Submit(oneshot::Sender<Result<TaskInfo, SubmitError>>, Uuid),
+    /// A cancel's outcome.
+    Cancel(
+        oneshot::Sender<Result<(), CancelError>>,
+        Result<(), CancelError>,
+    ),
+}
+
+/// An admin's grant, answered with the write's own outcome (it ends its batch, so a batch has
+/// at most one).
+type GrantReply = (oneshot::Sender<Result<String, StoreError>>, String);
+
+impl Reply {
+    async fn send(self, sched: &Scheduler, store: &Store, saved: &Result<(), StoreError>) {
+        match self {
+            Reply::Submit(reply, id) => {
+                let info = match saved {
+                    Err(e) => Err(SubmitError::Unavailable(e.to_string())),
+                    Ok(()) => match sched.task(&id) {
+                        Some(t) => Ok(t.info()),
+                        // Ended in the same batch and no longer held: read what was written.
+                        None => match store.task(id).await {
+                            Ok(Some(t)) => Ok(t.info()),
+                            Ok(None) => Err(SubmitError::Unavailable(
+                                "the task was not persisted".into(),
+                            )),
+                            Err(e) => Err(SubmitError::Unavailable(e.to_string())),
+                        },
+                    },
+                };
+                let _ = reply.send(info);
+            }
+            Reply::Cancel(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
 /// Owns the scheduler and runs until `shutdown`.
 pub struct Engine {
     pub(crate) sched: Scheduler,
@@ -106,7 +159,7 @@ impl Engine {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => self.handle_batch(msg, &mut rx).await,
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -125,29 +178,58 @@ impl Engine {
         info!("Coordinator engine stopped.");
     }
 
-    async fn handle(&mut self, msg: EngineMsg) {
+    /// Applies `first` and whatever else is already waiting (up to [`BATCH`] messages), writes
+    /// their changes in one transaction, and only then answers and publishes (group commit).
+    /// An idle engine writes after every message; a busy one writes once per batch, so the
+    /// store's round trips are shared by many messages.
+    async fn handle_batch(&mut self, first: EngineMsg, rx: &mut mpsc::Receiver<EngineMsg>) {
+        let mut replies = Vec::new();
+        let mut grant = None;
+        let mut next = Some(first);
+        let mut applied = 0;
+        while let Some(msg) = next.take() {
+            applied += 1;
+            grant = self.apply(msg, &mut replies).await;
+            if grant.is_none() && applied < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let saved = self.try_flush().await;
+        for reply in replies {
+            reply.send(&self.sched, &self.store, &saved).await;
+        }
+        if let Some((reply, txn)) = grant {
+            let _ = reply.send(saved.map(|()| txn));
+        }
+    }
+
+    /// Applies one message to the scheduler without writing; what must wait for the write goes
+    /// into `replies`. An admin's grant ends the batch: it is returned, to be answered with the
+    /// write's own outcome.
+    async fn apply(&mut self, msg: EngineMsg, replies: &mut Vec<Reply>) -> Option<GrantReply> {
         let now = Utc::now();
         match msg {
             EngineMsg::Submit {
                 submitter,
                 accepted,
                 reply,
-            } => {
-                let result = self.submit(submitter, accepted).await;
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+            } => match (self.submit(submitter, accepted).await, reply) {
+                (Ok(Submitted::New(id)), Some(reply)) => replies.push(Reply::Submit(reply, id)),
+                (Ok(Submitted::New(_)), None) => {}
+                (Ok(Submitted::Existing(info)), reply) => {
+                    reply.map(|r| r.send(Ok(*info)));
                 }
-                return;
-            }
+                (Err(e), reply) => {
+                    reply.map(|r| r.send(Err(e)));
+                }
+            },
             EngineMsg::Cancel {
                 task_id,
                 submitter,
                 reply,
             } => {
                 let r = self.sched.cancel(task_id, &submitter, now);
-                self.flush().await;
-                let _ = reply.send(r);
-                return;
+                replies.push(Reply::Cancel(reply, r));
             }
             EngineMsg::Health(h) => self.sched.on_health(h, now),
             EngineMsg::Status(node, state) => self.sched.on_status(&node, state, now),
@@ -172,23 +254,21 @@ impl Engine {
                         warn!(task_id = %result.task_id, attempt = result.attempt, node = %node,
                               "Result refused: this task was not assigned to this node.");
                         Metrics::inc(&self.metrics.results_refused);
-                        return;
+                        return None;
                     }
                 }
-                let Some(ev) =
+                // `None`: not acknowledged, so the agent re-sends it.
+                if let Some(ev) =
                     kinds::check_result(&self.zk, &self.store, &mut self.sched, &node, ev).await
-                else {
-                    return; // not acknowledged: the agent re-sends it
-                };
-                self.sched.on_agent_event(&node, ev, now);
+                {
+                    self.sched.on_agent_event(&node, ev, now);
+                }
             }
             EngineMsg::Nodes(reply) => {
                 let _ = reply.send(self.sched.node_infos(now));
-                return;
             }
             EngineMsg::Node(id, reply) => {
                 let _ = reply.send(self.sched.node_info(&id, now));
-                return;
             }
             EngineMsg::Grant {
                 account,
@@ -200,22 +280,20 @@ impl Engine {
                 self.sched
                     .book_mut()
                     .grant(txn.clone(), &account, amount, memo, now);
-                let _ = reply.send(self.try_flush().await.map(|()| txn));
-                return;
+                return Some((reply, txn));
             }
             EngineMsg::Limits(account, limits) => {
                 self.sched.book_mut().set_limits(account, limits);
-                return;
             }
         }
-        self.flush().await;
+        None
     }
 
     async fn submit(
         &mut self,
         submitter: String,
         accepted: Accepted,
-    ) -> Result<TaskInfo, SubmitError> {
+    ) -> Result<Submitted, SubmitError> {
         if let Some(id) = accepted.submission.task_id {
             // A submitter-chosen id makes MQTT submission idempotent under QoS1 redelivery.
             let existing = match self.sched.task(&id) {
@@ -224,7 +302,7 @@ impl Engine {
             };
             if let Some(t) = existing {
                 return if t.submitter == submitter {
-                    Ok(t.info())
+                    Ok(Submitted::Existing(Box::new(t.info())))
                 } else {
                     Err(SubmitError::IdTaken(id))
                 };
@@ -245,15 +323,7 @@ impl Engine {
             NewTask::Single(task) => self.sched.submit(task, now),
             NewTask::Sharded(parent, shards) => self.sched.submit_sharded(parent, shards, now),
         }
-        self.flush().await;
-        let saved = self.store.task(id).await;
-        match saved {
-            Ok(Some(t)) => Ok(t.info()),
-            Ok(None) => Err(SubmitError::Unavailable(
-                "the task was not persisted".into(),
-            )),
-            Err(e) => Err(SubmitError::Unavailable(e.to_string())),
-        }
+        Ok(Submitted::New(id))
     }
 
     /// Persists what changed, then publishes what followed from it.
