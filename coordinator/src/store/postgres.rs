@@ -18,7 +18,7 @@ use ambient_service::migrate::{self, Dialect, MigrateError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use super::credits::{self, AccountRecord, AccountTotals, KeyRecord, LedgerFilter, SnapshotRows};
@@ -196,6 +196,17 @@ pub(super) struct Postgres {
     pool: Pool,
 }
 
+/// Runs statements as one pipeline: tokio-postgres sends the query of every future polled
+/// together before it reads the first answer, so `n` statements cost one round trip, not `n`.
+/// They still run in order, in the transaction they were made in.
+async fn pipelined<F>(statements: impl IntoIterator<Item = F>) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    futures_util::future::try_join_all(statements).await?;
+    Ok(())
+}
+
 impl Postgres {
     /// Connects to `url` and migrates the schema to [`MIGRATIONS`]' last version.
     pub(super) async fn open(url: &str) -> Result<Postgres, StoreError> {
@@ -283,6 +294,8 @@ impl Postgres {
                 return Err(StoreError::Deposed);
             }
         }
+        // Each kind of row goes as one pipeline (see `pipelined`): a flush of many messages
+        // costs a round trip per kind of row, not one per row.
         if !batch.tasks.is_empty() {
             let put = tx
                 .prepare_cached(
@@ -292,21 +305,26 @@ impl Postgres {
                      SET status = $3, updated_at = $5, record = $6",
                 )
                 .await?;
-            for t in &batch.tasks {
-                tx.execute(
+            let rows: Vec<_> = batch
+                .tasks
+                .iter()
+                .map(|t| (t, t.status.as_str(), Json(t)))
+                .collect();
+            pipelined(rows.iter().map(|(t, status, record)| {
+                tx.execute_raw::<&(dyn ToSql + Sync), _, _>(
                     &put,
-                    &[
-                        &t.id,
-                        &t.submitter,
-                        &t.status.as_str(),
-                        &t.created_at,
-                        &t.updated_at,
-                        &Json(t),
-                        &t.parent,
+                    [
+                        &t.id as _,
+                        &t.submitter as _,
+                        status as _,
+                        &t.created_at as _,
+                        &t.updated_at as _,
+                        record as _,
+                        &t.parent as _,
                     ],
                 )
-                .await?;
-            }
+            }))
+            .await?;
         }
         if !batch.nodes.is_empty() {
             let put = tx
@@ -315,9 +333,11 @@ impl Postgres {
                      ON CONFLICT (id) DO UPDATE SET record = $2",
                 )
                 .await?;
-            for n in &batch.nodes {
-                tx.execute(&put, &[&n.id, &Json(n)]).await?;
-            }
+            let rows: Vec<_> = batch.nodes.iter().map(|n| (&n.id, Json(n))).collect();
+            pipelined(rows.iter().map(|(id, record)| {
+                tx.execute_raw::<&(dyn ToSql + Sync), _, _>(&put, [id as _, record as _])
+            }))
+            .await?;
         }
         if !batch.events.is_empty() {
             let put = tx
@@ -326,33 +346,51 @@ impl Postgres {
                      VALUES ($1, $2, $3, $4, $5)",
                 )
                 .await?;
-            for e in &batch.events {
-                tx.execute(
+            let rows: Vec<_> = batch.events.iter().map(|e| (e, e.kind.as_str())).collect();
+            pipelined(rows.iter().map(|(e, kind)| {
+                tx.execute_raw::<&(dyn ToSql + Sync), _, _>(
                     &put,
-                    &[&e.node, &e.kind.as_str(), &e.task_id, &e.at, &e.score],
+                    [
+                        &e.node as _,
+                        kind as _,
+                        &e.task_id as _,
+                        &e.at as _,
+                        &e.score as _,
+                    ],
                 )
-                .await?;
-            }
+            }))
+            .await?;
         }
         if !batch.postings.is_empty() {
             let put = tx.prepare_cached(credits::PUT_POSTING).await?;
-            for p in &batch.postings {
-                let task_id = p.task_id.map(|t| t.to_string());
-                tx.execute(
+            let rows: Vec<_> = batch
+                .postings
+                .iter()
+                .map(|p| {
+                    (
+                        p,
+                        p.at.timestamp_millis(),
+                        p.kind.as_str(),
+                        p.task_id.map(|t| t.to_string()),
+                    )
+                })
+                .collect();
+            pipelined(rows.iter().map(|(p, at, kind, task_id)| {
+                tx.execute_raw::<&(dyn ToSql + Sync), _, _>(
                     &put,
-                    &[
-                        &p.txn,
-                        &p.at.timestamp_millis(),
-                        &p.account,
-                        &p.amount,
-                        &p.kind.as_str(),
-                        &p.owner,
-                        &task_id,
-                        &p.memo,
+                    [
+                        &p.txn as _,
+                        at as _,
+                        &p.account as _,
+                        &p.amount as _,
+                        kind as _,
+                        &p.owner as _,
+                        task_id as _,
+                        &p.memo as _,
                     ],
                 )
-                .await?;
-            }
+            }))
+            .await?;
         }
         for (id, cp) in &batch.checkpoints {
             match cp {
