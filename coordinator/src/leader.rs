@@ -41,6 +41,8 @@ pub struct Leading {
     pub engine: mpsc::Sender<EngineMsg>,
     /// The scheduler's broker link.
     pub link: watch::Receiver<LinkState>,
+    /// What the other coordinators show on this one's intake route ([`Election::secret`]).
+    pub secret: Arc<str>,
 }
 
 /// Campaigns for the scheduler and runs it while this coordinator holds the lease.
@@ -58,6 +60,9 @@ pub(crate) struct Election {
     pub(crate) url: String,
     /// How long a grant lasts unrenewed.
     pub(crate) lease: Duration,
+    /// This coordinator's intake secret, written with each grant: the others read it from the
+    /// database and show it when they hand it a checked submission ([`crate::api`]'s intake).
+    pub(crate) secret: Arc<str>,
     /// Where the API finds the scheduler role; `None` while another coordinator leads.
     pub(crate) slot: watch::Sender<Option<Leading>>,
 }
@@ -72,7 +77,10 @@ impl Election {
     /// One attempt: takes the lease if it is free and starts the scheduler role. `Ok(None)`:
     /// another coordinator leads.
     pub(crate) async fn campaign(&self, parent: &Shutdown) -> Result<Option<Term>, StartError> {
-        let Some(fence) = self.store.lead(&self.holder, &self.url, self.lease).await? else {
+        let Some(fence) = self
+            .store
+            .lead(&self.holder, &self.url, &self.secret, self.lease)
+            .await? else {
             return Ok(None);
         };
         let role = parent.child();
@@ -243,6 +251,7 @@ impl Election {
         Ok(Leading {
             engine: engine_tx,
             link: link.state,
+            secret: self.secret.clone(),
         })
     }
 }

@@ -182,6 +182,7 @@ async fn start_with(
         holder: uuid::Uuid::new_v4().to_string(),
         url: url.clone(),
         lease: Duration::from_secs(cfg.scheduler.leader_lease_sec),
+        secret: hex::encode(rand::random::<[u8; 32]>()).into(),
         slot,
     };
     // The first campaign runs before `start` returns, so a coordinator that can lead (always, on

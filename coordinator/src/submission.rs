@@ -12,6 +12,7 @@ pub mod schema;
 
 use ambient_protocol::{ApiError, FieldProblem, ProblemKind, TaskInfo, TaskSubmission};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::artifacts;
@@ -151,13 +152,16 @@ impl SubmitError {
     }
 }
 
-/// A submission that passed every check, with its artifact decoded.
-#[derive(Debug)]
+/// A submission that passed every check, with its artifact decoded. Once the artifact is stored
+/// ([`prepare`]) it travels as JSON between coordinators (a follower hands it to the leader), the
+/// artifact by its sha256 only.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Accepted {
     /// The submission. Inline artifacts are moved out: its `wasm_module` is cleared, and an
     /// inference task's `model_base64` is replaced by `model_sha256`.
     pub submission: TaskSubmission,
     /// `(sha256, bytes)` of an inline artifact (wasm module, kernel or model) to store.
+    #[serde(skip)]
     pub artifact: Option<(String, Vec<u8>)>,
     /// An artifact the task references by sha256, which must already be in the blob store.
     pub artifact_ref: Option<String>,
@@ -188,9 +192,7 @@ pub enum SubmitFailure {
     ShuttingDown,
 }
 
-/// Submits a raw body as `submitter`'s task: checks it on the blocking pool (decoding and
-/// validating a module of several MiB is CPU work), stores its artifact, and hands it to the
-/// engine, which answers with the new task (or the existing one, for a repeated task id).
+/// Submits a raw body as `submitter`'s task: [`prepare`], then [`hand`] to the engine.
 pub async fn submit(
     engine: &mpsc::Sender<EngineMsg>,
     store: &Store,
@@ -198,8 +200,20 @@ pub async fn submit(
     submitter: String,
     body: impl AsRef<[u8]> + Send + 'static,
 ) -> Result<TaskInfo, SubmitFailure> {
+    let accepted = prepare(store, limits, body).await?;
+    hand(engine, submitter, accepted).await
+}
+
+/// The part of a submission any coordinator does: checks the body on the blocking pool
+/// (decoding and validating a module of several MiB is CPU work) and stores its artifact, which
+/// the result then names by sha256 only.
+pub async fn prepare(
+    store: &Store,
+    limits: &Limits,
+    body: impl AsRef<[u8]> + Send + 'static,
+) -> Result<Accepted, SubmitFailure> {
     let limits = limits.clone();
-    let accepted = tokio::task::spawn_blocking(move || check(body.as_ref(), &limits))
+    let mut accepted = tokio::task::spawn_blocking(move || check(body.as_ref(), &limits))
         .await
         .map_err(|e| {
             SubmitFailure::Invalid(SubmitError::Unavailable(format!(
@@ -208,10 +222,24 @@ pub async fn submit(
         })?
         .map_err(SubmitFailure::Invalid)?;
     let task_id = accepted.submission.task_id;
-    let refused = |error| SubmitFailure::Refused { error, task_id };
     artifacts::store_submitted(store, &accepted)
         .await
-        .map_err(refused)?;
+        .map_err(|error| SubmitFailure::Refused { error, task_id })?;
+    if let Some((sha, _)) = accepted.artifact.take() {
+        accepted.artifact_ref = Some(sha);
+    }
+    Ok(accepted)
+}
+
+/// Hands a prepared submission to the engine, which answers with the new task (or the existing
+/// one, for a repeated task id).
+pub async fn hand(
+    engine: &mpsc::Sender<EngineMsg>,
+    submitter: String,
+    accepted: Accepted,
+) -> Result<TaskInfo, SubmitFailure> {
+    let task_id = accepted.submission.task_id;
+    let refused = |error| SubmitFailure::Refused { error, task_id };
     let (reply, rx) = oneshot::channel();
     let msg = EngineMsg::Submit {
         submitter,

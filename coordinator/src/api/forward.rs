@@ -15,11 +15,30 @@ use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use serde::{Deserialize, Serialize};
+
 use super::{AppState, Failure};
-use crate::store::Store;
+use crate::store::{LeaderInfo, Store};
+use crate::submission::Accepted;
 
 /// Set on a forwarded request, to the forwarding coordinator's URL.
 pub const FORWARDED_BY: &str = "x-ambient-forwarded-by";
+
+/// The header that carries the leader's intake secret ([`crate::store::LeaderInfo::secret`]) on
+/// `POST /internal/v1/intake`.
+pub const INTAKE_SECRET: &str = "x-ambient-intake-secret";
+
+/// The leader's intake route: submissions checked by another coordinator.
+pub const INTAKE_PATH: &str = "/internal/v1/intake";
+
+/// What a follower hands the leader: a submission it checked and whose artifact it stored.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Intake {
+    /// Whose task it is (the follower authenticated the caller).
+    pub(super) submitter: String,
+    /// The checked submission.
+    pub(super) accepted: Accepted,
+}
 
 /// How long a forwarded request may take, the leader's answer included.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +74,42 @@ impl Forward {
     }
 }
 
+impl Forward {
+    /// Hands a submission this coordinator checked (and whose artifact it stored) to the
+    /// leader's intake, and passes its answer back: the body is a few hundred bytes whatever
+    /// the module's size, and the leader spends nothing on checking it.
+    pub(super) async fn intake(
+        &self,
+        submitter: &str,
+        accepted: Accepted,
+    ) -> Result<Response, Failure> {
+        let leader = self.live_leader().await?;
+        let body = serde_json::to_vec(&Intake {
+            submitter: submitter.to_owned(),
+            accepted,
+        })
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let answer = self
+            .client
+            .post(format!("{}{INTAKE_PATH}", leader.url))
+            .header(FORWARDED_BY, &self.me)
+            .header(INTAKE_SECRET, &leader.secret)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        pass_back(&leader.url, answer).await
+    }
+
+    /// The leader, when its lease is live and it is not this coordinator.
+    async fn live_leader(&self) -> Result<LeaderInfo, Failure> {
+        let leader = self.store.leader().await.map_err(Failure::store)?;
+        leader.filter(|l| l.live && l.url != self.me).ok_or_else(|| {
+            no_leader("no coordinator runs the scheduler right now (a takeover is under way); retry")
+        })
+    }
+}
+
 fn no_leader(message: impl Into<String>) -> Failure {
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
 }
@@ -77,12 +132,7 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, Failure> {
             "the coordinator this was forwarded to no longer runs the scheduler; retry",
         ));
     }
-    let leader = f.store.leader().await.map_err(Failure::store)?;
-    let Some(leader) = leader.filter(|l| l.live && l.url != f.me) else {
-        return Err(no_leader(
-            "no coordinator runs the scheduler right now (a takeover is under way); retry",
-        ));
-    };
+    let leader = f.live_leader().await?;
     let (parts, body) = req.into_parts();
     let limit = state.limits.max_body_bytes + (4 << 20);
     let body = axum::body::to_bytes(body, limit)
@@ -99,10 +149,17 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, Failure> {
             out = out.header(name, value);
         }
     }
-    let answer = out.send().await.map_err(|e| {
+    pass_back(&leader.url, out.send().await).await
+}
+
+/// The leader's answer, status, headers and body, as this coordinator's.
+async fn pass_back(
+    leader: &str,
+    answer: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Response, Failure> {
+    let answer = answer.map_err(|e| {
         no_leader(format!(
-            "the coordinator that runs the scheduler ({}) did not answer: {e}; retry",
-            leader.url
+            "the coordinator that runs the scheduler ({leader}) did not answer: {e}; retry"
         ))
     })?;
     let mut response = Response::builder().status(answer.status());

@@ -29,6 +29,7 @@
 //! | `POST /api/v1/admin/accounts/{name}/grant` | admin key | mint credits into an account |
 //! | `PUT /api/v1/admin/accounts/{name}/limits` | admin key | set an account's limits |
 //! | `GET /api/v1/admin/ledger` | admin key | the whole ledger (`?account=`, `?after=`, `?limit=`) |
+//! | `POST /internal/v1/intake` | the leader's intake secret | a submission another coordinator of the store checked (not in the OpenAPI document: coordinators only) |
 //! | `GET /api/v1/health` | none | liveness and broker link |
 //! | `GET /metrics` | none | Prometheus |
 //! | `GET /api-docs/openapi.json` | none | OpenAPI 3.1 |
@@ -45,7 +46,7 @@
 //! - [`proofs`]: proofs and circuits of `zk_proof` tasks.
 //! - [`templates`]: task templates, listed and rendered.
 //! - [`forward`]: on a coordinator that does not run the scheduler, what needs it goes to the
-//!   one that does.
+//!   one that does; submissions are checked here first and handed to the leader's intake.
 //! - this module: the router, shared state, error responses, health, metrics and the OpenAPI
 //!   document.
 
@@ -88,7 +89,7 @@ use tasks::{cancel_task, get_task, list_tasks, submit};
 /// The OpenAPI document served at `/api-docs/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-pub use forward::{FORWARDED_BY, Forward};
+pub use forward::{FORWARDED_BY, Forward, INTAKE_SECRET};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -171,7 +172,6 @@ pub fn router(state: AppState) -> Router {
     // What needs the scheduler: run here when this coordinator leads, forwarded otherwise.
     let to_leader = || middleware::from_fn_with_state(state.clone(), forward::to_leader);
     let scheduled = Router::new()
-        .route("/api/v1/tasks", axum::routing::post(submit))
         .route("/api/v1/tasks/{id}", axum::routing::delete(cancel_task))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
@@ -180,7 +180,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(to_leader());
     let authed = Router::new()
         .merge(scheduled)
-        .route("/api/v1/tasks", get(list_tasks))
+        // Checked on any coordinator; a follower hands the result to the leader's intake.
+        .route("/api/v1/tasks", get(list_tasks).post(submit))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/blobs", axum::routing::put(put_blob))
         .route("/api/v1/proofs/verify", axum::routing::post(verify_proof))
@@ -252,6 +253,7 @@ pub fn router(state: AppState) -> Router {
         .merge(blob)
         .merge(join)
         .merge(admin)
+        .route(forward::INTAKE_PATH, axum::routing::post(tasks::intake))
         .route("/api/v1/health", get(health))
         .route("/api/v1/prices", get(credits::prices))
         .route("/metrics", get(metrics))

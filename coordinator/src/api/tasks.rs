@@ -4,13 +4,15 @@ use ambient_protocol::{TaskInfo, TaskStatus};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::auth::Submitter;
+use super::auth::{Submitter, constant_time_eq};
+use super::forward::{INTAKE_SECRET, Intake};
 use super::{AppState, Failure, checked_limit};
 use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
@@ -20,7 +22,7 @@ pub(super) async fn submit(
     State(state): State<AppState>,
     Extension(Submitter(submitter)): Extension<Submitter>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<TaskInfo>), Failure> {
+) -> Result<Response, Failure> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Failure::from(SubmitError::BodyTooLarge {
@@ -31,22 +33,66 @@ pub(super) async fn submit(
             Failure::new(r.status(), "bad_request", r.body_text())
         }
     })?;
-    let info = submission::submit(
-        &state.engine()?,
-        &state.store,
-        &state.limits,
-        submitter,
-        body,
-    )
-    .await
-    .map_err(|e| match e {
+    // Any coordinator checks the body and stores its artifact; only the scheduler's makes the
+    // task, so a follower hands the prepared submission to the leader.
+    let accepted = submission::prepare(&state.store, &state.limits, body)
+        .await
+        .map_err(|e| submit_failure(&state, e))?;
+    let engine = state.leading.borrow().as_ref().map(|l| l.engine.clone());
+    let info = match engine {
+        Some(engine) => submission::hand(&engine, submitter, accepted)
+            .await
+            .map_err(|e| submit_failure(&state, e))?,
+        None => return state.forward.intake(&submitter, accepted).await,
+    };
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+fn submit_failure(state: &AppState, e: SubmitFailure) -> Failure {
+    match e {
         SubmitFailure::Invalid(e) => {
             Metrics::inc(&state.metrics.submissions_rejected);
             Failure::from(e)
         }
         SubmitFailure::Refused { error, .. } => Failure::from(error),
         SubmitFailure::ShuttingDown => Failure::unavailable(),
-    })?;
+    }
+}
+
+/// `POST /internal/v1/intake` on the leader: a submission another coordinator checked and whose
+/// artifact it stored ([`submission::prepare`]), with the leader's intake secret
+/// ([`INTAKE_SECRET`]). Answered as `POST /api/v1/tasks` is.
+pub(super) async fn intake(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TaskInfo>), Failure> {
+    let Some(leading) = state.leading.borrow().clone() else {
+        return Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "this coordinator no longer runs the scheduler; retry",
+        ));
+    };
+    let shown = headers
+        .get(INTAKE_SECRET)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !constant_time_eq(shown, leading.secret.as_bytes()) {
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{INTAKE_SECRET} is missing or wrong"),
+        ));
+    }
+    let Intake {
+        submitter,
+        accepted,
+    } = serde_json::from_slice(&body)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let info = submission::hand(&leading.engine, submitter, accepted)
+        .await
+        .map_err(|e| submit_failure(&state, e))?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

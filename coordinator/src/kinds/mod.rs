@@ -96,10 +96,7 @@ pub(crate) fn build(
         TaskType::WasmExecution
         | TaskType::Computation
         | TaskType::Inference
-        | TaskType::FederatedLearning => accepted
-            .artifact
-            .map(|(sha, _)| sha)
-            .or(accepted.artifact_ref),
+        | TaskType::FederatedLearning => accepted.artifact_ref,
     };
     let mut task = TaskRecord::new(
         sub.task_id.unwrap_or_else(Uuid::new_v4),

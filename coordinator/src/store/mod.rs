@@ -153,6 +153,15 @@ pub const MIGRATIONS: &[Migration] = &[
             (Dialect::Postgres, postgres::SCHEMA_V4),
         ],
     },
+    Migration {
+        version: 5,
+        name: "leader_intake_secret",
+        sql: &[
+            // SQLite has one coordinator and no leader table.
+            (Dialect::Sqlite, "-- nothing: the leader table is PostgreSQL's"),
+            (Dialect::Postgres, postgres::SCHEMA_V5),
+        ],
+    },
 ];
 
 /// A coordinator's hold on the scheduler: who holds it, and the epoch it was granted in. Every
@@ -176,6 +185,10 @@ pub struct LeaderInfo {
     pub url: String,
     /// Whether its lease is still running.
     pub live: bool,
+    /// The credential its internal intake route asks of the other coordinators
+    /// ([`crate::api::INTAKE_SECRET`]): random per leader, readable only by whoever can read
+    /// the database.
+    pub secret: String,
 }
 
 /// A verified proof of a `zk_proof` task.
@@ -433,11 +446,13 @@ impl Store {
     }
 
     /// Takes the scheduler for `lease` when nobody holds it or its holder's lease ran out, and
-    /// returns the grant. A SQLite store has one coordinator, which always leads (epoch 0).
+    /// returns the grant; `secret` is what the others must show on the leader's intake route.
+    /// A SQLite store has one coordinator, which always leads (epoch 0).
     pub async fn lead(
         &self,
         holder: &str,
         url: &str,
+        secret: &str,
         lease: std::time::Duration,
     ) -> Result<Option<Fence>, StoreError> {
         match &self.backend {
@@ -445,7 +460,7 @@ impl Store {
                 holder: holder.into(),
                 epoch: 0,
             })),
-            Backend::Postgres(db) => db.lead(holder, url, lease).await,
+            Backend::Postgres(db) => db.lead(holder, url, secret, lease).await,
         }
     }
 

@@ -127,6 +127,9 @@ CREATE INDEX enrolments_by_key ON enrolments (ed25519);
 ";
 
 /// Version 4: accounts, API keys and the ledger ([`super::credits`]).
+/// The leader's intake secret ([`LeaderInfo::secret`]).
+pub(super) const SCHEMA_V5: &str = "ALTER TABLE leader ADD COLUMN secret TEXT NOT NULL DEFAULT '';";
+
 pub(super) const SCHEMA_V4: &str = "
 CREATE TABLE accounts (
     name TEXT PRIMARY KEY,
@@ -722,19 +725,20 @@ impl Postgres {
         &self,
         holder: &str,
         url: &str,
+        secret: &str,
         lease: Duration,
     ) -> Result<Option<Fence>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "INSERT INTO leader (id, holder, url, epoch, expires_at)
-                 VALUES (1, $1, $2, 1, now() + make_interval(secs => $3))
+                "INSERT INTO leader (id, holder, url, epoch, expires_at, secret)
+                 VALUES (1, $1, $2, 1, now() + make_interval(secs => $3), $4)
                  ON CONFLICT (id) DO UPDATE
                  SET holder = $1, url = $2, epoch = leader.epoch + 1,
-                     expires_at = now() + make_interval(secs => $3)
+                     expires_at = now() + make_interval(secs => $3), secret = $4
                  WHERE leader.expires_at < now()
                  RETURNING epoch",
-                &[&holder, &url, &lease.as_secs_f64()],
+                &[&holder, &url, &lease.as_secs_f64(), &secret],
             )
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?.map(|epoch| Fence {
@@ -771,7 +775,7 @@ impl Postgres {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT holder, url, expires_at > now() FROM leader WHERE id = 1",
+                "SELECT holder, url, expires_at > now(), secret FROM leader WHERE id = 1",
                 &[],
             )
             .await?;
@@ -780,6 +784,7 @@ impl Postgres {
                 holder: r.try_get(0)?,
                 url: r.try_get(1)?,
                 live: r.try_get(2)?,
+                secret: r.try_get(3)?,
             })
         })
         .transpose()

@@ -84,6 +84,21 @@ async fn a_second_coordinator_takes_over_the_scheduler() {
         assert_eq!(a.task(*id).await.unwrap(), done);
     }
     assert_eq!(b_client.nodes().await.unwrap().len(), 2, "nodes, through B");
+    // B checked its submissions itself and handed them to A's intake, which takes only what
+    // shows A's secret: a submitter, or anyone, calling it gets 401 whatever it sends.
+    let intake = format!("{a_url}/internal/v1/intake");
+    let forged = serde_json::json!({"submitter": "acme", "accepted": {
+        "submission": {"task_type": "wasm_execution", "inputs": {}},
+        "artifact_ref": "0".repeat(64), "shards": null, "eval_features": null}});
+    let http = reqwest::Client::new();
+    for secret in [None, Some("not-the-secret")] {
+        let mut req = http.post(&intake).json(&forged);
+        if let Some(secret) = secret {
+            req = req.header("x-ambient-intake-secret", secret);
+        }
+        let status = req.send().await.unwrap().status().as_u16();
+        assert_eq!(status, 401, "intake with secret {secret:?}");
+    }
 
     // A stops cleanly: it ends its lease, and B leads at its next attempt.
     c.stop_coordinator().await;

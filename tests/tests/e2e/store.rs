@@ -370,24 +370,30 @@ async fn postgres_a_deposed_leader_can_write_nothing() {
         .await
         .unwrap();
     let lease = std::time::Duration::from_secs(2);
-    let x = store.lead("x", "http://x", lease).await.unwrap().unwrap();
+    let x = store.lead("x", "http://x", "x-secret", lease).await.unwrap().unwrap();
     assert_eq!(x.epoch, 1);
     assert_eq!(
-        store.lead("y", "http://y", lease).await.unwrap(),
+        store.lead("y", "http://y", "y-secret", lease).await.unwrap(),
         None,
         "x holds it"
     );
     let info = store.leader().await.unwrap().unwrap();
     assert_eq!(
-        (info.holder.as_str(), info.url.as_str(), info.live),
-        ("x", "http://x", true)
+        (
+            info.holder.as_str(),
+            info.url.as_str(),
+            info.live,
+            info.secret.as_str()
+        ),
+        ("x", "http://x", true, "x-secret")
     );
     assert!(store.renew(&x, lease).await.unwrap());
     // x's lease runs out unrenewed (a pause, a partition): y takes over with a new epoch.
     tokio::time::sleep(lease + std::time::Duration::from_millis(500)).await;
     assert!(!store.leader().await.unwrap().unwrap().live);
-    let y = store.lead("y", "http://y", lease).await.unwrap().unwrap();
+    let y = store.lead("y", "http://y", "y-secret", lease).await.unwrap().unwrap();
     assert_eq!(y.epoch, 2);
+    assert_eq!(store.leader().await.unwrap().unwrap().secret, "y-secret");
     assert!(
         !store.renew(&x, lease).await.unwrap(),
         "x cannot renew a lease it lost"
@@ -406,6 +412,6 @@ async fn postgres_a_deposed_leader_can_write_nothing() {
     assert_eq!(pg.count_rows("c", "tasks").unwrap(), 1);
     // y resigns (a clean stop): the next candidate leads at once.
     store.resign(&y).await.unwrap();
-    let z = store.lead("z", "http://z", lease).await.unwrap().unwrap();
+    let z = store.lead("z", "http://z", "z-secret", lease).await.unwrap().unwrap();
     assert_eq!(z.epoch, 3);
 }
