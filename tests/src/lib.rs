@@ -7,11 +7,13 @@
 //! - [`nats`]: starts a NATS broker cluster (MQTT listeners, JetStream), node by node killable.
 //! - [`postgres`]: starts a throwaway PostgreSQL server.
 //! - [`process`]: a coordinator as its own OS process, to kill with SIGKILL.
+//! - [`capacity`]: process fleets, CPU probes and simulated nodes for the load generator.
 //! - [`adversary`]: lying nodes built on the protocol crate.
 //! - [`Cluster`]: the network under test.
 
 pub mod adversary;
 pub mod browser;
+pub mod capacity;
 pub mod ledger;
 pub mod mosquitto;
 pub mod nats;

@@ -218,6 +218,11 @@ impl CoordinatorProcess {
         self.wait_ready().await
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Its role ([`role`]).
     pub async fn role(&self) -> Option<String> {
         role(&self.url).await

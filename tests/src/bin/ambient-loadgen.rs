@@ -13,8 +13,29 @@
 //!    is `scripts/bench-inference`, which runs this section and onnxruntime back to back;
 //! 5. the sharded π job on 1, 2, 4 and 8 local agents (mosquitto), and the overhead per shard.
 //!
+//! Two capacity sections run only when asked (`--only`), each minutes long; both start every
+//! service as its own process (`ambient-coordinator` and `ambient-agent` must be built next to
+//! this binary) and measure CPU time per process from `/proc` ([`ambient_e2e::capacity`]):
+//!
+//! 6. `coordinators`: 1, 2 and 3 coordinators (`--coordinators 1,2,3`) on one PostgreSQL (a new
+//!    database each), one mosquitto and `--agents` agents of `--slots` slots. `--tasks` trivial
+//!    tasks (default 600) go over REST round robin to the coordinators, `--concurrency` in flight
+//!    (default 32), each waited for on the submitter's MQTT notifications; twice: a wasm sum with
+//!    its module inline, and an ONNX MLP whose model is an uploaded blob named by sha256 (a
+//!    `wasm_execution` task has no by-reference form). Per K and form: tasks/s, p50/p99 submit →
+//!    completed, and CPU-ms per task of the leader, each follower, the agents, mosquitto,
+//!    PostgreSQL (postmaster and backends) and the load generator;
+//! 7. `nodes`: one coordinator (SQLite), 2 agents, and simulated nodes (MQTT clients that
+//!    announce themselves and report health every 5 s like an agent, paused so they take no
+//!    work) ramped through `--nodes 250,500,1000,2000`: per level, the coordinator's CPU % and
+//!    RSS over a `--window-secs` window, how many nodes `GET /api/v1/nodes` shows online, and the
+//!    latency of 20 trivial tasks run one at a time meanwhile.
+//!
+//! The last line of each capacity section is one JSON object with all its figures.
+//!
 //! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S] [--pi-samples N]
-//! [--only tasks|sandbox|idle|inference|pi]`.
+//! [--coordinators 1,2,3] [--agents A] [--slots S] [--nodes 250,500,1000,2000]
+//! [--window-secs S] [--only tasks|sandbox|idle|inference|pi|coordinators|nodes]`.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -22,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use ambient_cli::modules;
 use ambient_e2e::Cluster;
+use ambient_e2e::capacity::{CpuProbe, Fleet, FleetSpec, SimNodes, run_load};
 use ambient_link::{Incoming, QoS};
 use ambient_protocol::{Requirements, TaskInfo, TaskSubmission, TaskType, topics};
 use anyhow::Context as _;
@@ -29,30 +51,56 @@ use base64::Engine as _;
 use uuid::Uuid;
 
 struct Args {
-    tasks: usize,
-    concurrency: usize,
+    /// `None`: each section's default (300 for `tasks`, 600 for `coordinators`).
+    tasks: Option<usize>,
+    /// `None`: each section's default (16 for `tasks`, 32 for `coordinators`).
+    concurrency: Option<usize>,
     idle_secs: u64,
     only: Option<String>,
     pi_samples: u64,
+    coordinators: Vec<usize>,
+    agents: usize,
+    slots: u32,
+    nodes: Vec<usize>,
+    window_secs: u64,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
-        tasks: 300,
-        concurrency: 16,
+        tasks: None,
+        concurrency: None,
         idle_secs: 30,
         only: None,
         pi_samples: 200_000_000,
+        coordinators: vec![1, 2, 3],
+        agents: 4,
+        slots: 8,
+        nodes: vec![250, 500, 1000, 2000],
+        window_secs: 20,
+    };
+    let list = |v: &str| -> anyhow::Result<Vec<usize>> {
+        v.split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .context("a comma-separated list of numbers")
+            })
+            .collect()
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
         let val = pair.get(1).context("flag without value")?;
         match pair[0].as_str() {
-            "--tasks" => a.tasks = val.parse()?,
-            "--concurrency" => a.concurrency = val.parse()?,
+            "--tasks" => a.tasks = Some(val.parse()?),
+            "--concurrency" => a.concurrency = Some(val.parse()?),
             "--idle-secs" => a.idle_secs = val.parse()?,
             "--only" => a.only = Some(val.clone()),
             "--pi-samples" => a.pi_samples = val.parse()?,
+            "--coordinators" => a.coordinators = list(val)?,
+            "--agents" => a.agents = val.parse()?,
+            "--slots" => a.slots = val.parse()?,
+            "--nodes" => a.nodes = list(val)?,
+            "--window-secs" => a.window_secs = val.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -186,16 +234,21 @@ async fn mqtt_rtt(c: &Cluster, n: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(out)
 }
 
-async fn broker_figures(name: &str, mut c: Cluster, a: &Args) -> anyhow::Result<()> {
+async fn broker_figures(
+    name: &str,
+    mut c: Cluster,
+    tasks: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let submitter = c.conn.submitter.clone();
     let user = (c.conn.mqtt_username.clone(), c.conn.mqtt_password.clone());
     let subs = vec![topics::submitter_all(&submitter)];
     let mut m = connect(&c, (&user.0, &user.1), subs, "loadgen").await?;
     run_tasks(&mut m, &submitter, 20, 4).await?; // warm up caches and connections
-    let (mut seq, _) = run_tasks(&mut m, &submitter, a.tasks / 3, 1).await?;
+    let (mut seq, _) = run_tasks(&mut m, &submitter, tasks / 3, 1).await?;
     seq.sort();
-    let (_, wall) = run_tasks(&mut m, &submitter, a.tasks, a.concurrency).await?;
-    let mut rtt = mqtt_rtt(&c, a.tasks / 3).await?;
+    let (_, wall) = run_tasks(&mut m, &submitter, tasks, concurrency).await?;
+    let mut rtt = mqtt_rtt(&c, tasks / 3).await?;
     rtt.sort();
     println!(
         "{name:<18} task latency p50 {:>7.2} ms  p99 {:>7.2} ms | MQTT RTT p50 {:>6.2} ms  p99 {:>6.2} ms | ratio p50 {:>5.1}x | throughput {:>6.1} tasks/s ({} tasks, {} in flight)",
@@ -204,9 +257,9 @@ async fn broker_figures(name: &str, mut c: Cluster, a: &Args) -> anyhow::Result<
         ms(pct(&rtt, 0.5)),
         ms(pct(&rtt, 0.99)),
         ms(pct(&seq, 0.5)) / ms(pct(&rtt, 0.5)).max(1e-9),
-        a.tasks as f64 / wall.as_secs_f64(),
-        a.tasks,
-        a.concurrency
+        tasks as f64 / wall.as_secs_f64(),
+        tasks,
+        concurrency
     );
     c.stop_coordinator().await;
     c.shutdown().await;
@@ -362,22 +415,24 @@ async fn idle_agent(secs: u64) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     println!(
-        "ambient-loadgen: {} tasks, {} in flight, machine: {} CPUs",
-        a.tasks,
-        a.concurrency,
+        "ambient-loadgen: machine: {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // The capacity sections take minutes: only when named.
     let run = |section: &str| a.only.as_deref().is_none_or(|o| o == section);
+    let asked = |section: &str| a.only.as_deref() == Some(section);
     if run("tasks") {
-        broker_figures("rumqttd", Cluster::embedded(3).await?, &a).await?;
-        broker_figures("mosquitto", Cluster::mosquitto(3).await?, &a).await?;
+        let (n, c) = (a.tasks.unwrap_or(300), a.concurrency.unwrap_or(16));
+        println!("tasks: {n} tasks, {c} in flight");
+        broker_figures("rumqttd", Cluster::embedded(3).await?, n, c).await?;
+        broker_figures("mosquitto", Cluster::mosquitto(3).await?, n, c).await?;
         // The same on the coordinator's second store: a throwaway PostgreSQL on loopback (its
         // test settings: fsync, synchronous_commit and full_page_writes off).
         if ambient_e2e::postgres::available() {
             let pg = ambient_e2e::postgres::Postgres::start()?;
             let store = Some(pg.create_database("loadgen")?);
-            let c = Cluster::mosquitto_on(3, 2, store).await?;
-            broker_figures("mosquitto+postgres", c, &a).await?;
+            let cluster = Cluster::mosquitto_on(3, 2, store).await?;
+            broker_figures("mosquitto+postgres", cluster, n, c).await?;
         }
     }
     if run("sandbox") {
@@ -391,6 +446,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if run("pi") {
         pi_speedup(a.pi_samples).await?;
+    }
+    if asked("coordinators") {
+        coordinators_figures(&a).await?;
+    }
+    if asked("nodes") {
+        nodes_figures(&a).await?;
     }
     Ok(())
 }
@@ -467,5 +528,377 @@ async fn pi_speedup(samples: u64) -> anyhow::Result<()> {
         }
         c.shutdown().await;
     }
+    Ok(())
+}
+
+/// The forms of trivial task the `coordinators` section submits.
+#[derive(Clone, Copy)]
+enum Form {
+    /// `wasm_execution` of `sum.wat`, the module inline (base64).
+    WasmInline,
+    /// `inference` of the MLP fixture, the model an uploaded blob named by its sha256.
+    OnnxByRef,
+}
+
+impl Form {
+    fn name(self) -> &'static str {
+        match self {
+            Form::WasmInline => "wasm-inline",
+            Form::OnnxByRef => "onnx-by-ref",
+        }
+    }
+}
+
+/// Makes the `i`-th submission of a form.
+struct Submissions {
+    module: String,
+    model_sha256: String,
+    tensors: serde_json::Value,
+}
+
+impl Submissions {
+    /// Uploads the model once, through `client`.
+    async fn prepare(client: &ambient_cli::client::Client) -> anyhow::Result<Submissions> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/onnx");
+        let model = std::fs::read(format!("{dir}/mlp.onnx"))?;
+        let reference: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}/mlp.json"))?)?;
+        Ok(Submissions {
+            module: base64::engine::general_purpose::STANDARD
+                .encode(modules::wasm(modules::SUM_WAT)),
+            model_sha256: client.put_blob(model).await?,
+            tensors: reference["inputs"].clone(),
+        })
+    }
+
+    fn make(&self, form: Form, i: usize) -> TaskSubmission {
+        let (task_type, wasm_module, inputs) = match form {
+            Form::WasmInline => (
+                TaskType::WasmExecution,
+                Some(self.module.clone()),
+                serde_json::json!({"numbers": [i, 1, 2, 3]}),
+            ),
+            Form::OnnxByRef => (
+                TaskType::Inference,
+                None,
+                serde_json::json!({"model_sha256": self.model_sha256, "tensors": self.tensors}),
+            ),
+        };
+        TaskSubmission {
+            task_type,
+            wasm_module,
+            inputs,
+            requirements: Requirements::default(),
+            task_id: None,
+        }
+    }
+}
+
+/// Seconds of CPU per figure between two readings of the same probes.
+fn cpu_seconds(before: &[u64], after: &[u64]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / ambient_e2e::capacity::TICKS_PER_SEC)
+        .collect()
+}
+
+fn read_probes(probes: &[(String, CpuProbe)]) -> anyhow::Result<Vec<u64>> {
+    probes.iter().map(|(_, p)| p.ticks()).collect()
+}
+
+/// Section 6: how 1, 2 and 3 coordinators on one PostgreSQL share the same load.
+async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
+    let (n, window) = (a.tasks.unwrap_or(600), a.concurrency.unwrap_or(32));
+    let started = Instant::now();
+    let pg = ambient_e2e::postgres::Postgres::start()?;
+    let postmaster = ambient_e2e::capacity::postmaster_pid(pg.port())
+        .context("PostgreSQL's postmaster was not found on /proc")?;
+    println!(
+        "coordinators: {n} tasks per form, {window} in flight, over REST round robin; waited for \
+         on the submitter's MQTT notifications; {} agents x {} slots; CPU-ms per task over the \
+         measured window",
+        a.agents, a.slots
+    );
+    println!(
+        "{:>2} {:<12} {:>8} {:>8} {:>8} | {:>7} {:<17} {:>7} {:>7} {:>8} {:>8} {:>7} | {:>5}",
+        "K",
+        "form",
+        "tasks/s",
+        "p50 ms",
+        "p99 ms",
+        "leader",
+        "followers",
+        "agents",
+        "broker",
+        "postgres",
+        "loadgen",
+        "total",
+        "busy"
+    );
+    let mut report = Vec::new();
+    for &k in &a.coordinators {
+        let fleet = Fleet::start(FleetSpec {
+            coordinators: k,
+            agents: a.agents,
+            slots: a.slots,
+            store: Some(pg.create_database(&format!("capacity_{k}"))?),
+            extra_accounts: Vec::new(),
+        })
+        .await?;
+        let clients = fleet.clients();
+        let completions = fleet.completions().await?;
+        let subs = Submissions::prepare(&clients[0]).await?;
+        // The probes: each coordinator by its role now, then the rest.
+        let mut probes = Vec::new();
+        for c in &fleet.coordinators {
+            let role = c.role().await.unwrap_or_else(|| "down".into());
+            probes.push((
+                role,
+                CpuProbe::Pids(vec![c.pid().context("a coordinator")?]),
+            ));
+        }
+        anyhow::ensure!(
+            probes.iter().filter(|(r, _)| r == "leader").count() == 1,
+            "not exactly one leader among {:?}",
+            probes.iter().map(|(r, _)| r).collect::<Vec<_>>()
+        );
+        let agents = fleet.agents.iter().filter_map(|p| p.pid()).collect();
+        probes.push(("agents".into(), CpuProbe::Pids(agents)));
+        probes.push(("broker".into(), CpuProbe::Pids(vec![fleet.broker_pid()?])));
+        probes.push(("postgres".into(), CpuProbe::Tree(postmaster)));
+        probes.push(("loadgen".into(), CpuProbe::Pids(vec![std::process::id()])));
+        for form in [Form::WasmInline, Form::OnnxByRef] {
+            let make = |i| subs.make(form, i);
+            // Warm up: connections, module caches, the store's first rows.
+            run_load(&clients, &completions, 20, 4, make).await?;
+            let t0 = read_probes(&probes)?;
+            let (mut lat, wall) = run_load(&clients, &completions, n, window, make).await?;
+            let t1 = read_probes(&probes)?;
+            lat.sort();
+            let cpu = cpu_seconds(&t0, &t1);
+            let per_task = |s: f64| s * 1000.0 / n as f64;
+            let of = |role: &str| -> Vec<f64> {
+                probes
+                    .iter()
+                    .zip(&cpu)
+                    .filter(|((r, _), _)| r == role)
+                    .map(|(_, s)| per_task(*s))
+                    .collect()
+            };
+            let (leader, followers) = (of("leader")[0], of("follower"));
+            let (agents, broker) = (of("agents")[0], of("broker")[0]);
+            let (postgres, loadgen) = (of("postgres")[0], of("loadgen")[0]);
+            let total = per_task(cpu.iter().sum());
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+            let busy = cpu.iter().sum::<f64>() / wall.as_secs_f64() / cores * 100.0;
+            let followers_text = if followers.is_empty() {
+                "-".to_string()
+            } else {
+                followers
+                    .iter()
+                    .map(|f| format!("{f:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!(
+                "{k:>2} {:<12} {:>8.1} {:>8.1} {:>8.1} | {leader:>7.2} {followers_text:<17} \
+                 {agents:>7.2} {broker:>7.2} {postgres:>8.2} {loadgen:>8.2} {total:>7.2} | \
+                 {busy:>4.0}%",
+                form.name(),
+                n as f64 / wall.as_secs_f64(),
+                ms(pct(&lat, 0.5)),
+                ms(pct(&lat, 0.99)),
+            );
+            report.push(serde_json::json!({
+                "coordinators": k,
+                "form": form.name(),
+                "tasks": n,
+                "in_flight": window,
+                "wall_s": wall.as_secs_f64(),
+                "tasks_per_s": n as f64 / wall.as_secs_f64(),
+                "p50_ms": ms(pct(&lat, 0.5)),
+                "p99_ms": ms(pct(&lat, 0.99)),
+                "cpu_ms_per_task": {
+                    "leader": leader, "followers": followers, "agents": agents,
+                    "broker": broker, "postgres": postgres, "loadgen": loadgen, "total": total,
+                },
+                "cpu_busy_pct_of_all_cores": busy,
+            }));
+        }
+        drop(completions);
+        drop(fleet);
+    }
+    println!(
+        "coordinators: section took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{}",
+        serde_json::json!({"section": "coordinators", "agents": a.agents, "slots": a.slots,
+                           "cpus": std::thread::available_parallelism().map_or(0, |c| c.get()),
+                           "runs": report})
+    );
+    Ok(())
+}
+
+/// Nodes `GET /api/v1/nodes` shows online (with a health report), nodes it shows, and how long
+/// it took to answer.
+async fn online(client: &ambient_cli::client::Client) -> anyhow::Result<(usize, usize, Duration)> {
+    let t0 = Instant::now();
+    let nodes = client.nodes().await?;
+    let n = nodes
+        .iter()
+        .filter(|n| n.state == ambient_protocol::NodeState::Online && n.health.is_some())
+        .count();
+    Ok((n, nodes.len(), t0.elapsed()))
+}
+
+/// Section 7: how many nodes one coordinator holds.
+async fn nodes_figures(a: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut levels = a.nodes.clone();
+    levels.sort();
+    let most = *levels.last().context("--nodes is empty")?;
+    // One connection per simulated node here, and one more in mosquitto (a child, same limit).
+    let limit = ambient_e2e::capacity::open_files_limit().unwrap_or(0);
+    anyhow::ensure!(
+        limit >= most as u64 + 256,
+        "{most} simulated nodes need more open files than this process may have ({limit}): \
+         raise the limit first (`ulimit -n {}`)",
+        most + 1024
+    );
+    let interval = Duration::from_secs(5);
+    let accounts = ambient_e2e::capacity::sim_accounts(most);
+    let fleet = Fleet::start(FleetSpec {
+        coordinators: 1,
+        agents: 2,
+        slots: 2,
+        store: None,
+        extra_accounts: accounts.clone(),
+    })
+    .await?;
+    println!(
+        "nodes: one coordinator (SQLite), 2 agents, simulated nodes reporting health every {} s \
+         (paused: online, no work); {} s window per level; open files limit {limit} (enough, \
+         not raised); fleet up in {:.0} s ({} broker accounts)",
+        interval.as_secs(),
+        a.window_secs,
+        started.elapsed().as_secs_f64(),
+        most + 4
+    );
+    println!(
+        "{:>5} {:>11} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "nodes",
+        "online",
+        "to all",
+        "coord CPU",
+        "RSS MiB",
+        "task p50",
+        "task max",
+        "GET nodes",
+        "broker",
+        "loadgen"
+    );
+    let coordinator = fleet.coordinators[0].pid().context("the coordinator")?;
+    let clients = fleet.clients();
+    let completions = fleet.completions().await?;
+    let module = base64::engine::general_purpose::STANDARD.encode(modules::wasm(modules::SUM_WAT));
+    let make = |i: usize| TaskSubmission {
+        task_type: TaskType::WasmExecution,
+        wasm_module: Some(module.clone()),
+        inputs: serde_json::json!({"numbers": [i, 1, 2, 3]}),
+        requirements: Requirements::default(),
+        task_id: None,
+    };
+    run_load(&clients, &completions, 10, 1, make).await?; // warm up
+    let probes = [
+        CpuProbe::Pids(vec![coordinator]),
+        CpuProbe::Pids(vec![fleet.broker_pid()?]),
+        CpuProbe::Pids(vec![std::process::id()]),
+    ];
+    let mut sims = SimNodes::new();
+    let mut report = Vec::new();
+    for &level in &levels {
+        let ramp = Instant::now();
+        let have = sims.len();
+        sims.add(fleet.mqtt, &accounts[have..level], interval, 100)
+            .await?;
+        // Every node online, or a minute.
+        let all = level + fleet.agents.len();
+        let to_all = loop {
+            let (n, _, _) = online(&clients[0]).await?;
+            if n >= all {
+                break Some(ramp.elapsed());
+            }
+            if ramp.elapsed() > Duration::from_secs(60) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        tokio::time::sleep(interval).await; // past the connection burst
+        let window = Duration::from_secs(a.window_secs);
+        let t0 = probes
+            .iter()
+            .map(|p| p.ticks())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let start = Instant::now();
+        let mut lat = Vec::new();
+        for i in 0..20u32 {
+            tokio::time::sleep_until((start + window * i / 20).into()).await;
+            let (l, _) = run_load(&clients, &completions, 1, 1, make).await?;
+            lat.extend(l);
+        }
+        tokio::time::sleep_until((start + window).into()).await;
+        let t1 = probes
+            .iter()
+            .map(|p| p.ticks())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let pct_of_core: Vec<f64> = cpu_seconds(&t0, &t1)
+            .iter()
+            .map(|s| s / elapsed * 100.0)
+            .collect();
+        let rss = ambient_e2e::capacity::rss_kib(coordinator)? as f64 / 1024.0;
+        let (on, known, get) = online(&clients[0]).await?;
+        lat.sort();
+        println!(
+            "{level:>5} {:>11} {:>8} {:>8.1}% {rss:>8.1} {:>8.1} {:>8.1} {:>7.1}ms {:>7.1}% {:>7.1}%",
+            format!("{on}/{known}"),
+            to_all.map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+            pct_of_core[0],
+            ms(pct(&lat, 0.5)),
+            ms(*lat.last().unwrap_or(&Duration::ZERO)),
+            ms(get),
+            pct_of_core[1],
+            pct_of_core[2],
+        );
+        report.push(serde_json::json!({
+            "simulated_nodes": level,
+            "online": on,
+            "known": known,
+            "expected_online": all,
+            "seconds_to_all_online": to_all.map(|d| d.as_secs_f64()),
+            "coordinator_cpu_pct_of_one_core": pct_of_core[0],
+            "coordinator_rss_mib": rss,
+            "task_p50_ms": ms(pct(&lat, 0.5)),
+            "task_max_ms": ms(*lat.last().unwrap_or(&Duration::ZERO)),
+            "get_nodes_ms": ms(get),
+            "broker_cpu_pct_of_one_core": pct_of_core[1],
+            "loadgen_cpu_pct_of_one_core": pct_of_core[2],
+        }));
+    }
+    sims.stop().await;
+    drop(completions);
+    drop(fleet);
+    println!(
+        "nodes: section took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{}",
+        serde_json::json!({"section": "nodes", "health_interval_s": interval.as_secs(),
+                           "window_s": a.window_secs, "levels": report})
+    );
     Ok(())
 }
