@@ -60,6 +60,28 @@ pub enum ZkError {
         source: std::io::Error,
     },
 
+    /// A neural-network program ([`crate::nn::Program`]) is malformed or too large: shapes that do
+    /// not chain, weight counts that do not match, or sizes beyond the documented caps.
+    #[error("bad program: {0}")]
+    BadProgram(String),
+
+    /// A model uses something this crate cannot prove (for the ONNX front end: an operator
+    /// or attribute with no circuit).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// A fixed-point value left its range while evaluating a program (an activation outside
+    /// the 32-bit range, an `Exp` input above its domain): nothing is computed or proved.
+    #[error("overflow in layer {layer} ({op}): {reason}")]
+    Overflow {
+        /// Index of the layer in [`crate::nn::Program::layers`].
+        layer: usize,
+        /// The layer's kind ([`crate::nn::op_name`]).
+        op: &'static str,
+        /// What left its range.
+        reason: String,
+    },
+
     /// The proof just produced does not verify against the keys' own verifying key.
     ///
     /// This means the witness does not satisfy the circuit (a bug) or the proving key does

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use ark_bn254::{Bn254, Fr};
+use ark_bn254::{Bn254, Fr, G1Projective};
+use ark_ec::VariableBaseMSM;
 use ark_groth16::{Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use ark_snark::SNARK;
@@ -96,9 +97,7 @@ impl Keys {
 
     /// The proving key, compressed (it embeds the verifying key).
     pub fn to_bytes(&self) -> Result<Vec<u8>, ZkError> {
-        let mut out = Vec::with_capacity(self.proving_key.serialized_size(Compress::Yes));
-        self.proving_key.serialize_compressed(&mut out)?;
-        Ok(out)
+        proving_key_to_bytes(&self.proving_key)
     }
 
     /// Reads keys written by [`Keys::to_bytes`] (or converted from elsewhere, such as an MPC
@@ -108,12 +107,8 @@ impl Keys {
     /// subgroup-checked, which is slow for large keys: a bad proving key can only make
     /// proofs that fail, and [`crate::prove`] checks each proof before returning it.
     pub fn from_bytes(spec: &CircuitSpec, bytes: &[u8]) -> Result<Self, ZkError> {
-        let proving_key =
-            ProvingKey::<Bn254>::deserialize_with_mode(bytes, Compress::Yes, Validate::No)?;
-        let mut vk_bytes = Vec::new();
-        proving_key.vk.serialize_compressed(&mut vk_bytes)?;
-        // The verifying key is the part soundness rests on: validate it fully.
-        let verifying_key = verifying_key_from_bytes(&vk_bytes)?;
+        let (proving_key, verifying_key) = proving_key_from_bytes(bytes)?;
+        check_verifying_key(&verifying_key, &spec.to_string())?;
         let keys = Self {
             spec: *spec,
             proving_key,
@@ -134,14 +129,39 @@ impl Keys {
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ZkError> {
+/// A proving key, compressed (it embeds its verifying key, first).
+pub fn proving_key_to_bytes(pk: &ProvingKey<Bn254>) -> Result<Vec<u8>, ZkError> {
+    let mut out = Vec::with_capacity(pk.serialized_size(Compress::Yes));
+    pk.serialize_compressed(&mut out)?;
+    Ok(out)
+}
+
+/// Reads a compressed proving key of any circuit and returns it with its verifying key.
+///
+/// The verifying key is fully validated (on curve, in subgroup); the proving key's points
+/// are only decompressed (so on the curve), because subgroup checks are slow for large keys
+/// and a bad proving key can only make proofs that fail. Callers check the shape against
+/// their circuit ([`Keys::from_bytes`], [`crate::nn::ProgramKeys::from_bytes`]).
+pub fn proving_key_from_bytes(
+    bytes: &[u8],
+) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>), ZkError> {
+    let proving_key =
+        ProvingKey::<Bn254>::deserialize_with_mode(bytes, Compress::Yes, Validate::No)?;
+    let mut vk_bytes = Vec::new();
+    proving_key.vk.serialize_compressed(&mut vk_bytes)?;
+    // The verifying key is the part soundness rests on: validate it fully.
+    let verifying_key = VerifyingKey::<Bn254>::deserialize_compressed(vk_bytes.as_slice())?;
+    Ok((proving_key, verifying_key))
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ZkError> {
     std::fs::write(path, bytes).map_err(|source| ZkError::Io {
         path: path.to_owned(),
         source,
     })
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, ZkError> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ZkError> {
     std::fs::read(path).map_err(|source| ZkError::Io {
         path: path.to_owned(),
         source,
@@ -204,12 +224,24 @@ pub struct PreparedVerifier {
 }
 
 impl PreparedVerifier {
-    /// Prepares `vk`, checking that it takes exactly three public inputs.
+    /// Prepares `vk`, checking that it takes exactly three public inputs (the registry's
+    /// circuits).
     pub fn new(vk: &VerifyingKey<Bn254>) -> Result<Self, ZkError> {
         check_verifying_key(vk, "(unknown)")?;
-        Ok(Self {
+        Ok(Self::any(vk))
+    }
+
+    /// Prepares `vk` whatever its number of public inputs (a program's circuit, see
+    /// [`crate::nn`]); use [`PreparedVerifier::verify_inputs`] with it.
+    pub fn any(vk: &VerifyingKey<Bn254>) -> Self {
+        Self {
             pvk: ark_groth16::prepare_verifying_key(vk),
-        })
+        }
+    }
+
+    /// The number of public inputs the key takes.
+    pub fn num_public_inputs(&self) -> usize {
+        self.pvk.vk.gamma_abc_g1.len().saturating_sub(1)
     }
 
     /// Checks `proof` against `public`. `Ok(false)` means the proof is invalid for these
@@ -222,8 +254,28 @@ impl PreparedVerifier {
             public.input_commitment,
             public.output_commitment,
         ];
-        Ok(Groth16::<Bn254>::verify_with_processed_vk(
-            &self.pvk, &inputs, proof,
+        self.verify_inputs(&inputs, proof)
+    }
+
+    /// Checks `proof` against any number of public inputs, which must be exactly as many as
+    /// the key takes (else [`ZkError::KeyMismatch`]: ark-groth16 would silently ignore
+    /// extras). The inputs are combined with one multi-scalar multiplication, so a hundred of
+    /// them add well under a millisecond.
+    pub fn verify_inputs(&self, inputs: &[Fr], proof: &Proof<Bn254>) -> Result<bool, ZkError> {
+        let bases = &self.pvk.vk.gamma_abc_g1;
+        if inputs.len() + 1 != bases.len() {
+            return Err(ZkError::KeyMismatch {
+                circuit: "(unknown)".into(),
+                reason: format!(
+                    "the verifying key takes {} public inputs, {} were given",
+                    bases.len().saturating_sub(1),
+                    inputs.len()
+                ),
+            });
+        }
+        let prepared = G1Projective::msm_unchecked(&bases[1..], inputs) + bases[0];
+        Ok(Groth16::<Bn254>::verify_proof_with_prepared_inputs(
+            &self.pvk, proof, &prepared,
         )?)
     }
 }

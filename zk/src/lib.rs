@@ -6,7 +6,7 @@
 //! the task's inputs and the claimed output ([`public_inputs_for`]). Proofs also export as
 //! snarkjs JSON ([`snarkjs`]) so anyone can check them independently.
 //!
-//! Every circuit has exactly three public inputs, `[task_binding, input_commitment,
+//! Every registered circuit has exactly three public inputs, `[task_binding, input_commitment,
 //! output_commitment]`:
 //!
 //! * `task_binding = SHA-256(task id bytes) mod r` ([`mimc::task_binding`]);
@@ -37,6 +37,14 @@
 //!   and [`verifying_key_from_proving_key`], the cheap read of a proving key's verifying key.
 //! - [`proving`]: [`prove`], [`verify`], [`public_inputs_for`].
 //! - [`snarkjs`]: snarkjs JSON export of verifying keys, proofs and public inputs.
+//! - [`nn`]: provable inference: fixed-point neural networks ([`nn::Program`]) as circuits
+//!   of their own, with their own keys ([`nn::setup`], [`nn::prove`], [`nn::verify`]) and
+//!   public inputs `[task_binding, model_commitment, packed input…, packed output…]`.
+//!   With the `onnx` feature, [`nn::onnx::compile`] makes programs from ONNX models.
+//!
+//! # Features
+//! - `onnx` (off by default): the ONNX front end, `nn::onnx` (it links tract-onnx's protobuf
+//!   decoder). The coordinator needs it to compile models; a prover needs only [`nn`].
 //!
 //! # What a single-party setup trusts
 //! Groth16 needs a per-circuit trusted setup. [`setup_with_os_rng`] runs it once on the
@@ -55,6 +63,7 @@ pub mod circuits;
 pub mod error;
 pub mod keys;
 pub mod mimc;
+pub mod nn;
 pub mod proving;
 pub mod snarkjs;
 pub mod task;
@@ -68,9 +77,13 @@ pub use circuits::{
 pub use error::ZkError;
 pub use keys::{
     Keys, NUM_PUBLIC_INPUTS, PreparedVerifier, load_verifying_key, proof_from_bytes,
-    proof_to_bytes, save_verifying_key, setup, setup_with_os_rng, verifying_key_from_bytes,
-    verifying_key_from_proving_key, verifying_key_to_bytes,
+    proof_to_bytes, proving_key_from_bytes, proving_key_to_bytes, save_verifying_key, setup,
+    setup_with_os_rng, verifying_key_from_bytes, verifying_key_from_proving_key,
+    verifying_key_to_bytes,
 };
 pub use proving::{prove, public_inputs_for, verify, witness_circuit};
-pub use snarkjs::{snarkjs_proof_json, snarkjs_public_json, snarkjs_verification_key_json};
+pub use snarkjs::{
+    snarkjs_proof_json, snarkjs_public_inputs_json, snarkjs_public_json,
+    snarkjs_verification_key_json,
+};
 pub use task::{parse_field, parse_task_inputs};

@@ -5,7 +5,7 @@
 //! `[[x.c0, x.c1], [y.c0, y.c1], ["1", "0"]]`; the point at infinity is `["0", "1", "0"]`
 //! (G1) or `[["0","0"], ["1","0"], ["0","0"]]` (G2), as snarkjs writes them.
 
-use ark_bn254::{Bn254, Fq, Fq2, Fq6, Fq12, G1Affine, G2Affine};
+use ark_bn254::{Bn254, Fq, Fq2, Fq6, Fq12, Fr, G1Affine, G2Affine};
 use ark_ec::{AffineRepr, pairing::Pairing};
 use ark_ff::PrimeField;
 use ark_groth16::{Proof, VerifyingKey};
@@ -73,19 +73,18 @@ pub fn snarkjs_proof_json(proof: &Proof<Bn254>) -> Value {
 
 /// `public.json`: the three public inputs as decimal strings, in circuit order.
 pub fn snarkjs_public_json(public: &PublicInputs) -> Value {
-    Value::Array(
-        public
-            .to_vec()
-            .iter()
-            .map(|f| Value::String(dec(f)))
-            .collect(),
-    )
+    snarkjs_public_inputs_json(&public.to_vec())
+}
+
+/// `public.json` for any number of public inputs (a program's circuit, [`crate::nn`]), as
+/// decimal strings in circuit order.
+pub fn snarkjs_public_inputs_json(inputs: &[Fr]) -> Value {
+    Value::Array(inputs.iter().map(|f| Value::String(dec(f))).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ark_bn254::Fr;
 
     #[test]
     fn decimal_strings() {

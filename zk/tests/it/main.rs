@@ -5,6 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ambient_zk::*;
 
+mod nn;
 mod snarkjs_cli;
 
 const TASK: &[u8; 16] = b"\x01\x23\x45\x67\x89\xab\xcd\xef\x01\x23\x45\x67\x89\xab\xcd\xef";
