@@ -80,7 +80,8 @@ impl Election {
         let Some(fence) = self
             .store
             .lead(&self.holder, &self.url, &self.secret, self.lease)
-            .await? else {
+            .await?
+        else {
             return Ok(None);
         };
         let role = parent.child();

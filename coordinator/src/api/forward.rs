@@ -104,9 +104,13 @@ impl Forward {
     /// The leader, when its lease is live and it is not this coordinator.
     async fn live_leader(&self) -> Result<LeaderInfo, Failure> {
         let leader = self.store.leader().await.map_err(Failure::store)?;
-        leader.filter(|l| l.live && l.url != self.me).ok_or_else(|| {
-            no_leader("no coordinator runs the scheduler right now (a takeover is under way); retry")
-        })
+        leader
+            .filter(|l| l.live && l.url != self.me)
+            .ok_or_else(|| {
+                no_leader(
+                    "no coordinator runs the scheduler right now (a takeover is under way); retry",
+                )
+            })
     }
 }
 

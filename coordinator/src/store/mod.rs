@@ -158,7 +158,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leader_intake_secret",
         sql: &[
             // SQLite has one coordinator and no leader table.
-            (Dialect::Sqlite, "-- nothing: the leader table is PostgreSQL's"),
+            (
+                Dialect::Sqlite,
+                "-- nothing: the leader table is PostgreSQL's",
+            ),
             (Dialect::Postgres, postgres::SCHEMA_V5),
         ],
     },

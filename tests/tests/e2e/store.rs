@@ -370,10 +370,17 @@ async fn postgres_a_deposed_leader_can_write_nothing() {
         .await
         .unwrap();
     let lease = std::time::Duration::from_secs(2);
-    let x = store.lead("x", "http://x", "x-secret", lease).await.unwrap().unwrap();
+    let x = store
+        .lead("x", "http://x", "x-secret", lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(x.epoch, 1);
     assert_eq!(
-        store.lead("y", "http://y", "y-secret", lease).await.unwrap(),
+        store
+            .lead("y", "http://y", "y-secret", lease)
+            .await
+            .unwrap(),
         None,
         "x holds it"
     );
@@ -391,7 +398,11 @@ async fn postgres_a_deposed_leader_can_write_nothing() {
     // x's lease runs out unrenewed (a pause, a partition): y takes over with a new epoch.
     tokio::time::sleep(lease + std::time::Duration::from_millis(500)).await;
     assert!(!store.leader().await.unwrap().unwrap().live);
-    let y = store.lead("y", "http://y", "y-secret", lease).await.unwrap().unwrap();
+    let y = store
+        .lead("y", "http://y", "y-secret", lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(y.epoch, 2);
     assert_eq!(store.leader().await.unwrap().unwrap().secret, "y-secret");
     assert!(
@@ -412,6 +423,10 @@ async fn postgres_a_deposed_leader_can_write_nothing() {
     assert_eq!(pg.count_rows("c", "tasks").unwrap(), 1);
     // y resigns (a clean stop): the next candidate leads at once.
     store.resign(&y).await.unwrap();
-    let z = store.lead("z", "http://z", "z-secret", lease).await.unwrap().unwrap();
+    let z = store
+        .lead("z", "http://z", "z-secret", lease)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(z.epoch, 3);
 }
