@@ -1,8 +1,8 @@
 //! The ONNX front end (`nn::onnx`, feature `onnx`) on the models of `tests/fixtures/zk/`
-//! (made by `scripts/make-zk-models.py`): each compiled program, run by a plain `f64`
-//! evaluator with its quantised parameters dequantised, matches onnxruntime's output on the
-//! fixture's (quantised) input to within the quantisation error; the models no proof covers
-//! are refused with the error that names why.
+//! (made by `scripts/make-zk-models.py`): each compiled program, run by the `f64` reference
+//! ([`nn::evaluate_f64`], quantised parameters dequantised), matches onnxruntime's output on
+//! the fixture's (quantised) input to within the quantisation error; the models no proof
+//! covers are refused with the error that names why.
 //!
 //! The bound is `2^(5−f) + 1e-5` (0.125 at `f = 8`, 0.0078 at `f = 12`, 4e-5 at `f = 20`):
 //! weights, biases and the input are each within `2^-(f+1)` of the real ones, and what that
@@ -10,13 +10,13 @@
 //! batch norm scales its convolution up to 3.4×, is the worst, at a quarter of the bound); the
 //! `1e-5` is onnxruntime's own float32 rounding. At `f = 20` every model is within 1e-5, so the
 //! lowering itself (folding included) is exact and only quantisation is left. The integer
-//! evaluator's extra rounding (one `2^-(f+1)` per rescale) is the circuit's business and is
-//! tested there.
+//! evaluator ([`nn::evaluate`]) adds one `2^-(f+1)` per rescale; it is held to
+//! [`nn::error_bound`] from the reference wherever that bound exists.
 
 use std::path::PathBuf;
 
 use ambient_zk::nn::onnx::{CompileError, compile};
-use ambient_zk::nn::{Layer, Program};
+use ambient_zk::nn::{self, Layer, Program};
 use serde_json::Value;
 
 /// `zk/…` for this front end's models, `onnx/…` for the inference task's (tests/fixtures/onnx).
@@ -58,269 +58,10 @@ fn reference(name: &str) -> (Tensor, Tensor) {
     (tensor(&json["inputs"]["x"]), tensor(&json["outputs"]["y"]))
 }
 
-// ---------------------------------------------------------------------------------------------
-// A plain f64 evaluation of a Program, parameters dequantised.
-
-#[derive(Debug, Clone)]
+/// A fixture tensor: its shape and its values, row-major.
 struct Tensor {
     shape: Vec<usize>,
     data: Vec<f64>,
-}
-
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// The multi-index of flat position `flat` in `shape`.
-fn index(mut flat: usize, shape: &[usize]) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    for a in (0..shape.len()).rev() {
-        idx[a] = flat % shape[a];
-        flat /= shape[a];
-    }
-    idx
-}
-
-/// `c` (of `shape`, right-aligned) broadcast to `to`, as a flat vector.
-fn broadcast(shape: &[usize], values: &[f64], to: &[usize]) -> Vec<f64> {
-    let off = to.len() - shape.len();
-    let cs = strides(shape);
-    (0..to.iter().product())
-        .map(|flat| {
-            let idx = index(flat, to);
-            let at: usize = (0..shape.len())
-                .map(|a| {
-                    if shape[a] == 1 {
-                        0
-                    } else {
-                        idx[a + off] * cs[a]
-                    }
-                })
-                .sum();
-            values[at]
-        })
-        .collect()
-}
-
-/// One output position of a 2-D window over `[N, C, H, W]`: its batch, row and column, and
-/// the in-bounds input cells `[ky, kx, y, x]` under it.
-struct Window {
-    n: usize,
-    oy: usize,
-    ox: usize,
-    cells: Vec<[usize; 4]>,
-}
-
-/// The output shape and the windows of a convolution or pooling.
-fn windows(
-    shape: &[usize],
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    pads: [usize; 4],
-    channels_out: usize,
-) -> (Vec<usize>, Vec<Window>) {
-    let (n, h, w) = (shape[0], shape[2], shape[3]);
-    let oh = (h + pads[0] + pads[2] - kernel[0]) / strides[0] + 1;
-    let ow = (w + pads[1] + pads[3] - kernel[1]) / strides[1] + 1;
-    let mut out = vec![];
-    for b in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut cells = vec![];
-                for ky in 0..kernel[0] {
-                    for kx in 0..kernel[1] {
-                        let y = (oy * strides[0] + ky) as isize - pads[0] as isize;
-                        let x = (ox * strides[1] + kx) as isize - pads[1] as isize;
-                        if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
-                            cells.push([ky, kx, y as usize, x as usize]);
-                        }
-                    }
-                }
-                out.push(Window {
-                    n: b,
-                    oy,
-                    ox,
-                    cells,
-                });
-            }
-        }
-    }
-    (vec![n, channels_out, oh, ow], out)
-}
-
-fn eval_f64(p: &Program, input: &[f64]) -> Tensor {
-    let s = (2f64).powi(p.frac_bits as i32);
-    let w = |v: &[i64]| v.iter().map(|&q| q as f64 / s).collect::<Vec<_>>();
-    let b = |v: &[i64]| v.iter().map(|&q| q as f64 / (s * s)).collect::<Vec<_>>();
-    let mut t = Tensor {
-        shape: p.input.shape.clone(),
-        data: input.to_vec(),
-    };
-    for layer in &p.layers {
-        t = match layer {
-            Layer::Dense {
-                inputs,
-                outputs,
-                weights,
-                bias,
-            } => {
-                let (wv, bv) = (w(weights), b(bias));
-                let rows = t.data.len() / inputs;
-                let mut data = vec![0.0; rows * outputs];
-                for r in 0..rows {
-                    for o in 0..*outputs {
-                        let x = &t.data[r * inputs..(r + 1) * inputs];
-                        let row = &wv[o * inputs..(o + 1) * inputs];
-                        data[r * outputs + o] =
-                            x.iter().zip(row).map(|(x, w)| x * w).sum::<f64>() + bv[o];
-                    }
-                }
-                let mut shape = t.shape.clone();
-                *shape.last_mut().unwrap() = *outputs;
-                Tensor { shape, data }
-            }
-            Layer::Conv2d {
-                out_channels,
-                in_channels,
-                kernel,
-                strides: st,
-                pads,
-                weights,
-                bias,
-            } => {
-                let (wv, bv) = (w(weights), b(bias));
-                let (h, wd) = (t.shape[2], t.shape[3]);
-                let (shape, wins) = windows(&t.shape, *kernel, *st, *pads, *out_channels);
-                let (oh, ow) = (shape[2], shape[3]);
-                let mut data = vec![0.0; shape.iter().product()];
-                for Window { n, oy, ox, cells } in &wins {
-                    for m in 0..*out_channels {
-                        let mut acc = bv[m];
-                        for c in 0..*in_channels {
-                            for &[ky, kx, y, x] in cells {
-                                let wi = ((m * in_channels + c) * kernel[0] + ky) * kernel[1] + kx;
-                                acc += wv[wi] * t.data[((n * in_channels + c) * h + y) * wd + x];
-                            }
-                        }
-                        data[((n * out_channels + m) * oh + oy) * ow + ox] = acc;
-                    }
-                }
-                Tensor { shape, data }
-            }
-            Layer::MaxPool {
-                kernel,
-                strides: st,
-                pads,
-            }
-            | Layer::AveragePool {
-                kernel,
-                strides: st,
-                pads,
-                ..
-            } => {
-                let c = t.shape[1];
-                let (h, wd) = (t.shape[2], t.shape[3]);
-                let (shape, wins) = windows(&t.shape, *kernel, *st, *pads, c);
-                let (oh, ow) = (shape[2], shape[3]);
-                let mut data = vec![0.0; shape.iter().product()];
-                for Window { n, oy, ox, cells } in &wins {
-                    for ch in 0..c {
-                        let vals = cells
-                            .iter()
-                            .map(|&[_, _, y, x]| t.data[((n * c + ch) * h + y) * wd + x]);
-                        data[((n * c + ch) * oh + oy) * ow + ox] = match layer {
-                            Layer::AveragePool {
-                                count_include_pad, ..
-                            } => {
-                                let d = if *count_include_pad {
-                                    kernel[0] * kernel[1]
-                                } else {
-                                    cells.len()
-                                };
-                                vals.sum::<f64>() / d as f64
-                            }
-                            _ => vals.fold(f64::NEG_INFINITY, f64::max),
-                        };
-                    }
-                }
-                Tensor { shape, data }
-            }
-            Layer::Relu => map(t, |x| x.max(0.0)),
-            Layer::Tanh => map(t, f64::tanh),
-            Layer::Sigmoid => map(t, |x| 1.0 / (1.0 + (-x).exp())),
-            Layer::Exp => map(t, f64::exp),
-            Layer::Reshape { shape } => {
-                assert_eq!(shape.iter().product::<usize>(), t.data.len());
-                Tensor {
-                    shape: shape.clone(),
-                    data: t.data,
-                }
-            }
-            Layer::Transpose { perm } => {
-                let shape: Vec<usize> = perm.iter().map(|&p| t.shape[p]).collect();
-                let st = strides(&t.shape);
-                let data = (0..t.data.len())
-                    .map(|flat| {
-                        let idx = index(flat, &shape);
-                        t.data[perm
-                            .iter()
-                            .zip(&idx)
-                            .map(|(&p, &i)| i * st[p])
-                            .sum::<usize>()]
-                    })
-                    .collect();
-                Tensor { shape, data }
-            }
-            Layer::AddConst { shape, values } => {
-                let c = broadcast(shape, &w(values), &t.shape);
-                Tensor {
-                    data: t.data.iter().zip(c).map(|(x, c)| x + c).collect(),
-                    shape: t.shape,
-                }
-            }
-            Layer::MulConst { shape, values } => {
-                let c = broadcast(shape, &w(values), &t.shape);
-                Tensor {
-                    data: t.data.iter().zip(c).map(|(x, c)| x * c).collect(),
-                    shape: t.shape,
-                }
-            }
-            Layer::Softmax { axis } => {
-                let st = strides(&t.shape);
-                let (len, step) = (t.shape[*axis], st[*axis]);
-                let mut data = t.data.clone();
-                for flat in 0..t.data.len() {
-                    if index(flat, &t.shape)[*axis] != 0 {
-                        continue;
-                    }
-                    let at = |k: usize| flat + k * step;
-                    let max = (0..len)
-                        .map(|k| t.data[at(k)])
-                        .fold(f64::NEG_INFINITY, f64::max);
-                    let sum: f64 = (0..len).map(|k| (t.data[at(k)] - max).exp()).sum();
-                    for k in 0..len {
-                        data[at(k)] = (t.data[at(k)] - max).exp() / sum;
-                    }
-                }
-                Tensor {
-                    shape: t.shape,
-                    data,
-                }
-            }
-        };
-    }
-    t
-}
-
-fn map(t: Tensor, f: impl Fn(f64) -> f64) -> Tensor {
-    Tensor {
-        data: t.data.into_iter().map(f).collect(),
-        shape: t.shape,
-    }
 }
 
 /// Compiles `name` at `frac_bits`, runs it on the fixture input (quantised) and returns the
@@ -334,18 +75,31 @@ fn error(name: &str, frac_bits: u32) -> (Program, f64) {
         (program.input.name.as_str(), program.output.name.as_str()),
         ("x", "y")
     );
-    let s = (2f64).powi(frac_bits as i32);
-    let xq: Vec<f64> = x.data.iter().map(|v| (v * s).round() / s).collect();
-    let out = eval_f64(&program, &xq);
-    assert_eq!(out.shape, y.shape, "{name}: evaluated shape");
-    let err = out
-        .data
-        .iter()
-        .zip(&y.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let xq: Vec<i64> = x.data.iter().map(|&v| nn::quantise(v, frac_bits)).collect();
+    let real: Vec<f64> = xq.iter().map(|&q| nn::dequantise(q, frac_bits)).collect();
+    let out = nn::evaluate_f64(&program, &real).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(out.len(), y.data.len(), "{name}: evaluated length");
+    let err = max_distance(&out, &y.data);
     eprintln!("{name} at f = {frac_bits}: max abs error {err:.2e}");
+    // The integer evaluator (what the circuit proves) stays within its a priori bound of the
+    // `f64` one, where there is such a bound (not past an `Exp`).
+    if let Some(bound) = nn::error_bound(&program).unwrap() {
+        let int = nn::evaluate(&program, &xq).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let int: Vec<f64> = int.iter().map(|&q| nn::dequantise(q, frac_bits)).collect();
+        let d = max_distance(&int, &out);
+        assert!(
+            d <= bound,
+            "{name} at f = {frac_bits}: integer evaluation {d} off, over {bound}"
+        );
+    }
     (program, err)
+}
+
+fn max_distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Holds `name` to the bound at `f` = 20, 8 and 12; returns the program at 12.

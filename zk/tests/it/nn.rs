@@ -2,11 +2,12 @@
 //! on 784 inputs, a small CNN, a tanh/softmax MLP), each evaluated, compared with the `f64`
 //! reference, proved, verified, and tampered with; plus a snarkjs round trip.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use ambient_zk::nn::{self, Layer, Program, TensorSpec};
 use ambient_zk::*;
+
+use crate::snarkjs_cli::{snarkjs, snarkjs_verify};
 
 const F: u32 = nn::DEFAULT_FRAC_BITS;
 
@@ -278,13 +279,6 @@ fn tanh_softmax_wider() -> Program {
 #[test]
 fn snarkjs_accepts_nn_proofs_and_rejects_tampered_inputs() {
     let Some(bin) = snarkjs() else {
-        assert!(
-            std::env::var_os("AMBIENT_REQUIRE_SNARKJS").is_none(),
-            "AMBIENT_REQUIRE_SNARKJS is set but zk/node_modules has no snarkjs"
-        );
-        eprintln!(
-            "snarkjs not installed in zk/node_modules: skipped (run scripts/snarkjs-verify.sh)"
-        );
         return;
     };
     let p = tanh_softmax(11);
@@ -313,22 +307,4 @@ fn snarkjs_accepts_nn_proofs_and_rejects_tampered_inputs() {
 
 fn write(dir: &Path, name: &str, json: &serde_json::Value) {
     std::fs::write(dir.join(name), json.to_string()).unwrap();
-}
-
-// The snarkjs helpers of `snarkjs_cli`, the same skip rule.
-fn snarkjs() -> Option<PathBuf> {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/snarkjs");
-    let has_node = Command::new("node").arg("--version").output().is_ok();
-    (bin.exists() && has_node).then_some(bin)
-}
-
-fn snarkjs_verify(bin: &Path, dir: &Path, public: &serde_json::Value) -> bool {
-    std::fs::write(dir.join("public.json"), public.to_string()).unwrap();
-    let out = Command::new(bin)
-        .args(["groth16", "verify", "vk.json", "public.json", "proof.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    out.status.success() && text.contains("OK")
 }

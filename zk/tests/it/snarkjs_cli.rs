@@ -8,13 +8,25 @@ use std::process::Command;
 
 use ambient_zk::*;
 
-fn snarkjs() -> Option<PathBuf> {
+/// The snarkjs binary, or `None` (the caller skips) when it or node is missing; fails the
+/// test instead when `AMBIENT_REQUIRE_SNARKJS` is set. Shared with `nn`.
+pub(crate) fn snarkjs() -> Option<PathBuf> {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/snarkjs");
     let has_node = Command::new("node").arg("--version").output().is_ok();
-    (bin.exists() && has_node).then_some(bin)
+    if bin.exists() && has_node {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var_os("AMBIENT_REQUIRE_SNARKJS").is_none(),
+        "AMBIENT_REQUIRE_SNARKJS is set but zk/node_modules has no snarkjs"
+    );
+    eprintln!("snarkjs not installed in zk/node_modules: skipped (run scripts/snarkjs-verify.sh)");
+    None
 }
 
-fn snarkjs_verify(bin: &Path, dir: &Path, public: &serde_json::Value) -> bool {
+/// Writes `public` to `dir/public.json` and runs `snarkjs groth16 verify` on the `vk.json` and
+/// `proof.json` already there; true when snarkjs says OK.
+pub(crate) fn snarkjs_verify(bin: &Path, dir: &Path, public: &serde_json::Value) -> bool {
     std::fs::write(dir.join("public.json"), public.to_string()).unwrap();
     let out = Command::new(bin)
         .args(["groth16", "verify", "vk.json", "public.json", "proof.json"])
@@ -29,13 +41,6 @@ fn snarkjs_verify(bin: &Path, dir: &Path, public: &serde_json::Value) -> bool {
 #[test]
 fn snarkjs_accepts_real_proofs_and_rejects_tampered_inputs() {
     let Some(bin) = snarkjs() else {
-        assert!(
-            std::env::var_os("AMBIENT_REQUIRE_SNARKJS").is_none(),
-            "AMBIENT_REQUIRE_SNARKJS is set but zk/node_modules has no snarkjs"
-        );
-        eprintln!(
-            "snarkjs not installed in zk/node_modules: skipped (run scripts/snarkjs-verify.sh)"
-        );
         return;
     };
     for spec in [
