@@ -2,7 +2,8 @@
 //! package with random weights, `scripts/make-zk-models.py`), the same models
 //! `scripts/bench-ezkl` proves with ezkl: constraints, setup, proving and verifying times, key
 //! and proof sizes, and the output's largest error against onnxruntime's (the fixture's
-//! reference output) beside the documented bound.
+//! reference output) and against the `f64` reference with the same quantised weights and
+//! input, beside the documented bound of the latter (`nn::error_bound`).
 //!
 //! `cargo run --release -p ambient-zk --features onnx --example nn_bench [-- NAME…]`
 //! (default: `mlp_relu cnn mlp_tanh_softmax`). The last line is one JSON object.
@@ -67,11 +68,19 @@ fn bench(name: &str) -> Result<Value, Box<dyn std::error::Error>> {
         verifies.push(t.elapsed());
     }
     let (prove, verify) = (median(proves), median(verifies));
-    let err = output
-        .iter()
-        .zip(&expected)
-        .map(|(&q, r)| (nn::dequantise(q, f) - r).abs())
-        .fold(0.0, f64::max);
+    let distance = |to: &[f64]| {
+        output
+            .iter()
+            .zip(to)
+            .map(|(&q, r)| (nn::dequantise(q, f) - r).abs())
+            .fold(0.0, f64::max)
+    };
+    // Against onnxruntime: the weights' and the input's quantisation included. Against the
+    // f64 reference with the same (quantised) weights and input: what the circuit's own
+    // arithmetic adds, which `nn::error_bound` bounds.
+    let err = distance(&expected);
+    let real: Vec<f64> = input.iter().map(|&q| nn::dequantise(q, f)).collect();
+    let err_reference = distance(&nn::evaluate_f64(&p, &real)?);
     let bound = nn::error_bound(&p)?;
     let figures = json!({
         "constraints": p.constraints()?,
@@ -83,10 +92,11 @@ fn bench(name: &str) -> Result<Value, Box<dyn std::error::Error>> {
         "proving_key_bytes": pk_bytes,
         "proof_bytes": proof_to_bytes(&proof)?.len(),
         "max_abs_error_vs_onnxruntime": err,
+        "max_abs_error_vs_f64_reference": err_reference,
         "error_bound": bound,
     });
     println!(
-        "| {name} | {} | {} | {:.2} s | {:.0} ms | {:.2} ms | {:.1} MB | {} B | {err:.2e} ({}) |",
+        "| {name} | {} | {} | {:.2} s | {:.0} ms | {:.2} ms | {:.1} MB | {} B | {err:.2e} | {err_reference:.2e} ({}) |",
         figures["constraints"],
         figures["public_inputs"],
         setup.as_secs_f64(),
@@ -107,9 +117,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .to_vec();
     }
     println!(
-        "| model | constraints | public inputs | setup | prove (median of 3) | verify (median of 20) | proving key | proof | max abs error vs onnxruntime (bound) |"
+        "| model | constraints | public inputs | setup | prove (median of 3) | verify (median of 20) | proving key | proof | max abs error vs onnxruntime | vs f64 with the same weights (bound) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut all = serde_json::Map::new();
     for name in &names {
         all.insert(name.clone(), bench(name)?);

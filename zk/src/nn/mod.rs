@@ -78,15 +78,16 @@
 //! ([`crate::PreparedVerifier::verify_inputs`]).
 //!
 //! # Figures
-//! `cargo run --release -p ambient-zk --example nn_bench` on a shared 2-core machine (load
-//! 1–2), f = 12, seeded random weights; proving is the median of 3, verifying (public
-//! inputs recomputed, then checked) the median of 20:
+//! `cargo run --release -p ambient-zk --features onnx --example nn_bench` on the ONNX models of
+//! `tests/fixtures/zk/` (made by the `onnx` package with random weights), 2 cores, f = 12;
+//! `scripts/bench-zk-inference` runs it beside ezkl on the same models (BENCHMARKS.md,
+//! "Provable inference beside ezkl"):
 //!
 //! | Network | Constraints | Public inputs | Setup | Prove | Verify | Proving key | Proof |
 //! |---|---|---|---|---|---|---|---|
-//! | MLP 784-32-10, Relu | 27 952 | 116 | 1.2 s | 244 ms | 2.5 ms | 5.5 MB | 128 B |
-//! | CNN 1×1×12×12, conv 3×3×4, Relu, max-pool 2×2, dense 10 | 34 537 | 25 | 1.7 s | 420 ms | 1.7 ms | 7.5 MB | 128 B |
-//! | MLP 8-16-3, Tanh, Softmax | 3 770 | 5 | 0.23 s | 51 ms | 1.5 ms | 0.7 MB | 128 B |
+//! | MLP 784-32-10, Relu | 27 952 | 116 | 1.0 s | 188 ms | 2.5 ms | 5.5 MB | 128 B |
+//! | CNN 1×1×12×12, conv 3×3×4, BatchNormalization, Relu, max-pool 2×2, dense 10 | 34 537 | 25 | 1.3 s | 341 ms | 1.7 ms | 7.5 MB | 128 B |
+//! | MLP 8-16-3, Tanh, Softmax | 3 770 | 5 | 0.16 s | 40 ms | 1.4 ms | 0.7 MB | 128 B |
 //!
 //! The 784 range-checked inputs are 92% of the first network's constraints.
 //!
