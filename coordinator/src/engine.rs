@@ -216,12 +216,13 @@ impl Engine {
             } => match (self.submit(submitter, accepted).await, reply) {
                 (Ok(Submitted::New(id)), Some(reply)) => replies.push(Reply::Submit(reply, id)),
                 (Ok(Submitted::New(_)), None) => {}
-                (Ok(Submitted::Existing(info)), reply) => {
-                    reply.map(|r| r.send(Ok(*info)));
+                (Ok(Submitted::Existing(info)), Some(reply)) => {
+                    let _ = reply.send(Ok(*info));
                 }
-                (Err(e), reply) => {
-                    reply.map(|r| r.send(Err(e)));
+                (Err(e), Some(reply)) => {
+                    let _ = reply.send(Err(e));
                 }
+                (Ok(Submitted::Existing(_)) | Err(_), None) => {}
             },
             EngineMsg::Cancel {
                 task_id,

@@ -72,9 +72,7 @@ impl Forward {
                 .unwrap_or_default(),
         }
     }
-}
 
-impl Forward {
     /// Hands a submission this coordinator checked (and whose artifact it stored) to the
     /// leader's intake, and passes its answer back: the body is a few hundred bytes whatever
     /// the module's size, and the leader spends nothing on checking it.
@@ -114,7 +112,7 @@ impl Forward {
     }
 }
 
-fn no_leader(message: impl Into<String>) -> Failure {
+pub(super) fn no_leader(message: impl Into<String>) -> Failure {
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
 }
 

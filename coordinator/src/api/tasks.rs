@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::auth::{Submitter, constant_time_eq};
-use super::forward::{INTAKE_SECRET, Intake};
+use super::forward::{INTAKE_SECRET, Intake, no_leader};
 use super::{AppState, Failure, checked_limit};
 use crate::engine::EngineMsg;
 use crate::metrics::Metrics;
@@ -68,9 +68,7 @@ pub(super) async fn intake(
     body: Bytes,
 ) -> Result<(StatusCode, Json<TaskInfo>), Failure> {
     let Some(leading) = state.leading.borrow().clone() else {
-        return Err(Failure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
+        return Err(no_leader(
             "this coordinator no longer runs the scheduler; retry",
         ));
     };
