@@ -48,8 +48,12 @@ fn missing_tools() -> Vec<String> {
     missing
 }
 
+/// Where cargo put the tray's debug build: `tray-app/target` (its own workspace), or
+/// `CARGO_TARGET_DIR` when that is set (relative to the repository, where `scripts/test` runs).
 fn tray_binary() -> PathBuf {
-    repo().join("tray-app/target/debug/ambient-tray")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo().join("tray-app/target"), |dir| repo().join(dir));
+    target.join("debug/ambient-tray")
 }
 
 fn sum_task(n: u64) -> TaskSubmission {
