@@ -282,6 +282,7 @@ mod tests {
             artifact_base64: Some("AGFzbQEAAAA=".into()),
             artifact_sha256: Some("aa".into()),
             inputs: serde_json::json!({}),
+            require_proof: false,
             max_execution_time_sec: 5,
             lease_deadline: chrono::Utc::now(),
         }

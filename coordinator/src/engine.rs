@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::artifacts::{Artifacts, BlobChange};
-use crate::kinds::{self, NewTask, fl::FlDriver, zk::Zk};
+use crate::kinds::{self, NewTask, fl::FlDriver, groth16::Zk};
 use crate::metrics::Metrics;
 use crate::reputation;
 use crate::scheduler::{CancelError, Outbound, Scheduler};
@@ -164,7 +164,7 @@ impl Engine {
                 },
                 _ = tick.tick() => {
                     let now = Utc::now();
-                    kinds::zk::release_waiting(&self.zk, &mut self.sched, now);
+                    kinds::groth16::release_waiting(&self.zk, &mut self.sched, now);
                     self.sched.tick(now);
                     cpu_bound(|| self.fl.tick(&mut self.sched, now));
                     self.flush().await;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::engine::{Engine, EngineMsg};
-use crate::kinds::zk::Zk;
+use crate::kinds::groth16::Zk;
 use crate::metrics::Metrics;
 use crate::store::{Fence, Store};
 use crate::{Config, DRAIN_DEADLINE, StartError, artifacts, credits, kinds, mqtt, scheduler};

@@ -63,7 +63,7 @@ pub mod submission;
 pub mod templates;
 
 /// `zk_proof`'s module under its old path, which the end-to-end tests use.
-pub use kinds::zk;
+pub use kinds::{groth16, zk};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -140,7 +140,7 @@ async fn start_with(
         source,
     })?;
     let store = store::Store::open(&cfg.store_location()).await?;
-    let zk = Arc::new(kinds::zk::Zk::new(cfg.data_dir.clone(), store.clone()));
+    let zk = Arc::new(kinds::groth16::Zk::new(cfg.data_dir.clone(), store.clone()));
     let shutdown = Shutdown::with_token(token);
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await

@@ -66,6 +66,10 @@ pub enum SubmitError {
     /// The task's inputs do not fit its type.
     #[error("invalid inputs: {0}")]
     InvalidInputs(String),
+    /// `require_proof` on a model the circuits cannot express: the operators missing, or the
+    /// attribute, shape or size that no circuit covers.
+    #[error("this model cannot be proved: {0}")]
+    ProofUnsupported(String),
     /// An inference task references a model the blob store does not have.
     #[error("no model {0} in the blob store; upload it with PUT /api/v1/blobs")]
     UnknownModel(String),
@@ -102,6 +106,7 @@ impl SubmitError {
             SubmitError::InvalidRequirements(_) => "invalid_requirements",
             SubmitError::InvalidInputs(_) => "invalid_inputs",
             SubmitError::UnknownModel(_) => "unknown_model",
+            SubmitError::ProofUnsupported(_) => "proof_unsupported",
             SubmitError::IdTaken(_) => "task_id_taken",
             SubmitError::Unavailable(_) => "unavailable",
             SubmitError::UnknownSubmitter(_) => "unknown_submitter",
@@ -119,6 +124,7 @@ impl SubmitError {
             SubmitError::IdTaken(_) => 409,
             SubmitError::Unavailable(_) => 503,
             SubmitError::UnknownSubmitter(_) => 403,
+            SubmitError::ProofUnsupported(_) => 422,
             SubmitError::Problems(p) => p.http_status(),
             SubmitError::Credits(
                 CreditRefusal::InFlight { .. } | CreditRefusal::RateLimited { .. },
@@ -222,6 +228,9 @@ pub async fn prepare(
         })?
         .map_err(SubmitFailure::Invalid)?;
     let task_id = accepted.submission.task_id;
+    crate::kinds::check_stored(store, &accepted)
+        .await
+        .map_err(SubmitFailure::Invalid)?;
     artifacts::store_submitted(store, &accepted)
         .await
         .map_err(|error| SubmitFailure::Refused { error, task_id })?;

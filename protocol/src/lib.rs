@@ -54,7 +54,7 @@ pub use node::{
 };
 pub use task::{Progress, Requirements, TaskInfo, TaskStatus, TaskSubmission, TaskType};
 pub use templates::{RenderedTemplate, TemplateInfo, TemplateParam, TemplateRender};
-pub use tensor::{InferenceInputs, InferenceOutput, TensorJson};
+pub use tensor::{InferenceInputs, InferenceOutput, QuantisedTensor, TensorJson};
 pub use wire::{AgentEvent, Assignment, Control, Outcome, TaskResult};
 
 use serde::{Deserialize, Serialize};

@@ -140,8 +140,40 @@ pub struct InferenceInputs {
 pub struct InferenceOutput {
     /// Output tensors by the model's output names.
     pub outputs: BTreeMap<String, TensorJson>,
-    /// What ran it: `cpu`, or `cuda:0` for the first NVIDIA GPU.
+    /// What ran it: `cpu`, or `cuda:0` for the first NVIDIA GPU (`cpu` for a proved run).
     pub device: String,
+    /// With `require_proof`: the output in fixed point, which the proof is about. `outputs`
+    /// is then these values over `2^frac_bits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantised: Option<QuantisedTensor>,
+    /// With `require_proof`: the Groth16 proof (compressed arkworks points, base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    /// With `require_proof`: the proof's public inputs, decimal: `[task_binding,
+    /// model_commitment, packed input…, packed output…]`. The coordinator writes the ones it
+    /// recomputed and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_inputs: Option<Vec<String>>,
+    /// With `require_proof`, written by the coordinator: the commitment to the model's
+    /// quantised weights (decimal), which the proof binds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_commitment: Option<String>,
+    /// With `require_proof`, written by the coordinator: an a priori bound on the distance
+    /// between `outputs` and the real-number evaluation of the model with the same quantised
+    /// weights (absent past an `Exp`, whose relative error has no absolute bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_bound: Option<f64>,
+}
+
+/// A tensor in fixed point: each value `q` stands for `q / 2^frac_bits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantisedTensor {
+    /// The scale's bits.
+    pub frac_bits: u32,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<i64>,
 }
 
 #[cfg(test)]

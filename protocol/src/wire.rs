@@ -32,6 +32,11 @@ pub struct Assignment {
     pub artifact_sha256: Option<String>,
     /// The task's inputs.
     pub inputs: serde_json::Value,
+    /// The result must carry a Groth16 proof. Always so for `zk_proof`; for `inference` the
+    /// artifact is then the proving key of the model (`inputs.model_sha256`, downloaded by
+    /// hash), and the agent proves the fixed-point model's output instead of running tract.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_proof: bool,
     /// Time budget of the run.
     pub max_execution_time_sec: u64,
     /// After this instant the coordinator gives the work to someone else.

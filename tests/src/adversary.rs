@@ -26,6 +26,9 @@ pub fn lie() -> Value {
     serde_json::json!({ "sum": 4_242_424_242u64 })
 }
 
+/// What a liar answers an assignment with.
+pub type Answer = Arc<dyn Fn(&Assignment) -> Value + Send + Sync>;
+
 /// A lying node.
 pub struct Liar {
     /// Its node id.
@@ -35,6 +38,8 @@ pub struct Liar {
     /// The latest reputation report the coordinator published to it.
     pub reputation: Arc<Mutex<Option<ReputationReport>>>,
     accepting: Arc<AtomicBool>,
+    /// The task kinds its health offers.
+    kinds: Arc<Vec<TaskType>>,
     /// Its identity key, published at every connect; it signs its results.
     key: Arc<NodeKey>,
     client: AsyncClient,
@@ -43,8 +48,22 @@ pub struct Liar {
 }
 
 impl Liar {
-    /// Connects as `node` and starts taking (and lying about) work.
+    /// Connects as `node` and starts taking (and lying about) `wasm_execution` and
+    /// `computation` work, answering [`lie`].
     pub async fn start(mqtt: SocketAddr, node: &str, password: &str) -> anyhow::Result<Liar> {
+        let kinds = [TaskType::WasmExecution, TaskType::Computation];
+        Liar::start_with(mqtt, node, password, &kinds, Arc::new(|_| lie())).await
+    }
+
+    /// Connects as `node` and starts taking work of `kinds`, answering each assignment with
+    /// what `answer_with` makes of it.
+    pub async fn start_with(
+        mqtt: SocketAddr,
+        node: &str,
+        password: &str,
+        kinds: &[TaskType],
+        answer_with: Answer,
+    ) -> anyhow::Result<Liar> {
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let mut link = ambient_link::start(
             LinkOptions {
@@ -70,6 +89,7 @@ impl Liar {
             answered: Arc::default(),
             reputation: Arc::default(),
             accepting: Arc::new(AtomicBool::new(true)),
+            kinds: Arc::new(kinds.to_vec()),
             key: Arc::new(NodeKey::generate()),
             client: link.client.clone(),
             shutdown: shutdown.clone(),
@@ -78,6 +98,7 @@ impl Liar {
         let (client, id) = (link.client.clone(), node.to_string());
         let (answered, reputation) = (liar.answered.clone(), liar.reputation.clone());
         let (accepting, key) = (liar.accepting.clone(), liar.key.clone());
+        let kinds = liar.kinds.clone();
         tracker.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -85,7 +106,8 @@ impl Liar {
                     _ = shutdown.cancelled() => return,
                     _ = every.tick() => {
                         let on = accepting.load(Ordering::Relaxed);
-                        let _ = publish(&client, topics::node_health(&id), health(&id, on)).await;
+                        let h = health(&id, on, &kinds);
+                        let _ = publish(&client, topics::node_health(&id), h).await;
                     }
                     msg = link.incoming.recv() => match msg {
                         None => return,
@@ -113,7 +135,8 @@ impl Liar {
                             } else if let Ok(a) = envelope::decode::<Assignment>(&payload) {
                                 answered.fetch_add(1, Ordering::Relaxed);
                                 let (task, attempt) = (a.task_id, a.attempt);
-                                let _ = answer(&client, &id, &key, task, attempt, lie()).await;
+                                let output = answer_with(&a);
+                                let _ = answer(&client, &id, &key, task, attempt, output).await;
                             }
                         }
                     }
@@ -132,7 +155,7 @@ impl Liar {
         publish(
             &self.client,
             topics::node_health(&self.node),
-            health(&self.node, on),
+            health(&self.node, on, &self.kinds),
         )
         .await
     }
@@ -183,12 +206,12 @@ async fn answer(
 }
 
 /// Health that makes a node look idle and roomy, so the scheduler likes it.
-fn health(node: &str, accepting: bool) -> Health {
+fn health(node: &str, accepting: bool, kinds: &[TaskType]) -> Health {
     HealthBuilder::new(node, Utc::now())
         .cpu(1.0, 64)
         .load([0.0; 3])
         .memory(256 << 30, 250 << 30)
-        .kinds(&[TaskType::WasmExecution, TaskType::Computation])
+        .kinds(kinds)
         .accepting(accepting)
         .build()
 }

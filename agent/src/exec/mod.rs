@@ -3,7 +3,9 @@
 //! An assignment runs in two steps. On the async side, `Executors::run` does what waits on
 //! the network: it downloads the artifact an assignment names by hash alone (through the blob
 //! cache, [`crate::blobs`]), and for `zk_proof` it first looks whether the proving key is already
-//! decoded, so a cached key is not downloaded again. Then it hands the bytes to one blocking
+//! decoded, so a cached key is not downloaded again. A proved `inference` (`require_proof`) goes
+//! to the prover, not to tract: it downloads the model by `inputs.model_sha256` and the model's
+//! proving key (the artifact), unless the compiled model is cached. Then it hands the bytes to one blocking
 //! thread (`spawn_blocking`), which decodes an inline artifact, checks it against its hash, and
 //! runs the executor. Executors are blocking code and never run on the async workers.
 //!
@@ -118,6 +120,10 @@ enum Prepared {
     /// The parsed task, and the artifact unless the proving key is cached.
     #[cfg(feature = "zk")]
     Zk(zk::ZkJob, Option<Fetched>),
+    /// A proved inference: the parsed task, and the model's bytes and the artifact (its
+    /// proving key) unless the compiled model is cached.
+    #[cfg(all(feature = "onnx", feature = "zk"))]
+    ProvedOnnx(zk::model::ModelJob, Option<(Vec<u8>, Fetched)>),
 }
 
 /// An artifact once the async side is done with it.
@@ -206,6 +212,8 @@ impl Executors {
             #[cfg(feature = "wasm")]
             TaskType::WasmExecution => Ok(Prepared::Wasm(self.fetch(a).await?)),
             #[cfg(feature = "onnx")]
+            TaskType::Inference if a.require_proof => self.prepare_proved(a).await,
+            #[cfg(feature = "onnx")]
             TaskType::Inference => Ok(Prepared::Onnx(self.fetch(a).await?)),
             #[cfg(feature = "zk")]
             TaskType::ZkProof => {
@@ -224,6 +232,36 @@ impl Executors {
                 FailureKind::UnsupportedTaskType,
                 format!("this agent cannot run {other}"),
             )),
+        }
+    }
+
+    /// A proved inference's async step: the model and its proving key, unless the compiled
+    /// model is cached.
+    #[cfg(feature = "onnx")]
+    async fn prepare_proved(&self, a: &Assignment) -> Result<Prepared, Outcome> {
+        #[cfg(feature = "zk")]
+        {
+            let sha = a.artifact_sha256.as_deref().unwrap_or_default();
+            let job = self.zk.prepare_model(sha, &a.inputs)?;
+            let fetched = if job.needs_key() {
+                let model = self
+                    .blobs
+                    .get(job.model_sha256())
+                    .await
+                    .map_err(|e| failure(FailureKind::TransferError, e.to_string()))?;
+                Some((model, self.fetch(a).await?))
+            } else {
+                None
+            };
+            Ok(Prepared::ProvedOnnx(job, fetched))
+        }
+        #[cfg(not(feature = "zk"))]
+        {
+            let _ = a;
+            Err(failure(
+                FailureKind::UnsupportedTaskType,
+                "this agent cannot prove inference (built without the zk feature)",
+            ))
         }
     }
 
@@ -262,6 +300,10 @@ impl Executors {
             }
             #[cfg(feature = "zk")]
             Prepared::Zk(job, fetched) => (self.execute_zk(a, job, fetched), Metered::default()),
+            #[cfg(all(feature = "onnx", feature = "zk"))]
+            Prepared::ProvedOnnx(job, fetched) => {
+                (self.execute_proved(a, job, fetched), Metered::default())
+            }
         }
     }
 
@@ -348,6 +390,31 @@ impl Executors {
             )),
         };
         match self.zk.prove(job, &sha, load, a.task_id) {
+            Ok((output, output_sha256)) => Outcome::Success {
+                output,
+                output_sha256,
+            },
+            Err(e) => e,
+        }
+    }
+
+    #[cfg(all(feature = "onnx", feature = "zk"))]
+    fn execute_proved(
+        &self,
+        a: &Assignment,
+        job: zk::model::ModelJob,
+        fetched: Option<(Vec<u8>, Fetched)>,
+    ) -> Outcome {
+        let sha = a.artifact_sha256.clone().unwrap_or_default();
+        // Called only when the model was not cached, and then `prepare` fetched both.
+        let load = || match fetched {
+            Some((model, f)) => Ok((model, artifact(a, f)?)),
+            None => Err(failure(
+                FailureKind::TransferError,
+                "the model and its proving key were not fetched",
+            )),
+        };
+        match self.zk.prove_model(job, &sha, load, a.task_id) {
             Ok((output, output_sha256)) => Outcome::Success {
                 output,
                 output_sha256,

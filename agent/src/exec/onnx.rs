@@ -409,6 +409,11 @@ fn finish(outs: TVec<TValue>, prepared: &Prepared) -> Result<InferenceOutput, On
     Ok(InferenceOutput {
         outputs,
         device: prepared.device.clone(),
+        quantised: None,
+        proof: None,
+        public_inputs: None,
+        model_commitment: None,
+        error_bound: None,
     })
 }
 

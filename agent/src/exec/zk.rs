@@ -1,4 +1,6 @@
-//! `zk_proof` tasks: compute a registered circuit's output and prove it with Groth16.
+//! `zk_proof` tasks: compute a registered circuit's output and prove it with Groth16; and,
+//! with `onnx`, `inference` tasks with `require_proof`: run an ONNX model compiled to a
+//! fixed-point program ([`ambient_zk::nn`]) and prove its output ([`ZkProver::prove_model`]).
 //!
 //! The task's artifact is the circuit's compressed proving key, made by the coordinator's
 //! setup. Decoding and shape-checking it takes a while, so decoded keys are cached by their
@@ -20,9 +22,12 @@ use uuid::Uuid;
 
 use super::failure;
 
-/// Proves `zk_proof` tasks, with a small cache of decoded proving keys.
+/// Proves `zk_proof` tasks and proved inferences, with small caches of decoded proving keys
+/// (and compiled models), by the proving key's sha256.
 pub struct ZkProver {
     keys: Mutex<HashMap<String, Arc<Keys>>>,
+    #[cfg(feature = "onnx")]
+    models: Mutex<HashMap<String, Arc<model::Compiled>>>,
     capacity: usize,
 }
 
@@ -67,6 +72,8 @@ impl ZkProver {
     pub fn new(capacity: usize) -> ZkProver {
         ZkProver {
             keys: Mutex::new(HashMap::new()),
+            #[cfg(feature = "onnx")]
+            models: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
         }
     }
@@ -105,11 +112,7 @@ impl ZkProver {
                 format!("the artifact is not a proving key for {spec}: {e}"),
             )
         })?;
-        let mut cache = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= self.capacity {
-            cache.clear();
-        }
-        cache.insert(sha.to_string(), keys.clone());
+        cache_insert(&self.keys, self.capacity, sha, keys.clone());
         Ok(keys)
     }
 
@@ -164,6 +167,178 @@ impl ZkProver {
     ) -> Result<(Value, String), Outcome> {
         let job = self.prepare(sha, inputs)?;
         self.prove(job, sha, load, task_id)
+    }
+}
+
+/// Puts `value` in a cache of at most `capacity` entries (emptied when full: keys are few and
+/// large, and a task's own is fetched again at worst).
+fn cache_insert<T>(cache: &Mutex<HashMap<String, T>>, capacity: usize, sha: &str, value: T) {
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= capacity {
+        cache.clear();
+    }
+    cache.insert(sha.to_string(), value);
+}
+
+/// Proved inference: the model compiled to a fixed-point program, proved with the model's
+/// proving key (the assignment's artifact).
+#[cfg(feature = "onnx")]
+pub mod model {
+    use std::sync::{Arc, PoisonError};
+
+    use ambient_protocol::{
+        FailureKind, InferenceInputs, InferenceOutput, Outcome, QuantisedTensor, TensorJson,
+    };
+    use ambient_zk::nn::{self, Program, ProgramKeys};
+    use base64::Engine as _;
+    use serde_json::Value;
+    use uuid::Uuid;
+
+    use super::{ZkProver, cache_insert};
+    use crate::exec::failure;
+
+    /// A model compiled, with its decoded proving key.
+    pub struct Compiled {
+        program: Program,
+        keys: ProgramKeys,
+    }
+
+    /// A parsed proved-inference task, with its compiled model when the cache had it.
+    pub struct ModelJob {
+        model_sha256: String,
+        inputs: InferenceInputs,
+        compiled: Option<Arc<Compiled>>,
+    }
+
+    impl ModelJob {
+        /// The model to download when it is not cached.
+        pub fn model_sha256(&self) -> &str {
+            &self.model_sha256
+        }
+
+        /// True when the model and its proving key are not cached, so both must be fetched.
+        pub fn needs_key(&self) -> bool {
+            self.compiled.is_none()
+        }
+    }
+
+    impl std::fmt::Debug for ModelJob {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ModelJob")
+                .field("model_sha256", &self.model_sha256)
+                .field("cached", &self.compiled.is_some())
+                .finish_non_exhaustive()
+        }
+    }
+
+    fn invalid(e: impl std::fmt::Display) -> Outcome {
+        failure(FailureKind::InvalidInput, format!("inference: {e}"))
+    }
+
+    impl ZkProver {
+        /// The cheap first step, safe on an async worker: parses the inputs and looks up the
+        /// compiled model of the proving key `pk_sha`.
+        pub fn prepare_model(&self, pk_sha: &str, inputs: &Value) -> Result<ModelJob, Outcome> {
+            let inputs: InferenceInputs =
+                serde_json::from_value(inputs.clone()).map_err(invalid)?;
+            let model_sha256 = inputs
+                .model_sha256
+                .clone()
+                .ok_or_else(|| invalid("the task names no model_sha256"))?;
+            let compiled = self
+                .models
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(pk_sha)
+                .cloned();
+            Ok(ModelJob {
+                model_sha256,
+                inputs,
+                compiled,
+            })
+        }
+
+        /// Proves a prepared task: compiles the model and decodes the proving key from
+        /// `load`'s bytes `(model, proving key)` when they are not cached, quantises the input,
+        /// evaluates the program and proves it. Blocking: the proof is seconds of CPU.
+        ///
+        /// Returns the output ([`InferenceOutput`] with `quantised`, `proof` and
+        /// `public_inputs`) and its `output_sha256`: the sha256 of the quantised output as a
+        /// JSON array, which the proof is about (proofs are randomised).
+        pub fn prove_model(
+            &self,
+            job: ModelJob,
+            pk_sha: &str,
+            load: impl FnOnce() -> Result<(Vec<u8>, Vec<u8>), Outcome>,
+            task_id: Uuid,
+        ) -> Result<(Value, String), Outcome> {
+            let compiled = match job.compiled {
+                Some(c) => c,
+                None => {
+                    let (model, pk) = load()?;
+                    let program = nn::onnx::compile(&model, nn::DEFAULT_FRAC_BITS)
+                        .map_err(|e| failure(FailureKind::ProofFailed, e.to_string()))?;
+                    let keys = ProgramKeys::from_bytes(&program, &pk).map_err(|e| {
+                        failure(
+                            FailureKind::InvalidProvingKey,
+                            format!("the artifact is not a proving key for this model: {e}"),
+                        )
+                    })?;
+                    let c = Arc::new(Compiled { program, keys });
+                    cache_insert(&self.models, self.capacity, pk_sha, c.clone());
+                    c
+                }
+            };
+            let program = &compiled.program;
+            let [(name, t)] = job.inputs.tensors.iter().collect::<Vec<_>>()[..] else {
+                return Err(invalid("a proved model takes one input tensor"));
+            };
+            let input = nn::quantise_input(program, name, &t.shape, &t.data).map_err(invalid)?;
+            let zk_failure = |e: ambient_zk::ZkError| match e {
+                ambient_zk::ZkError::BadInput { .. } | ambient_zk::ZkError::Overflow { .. } => {
+                    invalid(e)
+                }
+                other => failure(FailureKind::ProofFailed, other.to_string()),
+            };
+            let (output, proof) = nn::prove(
+                program,
+                &compiled.keys.proving_key,
+                task_id.as_bytes(),
+                &input,
+            )
+            .map_err(zk_failure)?;
+            let public = nn::public_inputs(program, task_id.as_bytes(), &input, &output)
+                .map_err(zk_failure)?;
+            let proof = ambient_zk::proof_to_bytes(&proof)
+                .map_err(|e| failure(FailureKind::ProofFailed, e.to_string()))?;
+            let f = program.frac_bits;
+            let shape = program.output.shape.clone();
+            let real = TensorJson {
+                dtype: "float32".into(),
+                shape: shape.clone(),
+                data: output.iter().map(|&q| nn::dequantise(q, f)).collect(),
+            };
+            let statement = serde_json::to_string(&output).unwrap_or_default();
+            let out = InferenceOutput {
+                outputs: [(program.output.name.clone(), real)].into(),
+                device: "cpu".into(),
+                quantised: Some(QuantisedTensor {
+                    frac_bits: f,
+                    shape,
+                    data: output,
+                }),
+                proof: Some(base64::engine::general_purpose::STANDARD.encode(proof)),
+                public_inputs: serde_json::from_value(ambient_zk::snarkjs_public_inputs_json(
+                    &public,
+                ))
+                .ok(),
+                model_commitment: None,
+                error_bound: None,
+            };
+            let value = serde_json::to_value(&out)
+                .map_err(|e| failure(FailureKind::ProofFailed, e.to_string()))?;
+            Ok((value, ambient_protocol::sha256_hex(statement.as_bytes())))
+        }
     }
 }
 

@@ -74,7 +74,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{ApiKey, Limits};
 use crate::engine::EngineMsg;
-use crate::kinds::zk::Zk;
+use crate::kinds::groth16::Zk;
 use crate::leader::Leading;
 use crate::metrics::Metrics;
 use crate::store::Store;

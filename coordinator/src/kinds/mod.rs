@@ -10,11 +10,14 @@
 //! - [`wasm`]: `wasm_execution`, a WASI module replicated on `min_nodes` nodes.
 //! - [`computation`]: a wasm kernel over shards, and the built-in reducers of their outputs.
 //! - [`inference`]: an ONNX model, inline or from the blob store, on one node.
-//! - [`zk`]: `zk_proof`: circuits, Groth16 keys, proof checks, and the API's proof JSON.
+//! - [`zk`]: `zk_proof`: circuits, their checks, and the API's circuit JSON.
+//! - [`groth16`]: the Groth16 keys of `zk_proof` circuits and of proved `inference` models,
+//!   made on first need, and the check of a node's proof before its result is accepted.
 //! - [`fl`]: `federated_learning`: the submission check and the federated driver.
 
 pub mod computation;
 pub mod fl;
+pub mod groth16;
 pub mod inference;
 pub mod wasm;
 pub mod zk;
@@ -39,6 +42,12 @@ pub(crate) fn check(accepted: &mut Accepted, limits: &Limits) -> Result<(), Subm
         TaskType::ZkProof => zk::check(accepted),
         TaskType::FederatedLearning => fl::check(accepted),
     }
+}
+
+/// Checks of a submission that need the blob store, before its artifact is stored: only a
+/// proved `inference` has any (its model must compile into a circuit).
+pub(crate) async fn check_stored(store: &Store, accepted: &Accepted) -> Result<(), SubmitError> {
+    inference::check_provable(store, accepted).await
 }
 
 /// Checks of a submission against the nodes online now, made by the engine (which owns the
@@ -82,33 +91,27 @@ impl NewTask {
     }
 }
 
-/// Builds the task records of an accepted submission, whose artifact is in the blob store (for
-/// `zk_proof`, once its circuit's keys are made: [`zk::attach_keys`]).
+/// Builds the task records of an accepted submission, whose artifact is in the blob store. A
+/// task that carries a proof gets its proving key as artifact once its keys are made
+/// ([`groth16::attach_keys`]); a proved `inference` names its model in its inputs.
 pub(crate) fn build(
     submitter: String,
     accepted: Accepted,
-    zk: &Arc<zk::Zk>,
+    zk: &Arc<groth16::Zk>,
     now: DateTime<Utc>,
 ) -> Result<NewTask, SubmitError> {
     let sub = accepted.submission;
-    let artifact = match sub.task_type {
-        TaskType::ZkProof => None,
-        TaskType::WasmExecution
-        | TaskType::Computation
-        | TaskType::Inference
-        | TaskType::FederatedLearning => accepted.artifact_ref,
-    };
     let mut task = TaskRecord::new(
         sub.task_id.unwrap_or_else(Uuid::new_v4),
         submitter,
         sub.task_type,
         sub.inputs,
         sub.requirements,
-        artifact,
+        accepted.artifact_ref,
         now,
     );
-    if task.task_type == TaskType::ZkProof {
-        zk::attach_keys(zk, &mut task)?;
+    if task.needs_proof() {
+        groth16::attach_keys(zk, &mut task)?;
     }
     Ok(match accepted.shards {
         None => NewTask::Single(task),
@@ -122,24 +125,21 @@ pub(crate) fn build(
 /// Checks a node's message about a task before the scheduler sees it. Returns `None` when it
 /// must not be acknowledged yet (the node sends it again).
 pub(crate) async fn check_result(
-    zk: &Arc<zk::Zk>,
+    zk: &Arc<groth16::Zk>,
     store: &Store,
     sched: &mut Scheduler,
     node: &str,
     ev: AgentEvent,
 ) -> Option<AgentEvent> {
-    let task_type = match &ev {
-        AgentEvent::Finished { result, .. } => sched.task(&result.task_id).map(|t| t.task_type),
-        _ => None,
+    let proved = match &ev {
+        AgentEvent::Finished { result, .. } => sched
+            .task(&result.task_id)
+            .is_some_and(TaskRecord::needs_proof),
+        _ => false,
     };
-    match task_type {
-        Some(TaskType::ZkProof) => zk::check_result(zk, store, sched, node, ev).await,
-        Some(
-            TaskType::WasmExecution
-            | TaskType::Computation
-            | TaskType::Inference
-            | TaskType::FederatedLearning,
-        )
-        | None => Some(ev),
+    if proved {
+        groth16::check_result(zk, store, sched, node, ev).await
+    } else {
+        Some(ev)
     }
 }

@@ -127,6 +127,7 @@ impl Scheduler {
                     artifact_base64: None,
                     artifact_sha256: task.artifact_sha256.clone(),
                     inputs: task.inputs.clone(),
+                    require_proof: task.requirements.require_proof,
                     max_execution_time_sec: task.requirements.max_execution_time_sec,
                     lease_deadline: lease,
                 },
@@ -239,6 +240,13 @@ impl Scheduler {
         }
         if !h.supported_task_types.contains(&task.task_type) {
             return Some("not supporting this task type");
+        }
+        // A proved inference needs an agent built with both executors.
+        if task.task_type == TaskType::Inference
+            && task.requirements.require_proof
+            && !h.supported_task_types.contains(&TaskType::ZkProof)
+        {
+            return Some("not proving inference");
         }
         if task.requirements.require_gpu && h.gpus.is_empty() {
             return Some("without a GPU");

@@ -398,12 +398,18 @@ impl TaskRecord {
         }
     }
 
-    /// A `zk_proof` task whose circuit's Groth16 keys are not ready yet: it has no artifact
+    /// Whether the task's result carries a Groth16 proof, which the coordinator checks:
+    /// always for `zk_proof`, and for an `inference` with `require_proof`. Its artifact is
+    /// then the proving key.
+    pub fn needs_proof(&self) -> bool {
+        self.task_type == TaskType::ZkProof
+            || (self.task_type == TaskType::Inference && self.requirements.require_proof)
+    }
+
+    /// A task that carries a proof whose Groth16 keys are not ready yet: it has no artifact
     /// (the proving key) and is not placed until it has one.
     pub fn waits_for_keys(&self) -> bool {
-        self.task_type == TaskType::ZkProof
-            && self.artifact_sha256.is_none()
-            && !self.status.is_terminal()
+        self.needs_proof() && self.artifact_sha256.is_none() && !self.status.is_terminal()
     }
 
     /// The submitter's view of the task.

@@ -1,23 +1,24 @@
-//! `zk_proof` tasks waiting for their circuit's Groth16 keys. Such a task is accepted and
-//! persisted pending, without its artifact (the proving key), and is not placed
-//! ([`TaskRecord::waits_for_keys`]); the engine gives it the key once its circuit's keys are
-//! made (`crate::kinds::zk::release_waiting`), and it is placed like any other task.
+//! Tasks that carry a proof (`zk_proof`, a proved `inference`) waiting for their Groth16 keys.
+//! Such a task is accepted and persisted pending, without its artifact (the proving key), and
+//! is not placed ([`TaskRecord::waits_for_keys`]); the engine gives it the key once its
+//! circuit's or model's keys are made (`crate::kinds::groth16::release_waiting`), and it is
+//! placed like any other task.
 //! While it waits its queue timeout does not run: a setup is work under way, not a lack of
 //! nodes.
 
-use ambient_protocol::TaskStatus;
+use ambient_protocol::{TaskStatus, TaskType};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Scheduler, TaskRecord};
 
 impl Scheduler {
-    /// The `zk_proof` tasks waiting for their circuit's keys, with their inputs.
-    pub fn zk_waiting(&self) -> Vec<(Uuid, serde_json::Value)> {
+    /// The tasks waiting for their keys, with their kinds and inputs.
+    pub fn zk_waiting(&self) -> Vec<(Uuid, TaskType, serde_json::Value)> {
         self.tasks
             .values()
             .filter(|t| t.waits_for_keys())
-            .map(|t| (t.id, t.inputs.clone()))
+            .map(|t| (t.id, t.task_type, t.inputs.clone()))
             .collect()
     }
 

@@ -19,3 +19,4 @@ mod store;
 mod templates;
 mod util;
 mod zk;
+mod zk_inference;

@@ -136,7 +136,10 @@ async fn hash_chain_is_proved_verified_and_checkable() {
     let spec = CircuitSpec::new(CircuitId::HashChain, 64).unwrap();
     let keys = ambient_zk::Keys::load(
         &spec,
-        &ambient_coordinator::zk::keys_path(&c.dir.path().join("coordinator"), &spec),
+        &ambient_coordinator::groth16::keys_path(
+            &c.dir.path().join("coordinator"),
+            &ambient_coordinator::groth16::Subject::Circuit(spec),
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -292,7 +295,7 @@ async fn hash_chain_is_proved_verified_and_checkable() {
 /// Runs `snarkjs groth16 verify` on a proof document of `GET /api/v1/proofs/{id}` with
 /// `public` as its public inputs; `None` when snarkjs is not installed in `zk/node_modules`
 /// (`scripts/snarkjs-verify.sh` installs it).
-fn snarkjs_verifies(doc: &Value, public: &Value) -> Option<bool> {
+pub(crate) fn snarkjs_verifies(doc: &Value, public: &Value) -> Option<bool> {
     let bin =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../zk/node_modules/.bin/snarkjs");
     if !bin.exists()
@@ -412,7 +415,10 @@ async fn hash_chain_at_n_1000_gets_its_keys_on_first_request() {
     let proof_id = done.proof_id.clone().expect("a verified proof");
     let doc = get(format!("{api}/api/v1/proofs/{proof_id}"), key.clone()).await;
     // The verifying key: the one at the head of the proving key the coordinator saved.
-    let key_file = ambient_coordinator::zk::keys_path(&c.dir.path().join("coordinator"), &spec);
+    let key_file = ambient_coordinator::groth16::keys_path(
+        &c.dir.path().join("coordinator"),
+        &ambient_coordinator::groth16::Subject::Circuit(spec),
+    );
     let vk =
         ambient_zk::verifying_key_from_proving_key(&std::fs::read(&key_file).unwrap()).unwrap();
     let (public, wrong) = check(&done, &x, &doc, &vk);

@@ -1,7 +1,7 @@
 //! The integer semantics of a program: exactly what the circuit proves.
 
 use super::activation::{PieceError, Piecewise, Smooth};
-use super::fixed::{div_round, in_act_range};
+use super::fixed::{div_round, in_act_range, quantise};
 use super::program::{Layer, Program};
 use super::shape::{broadcast_map, op_name, softmax_slices, transpose_map, window};
 use crate::error::ZkError;
@@ -44,6 +44,47 @@ pub(crate) fn check_input(program: &Program, input: &[i64]) -> Result<(), ZkErro
         });
     }
     Ok(())
+}
+
+/// The program's input in fixed point: a tensor named `name` of shape `shape` (what a
+/// submitter sends, in reals) quantised to `program.frac_bits` ([`quantise`], to nearest).
+/// Refuses another name or shape, values that are not finite, and values outside the 32-bit
+/// activations. A node and the coordinator both call it, so both prove and check the same
+/// integers.
+pub fn quantise_input(
+    program: &Program,
+    name: &str,
+    shape: &[usize],
+    data: &[f64],
+) -> Result<Vec<i64>, ZkError> {
+    let bad = |reason: String| ZkError::BadInput {
+        circuit: "nn",
+        reason,
+    };
+    let want = &program.input;
+    if name != want.name {
+        return Err(bad(format!(
+            "the model's input is `{}`, not `{name}`",
+            want.name
+        )));
+    }
+    if shape != want.shape.as_slice() {
+        return Err(bad(format!(
+            "`{name}` has shape {shape:?}; the proved model takes {:?}",
+            want.shape
+        )));
+    }
+    if let Some(x) = data.iter().find(|x| !x.is_finite()) {
+        return Err(bad(format!(
+            "`{name}` holds {x}, which is not a finite number"
+        )));
+    }
+    let q: Vec<i64> = data
+        .iter()
+        .map(|&x| quantise(x, program.frac_bits))
+        .collect();
+    check_input(program, &q)?;
+    Ok(q)
 }
 
 fn overflow(layer: usize, l: &Layer, reason: String) -> ZkError {

@@ -120,7 +120,7 @@ mod shape;
 mod tests;
 
 pub use commit::SERIALISATION_TAG;
-pub use eval::evaluate;
+pub use eval::{evaluate, quantise_input};
 pub use fixed::{
     ACT_BITS, ACT_MAX, ACT_MIN, DEFAULT_FRAC_BITS, MAX_FRAC_BITS, MIN_FRAC_BITS, PACK, dequantise,
     div_round, packed_len, quantise,

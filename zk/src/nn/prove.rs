@@ -127,6 +127,24 @@ impl ProgramVerifier {
         )?;
         self.verifier.verify_inputs(&public, proof)
     }
+
+    /// Checks `proof` against public inputs as they are exported (say, by snarkjs users):
+    /// `[task_binding, model_commitment, packed input…, packed output…]`. A wrong count is
+    /// [`ZkError::KeyMismatch`]; any changed element gives `Ok(false)` (the commitment is
+    /// constrained to this program's, so another model's is refused too).
+    pub fn verify_public(&self, public: &[Fr], proof: &Proof<Bn254>) -> Result<bool, ZkError> {
+        self.verifier.verify_inputs(public, proof)
+    }
+
+    /// The program this verifier checks.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// [`Program::commitment`] of that program.
+    pub fn commitment(&self) -> Fr {
+        self.commitment
+    }
 }
 
 /// Synthesises `program`'s circuit without a witness and counts it.
