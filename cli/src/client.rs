@@ -140,6 +140,27 @@ impl Client {
         Ok(v["valid"] == true)
     }
 
+    /// `POST /api/v1/proofs/verify` for a proved inference: whether `proof` verifies against
+    /// `public_inputs` with the keys of the model `model_sha256`.
+    pub async fn verify_model_proof(
+        &self,
+        model_sha256: &str,
+        public_inputs: &serde_json::Value,
+        proof: &str,
+    ) -> Result<bool, ClientError> {
+        let body = serde_json::json!({"model_sha256": model_sha256,
+                                      "public_inputs": public_inputs, "proof": proof});
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/proofs/verify", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        let v: serde_json::Value = Self::decode(resp).await?;
+        Ok(v["valid"] == true)
+    }
+
     /// `PUT /api/v1/blobs`: uploads an artifact, returns its sha256.
     pub async fn put_blob(&self, bytes: Vec<u8>) -> Result<String, ClientError> {
         let resp = self

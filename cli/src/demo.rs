@@ -130,6 +130,15 @@ fn outcome(r: &Result<ambient_protocol::TaskInfo, ClientError>) -> String {
 const PPOCR_MODEL: &[u8] = include_bytes!("../../tests/fixtures/onnx/ppocr_cls.onnx");
 const PPOCR_REFERENCE: &[u8] = include_bytes!("../../tests/fixtures/onnx/ppocr_cls.json");
 
+/// An MLP 8-16-3 with Tanh and Softmax, random weights, made by the `onnx` package
+/// (`scripts/make-zk-models.py`), and onnxruntime's output for a fixed input.
+const PROVED_MODEL: &[u8] = include_bytes!("../../tests/fixtures/zk/mlp_tanh_softmax.onnx");
+const PROVED_REFERENCE: &[u8] = include_bytes!("../../tests/fixtures/zk/mlp_tanh_softmax.json");
+
+/// How far a proved inference at 12 fractional bits may be from onnxruntime on the fixtures:
+/// `2^(5−12) + 1e-5` (docs/ARCHITECTURE.md, "Provable inference").
+const PROVED_BOUND: f64 = 0.0078125 + 1e-5;
+
 /// Largest |a − b| over two tensor maps with the same names and shapes, or None when they differ
 /// in names, dtypes or shapes.
 pub fn max_abs_diff(
@@ -379,6 +388,13 @@ pub async fn run(
         actual,
         ok,
         millis: t.elapsed().as_millis(),
+    });
+
+    let t = std::time::Instant::now();
+    let case = proved_inference_case(&client, wait).await?;
+    cases.push(Case {
+        millis: t.elapsed().as_millis(),
+        ..case
     });
 
     let t = std::time::Instant::now();
@@ -746,6 +762,63 @@ async fn zk_case(client: &Client, wait: Duration) -> (Case, Option<String>) {
         millis: 0,
     };
     (case, proof_id)
+}
+
+/// `inference` with `require_proof` on a small MLP with Tanh and Softmax: the node proves the
+/// fixed-point model's output, the coordinator verifies it, and the demo checks the output
+/// against onnxruntime's and the proof again through `POST /api/v1/proofs/verify`.
+async fn proved_inference_case(client: &Client, wait: Duration) -> anyhow::Result<Case> {
+    let reference: serde_json::Value = serde_json::from_slice(PROVED_REFERENCE)?;
+    let sub = TaskSubmission {
+        task_type: TaskType::Inference,
+        wasm_module: None,
+        inputs: json!({
+            "model_base64": base64::engine::general_purpose::STANDARD.encode(PROVED_MODEL),
+            "tensors": reference["inputs"],
+        }),
+        requirements: Requirements {
+            require_proof: true,
+            ..Requirements::default()
+        },
+        task_id: None,
+    };
+    let expected = "completed, proof verified, within 7.8e-3 of onnxruntime".to_string();
+    let actual = match submit_wait(client, sub, wait).await {
+        Ok(i) if i.status == TaskStatus::Completed => {
+            let out: ambient_protocol::InferenceOutput =
+                serde_json::from_value(i.result.unwrap_or_default()["output"].clone())?;
+            let want = serde_json::from_value(reference["outputs"].clone())?;
+            let verified = match &i.proof_id {
+                Some(id) => match client.proof(id).await {
+                    Ok(doc) => client
+                        .verify_model_proof(
+                            &ambient_protocol::sha256_hex(PROVED_MODEL),
+                            &doc["public_inputs"],
+                            doc["proof"].as_str().unwrap_or_default(),
+                        )
+                        .await
+                        .unwrap_or(false),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            match (verified, max_abs_diff(&out.outputs, &want)) {
+                (false, _) => "completed, proof NOT verified".into(),
+                (true, Some(d)) if d <= PROVED_BOUND => expected.clone(),
+                (true, Some(d)) => format!("completed, off by {d:e}"),
+                (true, None) => "completed with other outputs".into(),
+            }
+        }
+        other => outcome(&other),
+    };
+    let ok = actual == expected;
+    Ok(Case {
+        name: "inference, require_proof: MLP with Tanh and Softmax".into(),
+        expected,
+        actual,
+        ok,
+        millis: 0,
+    })
 }
 
 /// The nodes' reputations as a table.

@@ -18,7 +18,7 @@ async fn the_demo_passes_on_sqlite_and_on_postgres() {
     let url = pg.create_database("demo").unwrap();
     the_demo_passes_on(Some(url)).await;
     let rows = pg.count_rows("demo", "tasks").unwrap();
-    assert!(rows >= 14, "the tasks are in PostgreSQL: {rows} rows");
+    assert!(rows >= 15, "the tasks are in PostgreSQL: {rows} rows");
 }
 
 async fn the_demo_passes_on(store: Option<String>) {
@@ -29,7 +29,7 @@ async fn the_demo_passes_on(store: Option<String>) {
     let cases = &report.cases;
     let table = ambient_cli::demo::table(cases);
     assert!(cases.iter().all(|c| c.ok), "{table}");
-    assert_eq!(cases.len(), 14);
+    assert_eq!(cases.len(), 15);
     assert!(report.federated.as_ref().is_some_and(|f| f.rounds == 10));
     // The proof is shown, and the reputations reflect the work: the replicated task alone gave
     // all three nodes a valid answer, and one node proved the zk_proof task.
@@ -46,7 +46,8 @@ async fn the_demo_passes_on(store: Option<String>) {
         .iter()
         .map(|n| n.reputation.proofs_verified)
         .sum();
-    assert_eq!(proofs, 1);
+    // The zk_proof task and the proved inference.
+    assert_eq!(proofs, 2);
     let rows = ambient_cli::demo::reputation_table(&report.nodes);
     assert_eq!(rows.lines().count(), 4, "{rows}");
     // The demo's ledger adds up: its submitter paid for the work, the nodes got their share.
