@@ -39,6 +39,24 @@ impl ClientError {
     }
 }
 
+/// The keys a proof is checked with: a `zk_proof` circuit instance's, or a proved inference
+/// model's.
+#[derive(Debug, Clone, Copy)]
+pub enum ProofKeys<'a> {
+    /// A circuit at a size.
+    Circuit {
+        /// `hash_chain` or `dot`.
+        circuit: &'a str,
+        /// The size.
+        n: u64,
+    },
+    /// A model, by the sha256 of its ONNX bytes.
+    Model {
+        /// The model's sha256.
+        sha256: &'a str,
+    },
+}
+
 /// The client.
 #[derive(Clone)]
 pub struct Client {
@@ -118,38 +136,20 @@ impl Client {
             .await
     }
 
-    /// `POST /api/v1/proofs/verify`: whether `proof` (base64) verifies against the public
-    /// inputs on the coordinator's key for `circuit` at size `n`.
+    /// `POST /api/v1/proofs/verify`: whether `proof` verifies against `public_inputs` with the
+    /// coordinator's `keys`.
     pub async fn verify_proof(
         &self,
-        circuit: &str,
-        n: u64,
+        keys: ProofKeys<'_>,
         public_inputs: &serde_json::Value,
         proof: &str,
     ) -> Result<bool, ClientError> {
-        let body = serde_json::json!({"circuit": circuit, "n": n,
-                                      "public_inputs": public_inputs, "proof": proof});
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/proofs/verify", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await?;
-        let v: serde_json::Value = Self::decode(resp).await?;
-        Ok(v["valid"] == true)
-    }
-
-    /// `POST /api/v1/proofs/verify` for a proved inference: whether `proof` verifies against
-    /// `public_inputs` with the keys of the model `model_sha256`.
-    pub async fn verify_model_proof(
-        &self,
-        model_sha256: &str,
-        public_inputs: &serde_json::Value,
-        proof: &str,
-    ) -> Result<bool, ClientError> {
-        let body = serde_json::json!({"model_sha256": model_sha256,
-                                      "public_inputs": public_inputs, "proof": proof});
+        let mut body = match keys {
+            ProofKeys::Circuit { circuit, n } => serde_json::json!({"circuit": circuit, "n": n}),
+            ProofKeys::Model { sha256 } => serde_json::json!({"model_sha256": sha256}),
+        };
+        body["public_inputs"] = public_inputs.clone();
+        body["proof"] = proof.into();
         let resp = self
             .http
             .post(format!("{}/api/v1/proofs/verify", self.base))

@@ -12,7 +12,7 @@ use serde_json::json;
 use ambient_agent::config::DatasetConfig;
 use ambient_fl::data::{breast_cancer, non_iid_split, stratified_split};
 
-use crate::client::{Client, ClientError, submit_over_mqtt};
+use crate::client::{Client, ClientError, ProofKeys, submit_over_mqtt};
 use crate::local::{LocalNetwork, LocalOptions};
 use crate::modules;
 
@@ -724,21 +724,11 @@ async fn zk_case(client: &Client, wait: Duration) -> (Case, Option<String>) {
                 .as_ref()
                 .and_then(|r| r["output"]["y"].as_str())
                 .unwrap_or_default();
-            let verified = match &i.proof_id {
-                Some(id) => match client.proof(id).await {
-                    Ok(doc) => client
-                        .verify_proof(
-                            "hash_chain",
-                            64,
-                            &doc["public_inputs"],
-                            doc["proof"].as_str().unwrap_or_default(),
-                        )
-                        .await
-                        .unwrap_or(false),
-                    Err(_) => false,
-                },
-                None => false,
+            let keys = ProofKeys::Circuit {
+                circuit: "hash_chain",
+                n: 64,
             };
+            let verified = reverified(client, i.proof_id.as_deref(), keys).await;
             let mark = if verified { "verified" } else { "NOT verified" };
             let head = got.get(..12).unwrap_or(got);
             (
@@ -788,20 +778,9 @@ async fn proved_inference_case(client: &Client, wait: Duration) -> anyhow::Resul
             let out: ambient_protocol::InferenceOutput =
                 serde_json::from_value(i.result.unwrap_or_default()["output"].clone())?;
             let want = serde_json::from_value(reference["outputs"].clone())?;
-            let verified = match &i.proof_id {
-                Some(id) => match client.proof(id).await {
-                    Ok(doc) => client
-                        .verify_model_proof(
-                            &ambient_protocol::sha256_hex(PROVED_MODEL),
-                            &doc["public_inputs"],
-                            doc["proof"].as_str().unwrap_or_default(),
-                        )
-                        .await
-                        .unwrap_or(false),
-                    Err(_) => false,
-                },
-                None => false,
-            };
+            let sha256 = ambient_protocol::sha256_hex(PROVED_MODEL);
+            let keys = ProofKeys::Model { sha256: &sha256 };
+            let verified = reverified(client, i.proof_id.as_deref(), keys).await;
             match (verified, max_abs_diff(&out.outputs, &want)) {
                 (false, _) => "completed, proof NOT verified".into(),
                 (true, Some(d)) if d <= PROVED_BOUND => expected.clone(),
@@ -819,6 +798,25 @@ async fn proved_inference_case(client: &Client, wait: Duration) -> anyhow::Resul
         ok,
         millis: 0,
     })
+}
+
+/// Whether the proof `proof_id`, fetched from `GET /api/v1/proofs/{id}`, verifies again by
+/// `POST /api/v1/proofs/verify` with `keys`.
+async fn reverified(client: &Client, proof_id: Option<&str>, keys: ProofKeys<'_>) -> bool {
+    let Some(id) = proof_id else {
+        return false;
+    };
+    match client.proof(id).await {
+        Ok(doc) => client
+            .verify_proof(
+                keys,
+                &doc["public_inputs"],
+                doc["proof"].as_str().unwrap_or_default(),
+            )
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    }
 }
 
 /// The nodes' reputations as a table.
