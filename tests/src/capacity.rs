@@ -11,6 +11,9 @@
 //! - [`run_load`]: N submissions over REST, round robin over the coordinators, C in flight.
 //! - [`SimNodes`]: MQTT clients that look like agents for health only (identity, status, health
 //!   every few seconds), paused so that no work goes to them.
+//! - [`CpuCap`]: a CPU cgroup with a quota, so that each coordinator process gets a fixed
+//!   share of a core, as it would on a small machine of its own, while the rest of the network
+//!   (broker, PostgreSQL, agents) shares the cores uncapped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +59,8 @@ pub struct FleetSpec {
     pub store: Option<String>,
     /// More broker accounts, with no agent (simulated nodes).
     pub extra_accounts: Vec<(String, String)>,
+    /// Each coordinator's CPU quota in cores ([`CpuCap`]); `None`: uncapped.
+    pub coordinator_cpu: Option<f64>,
 }
 
 /// A network of processes on loopback. Everything is killed when it is dropped.
@@ -64,6 +69,9 @@ pub struct Fleet {
     pub coordinators: Vec<CoordinatorProcess>,
     /// Agents.
     pub agents: Vec<ServiceProcess>,
+    /// The coordinators' CPU caps (after them, so that their processes are gone first); held
+    /// only to be dropped.
+    _caps: Vec<CpuCap>,
     /// The broker (after the services, so that it outlives them when dropped).
     pub broker: Mosquitto,
     /// Its address.
@@ -105,6 +113,7 @@ impl Fleet {
         let mqtt = SocketAddr::new(broker.host().parse()?, broker.port());
 
         let mut coordinators: Vec<CoordinatorProcess> = Vec::new();
+        let mut caps = Vec::new();
         for i in 0..spec.coordinators {
             let mut cfg: ambient_coordinator::Config =
                 toml::from_str(ambient_coordinator::config::EXAMPLE)?;
@@ -120,6 +129,10 @@ impl Fleet {
                 key: API_KEY.into(),
             }];
             let p = CoordinatorProcess::start(&cfg, &cdir).await?;
+            if let Some(cores) = spec.coordinator_cpu {
+                let pid = p.pid().context("a coordinator that has no process")?;
+                caps.push(CpuCap::new(&format!("coordinator-{i}-{pid}"), cores, pid)?);
+            }
             // The first one must have the lease before the others look for it.
             wait_for_role(&p, if i == 0 { "leader" } else { "follower" }).await?;
             coordinators.push(p);
@@ -139,6 +152,7 @@ impl Fleet {
         let fleet = Fleet {
             coordinators,
             agents,
+            _caps: caps,
             broker,
             mqtt,
             dir,
@@ -566,4 +580,61 @@ pub fn open_files_limit() -> Option<u64> {
         .nth(3)?
         .parse()
         .ok()
+}
+
+/// A CPU cgroup holding one process with a quota of `cores` (`cpu.max` on cgroup v2,
+/// `cpu.cfs_quota_us` on v1), removed when dropped (once the process is gone). It needs root
+/// and a writable cpu controller, as on the project's machines; where there is none it says so.
+pub struct CpuCap {
+    dir: std::path::PathBuf,
+}
+
+impl CpuCap {
+    /// Puts `pid` (all its threads) in a new group `ambient-capacity-<name>` limited to `cores`
+    /// of CPU time per 100 ms period.
+    pub fn new(name: &str, cores: f64, pid: u32) -> Result<CpuCap> {
+        ensure!(cores > 0.0, "a CPU quota must be positive");
+        let period = 100_000u64;
+        let quota = ((cores * period as f64).round() as u64).max(1_000);
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+        let v1 = Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+        let group = format!("ambient-capacity-{name}");
+        let (dir, limits): (std::path::PathBuf, Vec<(&str, String)>) = if std::fs::read_to_string(
+            v2,
+        )
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            (
+                Path::new("/sys/fs/cgroup").join(&group),
+                vec![("cpu.max", format!("{quota} {period}"))],
+            )
+        } else if v1.exists() {
+            (
+                Path::new("/sys/fs/cgroup/cpu").join(&group),
+                vec![
+                    ("cpu.cfs_period_us", period.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            )
+        } else {
+            bail!("no CPU cgroup controller here (neither cgroup v2 with cpu nor v1's cpu)")
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("{}: a CPU cap needs root", dir.display()))?;
+        let cap = CpuCap { dir };
+        for (file, value) in limits {
+            std::fs::write(cap.dir.join(file), value)
+                .with_context(|| format!("{}/{file}", cap.dir.display()))?;
+        }
+        std::fs::write(cap.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("{}/cgroup.procs", cap.dir.display()))?;
+        Ok(cap)
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        // Empty once its process has exited; a leftover empty group is harmless.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }

@@ -24,7 +24,10 @@
 //!    its module inline, and an ONNX MLP whose model is an uploaded blob named by sha256 (a
 //!    `wasm_execution` task has no by-reference form). Per K and form: tasks/s, p50/p99 submit →
 //!    completed, and CPU-ms per task of the leader, each follower, the agents, mosquitto,
-//!    PostgreSQL (postmaster and backends) and the load generator;
+//!    PostgreSQL (postmaster and backends) and the load generator. With `--coordinator-cpu F`
+//!    each coordinator process runs in a CPU cgroup of its own with a quota of F cores (root and
+//!    a cpu cgroup controller needed), as K small machines would give it, while the rest of the
+//!    network shares the cores uncapped: what K coordinators add when each brings its own CPU;
 //! 7. `nodes`: one coordinator (SQLite), 2 agents, and simulated nodes (MQTT clients that
 //!    announce themselves and report health every 5 s like an agent, paused so they take no
 //!    work) ramped through `--nodes 250,500,1000,2000`: per level, the coordinator's CPU % and
@@ -35,7 +38,8 @@
 //!
 //! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S] [--pi-samples N]
 //! [--coordinators 1,2,3] [--agents A] [--slots S] [--nodes 250,500,1000,2000]
-//! [--window-secs S] [--only tasks|sandbox|idle|inference|pi|coordinators|nodes]`.
+//! [--window-secs S] [--coordinator-cpu F]
+//! [--only tasks|sandbox|idle|inference|pi|coordinators|nodes]`.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -63,6 +67,8 @@ struct Args {
     slots: u32,
     nodes: Vec<usize>,
     window_secs: u64,
+    /// Each coordinator's CPU quota in cores, in the `coordinators` section.
+    coordinator_cpu: Option<f64>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -77,6 +83,7 @@ fn args() -> anyhow::Result<Args> {
         slots: 8,
         nodes: vec![250, 500, 1000, 2000],
         window_secs: 20,
+        coordinator_cpu: None,
     };
     let list = |v: &str| -> anyhow::Result<Vec<usize>> {
         v.split(',')
@@ -101,6 +108,7 @@ fn args() -> anyhow::Result<Args> {
             "--slots" => a.slots = val.parse()?,
             "--nodes" => a.nodes = list(val)?,
             "--window-secs" => a.window_secs = val.parse()?,
+            "--coordinator-cpu" => a.coordinator_cpu = Some(val.parse()?),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -616,9 +624,12 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
         .context("PostgreSQL's postmaster was not found on /proc")?;
     println!(
         "coordinators: {n} tasks per form, {window} in flight, over REST round robin; waited for \
-         on the submitter's MQTT notifications; {} agents x {} slots; CPU-ms per task over the \
-         measured window",
-        a.agents, a.slots
+         on the submitter's MQTT notifications; {} agents x {} slots; each coordinator {}; \
+         CPU-ms per task over the measured window",
+        a.agents,
+        a.slots,
+        a.coordinator_cpu
+            .map_or("uncapped".to_string(), |c| format!("capped at {c} core(s)"))
     );
     println!(
         "{:>2} {:<12} {:>8} {:>8} {:>8} | {:>7} {:<17} {:>7} {:>7} {:>8} {:>8} {:>7} | {:>5}",
@@ -644,6 +655,7 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
             slots: a.slots,
             store: Some(pg.create_database(&format!("capacity_{k}"))?),
             extra_accounts: Vec::new(),
+            coordinator_cpu: a.coordinator_cpu,
         })
         .await?;
         let clients = fleet.clients();
@@ -736,6 +748,7 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"section": "coordinators", "agents": a.agents, "slots": a.slots,
+                           "coordinator_cpu": a.coordinator_cpu,
                            "cpus": std::thread::available_parallelism().map_or(0, |c| c.get()),
                            "runs": report})
     );
@@ -776,6 +789,7 @@ async fn nodes_figures(a: &Args) -> anyhow::Result<()> {
         slots: 2,
         store: None,
         extra_accounts: accounts.clone(),
+        coordinator_cpu: None,
     })
     .await?;
     println!(
