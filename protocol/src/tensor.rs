@@ -163,6 +163,10 @@ pub struct InferenceOutput {
     /// weights (absent past an `Exp`, whose relative error has no absolute bound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_bound: Option<f64>,
+    /// With `require_proof`, written by the coordinator: the model circuit's constraints,
+    /// what the proof is priced by (at `zk_proof`'s rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<u64>,
 }
 
 /// A tensor in fixed point: each value `q` stands for `q / 2^frac_bits`.

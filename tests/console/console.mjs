@@ -232,6 +232,30 @@ try {
   check('the proof shown is the task\'s', zkApi.proof_id && proofShown.includes(zkApi.proof_id), proofShown.slice(0, 200));
   await shot('05-zk-verified');
 
+  // --- a proved inference (submitted through the API), its proof verified from the task page ---
+  const fixture = join(repo, 'tests', 'fixtures', 'zk');
+  const model = readFileSync(join(fixture, 'mlp_tanh_softmax.onnx'));
+  const reference = JSON.parse(readFileSync(join(fixture, 'mlp_tanh_softmax.json'), 'utf8'));
+  const proved = await direct('POST', 'tasks', {
+    task_type: 'inference',
+    inputs: { model_base64: model.toString('base64'), tensors: reference.inputs },
+    requirements: { require_proof: true },
+  });
+  check('the proved inference is accepted', proved.status === 201, JSON.stringify(proved.body));
+  const provedStatuses = await watchCompleted(proved.body.task_id);
+  check('the proved inference completed', provedStatuses[provedStatuses.length - 1] === 'completed', provedStatuses.join(','));
+  await page.click(`#tasks-body tr[data-task="${proved.body.task_id}"] a`);
+  await page.waitForSelector('#task-proof:not([hidden])', { timeout: 10000 });
+  const modelFacts = await page.textContent('#proof-facts');
+  const provedApi = (await direct('GET', `tasks/${proved.body.task_id}`)).body;
+  const proofDoc = (await direct('GET', `proofs/${provedApi.proof_id}`)).body;
+  check('the proof names its model', modelFacts.includes(proofDoc.model_sha256) && /constraints/.test(modelFacts), modelFacts.slice(0, 300));
+  await page.click('#verify');
+  await page.waitForSelector('#verify-answer[data-valid]', { timeout: 30000 });
+  check('Verify says the model\'s proof is valid', await page.getAttribute('#verify-answer', 'data-valid') === 'true',
+    await page.textContent('#verify-answer'));
+  await shot('05b-proved-inference-verified');
+
   // --- a wasm module from a file ---
   await page.click('#nav a[data-page=submit]');
   await page.check('#src-wasm');

@@ -12,7 +12,8 @@
 //! - [`console_submits_a_template_in_chromium`]: `tests/console/console.mjs` drives the console in
 //!   headless Chromium: a wrong key, sign in, the `pi` template rendered and submitted and watched
 //!   to `completed` over the event stream (the page must not poll the task list), its output; the
-//!   `zk-hash-chain` template and its proof verified from the task page; a wasm module uploaded
+//!   `zk-hash-chain` template and its proof verified from the task page, and likewise a proved
+//!   `inference` (a model's proof, verified by its `model_sha256`); a wasm module uploaded
 //!   from a file; the nodes and account pages. It takes screenshots into
 //!   `target/test-output/console/`.
 //!

@@ -414,6 +414,7 @@ fn finish(outs: TVec<TValue>, prepared: &Prepared) -> Result<InferenceOutput, On
         public_inputs: None,
         model_commitment: None,
         error_bound: None,
+        constraints: None,
     })
 }
 

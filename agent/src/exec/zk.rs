@@ -334,6 +334,7 @@ pub mod model {
                 .ok(),
                 model_commitment: None,
                 error_bound: None,
+                constraints: None,
             };
             let value = serde_json::to_value(&out)
                 .map_err(|e| failure(FailureKind::ProofFailed, e.to_string()))?;

@@ -472,7 +472,12 @@ async function showProof(proofId) {
   const dl = $('proof-facts');
   dl.replaceChildren();
   fact(dl, 'Proof', h('code', { text: proof.proof_id }));
-  fact(dl, 'Circuit', `${proof.circuit}, n = ${proof.n}`);
+  if (proof.model_sha256) {
+    fact(dl, 'Model', h('code', { class: 'wrap', text: proof.model_sha256 }));
+    fact(dl, 'Circuit', `${proof.n} constraints, ${proof.frac_bits} fractional bits`);
+  } else {
+    fact(dl, 'Circuit', `${proof.circuit}, n = ${proof.n}`);
+  }
   fact(dl, 'Public inputs', h('ol', {}, proof.public_inputs.map((p) => h('li', {}, h('code', { text: p })))));
   fact(dl, 'Checked by the coordinator', when(proof.verified_at));
   fact(dl, 'Proof bytes (base64)', h('code', { class: 'wrap', text: proof.proof }));
@@ -486,8 +491,12 @@ $('verify').addEventListener('click', async () => {
   answer.textContent = 'Verifying…';
   delete answer.dataset.valid;
   try {
+    // A proved inference's keys are its model's; a zk_proof's, its circuit's at its size.
+    const keys = proof.model_sha256
+      ? { model_sha256: proof.model_sha256 }
+      : { circuit: proof.circuit, n: proof.n };
     const r = await api('POST', 'proofs/verify', {
-      circuit: proof.circuit, n: proof.n, public_inputs: proof.public_inputs, proof: proof.proof,
+      ...keys, public_inputs: proof.public_inputs, proof: proof.proof,
     });
     answer.dataset.valid = String(r.valid);
     answer.textContent = r.valid

@@ -219,6 +219,7 @@ impl ModelKeys {
             ),
         );
         annotations.insert("error_bound".into(), serde_json::json!(self.error_bound));
+        annotations.insert("constraints".into(), self.constraints.into());
         Ok(Verified {
             name: Subject::Model(self.id.clone()).to_string(),
             size: self.constraints as u64,

@@ -121,21 +121,31 @@ impl Scheduler {
                     .as_ref()
                     .and_then(|r| serde_json::from_value(r["nodes"].clone()).ok())
                     .unwrap_or_default();
-                let units = self.agreed_units(task, &winners);
+                let (kind, units) = self.agreed_units(task, &winners);
                 winners
                     .into_iter()
                     .take(task.requirements.min_nodes as usize)
-                    .map(|node| (node, p.replica(task.task_type, units)))
+                    .map(|node| (node, p.replica(kind, units)))
                     .collect()
             }
         }
     }
 
-    /// The work the winning replicas agree they did: the least any of them reported (fuel and
-    /// MACs are deterministic, so honest replicas report the same).
-    fn agreed_units(&self, task: &TaskRecord, winners: &[String]) -> Units {
+    /// The work the winning replicas agree they did, and the kind whose rate prices it: the
+    /// least any of them reported (fuel and MACs are deterministic, so honest replicas report
+    /// the same). A proof is priced by its circuit's constraints, at `zk_proof`'s rate: a
+    /// `zk_proof` circuit's are known from its inputs, a proved model's the coordinator wrote
+    /// into the output it checked.
+    fn agreed_units(&self, task: &TaskRecord, winners: &[String]) -> (TaskType, Units) {
         if task.task_type == TaskType::ZkProof {
-            return zk_constraints(task);
+            return (TaskType::ZkProof, zk_constraints(task));
+        }
+        if task.needs_proof() {
+            let constraints = task
+                .result
+                .as_ref()
+                .and_then(|r| r["output"]["constraints"].as_u64());
+            return (TaskType::ZkProof, Units(constraints.unwrap_or(0)));
         }
         let reported = task
             .assignments
@@ -148,7 +158,7 @@ impl Scheduler {
                 _ => r.fuel_consumed.unwrap_or(0),
             })
             .min();
-        Units(reported.unwrap_or(0))
+        (task.task_type, Units(reported.unwrap_or(0)))
     }
 
     /// A federated client's training: rows × epochs × parameters × rounds, from the data set its

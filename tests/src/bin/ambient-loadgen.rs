@@ -27,7 +27,10 @@
 //!    PostgreSQL (postmaster and backends) and the load generator. With `--coordinator-cpu F`
 //!    each coordinator process runs in a CPU cgroup of its own with a quota of F cores (root and
 //!    a cpu cgroup controller needed), as K small machines would give it, while the rest of the
-//!    network shares the cores uncapped: what K coordinators add when each brings its own CPU;
+//!    network shares the cores uncapped: what K coordinators add when each brings its own CPU.
+//!    With `--rest followers` the REST load goes to the followers only (K ≥ 2), as a load
+//!    balancer that prefers followers (`GET /api/v1/health` says the role) would send it, so
+//!    that the leader's core is left to the scheduler;
 //! 7. `nodes`: one coordinator (SQLite), 2 agents, and simulated nodes (MQTT clients that
 //!    announce themselves and report health every 5 s like an agent, paused so they take no
 //!    work) ramped through `--nodes 250,500,1000,2000`: per level, the coordinator's CPU % and
@@ -38,7 +41,7 @@
 //!
 //! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S] [--pi-samples N]
 //! [--coordinators 1,2,3] [--agents A] [--slots S] [--nodes 250,500,1000,2000]
-//! [--window-secs S] [--coordinator-cpu F]
+//! [--window-secs S] [--coordinator-cpu F] [--rest all|followers]
 //! [--only tasks|sandbox|idle|inference|pi|coordinators|nodes]`.
 
 use std::collections::HashMap;
@@ -69,6 +72,8 @@ struct Args {
     window_secs: u64,
     /// Each coordinator's CPU quota in cores, in the `coordinators` section.
     coordinator_cpu: Option<f64>,
+    /// Submit to the followers only (with two or more coordinators).
+    rest_followers: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -84,6 +89,7 @@ fn args() -> anyhow::Result<Args> {
         nodes: vec![250, 500, 1000, 2000],
         window_secs: 20,
         coordinator_cpu: None,
+        rest_followers: false,
     };
     let list = |v: &str| -> anyhow::Result<Vec<usize>> {
         v.split(',')
@@ -109,6 +115,13 @@ fn args() -> anyhow::Result<Args> {
             "--nodes" => a.nodes = list(val)?,
             "--window-secs" => a.window_secs = val.parse()?,
             "--coordinator-cpu" => a.coordinator_cpu = Some(val.parse()?),
+            "--rest" => {
+                a.rest_followers = match val.as_str() {
+                    "all" => false,
+                    "followers" => true,
+                    other => anyhow::bail!("--rest is all or followers, not {other}"),
+                }
+            }
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -623,9 +636,14 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
     let postmaster = ambient_e2e::capacity::postmaster_pid(pg.port())
         .context("PostgreSQL's postmaster was not found on /proc")?;
     println!(
-        "coordinators: {n} tasks per form, {window} in flight, over REST round robin; waited for \
-         on the submitter's MQTT notifications; {} agents x {} slots; each coordinator {}; \
-         CPU-ms per task over the measured window",
+        "coordinators: {n} tasks per form, {window} in flight, over REST round robin to {}; \
+         waited for on the submitter's MQTT notifications; {} agents x {} slots; each \
+         coordinator {}; CPU-ms per task over the measured window",
+        if a.rest_followers {
+            "the followers (all with one coordinator)"
+        } else {
+            "every coordinator"
+        },
         a.agents,
         a.slots,
         a.coordinator_cpu
@@ -658,18 +676,21 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
             coordinator_cpu: a.coordinator_cpu,
         })
         .await?;
-        let clients = fleet.clients();
         let completions = fleet.completions().await?;
-        let subs = Submissions::prepare(&clients[0]).await?;
         // The probes: each coordinator by its role now, then the rest.
         let mut probes = Vec::new();
-        for c in &fleet.coordinators {
+        let mut clients = Vec::new();
+        for (c, client) in fleet.coordinators.iter().zip(fleet.clients()) {
             let role = c.role().await.unwrap_or_else(|| "down".into());
+            if !(a.rest_followers && k > 1 && role == "leader") {
+                clients.push(client);
+            }
             probes.push((
                 role,
                 CpuProbe::Pids(vec![c.pid().context("a coordinator")?]),
             ));
         }
+        let subs = Submissions::prepare(&clients[0]).await?;
         anyhow::ensure!(
             probes.iter().filter(|(r, _)| r == "leader").count() == 1,
             "not exactly one leader among {:?}",
@@ -749,6 +770,7 @@ async fn coordinators_figures(a: &Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"section": "coordinators", "agents": a.agents, "slots": a.slots,
                            "coordinator_cpu": a.coordinator_cpu,
+                           "rest": if a.rest_followers { "followers" } else { "all" },
                            "cpus": std::thread::available_parallelism().map_or(0, |c| c.get()),
                            "runs": report})
     );

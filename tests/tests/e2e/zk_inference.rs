@@ -182,6 +182,23 @@ async fn inference_with_require_proof_is_proved_and_checked() {
             )
         );
         assert!(out.model_commitment.is_some(), "{name}");
+        // The node is paid for the proof: the model circuit's constraints at zk_proof's rate.
+        let constraints = out.constraints.expect("the circuit's constraints");
+        let prices = ambient_coordinator::credits::Prices::default();
+        let charged = client
+            .task(info.task_id)
+            .await
+            .unwrap()
+            .cost
+            .and_then(|c| c.charged);
+        assert_eq!(
+            charged,
+            Some(prices.replica(
+                TaskType::ZkProof,
+                ambient_coordinator::credits::Units(constraints)
+            )),
+            "{name}: {constraints} constraints"
+        );
         let proof_id = info.proof_id.clone().expect("a proof_id");
         let doc: Value = http
             .get(format!("{api}/api/v1/proofs/{proof_id}"))
