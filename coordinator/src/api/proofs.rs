@@ -4,6 +4,8 @@
 //! serves these), never made here. The JSON of proofs is [`crate::kinds::groth16`]'s, of
 //! circuits [`crate::kinds::zk`]'s.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -13,7 +15,8 @@ use uuid::Uuid;
 use super::auth::Submitter;
 use super::{AppState, Failure};
 use crate::kinds::groth16::{self, Subject};
-use crate::kinds::{inference, zk};
+use crate::kinds::inference::{self, ModelKeys};
+use crate::kinds::zk::{self, Circuit};
 
 pub(super) async fn get_proof(
     State(state): State<AppState>,
@@ -75,6 +78,23 @@ pub(super) struct VerifyRequest {
     proof: String,
 }
 
+/// A proof check asked for: keys and the public inputs given.
+enum Check {
+    Circuit(Arc<Circuit>, ambient_zk::PublicInputs),
+    Model(Arc<ModelKeys>, Vec<ambient_zk::Fr>),
+}
+
+impl Check {
+    /// Whether `proof` verifies (a malformed input count or key is simply not valid). Blocking.
+    fn verify(&self, proof: &ambient_zk::Proof<ambient_zk::Bn254>) -> bool {
+        match self {
+            Check::Circuit(c, public) => c.verifier.verify(public, proof),
+            Check::Model(m, public) => m.verifier.verify_public(public, proof),
+        }
+        .unwrap_or(false)
+    }
+}
+
 pub(super) async fn verify_proof(
     State(state): State<AppState>,
     body: Result<Json<VerifyRequest>, axum::extract::rejection::JsonRejection>,
@@ -92,67 +112,60 @@ pub(super) async fn verify_proof(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(req.proof.trim())
         .map_err(|e| bad(format!("proof is not base64: {e}")))?;
-    let verifier: Box<dyn FnOnce(&ambient_zk::Proof<ambient_zk::Bn254>) -> bool + Send> =
-        match (req.circuit, req.n, req.model_sha256) {
-            (Some(circuit), Some(n), None) => {
-                let spec = ambient_zk::CircuitId::parse(&circuit)
-                    .and_then(|c| ambient_zk::CircuitSpec::new(c, n))
-                    .map_err(|e| bad(e.to_string()))?;
-                let Some(circuit) = state.zk.circuit(&spec).await.map_err(keys_failure)? else {
-                    return Err(no_keys(format!(
-                        "no keys for {} yet: a size's keys are made for its first zk_proof task",
-                        zk::describe(&spec)
-                    )));
-                };
-                let [task_binding, input_commitment, output_commitment] = fields[..] else {
-                    return Err(bad(format!(
-                        "public_inputs has {} elements; every circuit takes 3",
-                        fields.len()
-                    )));
-                };
-                let public = ambient_zk::PublicInputs {
-                    task_binding,
-                    input_commitment,
-                    output_commitment,
-                };
-                Box::new(move |proof| circuit.verifier.verify(&public, proof).unwrap_or(false))
-            }
-            (None, None, Some(sha256)) => {
-                let id = inference::model_id(&serde_json::json!({"model_sha256": sha256}))
-                    .map_err(bad)?;
-                let Some(model) = state.zk.model(&id).await.map_err(keys_failure)? else {
-                    return Err(no_keys(format!(
-                        "no keys for {} yet: a model's keys are made for its first inference \
+    let check = match (req.circuit, req.n, req.model_sha256) {
+        (Some(circuit), Some(n), None) => {
+            let spec = ambient_zk::CircuitId::parse(&circuit)
+                .and_then(|c| ambient_zk::CircuitSpec::new(c, n))
+                .map_err(|e| bad(e.to_string()))?;
+            let Some(circuit) = state.zk.circuit(&spec).await.map_err(keys_failure)? else {
+                return Err(no_keys(format!(
+                    "no keys for {} yet: a size's keys are made for its first zk_proof task",
+                    zk::describe(&spec)
+                )));
+            };
+            let [task_binding, input_commitment, output_commitment] = fields[..] else {
+                return Err(bad(format!(
+                    "public_inputs has {} elements; every circuit takes 3",
+                    fields.len()
+                )));
+            };
+            let public = ambient_zk::PublicInputs {
+                task_binding,
+                input_commitment,
+                output_commitment,
+            };
+            Check::Circuit(circuit, public)
+        }
+        (None, None, Some(sha256)) => {
+            let id =
+                inference::model_id(&serde_json::json!({"model_sha256": sha256})).map_err(bad)?;
+            let Some(model) = state.zk.model(&id).await.map_err(keys_failure)? else {
+                return Err(no_keys(format!(
+                    "no keys for {} yet: a model's keys are made for its first inference \
                          task with require_proof",
-                        Subject::Model(id).describe()
-                    )));
-                };
-                let want = ambient_zk::nn::num_public_inputs(model.verifier.program());
-                if fields.len() != want {
-                    return Err(bad(format!(
-                        "public_inputs has {} elements; this model's circuit takes {want}",
-                        fields.len()
-                    )));
-                }
-                Box::new(move |proof| {
-                    model
-                        .verifier
-                        .verify_public(&fields, proof)
-                        .unwrap_or(false)
-                })
+                    Subject::Model(id).describe()
+                )));
+            };
+            let want = ambient_zk::nn::num_public_inputs(model.verifier.program());
+            if fields.len() != want {
+                return Err(bad(format!(
+                    "public_inputs has {} elements; this model's circuit takes {want}",
+                    fields.len()
+                )));
             }
-            _ => {
-                return Err(bad(
-                    "give either circuit and n, or model_sha256 (a proved inference's model)"
-                        .into(),
-                ));
-            }
-        };
+            Check::Model(model, fields)
+        }
+        _ => {
+            return Err(bad(
+                "give either circuit and n, or model_sha256 (a proved inference's model)".into(),
+            ));
+        }
+    };
     // A proof that does not decode to curve points is simply not valid.
     let Ok(proof) = ambient_zk::proof_from_bytes(&bytes) else {
         return Ok(Json(serde_json::json!({"valid": false})));
     };
-    let valid = tokio::task::spawn_blocking(move || verifier(&proof))
+    let valid = tokio::task::spawn_blocking(move || check.verify(&proof))
         .await
         .map_err(|_| Failure::unavailable())?;
     Ok(Json(serde_json::json!({"valid": valid})))
