@@ -13,6 +13,12 @@
 //!    is `scripts/bench-inference`, which runs this section and onnxruntime back to back;
 //! 5. the sharded π job on 1, 2, 4 and 8 local agents (mosquitto), and the overhead per shard.
 //!
+//! A section that runs only when asked (`--only proved`): `inference` with `require_proof`
+//! through the network (the embedded broker, one agent) on the three models of
+//! `tests/fixtures/zk/`, beside the same model run by tract without a proof, interleaved: the
+//! first proved task (its keys made then), then per form the median of the node's run time
+//! (`duration_ms`: proving, or tract) and of submit → completed (polled every 50 ms).
+//!
 //! Two capacity sections run only when asked (`--only`), each minutes long; both start every
 //! service as its own process (`ambient-coordinator` and `ambient-agent` must be built next to
 //! this binary) and measure CPU time per process from `/proc` ([`ambient_e2e::capacity`]):
@@ -42,7 +48,7 @@
 //! Usage: `ambient-loadgen [--tasks N] [--concurrency C] [--idle-secs S] [--pi-samples N]
 //! [--coordinators 1,2,3] [--agents A] [--slots S] [--nodes 250,500,1000,2000]
 //! [--window-secs S] [--coordinator-cpu F] [--rest all|followers]
-//! [--only tasks|sandbox|idle|inference|pi|coordinators|nodes]`.
+//! [--only tasks|sandbox|idle|inference|pi|proved|coordinators|nodes]`.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -468,6 +474,9 @@ async fn main() -> anyhow::Result<()> {
     if run("pi") {
         pi_speedup(a.pi_samples).await?;
     }
+    if asked("proved") {
+        proved_figures(a.tasks.unwrap_or(10)).await?;
+    }
     if asked("coordinators") {
         coordinators_figures(&a).await?;
     }
@@ -503,6 +512,73 @@ fn inference_medians() -> anyhow::Result<()> {
             pct(&times, 0.5).as_secs_f64() * 1e6
         );
     }
+    Ok(())
+}
+
+/// `inference` with `require_proof` beside the same inference by tract, through the network,
+/// `n` of each, interleaved, after a first proved task that makes the model's keys.
+async fn proved_figures(n: usize) -> anyhow::Result<()> {
+    let c = Cluster::embedded(1).await?;
+    let client = c.client();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/zk");
+    println!("proved: {n} proved and {n} tract inferences per model, interleaved, one agent");
+    for name in ["mlp_relu", "mlp_tanh_softmax", "cnn"] {
+        let reference: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{dir}/{name}.json"))?)?;
+        let sha = client
+            .put_blob(std::fs::read(format!("{dir}/{name}.onnx"))?)
+            .await?;
+        let task = |require_proof| TaskSubmission {
+            task_type: TaskType::Inference,
+            wasm_module: None,
+            inputs: serde_json::json!({"model_sha256": sha, "tensors": reference["inputs"]}),
+            requirements: Requirements {
+                require_proof,
+                max_execution_time_sec: 600,
+                ..Requirements::default()
+            },
+            task_id: None,
+        };
+        // Submit → completed, and the node's run time.
+        let timed = async |sub: TaskSubmission| -> anyhow::Result<(Duration, Duration)> {
+            let t0 = Instant::now();
+            let info = client.submit(&sub).await?;
+            let done = client
+                .wait(info.task_id, Duration::from_secs(900), |_| {})
+                .await?;
+            anyhow::ensure!(
+                done.status == ambient_protocol::TaskStatus::Completed,
+                "{done:?}"
+            );
+            let ran = done.result.as_ref().and_then(|r| r["duration_ms"].as_u64());
+            Ok((t0.elapsed(), Duration::from_millis(ran.unwrap_or(0))))
+        };
+        let (first, first_ran) = timed(task(true)).await?;
+        let (mut proved, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            proved.push(timed(task(true)).await?);
+            plain.push(timed(task(false)).await?);
+        }
+        let median = |v: &[(Duration, Duration)]| {
+            let mut e2e: Vec<Duration> = v.iter().map(|x| x.0).collect();
+            let mut ran: Vec<Duration> = v.iter().map(|x| x.1).collect();
+            e2e.sort();
+            ran.sort();
+            (pct(&e2e, 0.5), pct(&ran, 0.5))
+        };
+        let ((pe, pr), (te, tr)) = (median(&proved), median(&plain));
+        println!(
+            "proved     {name:<16} first {:>6.2} s (node {:>5} ms); node run: proved {:>5} ms, \
+             tract {:>3} ms; submit → completed: proved {:>6.1} ms, tract {:>6.1} ms",
+            first.as_secs_f64(),
+            first_ran.as_millis(),
+            pr.as_millis(),
+            tr.as_millis(),
+            ms(pe),
+            ms(te),
+        );
+    }
+    c.shutdown().await;
     Ok(())
 }
 
