@@ -3,11 +3,11 @@
 //! An assignment runs in two steps. On the async side, `Executors::run` does what waits on
 //! the network: it downloads the artifact an assignment names by hash alone (through the blob
 //! cache, [`crate::blobs`]), and for `zk_proof` it first looks whether the proving key is already
-//! decoded, so a cached key is not downloaded again. A proved `inference` (`require_proof`) goes
-//! to the prover, not to tract: it downloads the model by `inputs.model_sha256` and the model's
-//! proving key (the artifact), unless the compiled model is cached. Then it hands the bytes to one blocking
-//! thread (`spawn_blocking`), which decodes an inline artifact, checks it against its hash, and
-//! runs the executor. Executors are blocking code and never run on the async workers.
+//! decoded, so a cached key is not downloaded again. A proved `inference` (`require_proof`)
+//! goes to the prover, not to tract: it downloads the model by `inputs.model_sha256` and the
+//! model's proving key (the artifact), unless the compiled model is cached. Then it hands the
+//! bytes to one blocking thread (`spawn_blocking`), which decodes an inline artifact, checks it
+//! against its hash, and runs the executor. Executors are blocking code and never run on the async workers.
 //!
 //! # Layout
 //! - [`wasm`]: the sandbox with WASI preview1 stdio (`wasm_execution`, and `computation` shards),
