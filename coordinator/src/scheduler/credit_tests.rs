@@ -84,7 +84,7 @@ fn answer(task_id: Uuid, attempt: u32, rng: &mut StdRng) -> AgentEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_hold_over_random_sequences_with_crashes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut all_crashes, mut settled) = (0, 0);
+    let (mut all_crashes, mut settled, mut paying) = (0, 0, 0);
     for seed in 0..12u64 {
         let store = Store::open(&Location::File(dir.path().join(format!("{seed}.db"))))
             .await
@@ -100,8 +100,10 @@ async fn credits_hold_over_random_sequences_with_crashes() {
             now += Duration::milliseconds(rng.random_range(0..3000));
             match rng.random_range(0..20) {
                 0..=3 => {
+                    // From the seeded generator, so that a seed is one sequence: the tasks'
+                    // order (and which replica a node answers) follows their ids.
                     let mut task = TaskRecord::new(
-                        Uuid::new_v4(),
+                        Uuid::from_u128(rng.random()),
                         "acme".into(),
                         TaskType::WasmExecution,
                         serde_json::json!({}),
@@ -197,17 +199,19 @@ async fn credits_hold_over_random_sequences_with_crashes() {
         assert_eq!(end.balances["acme"] + spent, GRANT, "seed {seed}");
         let entries = store.ledger(LedgerFilter::All, 0, 100_000).await.unwrap();
         let audit = Audit::of(&entries);
-        assert!(
-            audit.charged > 0,
-            "seed {seed}: nothing was paid for ({crashes} crashes)"
-        );
-        assert_eq!(audit.charged, spent);
+        assert_eq!(audit.charged, spent, "seed {seed}");
+        // A sequence may pay for nothing (every completion lost to a crash or a wrong answer:
+        // node choice is random too); across the seeds, most pay.
+        paying += usize::from(audit.charged > 0);
         all_crashes += crashes;
         settled += entries.iter().filter(|e| e.kind == "release").count();
     }
-    eprintln!("{all_crashes} crashes, {settled} tasks settled with a release");
+    eprintln!(
+        "{all_crashes} crashes, {settled} tasks settled with a release, {paying} of 12 seeds \
+         paid for work"
+    );
     assert!(
-        all_crashes >= 12 && settled >= 100,
-        "{all_crashes} crashes, {settled} settled"
+        all_crashes >= 12 && settled >= 100 && paying >= 9,
+        "{all_crashes} crashes, {settled} settled, {paying} of 12 seeds paid"
     );
 }
