@@ -647,10 +647,15 @@ async fn fl_case(client: &Client, eval_csv: String) -> (Case, Option<Federated>)
         inputs: json!({
             "dataset": "breast_cancer",
             "rounds": 10,
-            "local": {"epochs": 20, "batch_size": 16, "lr": 0.2, "l2": 1e-3},
+            // Chosen for the tail, not the median, under DP noise with three clients: in 500
+            // in-process runs of this job (ambient_fl's server and clients), 4 ended below
+            // 85 %, where epochs 20, clip_norm 0.5 and server_lr 1 left 14; both have a
+            // median of 93.8 %.
+            "local": {"epochs": 10, "batch_size": 16, "lr": 0.2, "l2": 1e-3},
+            "server_lr": 0.7,
             "epsilon": EPSILON,
             "delta": 1e-5,
-            "clip_norm": 0.5,
+            "clip_norm": 0.25,
             "secure_aggregation": true,
             "eval_csv": eval_csv,
         }),
