@@ -83,7 +83,7 @@ pub use keys::{
 };
 pub use proving::{prove, public_inputs_for, verify, witness_circuit};
 pub use snarkjs::{
-    snarkjs_proof_json, snarkjs_public_inputs_json, snarkjs_public_json,
+    public_inputs_decimal, snarkjs_proof_json, snarkjs_public_inputs_json, snarkjs_public_json,
     snarkjs_verification_key_json,
 };
 pub use task::{parse_field, parse_task_inputs};

@@ -79,7 +79,17 @@ pub fn snarkjs_public_json(public: &PublicInputs) -> Value {
 /// `public.json` for any number of public inputs (a program's circuit, [`crate::nn`]), as
 /// decimal strings in circuit order.
 pub fn snarkjs_public_inputs_json(inputs: &[Fr]) -> Value {
-    Value::Array(inputs.iter().map(|f| Value::String(dec(f))).collect())
+    Value::Array(
+        public_inputs_decimal(inputs)
+            .into_iter()
+            .map(Value::String)
+            .collect(),
+    )
+}
+
+/// Field elements as canonical decimal strings, as snarkjs and the API write them.
+pub fn public_inputs_decimal(inputs: &[Fr]) -> Vec<String> {
+    inputs.iter().map(dec).collect()
 }
 
 #[cfg(test)]

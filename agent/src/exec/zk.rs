@@ -328,10 +328,7 @@ pub mod model {
                     data: output,
                 }),
                 proof: Some(base64::engine::general_purpose::STANDARD.encode(proof)),
-                public_inputs: serde_json::from_value(ambient_zk::snarkjs_public_inputs_json(
-                    &public,
-                ))
-                .ok(),
+                public_inputs: Some(ambient_zk::public_inputs_decimal(&public)),
                 model_commitment: None,
                 error_bound: None,
                 constraints: None,

@@ -874,9 +874,7 @@ pub(crate) async fn check_result(
     match checked {
         Ok(verified) => {
             let proof_id = Uuid::new_v4();
-            let public: Vec<String> =
-                serde_json::from_value(ambient_zk::snarkjs_public_inputs_json(&verified.public))
-                    .unwrap_or_default();
+            let public = ambient_zk::public_inputs_decimal(&verified.public);
             let record = ProofRecord {
                 id: proof_id,
                 task_id,

@@ -211,12 +211,9 @@ impl ModelKeys {
         );
         annotations.insert(
             "model_commitment".into(),
-            Value::String(
-                ambient_zk::snarkjs_public_inputs_json(&[self.verifier.commitment()])[0]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
+            ambient_zk::public_inputs_decimal(&[self.verifier.commitment()])
+                .remove(0)
+                .into(),
         );
         annotations.insert("error_bound".into(), serde_json::json!(self.error_bound));
         annotations.insert("constraints".into(), self.constraints.into());
