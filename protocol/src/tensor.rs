@@ -135,6 +135,15 @@ pub struct InferenceInputs {
     pub tensors: BTreeMap<String, TensorJson>,
 }
 
+impl InferenceInputs {
+    /// Each tensor as `(name, shape, data)`.
+    pub fn views(&self) -> impl Iterator<Item = (&str, &[usize], &[f64])> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice()))
+    }
+}
+
 /// The result of an `inference` task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferenceOutput {

@@ -290,10 +290,7 @@ pub mod model {
                 }
             };
             let program = &compiled.program;
-            let [(name, t)] = job.inputs.tensors.iter().collect::<Vec<_>>()[..] else {
-                return Err(invalid("a proved model takes one input tensor"));
-            };
-            let input = nn::quantise_input(program, name, &t.shape, &t.data).map_err(invalid)?;
+            let input = nn::quantise_input(program, job.inputs.views()).map_err(invalid)?;
             let zk_failure = |e: ambient_zk::ZkError| match e {
                 ambient_zk::ZkError::BadInput { .. } | ambient_zk::ZkError::Overflow { .. } => {
                     invalid(e)

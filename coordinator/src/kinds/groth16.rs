@@ -687,10 +687,15 @@ impl Zk {
     /// The keys the store names for `target`, if any: the verifying key read from the head of
     /// the proving key's blob (the rest is not decoded; nodes check it).
     async fn load(&self, target: &Target) -> Result<Option<Ready>, KeysError> {
-        let subject = target.subject();
-        let Some(sha256) = self.store.zk_keys(subject.to_string()).await? else {
+        let Some(sha256) = self.store.zk_keys(target.subject().to_string()).await? else {
             return Ok(None);
         };
+        Ok(Some(self.load_blob(target, sha256).await?))
+    }
+
+    /// `target`'s keys from the proving key's blob `sha256`.
+    async fn load_blob(&self, target: &Target, sha256: String) -> Result<Ready, KeysError> {
+        let subject = target.subject();
         let bytes = self
             .store
             .blob(sha256.clone())
@@ -705,7 +710,7 @@ impl Zk {
                     sha256: sha256.clone(),
                     source,
                 })?;
-        Ok(Some(target.ready(vk, sha256, size)?))
+        Ok(target.ready(vk, sha256, size)?)
     }
 
     /// The keys of `subject` if the store names any (loaded once, then kept), for the API.
@@ -714,12 +719,11 @@ impl Zk {
         if let Some(c) = self.keyring().ready.get(subject) {
             return Ok(Some(c.clone()));
         }
-        if self.store.zk_keys(subject.to_string()).await?.is_none() {
-            return Ok(None);
-        }
-        let Some(c) = self.load(&self.target(subject).await?).await? else {
+        // Asked first, so that a model with no keys is not compiled.
+        let Some(sha256) = self.store.zk_keys(subject.to_string()).await? else {
             return Ok(None);
         };
+        let c = self.load_blob(&self.target(subject).await?, sha256).await?;
         Ok(Some(
             self.keyring()
                 .ready

@@ -101,14 +101,7 @@ pub(crate) async fn check_provable(store: &Store, accepted: &Accepted) -> Result
     tokio::task::spawn_blocking(move || {
         let program = nn::onnx::compile(&bytes, nn::DEFAULT_FRAC_BITS).map_err(unprovable)?;
         program.constraints().map_err(unprovable)?;
-        let [(name, t)] = inputs.tensors.iter().collect::<Vec<_>>()[..] else {
-            return Err(SubmitError::InvalidInputs(format!(
-                "a proved model takes one input tensor, `{}`; {} were given",
-                program.input.name,
-                inputs.tensors.len()
-            )));
-        };
-        nn::quantise_input(&program, name, &t.shape, &t.data)
+        nn::quantise_input(&program, inputs.views())
             .map_err(|e| SubmitError::InvalidInputs(e.to_string()))?;
         Ok(())
     })
@@ -166,10 +159,7 @@ impl ModelKeys {
         let program = self.verifier.program();
         let inputs: InferenceInputs = serde_json::from_value(inputs.clone())
             .map_err(|e| ProofError::TaskInputs(e.to_string()))?;
-        let [(name, t)] = inputs.tensors.iter().collect::<Vec<_>>()[..] else {
-            return Err(ProofError::TaskInputs("not one input tensor".into()));
-        };
-        let input = nn::quantise_input(program, name, &t.shape, &t.data)
+        let input = nn::quantise_input(program, inputs.views())
             .map_err(|e| ProofError::TaskInputs(e.to_string()))?;
         let claimed: InferenceOutput = serde_json::from_value(output.clone())
             .map_err(|e| ProofError::Output(e.to_string()))?;

@@ -46,22 +46,28 @@ pub(crate) fn check_input(program: &Program, input: &[i64]) -> Result<(), ZkErro
     Ok(())
 }
 
-/// The program's input in fixed point: a tensor named `name` of shape `shape` (what a
-/// submitter sends, in reals) quantised to `program.frac_bits` ([`quantise`], to nearest).
-/// Refuses another name or shape, values that are not finite, and values outside the 32-bit
-/// activations. A node and the coordinator both call it, so both prove and check the same
-/// integers.
-pub fn quantise_input(
+/// The program's input in fixed point, from the named tensors a submitter sends (in reals):
+/// exactly one, named and shaped as the program's input, quantised to `program.frac_bits`
+/// ([`quantise`], to nearest). Refuses another count, name or shape, values that are not
+/// finite, and values outside the 32-bit activations. A node and the coordinator both call it,
+/// so both prove and check the same integers.
+pub fn quantise_input<'a>(
     program: &Program,
-    name: &str,
-    shape: &[usize],
-    data: &[f64],
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f64])>,
 ) -> Result<Vec<i64>, ZkError> {
     let bad = |reason: String| ZkError::BadInput {
         circuit: "nn",
         reason,
     };
     let want = &program.input;
+    let tensors: Vec<_> = tensors.into_iter().collect();
+    let [(name, shape, data)] = tensors[..] else {
+        return Err(bad(format!(
+            "a proved model takes one input tensor, `{}`; {} were given",
+            want.name,
+            tensors.len()
+        )));
+    };
     if name != want.name {
         return Err(bad(format!(
             "the model's input is `{}`, not `{name}`",
